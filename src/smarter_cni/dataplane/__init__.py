@@ -1,0 +1,1 @@
+"""Data planes: bridge mode (our own links and rules) and docker mode."""

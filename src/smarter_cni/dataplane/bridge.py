@@ -1,0 +1,341 @@
+"""Bridge mode: a Linux bridge per network, a veth pair per pod.
+
+The per-network work (bridge, gateway address, forwarding, NAT) is done
+once and remembered in the state file; a pod's ADD then costs two `ip`
+execs: one on the host, one inside the pod's netns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import ipv4, registry, store
+from ..cni.errors import (
+    ADDRESS_EXHAUSTED,
+    CHECK_FAILED,
+    DATAPLANE_FAILURE,
+    INTERFACE_EXISTS,
+    INVALID_NETWORK_CONFIG,
+    PLUGIN_NOT_AVAILABLE,
+    UNKNOWN_CONTAINER,
+    CNIError,
+)
+from ..cni.result import Interface, IPConfig, Result, Route
+from ..ipam import delegate
+from ..ipam.allocator import next_free
+from ..run import find_program, run
+from . import firewall, links
+from .names import address_text, host_ifname, pod_mac, random_mac
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..cni.request import Request
+    from ..netconf import NetConf
+
+
+# ---------------------------------------------------------------- the network
+
+def _network_marker(conf: NetConf) -> dict[str, Any]:
+    return {"bridge": conf.bridge, "cidr": conf.cidr(), "gateway": conf.gateway_text(),
+            "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge)}
+
+
+def network_ready(conf: NetConf, networks: dict[str, Any]) -> bool:
+    marker = networks.get(conf.name)
+    return bool(marker) and links.exists(conf.bridge) and marker == _network_marker(conf)
+
+
+def setup_network(conf: NetConf) -> None:
+    """Create or correct the bridge, its gateway address, forwarding and NAT."""
+    if not links.exists(conf.bridge):
+        done = run(["ip", "link", "add", conf.bridge, "address", random_mac(), "type", "bridge"])
+        if done.returncode != 0 and not links.exists(conf.bridge):
+            raise CNIError(DATAPLANE_FAILURE,
+                           f"cannot create bridge {conf.bridge}: {done.error_text}")
+    elif not os.path.exists(f"/sys/class/net/{conf.bridge}/bridge"):
+        raise CNIError(INVALID_NETWORK_CONFIG,
+                       f"{conf.bridge} exists but is not a bridge; choose another \"bridge\" name")
+    _correct_bridge_address(conf)
+    links.batch([f"link set {conf.bridge} up"], what=f"bring {conf.bridge} up")
+    firewall.ensure(conf)
+
+
+def _correct_bridge_address(conf: NetConf) -> None:
+    """Give the bridge exactly the gateway address (a stale one is replaced, not tripped over)."""
+    wanted = address_text(conf.gateway, conf.prefix)
+    current = []
+    for entry in links.show_json(["-4", "addr", "show", "dev", conf.bridge]):
+        for info in entry.get("addr_info", []):
+            current.append(f"{info.get('local')}/{info.get('prefixlen')}")
+    lines = [f"addr del {cidr} dev {conf.bridge}" for cidr in current if cidr != wanted]
+    if wanted not in current:
+        lines.append(f"addr add {wanted} dev {conf.bridge}")
+    if lines:
+        links.batch(lines, what=f"set address {wanted} on {conf.bridge}")
+
+
+def teardown_network(conf: NetConf) -> None:
+    """Remove the bridge, its rules and the network's records (for uninstall and tests)."""
+    firewall.teardown(conf)
+    links.delete(conf.bridge)
+    with store.Transaction() as tx:
+        if tx.networks.pop(conf.name, None) is not None:
+            tx.dirty = True
+
+
+# ---------------------------------------------------------------- ADD
+
+def add(request: Request, conf: NetConf) -> Result:
+    key = store.attachment_key(conf.name, request.container_id, request.ifname)
+    host = host_ifname(request.container_id, request.ifname)
+    with store.Transaction() as tx:
+        existing = tx.attachments.get(key)
+        if existing and links.exists(existing.get("host_ifname", host)):
+            raise CNIError(
+                INTERFACE_EXISTS,
+                f"container {request.container_id[:12]} already has {request.ifname} on "
+                f"{conf.name}; DEL it before adding it again")
+        if not network_ready(conf, tx.networks):
+            setup_network(conf)
+            tx.networks[conf.name] = _network_marker(conf)
+            tx.dirty = True
+        if conf.delegated_ipam:
+            address, prefix, gateway = 0, 0, conf.gateway
+        else:
+            address = _reserve(tx, conf, key, existing)
+            prefix, gateway = conf.prefix, conf.gateway
+        record = _new_record(request, conf, host, address, prefix, gateway)
+        tx.attachments[key] = record
+        tx.dirty = True
+    try:
+        if conf.delegated_ipam:
+            address, prefix, gateway = _delegate_add(request, conf)
+            record["ips"] = [address_text(address, prefix)]
+            record["gateway"] = ipv4.to_text(gateway)
+        result = _plumb(request, conf, host, address, prefix, gateway)
+    except BaseException:
+        _undo_add(request, conf, key, host)
+        raise
+    with store.Transaction() as tx:
+        record["ready"] = True
+        record["mac"] = result.interfaces[1].mac
+        tx.attachments[key] = record
+        tx.dirty = True
+    return result
+
+
+def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | None) -> int:
+    if existing and existing.get("ips"):
+        return ipv4.to_int(existing["ips"][0].split("/")[0])
+    taken = {conf.gateway}
+    for record in tx.attachments.values():
+        if record.get("network") == conf.name:
+            for cidr in record.get("ips") or []:
+                taken.add(ipv4.to_int(cidr.split("/")[0]))
+    last = tx.networks.get(conf.name, {}).get("last_reserved")
+    address = next_free(conf.range_start, conf.range_end, taken,
+                        ipv4.to_int(last) if last else None)
+    if address is None:
+        raise CNIError(ADDRESS_EXHAUSTED,
+                       f"no free address left in {ipv4.to_text(conf.range_start)}-"
+                       f"{ipv4.to_text(conf.range_end)} on network {conf.name} "
+                       f"({len(taken) - 1} in use); delete pods or widen the subnet/range")
+    return address
+
+
+def _new_record(request: Request, conf: NetConf, host: str, address: int, prefix: int,
+                gateway: int) -> dict[str, Any]:
+    return {
+        "network": conf.name,
+        "mode": "bridge",
+        "container_id": request.container_id,
+        "ifname": request.ifname,
+        "netns": request.netns,
+        "host_ifname": host,
+        "ips": [address_text(address, prefix)] if address else [],
+        "gateway": ipv4.to_text(gateway),
+        "pod": registry.pod_identity(request.pod_name, request.pod_namespace,
+                                     request.args.get("K8S_POD_UID", ""),
+                                     pod_hostname(request)),
+        "domain": conf.domain,
+        "ready": False,
+        "created": round(time.time(), 3),
+    }
+
+
+def pod_hostname(request: Request) -> str:
+    """spec.hostname, which runtimes do not pass: read from the pod annotation
+    `smarter-cni.io/hostname` that containerd/CRI-O hand over through the
+    `io.kubernetes.cri.pod-annotations` capability."""
+    runtime = request.config.get("runtimeConfig")
+    if not isinstance(runtime, dict):
+        return ""
+    annotations = runtime.get("io.kubernetes.cri.pod-annotations")
+    if not isinstance(annotations, dict):
+        return ""
+    value = annotations.get("smarter-cni.io/hostname", "")
+    return value if isinstance(value, str) else ""
+
+
+def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int]:
+    result = delegate.add(request, conf.delegated_ipam or "")
+    ip = next(ip for ip in result.ips if ":" not in ip.address)
+    try:
+        address, prefix = ipv4.parse_cidr(ip.address, strict=False)
+        gateway = ipv4.to_int(ip.gateway) if ip.gateway else conf.gateway
+    except ipv4.AddressError as err:
+        raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin returned a bad address: {err}") from None
+    return address, prefix, gateway
+
+
+def _plumb(request: Request, conf: NetConf, host: str, address: int, prefix: int,
+           gateway: int) -> Result:
+    peer_mac = pod_mac(address)
+    host_mac = random_mac()
+    links.create_veth(host, request.ifname, request.netns, peer_mac, host_mac, conf.mtu,
+                      conf.bridge, conf.hairpin)
+    gateway_text = ipv4.to_text(gateway)
+    links.batch([
+        "link set lo up",
+        f"addr add {address_text(address, prefix)} dev {request.ifname}",
+        f"link set {request.ifname} up",
+        f"route add default via {gateway_text} dev {request.ifname}",
+    ], netns=request.netns, what=f"configure {request.ifname} in {request.netns}")
+    result = Result()
+    result.interfaces = [
+        Interface(host, host_mac, mtu=conf.mtu),
+        Interface(request.ifname, peer_mac, request.netns, conf.mtu),
+    ]
+    result.ips = [IPConfig(address_text(address, prefix), gateway_text, 1)]
+    result.routes = [Route("0.0.0.0/0", gateway_text)]
+    result.dns = conf.dns_result(request.pod_namespace)
+    return result
+
+
+def _undo_add(request: Request, conf: NetConf, key: str, host: str) -> None:
+    """Leave nothing half-configured behind a failed ADD."""
+    try:
+        links.delete(host)
+    except CNIError:
+        pass
+    if conf.delegated_ipam:
+        try:
+            delegate.delete(request, conf.delegated_ipam)
+        except CNIError:
+            pass
+    with store.Transaction() as tx:
+        if tx.attachments.pop(key, None) is not None:
+            tx.dirty = True
+
+
+# ---------------------------------------------------------------- DEL, CHECK, GC, STATUS
+
+def delete(request: Request, conf: NetConf) -> None:
+    """Idempotent: unknown container, missing netns and lost state all succeed."""
+    key = store.attachment_key(conf.name, request.container_id, request.ifname)
+    record = store.load()["attachments"].get(key) or {}
+    links.delete(record.get("host_ifname") or host_ifname(request.container_id, request.ifname))
+    if conf.delegated_ipam:
+        delegate.delete(request, conf.delegated_ipam)
+    if record:
+        with store.Transaction() as tx:
+            if tx.attachments.pop(key, None) is not None:
+                tx.dirty = True
+
+
+def check(request: Request, conf: NetConf) -> None:
+    prev = request.config.get("prevResult")
+    if not isinstance(prev, dict):
+        raise CNIError(INVALID_NETWORK_CONFIG, "CHECK needs the ADD result as prevResult")
+    from ..cni.result import from_dict
+
+    expected = from_dict(prev)
+    key = store.attachment_key(conf.name, request.container_id, request.ifname)
+    record = store.load()["attachments"].get(key)
+    if not record:
+        raise CNIError(UNKNOWN_CONTAINER, f"no attachment of container "
+                       f"{request.container_id[:12]}/{request.ifname} on network {conf.name}")
+    problems = []
+    host = record.get("host_ifname", "")
+    if not links.exists(host):
+        problems.append(f"host veth {host} is missing")
+    elif links.master_of(host) != conf.bridge:
+        problems.append(f"host veth {host} is not attached to {conf.bridge}")
+    if not links.exists(conf.bridge):
+        problems.append(f"bridge {conf.bridge} is missing")
+    problems += _check_pod_side(request, expected)
+    problems += firewall.present(conf)
+    if conf.delegated_ipam:
+        delegate.invoke(request, conf.delegated_ipam, "CHECK")
+    if problems:
+        raise CNIError(CHECK_FAILED, f"CHECK failed for {request.container_id[:12]}/"
+                       f"{request.ifname}: " + "; ".join(problems))
+
+
+def _check_pod_side(request: Request, expected: Result) -> list[str]:
+    problems = []
+    try:
+        addrs = links.show_json(["-4", "addr", "show", "dev", request.ifname], request.netns)
+    except CNIError:
+        return [f"interface {request.ifname} is missing in {request.netns}"]
+    have = {f"{i.get('local')}/{i.get('prefixlen')}"
+            for entry in addrs for i in entry.get("addr_info", [])}
+    for ip in expected.ips:
+        if ":" not in ip.address and ip.address not in have:
+            problems.append(f"address {ip.address} is missing on {request.ifname}")
+    routes = links.show_json(["-4", "route", "show", "dev", request.ifname], request.netns)
+    have_routes = {(r.get("dst"), r.get("gateway", "")) for r in routes}
+    for route in expected.routes:
+        if ":" in route.dst:
+            continue
+        dst = "default" if route.dst == "0.0.0.0/0" else route.dst
+        if (dst, route.gw) not in have_routes and not (not route.gw and any(
+                d == dst for d, _ in have_routes)):
+            problems.append(f"route {route.dst} via {route.gw or '-'} is missing")
+    return problems
+
+
+def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
+    """Remove every attachment of this network that is not in `valid`."""
+    doomed = {}
+    for key, record in store.load()["attachments"].items():
+        if record.get("network") == conf.name and \
+                (record.get("container_id"), record.get("ifname")) not in valid:
+            doomed[key] = record
+    for record in doomed.values():
+        links.delete(record.get("host_ifname", ""))
+    if doomed:
+        with store.Transaction() as tx:
+            for key in doomed:
+                tx.attachments.pop(key, None)
+            tx.dirty = True
+    if conf.delegated_ipam:
+        delegate.invoke(request, conf.delegated_ipam, "GC")
+
+
+def status(request: Request, conf: NetConf) -> None:
+    """Fail (code 50) only when ADD truly cannot work on this node."""
+    for program in ("ip", "nsenter"):
+        if not find_program(program):
+            raise CNIError(PLUGIN_NOT_AVAILABLE, f"{program} is not installed "
+                           "(apt-get install iproute2 util-linux)")
+    try:
+        firewall.backend()
+    except CNIError as err:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, err.msg) from None
+    try:
+        with store.Transaction() as tx:
+            _ = tx.attachments
+    except (CNIError, OSError) as err:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"state directory unusable: {err}") from None
+    if not conf.delegated_ipam:
+        size = conf.range_end - conf.range_start + 1
+        used = sum(1 for r in store.load()["attachments"].values() if r.get("network") == conf.name)
+        if used >= size - (1 if conf.range_start <= conf.gateway <= conf.range_end else 0):
+            raise CNIError(PLUGIN_NOT_AVAILABLE, f"address pool of {conf.name} is exhausted "
+                           f"({used} pods)")
+    else:
+        delegate.invoke(request, conf.delegated_ipam, "STATUS")

@@ -1,0 +1,1 @@
+"""Address management: the built-in allocator, and delegation to IPAM plugins."""

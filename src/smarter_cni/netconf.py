@@ -1,0 +1,147 @@
+"""The smarter-cni network config: defaults, validation, one typed object."""
+
+from __future__ import annotations
+
+import os
+
+from . import ipv4
+from .cni.errors import INVALID_NETWORK_CONFIG, CNIError
+from .cni.request import validate_ifname
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+PLUGIN_TYPES = ("smarter-cni", "c2d")
+MODES = ("bridge", "docker")
+DEFAULTS = {
+    "bridge": {"subnet": "10.42.0.0/16", "dnsAddress": "169.254.0.2"},
+    "docker": {"subnet": "172.38.0.0/16", "dnsAddress": "172.38.0.2"},
+}
+DEFAULT_BRIDGE = "smarter0"
+DEFAULT_DOCKER_NETWORK = "mynet"
+DEFAULT_DOMAIN = "cluster.local"
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class NetConf:
+    """One network's settings, validated."""
+
+    __slots__ = (
+        "name", "type", "mode", "bridge", "subnet", "prefix", "gateway", "range_start",
+        "range_end", "mtu", "ip_masq", "hairpin", "ipam", "dns_address", "domain",
+        "docker_network", "docker_socket", "kubeconfig", "raw",
+    )
+
+    def cidr(self) -> str:
+        return f"{ipv4.to_text(self.subnet)}/{self.prefix}"
+
+    def gateway_text(self) -> str:
+        return ipv4.to_text(self.gateway)
+
+    @property
+    def delegated_ipam(self) -> str | None:
+        kind = self.ipam.get("type")
+        return kind if kind else None
+
+    def dns_result(self, namespace: str = "") -> dict[str, Any]:
+        search = [f"svc.{self.domain}", self.domain]
+        if namespace:
+            search.insert(0, f"{namespace}.svc.{self.domain}")
+        return {"nameservers": [self.dns_address], "search": search}
+
+
+def _fail(message: str) -> CNIError:
+    return CNIError(INVALID_NETWORK_CONFIG, f"invalid network config: {message}")
+
+
+def _get(config: dict, key: str, kind: type, default: Any) -> Any:
+    value = config.get(key, default)
+    if value is None:
+        return default
+    if kind is int and isinstance(value, bool):
+        raise _fail(f"{key!r} must be a number, not {value!r}")
+    if not isinstance(value, kind):
+        raise _fail(f"{key!r} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse_netconf(config: dict) -> NetConf:
+    conf = NetConf()
+    conf.raw = config
+    conf.name = config["name"]
+    conf.type = _get(config, "type", str, "smarter-cni")
+    if conf.type not in PLUGIN_TYPES:
+        raise _fail(f"type {conf.type!r} is not handled by this plugin (expected smarter-cni)")
+    default_mode = "docker" if conf.type == "c2d" else "bridge"
+    conf.mode = _get(config, "mode", str, default_mode)
+    if conf.mode not in MODES:
+        raise _fail(f"mode {conf.mode!r} must be 'bridge' or 'docker'")
+    defaults = DEFAULTS[conf.mode]
+
+    conf.bridge = _get(config, "bridge", str, DEFAULT_BRIDGE)
+    try:
+        validate_ifname(conf.bridge)
+    except CNIError:
+        raise _fail(f"bridge {conf.bridge[:40]!r} is not a valid interface name "
+                    "(1-15 characters, no '/', ':' or spaces)") from None
+    try:
+        conf.subnet, conf.prefix = ipv4.parse_cidr(_get(config, "subnet", str, defaults["subnet"]))
+    except ipv4.AddressError as err:
+        raise _fail(f"subnet: {err}") from None
+    if conf.prefix > 30:
+        raise _fail(f"subnet /{conf.prefix} is too small for a gateway and pods; use /30 or larger")
+    first_host = conf.subnet + 1
+    last_host = ipv4.broadcast(conf.subnet, conf.prefix) - 1
+    conf.gateway = _address_in_subnet(conf, config, "gateway", first_host)
+    conf.range_start = _address_in_subnet(conf, config, "rangeStart", first_host)
+    conf.range_end = _address_in_subnet(conf, config, "rangeEnd", last_host)
+    if conf.range_start > conf.range_end:
+        raise _fail("rangeStart is after rangeEnd")
+
+    conf.mtu = _get(config, "mtu", int, 1500)
+    if not 576 <= conf.mtu <= 65535:
+        raise _fail(f"mtu {conf.mtu} is outside 576..65535")
+    conf.ip_masq = _get(config, "ipMasq", bool, True)
+    conf.hairpin = _get(config, "hairpinMode", bool, True)
+    conf.ipam = _get(config, "ipam", dict, {})
+    ipam_type = conf.ipam.get("type")
+    if ipam_type is not None and (not isinstance(ipam_type, str) or "/" in ipam_type
+                                  or ipam_type in ("", ".", "..")):
+        raise _fail("ipam.type must be the file name of an IPAM plugin such as 'host-local'")
+    try:
+        conf.dns_address = ipv4.to_text(ipv4.to_int(
+            _get(config, "dnsAddress", str, defaults["dnsAddress"])))
+    except ipv4.AddressError as err:
+        raise _fail(f"dnsAddress: {err}") from None
+    conf.domain = _get(config, "clusterDomain", str, DEFAULT_DOMAIN).strip(".").lower()
+    if not conf.domain or len(conf.domain) > 200:
+        raise _fail("clusterDomain must be a domain such as cluster.local")
+
+    network_default = conf.name if conf.type == "c2d" else DEFAULT_DOCKER_NETWORK
+    conf.docker_network = _get(config, "network", str, network_default)
+    conf.docker_socket = _get(config, "dockerSocket", str, _docker_socket_from_env())
+    conf.kubeconfig = _get(config, "kubeconfig", str, "")
+    return conf
+
+
+def _address_in_subnet(conf: NetConf, config: dict, key: str, default: int) -> int:
+    text = _get(config, key, str, "")
+    if not text:
+        return default
+    try:
+        value = ipv4.to_int(text)
+    except ipv4.AddressError as err:
+        raise _fail(f"{key}: {err}") from None
+    if not ipv4.contains(conf.subnet, conf.prefix, value):
+        raise _fail(f"{key} {text} is outside subnet {conf.cidr()}")
+    if value in (conf.subnet, ipv4.broadcast(conf.subnet, conf.prefix)):
+        raise _fail(f"{key} {text} is the network or broadcast address of {conf.cidr()}")
+    return value
+
+
+def _docker_socket_from_env() -> str:
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    return DEFAULT_DOCKER_SOCKET

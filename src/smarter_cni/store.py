@@ -1,0 +1,133 @@
+"""The node's attachment records: one JSON file, changed only under a lock.
+
+Every change is written to a temp file in the same directory and renamed
+over the old one, so a reader (the DNS service, `smarter-cni pods`) and a
+plugin killed at any instant only ever see a whole old or a whole new file.
+The flock serialises concurrent plugin runs; it is released by the kernel
+when a holder dies, so a killed plugin never wedges the node.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+
+from .cni import jsonfast
+from .cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
+from .paths import ensure_state_dir, state_dir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+FILE_NAME = "attachments.json"
+LOCK_NAME = "lock"
+LOCK_TIMEOUT = 30.0
+FORMAT_VERSION = 1
+
+
+def attachment_key(network: str, container_id: str, ifname: str) -> str:
+    return f"{network}/{container_id}/{ifname}"
+
+
+def records_path(directory: str | None = None) -> str:
+    return os.path.join(directory or state_dir(), FILE_NAME)
+
+
+def empty_state() -> dict[str, Any]:
+    return {"version": FORMAT_VERSION, "attachments": {}, "networks": {}}
+
+
+def load(directory: str | None = None) -> dict[str, Any]:
+    """Read the current records without locking (renames keep them whole)."""
+    try:
+        with open(records_path(directory), "rb") as handle:
+            data = jsonfast.loads(handle.read())
+    except FileNotFoundError:
+        return empty_state()
+    except (OSError, jsonfast.JSONError) as err:
+        raise CNIError(IO_FAILURE, f"cannot read {records_path(directory)}: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("attachments"), dict):
+        raise CNIError(IO_FAILURE, f"{records_path(directory)} is not a smarter-cni state file")
+    data.setdefault("networks", {})
+    return data
+
+
+class Transaction:
+    """`with Transaction() as state:` holds the lock; set `.dirty` to save on exit."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory or ensure_state_dir()
+        self.state: dict[str, Any] = {}
+        self.dirty = False
+        self._lock_fd = -1
+
+    def __enter__(self) -> Transaction:
+        fd = os.open(os.path.join(self.directory, LOCK_NAME),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise CNIError(TRY_AGAIN_LATER,
+                                   f"state lock {self.directory}/{LOCK_NAME} is busy for "
+                                   f"{LOCK_TIMEOUT:g} s; try again") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        self._lock_fd = fd
+        try:
+            self.state = load(self.directory)
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, kind: Any, value: Any, trace: Any) -> None:
+        try:
+            if kind is None and self.dirty:
+                save(self.state, self.directory)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = -1
+
+    @property
+    def attachments(self) -> dict[str, dict[str, Any]]:
+        return self.state["attachments"]
+
+    @property
+    def networks(self) -> dict[str, dict[str, Any]]:
+        return self.state["networks"]
+
+
+def save(state: dict[str, Any], directory: str | None = None) -> None:
+    """Write atomically: temp file, fsync-free (tmpfs), rename into place."""
+    directory = directory or ensure_state_dir()
+    final = os.path.join(directory, FILE_NAME)
+    temp = os.path.join(directory, f".{FILE_NAME}.{os.getpid()}.tmp")
+    data = jsonfast.dumps(state, compact=True).encode()
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(temp, final)
+    except OSError as err:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise CNIError(IO_FAILURE, f"cannot write {final}: {err.strerror}") from None

@@ -1,0 +1,97 @@
+"""Shared fixtures: real netns, a CNI bin dir with our launcher, per-test state.
+
+Root-only tests skip (with the reason) when not root; CI runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers.netns import NetnsFactory, unique  # noqa: E402
+from helpers.plugin import SRC, PluginRunner, make_bin_dir  # noqa: E402
+
+sys.path.insert(0, str(SRC))
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root for network namespaces, links and iptables")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def netns():
+    factory = NetnsFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bin_dir(tmp_path_factory) -> Path:
+    return make_bin_dir(tmp_path_factory.mktemp("cni-bin"))
+
+
+@pytest.fixture
+def plugin(bin_dir: Path, state_dir: Path) -> PluginRunner:
+    return PluginRunner(bin_dir, state_dir)
+
+
+def _subnet_is_free(cidr: str) -> bool:
+    routes = subprocess.run(["ip", "-4", "route", "show", "match", cidr.split("/")[0]],
+                            capture_output=True, text=True).stdout
+    return all(not line or line.startswith("default") for line in routes.splitlines())
+
+
+@pytest.fixture
+def bridge_network(state_dir: Path):
+    """A unique bridge name and an unused /24 from 10.244.0.0/16, torn down afterwards.
+
+    The fixture removes the bridge and the firewall rules the plugin set up,
+    even when the test fails.
+    """
+    for _ in range(50):
+        cidr = f"10.244.{random.randint(0, 255)}.0/24"
+        if _subnet_is_free(cidr):
+            break
+    else:
+        pytest.skip("no free /24 in 10.244.0.0/16 on this host")
+    name = unique("t")
+    config = {
+        "cniVersion": "1.0.0",
+        "name": f"net-{name}",
+        "type": "smarter-cni",
+        "bridge": f"br{name[:10]}",
+        "subnet": cidr,
+    }
+    try:
+        yield config
+    finally:
+        os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
+        try:
+            from smarter_cni.dataplane import bridge
+            from smarter_cni.netconf import parse_netconf
+
+            bridge.teardown_network(parse_netconf(config))
+        finally:
+            del os.environ["SMARTER_CNI_STATE_DIR"]
