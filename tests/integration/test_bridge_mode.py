@@ -174,4 +174,5 @@ def test_forwarding_and_masquerade_rules_are_made_once(plugin, bridge_network, n
     tag = f"smarter-cni {bridge_network['name']}"
     assert rules.count(tag) == 3  # FORWARD in, FORWARD out, POSTROUTING jump
     assert f"-s {bridge_network['subnet']}" in rules
-    assert open("/proc/sys/net/ipv4/ip_forward").read().strip() == "1"
+    with open("/proc/sys/net/ipv4/ip_forward") as handle:
+        assert handle.read().strip() == "1"
