@@ -159,25 +159,36 @@ def _new_record(request: Request, conf: NetConf, host: str, address: int, prefix
         "gateway": ipv4.to_text(gateway),
         "pod": registry.pod_identity(request.pod_name, request.pod_namespace,
                                      request.args.get("K8S_POD_UID", ""),
-                                     pod_hostname(request)),
+                                     pod_hostname(request, conf)),
         "domain": conf.domain,
         "ready": False,
         "created": round(time.time(), 3),
     }
 
 
-def pod_hostname(request: Request) -> str:
-    """spec.hostname, which runtimes do not pass: read from the pod annotation
-    `smarter-cni.io/hostname` that containerd/CRI-O hand over through the
-    `io.kubernetes.cri.pod-annotations` capability."""
+HOSTNAME_ANNOTATION = "smarter-cni.io/hostname"
+
+
+def pod_hostname(request: Request, conf: NetConf) -> str:
+    """spec.hostname, which runtimes do not pass to CNI.
+
+    First the pod annotation `smarter-cni.io/hostname`, which containerd and
+    CRI-O hand over through the `io.kubernetes.cri.pod-annotations`
+    capability; else, when the config names a `kubeconfig`, the pod's
+    spec.hostname from the API server (bounded by a short time-out).
+    """
     runtime = request.config.get("runtimeConfig")
-    if not isinstance(runtime, dict):
-        return ""
-    annotations = runtime.get("io.kubernetes.cri.pod-annotations")
-    if not isinstance(annotations, dict):
-        return ""
-    value = annotations.get("smarter-cni.io/hostname", "")
-    return value if isinstance(value, str) else ""
+    annotations = runtime.get("io.kubernetes.cri.pod-annotations") \
+        if isinstance(runtime, dict) else None
+    if isinstance(annotations, dict):
+        value = annotations.get(HOSTNAME_ANNOTATION)
+        if isinstance(value, str) and value:
+            return value
+    if conf.kubeconfig:
+        from ..kubeapi import pod_hostname as lookup
+
+        return lookup(conf.kubeconfig, request.pod_namespace, request.pod_name)
+    return ""
 
 
 def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int]:
