@@ -7,6 +7,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from helpers.netns import link_exists
 from helpers.plugin import pod_args
 

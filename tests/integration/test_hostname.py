@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from helpers.plugin import pod_args
 
 pytestmark = pytest.mark.root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from smarter_cni import kubeconfig
 
 K3S_STYLE = """apiVersion: v1
