@@ -13,7 +13,7 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Optional
+    pass
 
 HEADER = struct.Struct("!HHHHHH")
 RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
@@ -216,7 +216,7 @@ def response_flags(query: Query, rcode: int, authoritative: bool) -> int:
 
 def build_response(query: Query, rcode: int, answers: list[bytes] = (),  # type: ignore[assignment]
                    authority: list[bytes] = (),  # type: ignore[assignment]
-                   authoritative: bool = True, limit: Optional[int] = None) -> bytes:
+                   authoritative: bool = True, limit: int | None = None) -> bytes:
     """A full response echoing the question; with TC and no records if over `limit`."""
     ext_rcode = rcode >> 4
     flags = response_flags(query, rcode, authoritative)
@@ -231,7 +231,7 @@ def build_response(query: Query, rcode: int, answers: list[bytes] = (),  # type:
     return header + query.question + body + extra
 
 
-def error_response(data: bytes, rcode: int) -> Optional[bytes]:
+def error_response(data: bytes, rcode: int) -> bytes | None:
     """A bare error (FORMERR/NOTIMP/REFUSED) for a packet we may not fully parse.
 
     Echoes the question when it parses, else none. None when the packet is

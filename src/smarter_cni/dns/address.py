@@ -1,0 +1,59 @@
+"""Make sure the service's address exists on the node.
+
+As NodeLocal DNSCache does: the address goes on a dummy interface (created
+if absent) as a /32, unless it is loopback or already assigned. In docker
+mode that address is the Docker network's reserved aux address; pods on the
+Docker bridge reach it because the host answers ARP for its own addresses.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+
+from ..run import run
+
+log = logging.getLogger("smarter-cni.dns")
+
+DEFAULT_INTERFACE = "smarter-dns"
+
+
+class AddressSetupError(RuntimeError):
+    pass
+
+
+def is_local(address: str) -> bool:
+    """True when a socket can bind the address here (loopback or assigned on the host)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((address, 0))
+        return True
+    except OSError as err:
+        if err.errno == errno.EADDRNOTAVAIL:
+            return False
+        raise AddressSetupError(f"cannot test address {address}: {err.strerror}") from None
+    finally:
+        sock.close()
+
+
+def _ip(*argv: str) -> None:
+    try:
+        done = run(["ip", *argv], timeout=10.0)
+    except Exception as err:
+        raise AddressSetupError(f"ip {' '.join(argv)}: {err}") from None
+    if done.returncode != 0:
+        raise AddressSetupError(f"ip {' '.join(argv)} failed: {done.error_text}")
+
+
+def ensure_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
+    """Returns what it did: 'present' or 'added to <interface>'."""
+    if is_local(address):
+        return "present"
+    if not os.path.exists(f"/sys/class/net/{interface}"):
+        _ip("link", "add", interface, "type", "dummy")
+        log.info("created dummy interface %s", interface)
+    _ip("link", "set", interface, "up")
+    _ip("addr", "replace", f"{address}/32", "dev", interface)
+    return f"added to {interface}"

@@ -1,0 +1,203 @@
+"""The answer engine: pod names from the registry -> authoritative answers.
+
+Built once per registry change into dicts keyed by the lowercased wire
+name, with every resource record already encoded, so answering is a dict
+lookup and a join. Names outside the cluster domain and the pod subnet's
+reverse zone that are not pod names go to the forwarder (`None`).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from . import wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    pass
+
+POD_TTL = 5          # as CoreDNS' kubernetes plugin: pods come and go
+NEGATIVE_TTL = 5
+IN_ADDR_ARPA = wire.encode_name("in-addr.arpa")
+
+
+class Answer:
+    __slots__ = ("rcode", "answers", "authority")
+
+    def __init__(self, rcode: int, answers: list[bytes], authority: list[bytes]) -> None:
+        self.rcode = rcode
+        self.answers = answers
+        self.authority = authority
+
+
+def reverse_name(address: str) -> bytes:
+    """'10.42.0.5' -> wire '5.0.42.10.in-addr.arpa'."""
+    return wire.encode_name(".".join(reversed(address.split("."))) + ".in-addr.arpa")
+
+
+def reverse_zone(subnet: int, prefix: int) -> bytes:
+    """The in-addr.arpa zone covering the subnet, rounded out to whole octets."""
+    octets = socket.inet_aton(socket.inet_ntoa(struct.pack("!I", subnet)))[: prefix // 8]
+    text = ".".join(str(octet) for octet in reversed(octets))
+    return wire.encode_name((text + "." if text else "") + "in-addr.arpa")
+
+
+def label_offsets(name: bytes) -> list[int]:
+    """Offsets where each suffix of a wire name starts (the root excluded)."""
+    offsets = []
+    offset = 0
+    while offset < len(name) and name[offset]:
+        offsets.append(offset)
+        offset += 1 + name[offset]
+    return offsets
+
+
+def suffix_offset(name: bytes, zone: bytes) -> int:
+    """Offset in `name` where `zone` starts on a label boundary, or -1."""
+    if not name.endswith(zone):
+        return -1
+    start = len(name) - len(zone)
+    if start == 0:
+        return 0
+    return start if start in label_offsets(name) else -1
+
+
+class Names:
+    """Everything the server answers authoritatively, pre-encoded."""
+
+    def __init__(self, forward: dict[str, list[str]], reverse: dict[str, list[str]],
+                 domain: str, subnet: int = 0, prefix: int = 32, serial: int = 1) -> None:
+        self.domain = wire.encode_name(domain.lower())
+        self.subnet = subnet
+        self.prefix = prefix
+        self.mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+        self.reverse_zone = reverse_zone(subnet, prefix)
+        self.a_records: dict[bytes, list[bytes]] = {}
+        self.ptr_records: dict[bytes, list[bytes]] = {}
+        self.nonterminals: set[bytes] = set()
+        ttl = struct.pack("!I", POD_TTL)
+        for name, addresses in forward.items():
+            try:
+                key = wire.encode_name(name.lower())
+            except (wire.FormatError, UnicodeError):
+                continue
+            records = []
+            for address in addresses:
+                try:
+                    packed = socket.inet_aton(address)
+                except OSError:
+                    continue
+                records.append(wire.QUESTION_POINTER + b"\x00\x01\x00\x01" + ttl
+                               + b"\x00\x04" + packed)
+            if records:
+                self.a_records[key] = records
+                self._add_nonterminals(key)
+        for address, targets in reverse.items():
+            try:
+                key = reverse_name(address)
+                socket.inet_aton(address)
+            except (wire.FormatError, OSError, UnicodeError):
+                continue
+            records = []
+            for target in targets:
+                try:
+                    rdata = wire.encode_name(target)
+                except (wire.FormatError, UnicodeError):
+                    continue
+                records.append(wire.record(wire.QUESTION_POINTER, wire.PTR, POD_TTL, rdata))
+            if records:
+                self.ptr_records[key] = records
+        # One SOA (for negative caching, RFC 2308) serves both zones.
+        self.soa_rdata = wire.soa_rdata(wire.encode_name("ns.dns")[:-1] + self.domain,
+                                        wire.encode_name("hostmaster")[:-1] + self.domain,
+                                        serial & 0xFFFFFFFF, NEGATIVE_TTL)
+
+    def _add_nonterminals(self, key: bytes) -> None:
+        start = suffix_offset(key, self.domain)
+        if start < 0:
+            return
+        for offset in label_offsets(key)[1:]:
+            if offset > start:
+                break
+            self.nonterminals.add(key[offset:])
+
+    @property
+    def count(self) -> int:
+        return len(self.a_records)
+
+    def _soa(self, offset: int) -> bytes:
+        """The zone's SOA, its owner a pointer into the question name at `offset`."""
+        owner = struct.pack("!H", 0xC000 | (12 + offset))
+        return wire.record(owner, wire.SOA, NEGATIVE_TTL, self.soa_rdata)
+
+    def answer(self, query: wire.Query) -> Answer | None:
+        """The authoritative answer, or None when the name is not ours (forward it)."""
+        key = query.qname.lower()
+        qtype = query.qtype
+        in_class = query.qclass in (wire.CLASS_IN, wire.CLASS_ANY)
+        records = self.a_records.get(key)
+        if records is not None:
+            if not in_class:
+                return Answer(wire.REFUSED, [], [])
+            if qtype in (wire.A, wire.ANY):
+                return Answer(wire.NOERROR, records, [])
+            return Answer(wire.NOERROR, [], self._negative(key, False))
+        records = self.ptr_records.get(key)
+        if records is not None:
+            if not in_class:
+                return Answer(wire.REFUSED, [], [])
+            if qtype in (wire.PTR, wire.ANY):
+                return Answer(wire.NOERROR, records, [])
+            return Answer(wire.NOERROR, [], self._negative(key, True))
+        offset = suffix_offset(key, self.domain)
+        if offset >= 0:
+            if not in_class:
+                return Answer(wire.REFUSED, [], [])
+            if offset == 0:
+                if qtype == wire.SOA:
+                    return Answer(wire.NOERROR, [wire.record(wire.QUESTION_POINTER, wire.SOA,
+                                                             NEGATIVE_TTL, self.soa_rdata)], [])
+                return Answer(wire.NOERROR, [], [self._soa(0)])
+            if key in self.nonterminals:
+                return Answer(wire.NOERROR, [], [self._soa(offset)])
+            return Answer(wire.NXDOMAIN, [], [self._soa(offset)])
+        return self._reverse(key, in_class)
+
+    def _negative(self, key: bytes, reverse: bool) -> list[bytes]:
+        """The SOA for a no-data answer, when the name is inside one of our zones."""
+        zone = self.reverse_zone if reverse else self.domain
+        offset = suffix_offset(key, zone)
+        return [self._soa(offset)] if offset >= 0 else []
+
+    def _reverse(self, key: bytes, in_class: bool) -> Answer | None:
+        """Pod-subnet addresses with no pod: NXDOMAIN here; other addresses: forward."""
+        zone_offset = suffix_offset(key, IN_ADDR_ARPA)
+        if zone_offset < 0 or not in_class:
+            return None
+        octets = []
+        for offset in label_offsets(key[:zone_offset] + b"\x00"):
+            label = key[offset + 1:offset + 1 + key[offset]]
+            if not label.isdigit() or len(label) > 3 or int(label) > 255 or \
+                    (len(label) > 1 and label[:1] == b"0"):
+                return None
+            octets.append(int(label))
+        if len(octets) > 4:
+            return None
+        octets.reverse()  # most significant first
+        value = 0
+        for octet in octets:
+            value = (value << 8) | octet
+        known_bits = 8 * len(octets)
+        value <<= 32 - known_bits
+        bits = min(known_bits, self.prefix)
+        top = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF if bits else 0
+        if (value & top) != (self.subnet & top):
+            return None
+        soa_offset = suffix_offset(key, self.reverse_zone)
+        if soa_offset < 0:
+            return None  # above our zone (e.g. 10.in-addr.arpa for a /16)
+        authority = [self._soa(soa_offset)]
+        if known_bits < 32:
+            return Answer(wire.NOERROR, [], authority)  # an empty non-terminal of the zone
+        return Answer(wire.NXDOMAIN, [], authority)

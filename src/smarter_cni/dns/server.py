@@ -1,0 +1,370 @@
+"""The server loop: UDP and TCP on one address, one thread, non-blocking.
+
+Each wake-up first reads everything that is waiting, then checks the
+registry file (one `stat`: the plugin replaces it by rename, so any change
+shows as a new inode/mtime/size), then answers. A query that arrived after
+ADD returned is therefore always answered from a registry that has the pod.
+Answers are cached as wire bytes keyed by the query minus its ID, so a
+repeated question costs a dict lookup and a sendto.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import time
+
+from .. import registry
+from . import wire
+from .answers import Names
+from .forwarder import Client, Forwarder
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .acl import Acl
+
+log = logging.getLogger("smarter-cni.dns")
+
+UDP_BATCH = 64
+FAST_CACHE_LIMIT = 8192
+FORWARDED_FAST_TTL = 1.0     # how stale a byte-cached forwarded answer's TTLs may get
+TCP_MAX_CONNECTIONS = 64
+TCP_IDLE_TIMEOUT = 10.0
+TCP_MAX_OUTPUT = 256 * 1024
+TCP_BACKLOG = 64
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+FOREVER = float("inf")
+
+
+class Conn:
+    """One TCP client: 2-byte length framing, several queries per connection."""
+
+    __slots__ = ("sock", "source", "inbuf", "outbuf", "active", "closed")
+
+    def __init__(self, sock: socket.socket, source: str, now: float) -> None:
+        self.sock = sock
+        self.source = source
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.active = now
+        self.closed = False
+
+
+class Stats:
+    __slots__ = ("queries", "cached", "forwarded", "refused", "malformed", "reloads")
+
+    def __init__(self) -> None:
+        self.queries = self.cached = self.forwarded = 0
+        self.refused = self.malformed = self.reloads = 0
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+
+
+class Server:
+    def __init__(self, listen: str, port: int, state_dir: str, domain: str,
+                 subnet: int, prefix: int, acl: Acl, upstreams: list[tuple[str, int]],
+                 upstream_timeout: float = 2.0) -> None:
+        self.listen = listen
+        self.port = port
+        self.state_dir = state_dir
+        self.registry_path = os.path.join(state_dir, "attachments.json")
+        self.domain = domain
+        self.subnet = subnet
+        self.prefix = prefix
+        self.acl = acl
+        self.stats = Stats()
+        self.stop = False
+        self.names = Names({}, {}, domain, subnet, prefix)
+        self.signature: Any = ()
+        self.udp_cache: dict[bytes, tuple[bytes, float]] = {}
+        self.tcp_cache: dict[bytes, tuple[bytes, float]] = {}
+        self.conns: dict[int, Conn] = {}
+        self.forwarder = Forwarder(upstreams, self._deliver, upstream_timeout)
+        self.selector = selectors.DefaultSelector()
+        self.udp = self._bind(socket.SOCK_DGRAM)
+        self.tcp = self._bind(socket.SOCK_STREAM)
+        self.tcp.listen(TCP_BACKLOG)
+        self.selector.register(self.udp, selectors.EVENT_READ, "udp")
+        self.selector.register(self.tcp, selectors.EVENT_READ, "accept")
+        for sock in self.forwarder.open_sockets():
+            self.selector.register(sock, selectors.EVENT_READ, "upstream")
+        self.wake_fd = -1
+        self.refresh_registry()
+
+    def _bind(self, kind: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            sock.setblocking(False)
+            sock.bind((self.listen, self.port))
+        except OSError:
+            sock.close()
+            raise
+        if kind == socket.SOCK_DGRAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        return sock
+
+    def watch_fd(self, fd: int) -> None:
+        """Wake the loop when `fd` is readable (the signal wake-up pipe)."""
+        self.wake_fd = fd
+        self.selector.register(fd, selectors.EVENT_READ, "wake")
+
+    # -- the registry
+
+    def refresh_registry(self) -> None:
+        """Reload the pod names if the registry file was replaced since last time."""
+        try:
+            st = os.stat(self.registry_path)
+            signature: Any = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            signature = None
+        except OSError as err:
+            signature = ("error", err.errno)
+        if signature == self.signature:
+            return
+        try:
+            forward, reverse = registry.load_tables(self.domain, self.state_dir)
+        except Exception as err:  # a bad file keeps the last good names
+            log.warning("cannot read the registry %s: %s", self.registry_path, err)
+            self.signature = signature
+            return
+        self.signature = signature
+        self.names = Names(forward, reverse, self.domain, self.subnet, self.prefix,
+                           serial=int(time.time()))
+        self.udp_cache.clear()
+        self.tcp_cache.clear()
+        self.stats.reloads += 1
+        log.debug("registry reloaded: %d names", self.names.count)
+
+    # -- the loop
+
+    def serve_forever(self) -> None:
+        select = self.selector.select
+        udp = self.udp
+        udp_cache = self.udp_cache
+        allowed = self.acl.allowed
+        stats = self.stats
+        next_sweep = time.monotonic() + 1.0
+        while not self.stop:
+            timeout = next_sweep - time.monotonic()
+            deadline = self.forwarder.next_deadline()
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+            events = select(max(timeout, 0.0))
+            now = time.monotonic()
+            batch: list[tuple[bytes, Any]] = []
+            frames: list[tuple[Conn, bytes]] = []
+            upstream: list[Any] = []
+            for key, mask in events:
+                what = key.data
+                if what == "udp":
+                    for _ in range(UDP_BATCH):
+                        try:
+                            batch.append(udp.recvfrom(4096))
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError:
+                            continue
+                elif what == "upstream":
+                    upstream.append(key.fileobj)
+                elif what == "accept":
+                    self._accept(now)
+                elif what == "wake":
+                    try:
+                        os.read(self.wake_fd, 512)
+                    except OSError:
+                        pass
+                else:
+                    self._on_conn_event(what, mask, now, frames)
+            # Read first, then check the registry: nothing read above predates this stat.
+            self.refresh_registry()
+            if udp_cache is not self.udp_cache:
+                udp_cache = self.udp_cache
+            for data, address in batch:
+                stats.queries += 1
+                if address[0] in allowed:
+                    hit = udp_cache.get(data[2:])
+                    if hit is not None and hit[1] > now:
+                        stats.cached += 1
+                        try:
+                            udp.sendto(data[:2] + hit[0], address)
+                        except OSError:
+                            pass
+                        continue
+                self._answer(data, (udp, address), now)
+            for conn, frame in frames:
+                if not conn.closed:
+                    stats.queries += 1
+                    self._answer(frame, (conn, None), now)
+            for sock in upstream:
+                self.forwarder.on_readable(sock, now)
+            if deadline is not None and deadline <= now:
+                self.forwarder.on_timer(now)
+            if now >= next_sweep:
+                next_sweep = now + 1.0
+                self._sweep_idle(now)
+                if len(self.udp_cache) > FAST_CACHE_LIMIT:
+                    self.udp_cache.clear()
+                if len(self.tcp_cache) > FAST_CACHE_LIMIT:
+                    self.tcp_cache.clear()
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close_conn(conn)
+        self.forwarder.close()
+        self.selector.close()
+        self.udp.close()
+        self.tcp.close()
+
+    # -- answering
+
+    def _answer(self, data: bytes, where: tuple[Any, Any], now: float) -> None:
+        """Slow path: parse, ACL, answer or forward; cache what can be cached."""
+        transport, address = where
+        is_udp = address is not None
+        source = address[0] if is_udp else transport.source
+        if not self.acl.allows(source, now):
+            self.stats.refused += 1
+            self._send(where, wire.error_response(data, wire.REFUSED))
+            return
+        try:
+            query = wire.parse_query(data)
+        except wire.FormatError:
+            self.stats.malformed += 1
+            self._send(where, wire.error_response(data, wire.FORMERR))
+            return
+        if query.flags & wire.QR:
+            return  # never answer a response
+        if query.opcode != 0:
+            self._send(where, wire.error_response(data, wire.NOTIMP))
+            return
+        limit = query.udp_limit() if is_udp else None
+        cache = self.udp_cache if is_udp else self.tcp_cache
+        if query.edns and query.edns_version > 0:
+            self._send(where, wire.build_response(query, wire.BADVERS, authoritative=False))
+            return
+        answer = self.names.answer(query)
+        if answer is not None:
+            response = wire.build_response(query, answer.rcode, answer.answers,
+                                           answer.authority, True, limit)
+            cache[data[2:]] = (response[2:], FOREVER)
+            self._send(where, response)
+            return
+        self.stats.forwarded += 1
+        response, valid = self.forwarder.cached(query, limit, now)
+        if response is not None:
+            cache[data[2:]] = (response[2:], now + min(valid, FORWARDED_FAST_TTL))
+            self._send(where, response)
+            return
+        self.forwarder.ask(query, (transport, address, query, limit), now)
+
+    def _deliver(self, client: Client, response: bytes) -> None:
+        self._send((client[0], client[1]), response)
+
+    def _send(self, where: tuple[Any, Any], response: bytes | None) -> None:
+        if response is None:
+            return
+        transport, address = where
+        if address is not None:
+            try:
+                transport.sendto(response, address)
+            except OSError:
+                pass
+            return
+        conn: Conn = transport
+        if conn.closed:
+            return
+        conn.outbuf += len(response).to_bytes(2, "big") + response
+        self._flush(conn)
+
+    # -- TCP
+
+    def _accept(self, now: float) -> None:
+        for _ in range(16):
+            try:
+                sock, address = self.tcp.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE):
+                    log.warning("out of file descriptors accepting TCP connections")
+                return
+            if len(self.conns) >= TCP_MAX_CONNECTIONS:
+                # Make room by dropping the longest-idle client: slow or half-open
+                # clients cannot lock out new ones.
+                oldest = min(self.conns.values(), key=lambda c: c.active)
+                self._close_conn(oldest)
+            sock.setblocking(False)
+            conn = Conn(sock, address[0], now)
+            self.conns[sock.fileno()] = conn
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _on_conn_event(self, conn: Conn, mask: int, now: float,
+                       frames: list[tuple[Conn, bytes]]) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if not mask & selectors.EVENT_READ or conn.closed:
+            return
+        try:
+            chunk = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close_conn(conn)
+            return
+        if not chunk:
+            self._close_conn(conn)
+            return
+        conn.active = now
+        conn.inbuf += chunk
+        while len(conn.inbuf) >= 2:
+            size = (conn.inbuf[0] << 8) | conn.inbuf[1]
+            if size < 12:
+                self._close_conn(conn)  # cannot be a DNS message: drop the client
+                return
+            if len(conn.inbuf) < 2 + size:
+                break
+            frames.append((conn, bytes(conn.inbuf[2:2 + size])))
+            del conn.inbuf[:2 + size]
+
+    def _flush(self, conn: Conn) -> None:
+        if conn.outbuf:
+            try:
+                sent = conn.sock.send(conn.outbuf)
+                del conn.outbuf[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._close_conn(conn)
+                return
+        if len(conn.outbuf) > TCP_MAX_OUTPUT:
+            self._close_conn(conn)  # the client does not read its answers
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        try:
+            if self.selector.get_key(conn.sock).events != events:
+                self.selector.modify(conn.sock, events, conn)
+        except (KeyError, ValueError):
+            pass
+
+    def _close_conn(self, conn: Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        self.conns.pop(conn.sock.fileno(), None)
+        conn.sock.close()
+
+    def _sweep_idle(self, now: float) -> None:
+        for conn in [c for c in self.conns.values() if now - c.active > TCP_IDLE_TIMEOUT]:
+            self._close_conn(conn)
