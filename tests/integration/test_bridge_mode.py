@@ -177,3 +177,31 @@ def test_forwarding_and_masquerade_rules_are_made_once(plugin, bridge_network, n
     assert f"-s {bridge_network['subnet']}" in rules
     with open("/proc/sys/net/ipv4/ip_forward") as handle:
         assert handle.read().strip() == "1"
+
+
+def test_netns_given_as_a_process_path(plugin, bridge_network, netns):
+    """cri-dockerd and podman pass /proc/PID/ns/net rather than a named netns."""
+    ns, _ = netns.create()
+    holder = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "60"])
+    try:
+        path = f"/proc/{holder.pid}/ns/net"
+        added = plugin("ADD", bridge_network, "ctr-proc", path)
+        assert added.ok, added
+        assert _pod_address(ns) == added.json["ips"][0]["address"]
+        checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "ctr-proc", path)
+        assert checked.ok, checked
+        assert plugin("DEL", bridge_network, "ctr-proc", path).ok
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_add_keeps_an_earlier_plugins_result(plugin, bridge_network, netns):
+    _, path = netns.create()
+    earlier = {"cniVersion": "1.0.0", "interfaces": [{"name": "lo", "sandbox": path}],
+               "ips": [], "dns": {}}
+    added = plugin("ADD", dict(bridge_network, prevResult=earlier), "ctr-prev", path)
+    assert added.ok, added
+    names = [i["name"] for i in added.json["interfaces"]]
+    assert names[0] == "lo" and names[2] == "eth0"
+    assert added.json["ips"][0]["interface"] == 2

@@ -116,12 +116,13 @@ def add(request: Request, conf: NetConf) -> Result:
             record["ips"] = [address_text(address, prefix)]
             record["gateway"] = ipv4.to_text(gateway)
         result = _plumb(request, conf, host, address, prefix, gateway)
+        result = _after_previous(request, result)
     except BaseException:
         _undo_add(request, conf, key, host)
         raise
     with store.Transaction() as tx:
         record["ready"] = True
-        record["mac"] = result.interfaces[1].mac
+        record["mac"] = result.interfaces[-1].mac
         tx.attachments[key] = record
         tx.dirty = True
     return result
@@ -224,6 +225,25 @@ def _plumb(request: Request, conf: NetConf, host: str, address: int, prefix: int
     result.routes = [Route("0.0.0.0/0", gateway_text)]
     result.dns = conf.dns_result(request.pod_namespace)
     return result
+
+
+def _after_previous(request: Request, result: Result) -> Result:
+    """Keep what earlier plugins in the chain reported, ours appended after it."""
+    prev = request.config.get("prevResult")
+    if not prev:
+        return result
+    from ..cni.result import from_dict
+
+    merged = from_dict(prev)
+    offset = len(merged.interfaces)
+    for ip in result.ips:
+        if ip.interface is not None:
+            ip.interface += offset
+    merged.interfaces += result.interfaces
+    merged.ips += result.ips
+    merged.routes += result.routes
+    merged.dns = result.dns or merged.dns
+    return merged
 
 
 def _undo_add(request: Request, conf: NetConf, key: str, host: str) -> None:

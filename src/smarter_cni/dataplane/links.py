@@ -33,11 +33,24 @@ def master_of(name: str) -> str:
         return ""
 
 
+NAMED_NETNS_DIRS = ("/var/run/netns", "/run/netns")
+
+
+def ip_argv(netns: str = "") -> list[str]:
+    """`ip` run inside `netns`: `ip -n NAME` for a named netns (containerd and
+    CRI-O use those; one exec), else through nsenter (e.g. /proc/PID/ns/net)."""
+    if not netns:
+        return ["ip"]
+    directory, name = os.path.split(netns)
+    if directory in NAMED_NETNS_DIRS and name and not name.startswith("."):
+        return ["ip", "-n", name]
+    return ["nsenter", f"--net={netns}", "ip"]
+
+
 def batch(lines: Sequence[str], netns: str = "", what: str = "") -> None:
     """Run several `ip` commands in one exec (inside `netns` when given)."""
     script = ("\n".join(lines) + "\n").encode()
-    argv = ["nsenter", f"--net={netns}", "ip", "-batch", "-"] if netns else ["ip", "-batch", "-"]
-    check(argv, script, what or "ip")
+    check([*ip_argv(netns), "-batch", "-"], script, what or "ip")
 
 
 def delete(name: str) -> bool:
@@ -51,9 +64,7 @@ def delete(name: str) -> bool:
 
 
 def show_json(args: Sequence[str], netns: str = "") -> Any:
-    argv = ["ip", "-j", *args]
-    if netns:
-        argv = ["nsenter", f"--net={netns}", *argv]
+    argv = [*ip_argv(netns), "-j", *args]
     done = run(argv)
     if done.returncode != 0:
         raise CNIError(DATAPLANE_FAILURE, f"{' '.join(argv[-4:])} failed: {done.error_text}")
