@@ -205,3 +205,20 @@ def test_add_keeps_an_earlier_plugins_result(plugin, bridge_network, netns):
     names = [i["name"] for i in added.json["interfaces"]]
     assert names[0] == "lo" and names[2] == "eth0"
     assert added.json["ips"][0]["interface"] == 2
+
+
+def test_a_changed_subnet_replaces_the_old_rules_and_bridge_address(plugin, bridge_network, netns,
+                                                                   state_dir):
+    (_, p1), (_, p2) = netns.create(), netns.create()
+    assert plugin("ADD", bridge_network, "ctr-1", p1).ok
+    assert plugin("DEL", bridge_network, "ctr-1", p1).ok
+    old = bridge_network["subnet"]
+    new = old.replace(".0/24", ".128/25")
+    (state_dir / "attachments.json").unlink()  # as after a reboot: /run is empty again
+    added = plugin("ADD", dict(bridge_network, subnet=new), "ctr-2", p2)
+    assert added.ok, added
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert f"-s {new}" in rules and f"-s {old}" not in rules
+    addrs = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge_network["bridge"]],
+                           capture_output=True, text=True).stdout
+    assert new.replace(".128/25", ".129/25") in addrs and old.replace(".0/24", ".1/24") not in addrs

@@ -72,6 +72,8 @@ def ensure(conf: NetConf) -> None:
     if backend() == "nft":
         _nft_ensure(conf)
         return
+    _drop_stale("filter", "FORWARD", conf, _forward_rules(conf))
+    _drop_stale("nat", "POSTROUTING", conf, [_masq_jump(conf)] if conf.ip_masq else [])
     for rule in _forward_rules(conf):
         _ensure_rule("filter", "FORWARD", rule, insert=True)
     chain = chain_name(conf.name)
@@ -84,17 +86,29 @@ def ensure(conf: NetConf) -> None:
         _ensure_rule("nat", "POSTROUTING", _masq_jump(conf), insert=False)
 
 
+def _drop_stale(table: str, chain: str, conf: NetConf, wanted: list[list[str]]) -> None:
+    """Delete this network's rules that no longer match its config (old bridge or subnet)."""
+    import shlex
+
+    listing = run(["iptables", "-w", "5", "-t", table, "-S", chain])
+    marker = f'--comment "{comment(conf)}"'
+    for line in listing.stdout.decode(errors="replace").splitlines():
+        if marker not in line and f"--comment {comment(conf)}" not in line:
+            continue
+        words = shlex.split(line)
+        if words[:2] != ["-A", chain] or words[2:] in wanted:
+            continue
+        _iptables("-t", table, "-D", chain, *words[2:])
+
+
 def teardown(conf: NetConf) -> None:
     """Remove every rule `ensure` made; absent rules are fine."""
     if not find_program("iptables"):
         if find_program("nft"):
             run(["nft", "delete", "table", "ip", _nft_table(conf)])
         return
-    for rule in _forward_rules(conf):
-        while _iptables("-t", "filter", "-D", "FORWARD", *rule) == 0:
-            pass
-    while _iptables("-t", "nat", "-D", "POSTROUTING", *_masq_jump(conf)) == 0:
-        pass
+    _drop_stale("filter", "FORWARD", conf, [])
+    _drop_stale("nat", "POSTROUTING", conf, [])
     chain = chain_name(conf.name)
     _iptables("-t", "nat", "-F", chain)
     _iptables("-t", "nat", "-X", chain)
