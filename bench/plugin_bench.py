@@ -1,0 +1,695 @@
+#!/usr/bin/env python3
+"""smarter-cni vs the reference CNI chain, side by side, in one run.
+
+    sudo python3 bench/plugin_bench.py [--pods N] [--quick] [--json FILE]
+
+Chains (each exec'd as a runtime does: env + stdin, plugins of the conflist
+in order with prevResult on ADD, in reverse on DEL):
+
+  A  smarter-cni   loopback + smarter-cni (bridge mode, built-in IPAM)
+  B  reference     loopback + bridge (isGateway, ipMasq) + host-local
+  C  ref no-masq   loopback + bridge (isGateway) + host-local
+
+Sections: sequential ADD/DEL latency over N pods (interleaved A B C / C B A
+so drift hits every chain alike), 4 and 16 concurrent ADDs/DELs (pods per
+second, no repeated address, no leftover host veth), docker mode next to
+bridge mode on the real dockerd, and footprint (peak RSS of one run,
+import time, VERSION wall time). Everything made is removed in `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import Chain, fmt_ms, fmt_ratio, ratio, summary  # noqa: E402
+
+MAX_PODS = 1000
+MAX_DOCKER_PODS = 60
+CONCURRENCY = (4, 16)
+REQUIRED = ("loopback", "bridge", "host-local")
+
+
+# ---------------------------------------------------------------- setup
+
+class Bench:
+    """Owns every resource of one run; `cleanup` removes all of them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="smarter-cni-bench-"))
+        self.run_id = common.token(6)
+        self.state_dir = self.tmp / "state"
+        self.state_dir.mkdir(mode=0o700)
+        self.bin_dir = common.make_bin_dir(self.tmp / "bin", args.python)
+        self.netns = common.Namespaces(f"scb{self.run_id}")
+        self.prefix = 24 if args.pods <= 250 else 22
+        subnets = common.free_subnets(3, self.prefix)
+        self.nets: dict[str, dict[str, Any]] = {}
+        pod_args_env = {"SMARTER_CNI_STATE_DIR": str(self.state_dir)}
+        self.smarter_conf = {"type": "smarter-cni", "bridge": f"scbA{self.run_id}",
+                             "subnet": subnets[0]}
+        self.chains = {
+            "A": Chain("smarter-cni", f"scb-a-{self.run_id}",
+                       [{"type": "loopback"}, self.smarter_conf], self.bin_dir, pod_args_env),
+            "B": Chain("reference", f"scb-b-{self.run_id}",
+                       [{"type": "loopback"}, self._reference(f"scbB{self.run_id}", subnets[1], True)],
+                       self.bin_dir),
+            "C": Chain("ref no-masq", f"scb-c-{self.run_id}",
+                       [{"type": "loopback"}, self._reference(f"scbC{self.run_id}", subnets[2], False)],
+                       self.bin_dir),
+        }
+        self.bridges = [self.smarter_conf["bridge"], f"scbB{self.run_id}", f"scbC{self.run_id}"]
+        # live attachments: (chain key, container id) -> (netns, prevResult)
+        self.live: dict[tuple[str, str], tuple[str, Any]] = {}
+        self.docker: DockerSide | None = None
+        self.results: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv),
+                                        "pods": args.pods, "python": args.python,
+                                        "subnets": dict(zip("ABC", subnets))}
+
+    def _reference(self, bridge: str, subnet: str, masq: bool) -> dict[str, Any]:
+        conf: dict[str, Any] = {"type": "bridge", "bridge": bridge, "isGateway": True,
+                                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                                         "dataDir": str(self.tmp / f"host-local-{bridge}")}}
+        if masq:
+            conf["ipMasq"] = True
+        return conf
+
+    # ------------------------------------------------------------ pod operations
+
+    @staticmethod
+    def pod_args(container_id: str) -> str:
+        return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{container_id[-10:]};"
+                f"K8S_POD_INFRA_CONTAINER_ID={container_id}")
+
+    def add(self, key: str, container_id: str, netns: str) -> tuple[float, float, Any]:
+        self.live[(key, container_id)] = (netns, None)  # DEL it even if ADD fails half-way
+        wall, cpu, result, _ = self.chains[key].add(container_id, netns, self.pod_args(container_id))
+        self.live[(key, container_id)] = (netns, result)
+        return wall, cpu, result
+
+    def delete(self, key: str, container_id: str) -> tuple[float, float]:
+        netns, prev = self.live[(key, container_id)]
+        wall, cpu, _ = self.chains[key].delete(container_id, netns, prev, self.pod_args(container_id))
+        del self.live[(key, container_id)]
+        return wall, cpu
+
+    # ------------------------------------------------------------ cleanup
+
+    def cleanup(self) -> list[str]:
+        problems: list[str] = []
+        for (key, container_id), (netns, prev) in list(self.live.items()):
+            try:
+                self.chains[key].delete(container_id, netns, prev, self.pod_args(container_id))
+            except Exception as err:  # keep cleaning
+                problems.append(f"DEL {key}/{container_id}: {err}")
+        self.live.clear()
+        if self.docker is not None:
+            problems += self.docker.cleanup()
+        problems += self.netns.cleanup()
+        os.environ["SMARTER_CNI_STATE_DIR"] = str(self.state_dir)
+        try:
+            sys.path.insert(0, str(common.SRC))
+            from smarter_cni.dataplane import bridge
+            from smarter_cni.netconf import parse_netconf
+
+            bridge.teardown_network(parse_netconf(
+                dict(self.smarter_conf, name=self.chains["A"].name, cniVersion="1.0.0")))
+        except Exception as err:
+            problems.append(f"smarter-cni teardown_network: {err}")
+        finally:
+            del os.environ["SMARTER_CNI_STATE_DIR"]
+        for bridge_name in self.bridges:
+            common.delete_link(bridge_name)
+            if os.path.exists(f"/sys/class/net/{bridge_name}"):
+                problems.append(f"bridge {bridge_name} is still there")
+        leftover = common.purge_iptables(f"scb-b-{self.run_id}") + common.purge_iptables(
+            f"scb-c-{self.run_id}") + common.purge_iptables(f"scb-a-{self.run_id}")
+        if leftover:
+            problems.append(f"removed {leftover} leftover iptables rules")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return problems
+
+
+# ---------------------------------------------------------------- 1. sequential latency
+
+def sequential(bench: Bench, keys: list[str]) -> dict[str, Any]:
+    pods = bench.args.pods
+    spaces = {key: bench.netns.create(pods + 1) for key in keys}
+    # Warm-up pod per chain: creates the bridge, NAT rules and page cache; not counted.
+    first = {}
+    for key in keys:
+        wall, _, _ = bench.add(key, f"warm{key}{bench.run_id}", spaces[key][pods])
+        first[key] = wall
+        bench.delete(key, f"warm{key}{bench.run_id}")
+    add_t: dict[str, list[float]] = {k: [] for k in keys}
+    del_t: dict[str, list[float]] = {k: [] for k in keys}
+    add_cpu: dict[str, list[float]] = {k: [] for k in keys}
+    del_cpu: dict[str, list[float]] = {k: [] for k in keys}
+    ids = [f"seq{bench.run_id}{i:05d}" for i in range(pods)]
+    for i in range(pods):
+        for key in (keys if i % 2 == 0 else keys[::-1]):
+            wall, cpu, _ = bench.add(key, ids[i], spaces[key][i])
+            add_t[key].append(wall)
+            add_cpu[key].append(cpu)
+    for i in range(pods):
+        for key in (keys if i % 2 == 0 else keys[::-1]):
+            wall, cpu = bench.delete(key, ids[i])
+            del_t[key].append(wall)
+            del_cpu[key].append(cpu)
+    return {"netns": spaces, "first_add": first,
+            "add": {k: summary(v) for k, v in add_t.items()},
+            "del": {k: summary(v) for k, v in del_t.items()},
+            "add_cpu": {k: summary(v) for k, v in add_cpu.items()},
+            "del_cpu": {k: summary(v) for k, v in del_cpu.items()}}
+
+
+# ---------------------------------------------------------------- 2. concurrency
+
+def concurrent(bench: Bench, keys: list[str], spaces: dict[str, list[str]],
+               workers: int, rounds: int) -> dict[str, Any]:
+    pods = bench.args.pods
+    out: dict[str, Any] = {}
+    for key in keys:
+        out[key] = {"add_wall": 0.0, "del_wall": 0.0, "pods": 0, "duplicates": [], "leftovers": [],
+                    "add_lat": [], "del_lat": []}
+    for rnd in range(rounds):
+        for key in (keys if rnd % 2 == 0 else keys[::-1]):
+            ids = [f"c{workers}r{rnd}{bench.run_id}{i:05d}" for i in range(pods)]
+            results: dict[str, Any] = {}
+            lat_add: list[float] = []
+
+            def add_one(i: int, key: str = key, ids: list[str] = ids,
+                        results: dict[str, Any] = results, lat: list[float] = lat_add) -> None:
+                wall, _, result = bench.add(key, ids[i], spaces[key][i])
+                results[ids[i]] = result
+                lat.append(wall)
+
+            lat_del: list[float] = []
+
+            def del_one(i: int, key: str = key, ids: list[str] = ids, lat: list[float] = lat_del) -> None:
+                wall, _ = bench.delete(key, ids[i])
+                lat.append(wall)
+
+            add_wall = _pool(workers, add_one, pods)
+            addresses = [common.result_ipv4(r) for r in results.values()]
+            seen: set[str] = set()
+            dupes = sorted({a for a in addresses if a in seen or seen.add(a)})  # type: ignore[func-returns-value]
+            if len(addresses) != pods or "" in addresses:
+                dupes.append(f"{pods - len([a for a in addresses if a])} pods without an address")
+            host_links = [n for r in results.values() for n in common.host_ifnames(r)
+                          if n not in bench.bridges]
+            del_wall = _pool(workers, del_one, pods)
+            leftover = [n for n in host_links if os.path.exists(f"/sys/class/net/{n}")]
+            bridge = bench.bridges["ABC".index(key)]
+            leftover += [f"{bridge} port {p}" for p in common.bridge_ports(bridge)]
+            slot = out[key]
+            slot["add_wall"] += add_wall
+            slot["del_wall"] += del_wall
+            slot["pods"] += pods
+            slot["duplicates"] += dupes
+            slot["leftovers"] += leftover
+            slot["add_lat"] += lat_add
+            slot["del_lat"] += lat_del
+    for slot in out.values():
+        slot["add_pods_per_s"] = slot["pods"] / slot["add_wall"]
+        slot["del_pods_per_s"] = slot["pods"] / slot["del_wall"]
+        slot["add_lat"] = summary(slot["add_lat"])
+        slot["del_lat"] = summary(slot["del_lat"])
+    return out
+
+
+def _pool(workers: int, func: Callable[[int], None], count: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(func, i) for i in range(count)]:
+            future.result()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- 3. docker mode
+
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class DockerSide:
+    """dockerd (the node's, or a private one started and stopped by PID), a busybox
+    image, a Docker network and sandbox containers; all removed at the end."""
+
+    def __init__(self, bench: Bench, subnet: str) -> None:
+        self.bench = bench
+        self.image = f"smarter-cni-bench/busybox:{bench.run_id}"
+        self.network = f"scb-d-{bench.run_id}"
+        self.subnet = subnet
+        self.socket = DEFAULT_DOCKER_SOCKET
+        self.daemon: subprocess.Popen | None = None
+        self.daemon_root = ""
+        self.containers: list[str] = []
+        self.image_made = False
+        self.network_made = False
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, DOCKER_HOST=f"unix://{self.socket}")
+
+    def docker(self, *args: str, input: bytes | None = None, check: bool = True) -> str:
+        done = common.sh("docker", *args, input=input, check=False, env=self.env)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args[:3])}: {done.stderr.decode().strip()}")
+        return done.stdout.decode().strip()
+
+    def answers(self) -> bool:
+        return common.sh("docker", "version", "--format", "{{.Server.Version}}", check=False,
+                         env=self.env, timeout=20).returncode == 0
+
+    def start_daemon(self) -> None:
+        """No dockerd on the default socket: run our own in a temp dir (no default bridge)."""
+        root = tempfile.mkdtemp(prefix="scb-dockerd-")
+        self.daemon_root = root
+        self.socket = os.path.join(root, "docker.sock")
+        with open(os.path.join(root, "dockerd.log"), "wb") as log:
+            self.daemon = subprocess.Popen(
+                ["dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/exec",
+                 "--pidfile", f"{root}/docker.pid", "-H", f"unix://{self.socket}",
+                 "--bridge", "none", "--log-level", "warn"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"dockerd exited with {self.daemon.returncode}")
+            if os.path.exists(self.socket) and self.answers():
+                return
+            time.sleep(0.2)
+        raise RuntimeError("private dockerd did not answer within 60 s")
+
+    def prepare(self, count: int) -> list[tuple[str, str]]:
+        if not self.answers():
+            self.start_daemon()
+        root = Path(tempfile.mkdtemp(prefix="scb-rootfs-", dir=self.bench.tmp))
+        (root / "bin").mkdir()
+        shutil.copy2("/bin/busybox", root / "bin" / "busybox")
+        (root / "bin" / "sleep").symlink_to("busybox")
+        (root / "bin" / "sh").symlink_to("busybox")
+        for sub in ("etc", "tmp", "proc", "sys", "dev"):
+            (root / sub).mkdir()
+        tar = common.sh("tar", "-C", str(root), "-c", ".").stdout
+        self.docker("import", "-", self.image, input=tar)
+        self.image_made = True
+        base = self.subnet.rsplit(".", 1)[0]
+        self.docker("network", "create", "--driver", "bridge", "--subnet", self.subnet,
+                    "--gateway", f"{base}.1", "--aux-address", f"smarter-cni-dns={base}.2",
+                    "--label", "io.smarter-cni.managed=true", self.network)
+        self.network_made = True
+        sandboxes = []
+        for i in range(count):
+            docker_id = self.docker("run", "-d", "--name", f"scb-{self.bench.run_id}-{i}",
+                                    "--network", "none", "--hostname", f"dpod{i}",
+                                    "--label", "smarter-cni-bench=1", self.image, "sleep", "3600")
+            self.containers.append(docker_id)
+            pid = self.docker("inspect", "-f", "{{.State.Pid}}", docker_id)
+            sandboxes.append((docker_id, f"/proc/{pid}/ns/net"))
+        return sandboxes
+
+    def config(self) -> dict[str, Any]:
+        base = self.subnet.rsplit(".", 1)[0]
+        return {"type": "smarter-cni", "mode": "docker", "network": self.network,
+                "subnet": self.subnet, "dnsAddress": f"{base}.2", "dockerSocket": self.socket}
+
+    def cleanup(self) -> list[str]:
+        problems = []
+        for docker_id in self.containers:
+            if self.docker("rm", "-f", docker_id, check=False) == "" and self.answers():
+                problems.append(f"docker rm {docker_id[:12]} failed")
+        self.containers.clear()
+        if self.network_made:
+            self.docker("network", "rm", self.network, check=False)
+        if self.image_made:
+            self.docker("rmi", "-f", self.image, check=False)
+        if self.daemon is not None:
+            problems += self._stop_daemon()
+        return problems
+
+    def _stop_daemon(self) -> list[str]:
+        assert self.daemon is not None
+        if self.daemon.poll() is None:
+            os.kill(self.daemon.pid, signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.daemon.pid, signal.SIGKILL)
+                self.daemon.wait(timeout=10)
+        with open("/proc/self/mounts") as handle:
+            mounts = [line.split()[1] for line in handle]
+        for point in sorted((m for m in mounts if m.startswith(self.daemon_root + "/")), reverse=True):
+            common.sh("umount", "-l", point, check=False)
+        with open("/proc/self/mounts") as handle:
+            if any(line.split()[1].startswith(self.daemon_root + "/") for line in handle):
+                return [f"mounts left under {self.daemon_root}; not removing it"]
+        shutil.rmtree(self.daemon_root, ignore_errors=True)
+        return []
+
+
+def docker_available() -> str:
+    """'' when docker mode can be measured, else the reason it cannot."""
+    if not (common.SRC / "smarter_cni" / "dataplane" / "docker_mode.py").exists():
+        return "smarter_cni.dataplane.docker_mode does not exist yet"
+    sys.path.insert(0, str(common.SRC))
+    try:
+        import importlib
+
+        importlib.import_module("smarter_cni.dataplane.docker_mode")
+    except Exception as err:
+        return f"smarter_cni.dataplane.docker_mode does not import: {err}"
+    for tool in ("docker", "dockerd"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (apt-get install docker.io)"
+    if not os.path.exists("/bin/busybox"):
+        return "busybox-static is not installed (for the sandbox image)"
+    return ""
+
+
+def docker_mode(bench: Bench, spaces: list[str]) -> dict[str, Any]:
+    reason = docker_available()
+    if reason:
+        return {"skipped": reason}
+    count = min(bench.args.docker_pods, len(spaces))
+    subnet = common.free_subnets(1, 24)[0]
+    side = DockerSide(bench, subnet)
+    bench.docker = side
+    try:
+        sandboxes = side.prepare(count)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        return {"skipped": f"cannot prepare docker sandboxes: {err}"}
+    chain = Chain("docker mode", side.network, [{"type": "loopback"}, side.config()],
+                  bench.bin_dir, {"SMARTER_CNI_STATE_DIR": str(bench.state_dir)})
+    bench.chains["D"] = chain
+    add_t: dict[str, list[float]] = {"D": [], "A": []}
+    del_t: dict[str, list[float]] = {"D": [], "A": []}
+    ids = {"A": [f"dvb{bench.run_id}{i:05d}" for i in range(count)],
+           "D": [docker_id for docker_id, _ in sandboxes]}
+    netns = {"A": spaces[:count], "D": [ns for _, ns in sandboxes]}
+    for i in range(count):
+        for key in (("D", "A") if i % 2 == 0 else ("A", "D")):
+            wall, _, _ = bench.add(key, ids[key][i], netns[key][i])
+            add_t[key].append(wall)
+    for i in range(count):
+        for key in (("D", "A") if i % 2 == 0 else ("A", "D")):
+            wall, _ = bench.delete(key, ids[key][i])
+            del_t[key].append(wall)
+    return {"pods": count, "add": {k: summary(v) for k, v in add_t.items()},
+            "del": {k: summary(v) for k, v in del_t.items()}}
+
+
+# ---------------------------------------------------------------- 4. footprint
+
+def footprint(bench: Bench, spare: list[str]) -> dict[str, Any]:
+    reps = 3 if bench.args.quick else 10
+    launcher = str(bench.bin_dir / "smarter-cni")
+    bridge = str(bench.bin_dir / "bridge")
+    rss: dict[str, list[int]] = {}
+    for rep in range(min(reps, len(spare) - 1)):
+        for key, program in (("A", launcher), ("B", bridge)):
+            chain = bench.chains[key]
+            name = os.path.basename(program)
+            container_id = f"rss{key}{bench.run_id}{rep}"
+            conf = json.dumps(dict(chain.plugins[1], cniVersion=chain.cni_version,
+                                   name=chain.name)).encode()
+            for command in ("ADD", "DEL"):
+                env = common.cni_env(command, bench.bin_dir, container_id, spare[rep], "eth0",
+                                     bench.pod_args(container_id), chain.extra_env)
+                bench.live[(key, container_id)] = (spare[rep], None)
+                kb, done = common.peak_rss_kb(program, env, conf)
+                if not done.ok:
+                    raise RuntimeError(f"{name} {command} (under GNU time) failed: {done.describe()}")
+                if command == "DEL":
+                    del bench.live[(key, container_id)]
+                if kb:
+                    rss.setdefault(f"{name} {command}", []).append(kb)
+    version_env = common.cni_env("VERSION", bench.bin_dir, ifname="")
+    version_in = b'{"cniVersion":"1.0.0"}'
+    python = bench.args.python
+    walls: dict[str, list[float]] = {"smarter-cni VERSION": [], "bridge VERSION": [],
+                                     f"{python} -IS -c pass": []}
+    for _ in range(reps * 3):
+        walls["smarter-cni VERSION"].append(common.exec_plugin(launcher, version_env, version_in).wall)
+        walls["bridge VERSION"].append(common.exec_plugin(bridge, version_env, version_in).wall)
+        walls[f"{python} -IS -c pass"].append(common.exec_plugin(
+            python, {"PATH": "/usr/bin:/bin"}, b"", argv=[python, "-IS", "-c", "pass"]).wall)
+    return {"maxrss_kb": {k: max(v) for k, v in rss.items()},
+            "rss_note": "" if rss else "not measured: /usr/bin/time is missing (apt-get install time)",
+            "version_wall": {k: summary(v) for k, v in walls.items()},
+            "importtime": importtime(bench, spare[-1])}
+
+
+def importtime(bench: Bench, netns: str) -> dict[str, Any]:
+    """`python3 -X importtime` over a real ADD and DEL of the launcher (stderr is parsed)."""
+    out: dict[str, Any] = {}
+    python = bench.args.python
+    argv = [python, "-IS", "-X", "importtime", str(bench.bin_dir / "smarter-cni")]
+    chain = bench.chains["A"]
+    container_id = f"imp{bench.run_id}"
+    conf = dict(chain.plugins[1], cniVersion=chain.cni_version, name=chain.name)
+    for command in ("ADD", "DEL"):
+        env = common.cni_env(command, bench.bin_dir, container_id, netns, "eth0",
+                             bench.pod_args(container_id), chain.extra_env)
+        bench.live[("A", container_id)] = (netns, None)
+        done = common.exec_plugin(python, env, json.dumps(conf).encode(), argv=argv)
+        if command == "DEL" and done.ok:
+            del bench.live[("A", container_id)]
+        if not done.ok:
+            out[command] = {"error": done.describe()}
+            continue
+        total = 0
+        top: list[tuple[int, str]] = []
+        modules = 0
+        for line in done.stderr.decode().splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            self_us, cumulative, name = line[len("import time:"):].split("|", 2)
+            total += int(self_us)
+            modules += 1
+            if not name[1:].startswith(" "):  # top level: one leading space only
+                top.append((int(cumulative), name.strip()))
+        top.sort(reverse=True)
+        out[command] = {"total_ms": total / 1000, "modules": modules,
+                        "top": [{"module": n, "cumulative_ms": c / 1000} for c, n in top[:8]]}
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+TARGETS = [
+    ("ADD median", "<=", 1.0), ("ADD p99", "<=", 1.5), ("DEL median", "<=", 1.0),
+    ("DEL p99", "<=", 1.5), ("16-concurrent ADD pods/s", ">=", 1.0),
+    ("16-concurrent DEL pods/s", ">=", 1.0),
+]
+
+
+def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    lines = []
+    m = results["machine"]
+    lines.append(f"smarter-cni plugin bench — {m['date_utc']}, nproc {m['nproc']}, "
+                 f"kernel {m['kernel']}, {m['cpu']}, {results['pods']} pods, python {results['python']}")
+    seq = results["sequential"]
+    labels = {"A": "smarter-cni", "B": "reference (bridge+host-local, ipMasq)",
+              "C": "reference, no ipMasq", "D": "smarter-cni docker mode"}
+    lines.append("\n1. Sequential latency per pod, whole chain incl. loopback (ms)")
+    for op in ("add", "del"):
+        rows = []
+        for key in keys:
+            s = seq[op][key]
+            rows.append([f"{op.upper()} {labels[key]}", fmt_ms(s["min"]), fmt_ms(s["median"]),
+                         fmt_ms(s["p90"]), fmt_ms(s["p99"]), fmt_ms(s["max"]),
+                         fmt_ms(seq[f"{op}_cpu"][key]["median"])])
+        lines.append(common.table(["", "min", "median", "p90", "p99", "max", "cpu med"], rows))
+    lines.append("first ADD (creates the network), ms: " + ", ".join(
+        f"{labels[k]} {fmt_ms(v)}" for k, v in seq["first_add"].items()))
+
+    lines.append("\n2. Concurrent ADD/DEL throughput (pods/s)")
+    rows = []
+    for workers, data in results["concurrency"].items():
+        for key in keys:
+            d = data[key]
+            rows.append([f"{workers} concurrent, {labels[key]}", f"{d['add_pods_per_s']:.1f}",
+                         f"{d['del_pods_per_s']:.1f}", fmt_ms(d["add_lat"]["median"]),
+                         fmt_ms(d["add_lat"]["p99"]),
+                         "ok" if not d["duplicates"] else "DUP " + ",".join(d["duplicates"][:3]),
+                         "ok" if not d["leftovers"] else "LEFT " + ",".join(d["leftovers"][:3])])
+    lines.append(common.table(["", "ADD/s", "DEL/s", "ADD med ms", "ADD p99 ms", "unique IPs",
+                               "no leftover"], rows))
+
+    lines.append("\n3. Docker mode vs bridge mode (ms)")
+    dock = results["docker"]
+    if "skipped" in dock:
+        lines.append(f"skipped: {dock['skipped']}")
+    else:
+        rows = []
+        for op in ("add", "del"):
+            for key in ("D", "A"):
+                s = dock[op][key]
+                rows.append([f"{op.upper()} {labels[key]}", fmt_ms(s["min"]), fmt_ms(s["median"]),
+                             fmt_ms(s["p90"]), fmt_ms(s["p99"]), fmt_ms(s["max"])])
+        lines.append(f"{dock['pods']} sandboxes on the real dockerd")
+        lines.append(common.table(["", "min", "median", "p90", "p99", "max"], rows))
+
+    lines.append("\n4. Footprint")
+    foot = results["footprint"]
+    rows = [[k, f"{v / 1024:.1f}"] for k, v in foot["maxrss_kb"].items()]
+    if rows:
+        lines.append(common.table(["peak RSS of one plugin run (GNU time %M)", "MB"], rows))
+    else:
+        lines.append(f"peak RSS: {foot['rss_note']}")
+    rows = [[k, fmt_ms(v["min"]), fmt_ms(v["median"]), fmt_ms(v["p90"])]
+            for k, v in foot["version_wall"].items()]
+    lines.append(common.table(["wall time", "min ms", "median ms", "p90 ms"], rows))
+    for command, data in foot["importtime"].items():
+        if "error" in data:
+            lines.append(f"importtime {command}: {data['error']}")
+            continue
+        tops = ", ".join(f"{t['module']} {t['cumulative_ms']:.1f}" for t in data["top"][:6])
+        lines.append(f"-X importtime {command}: {data['total_ms']:.1f} ms in {data['modules']} "
+                     f"modules; top: {tops}")
+
+    ratios = ratios_of(results)
+    lines.append("\nRatios smarter-cni / reference (B = bridge+host-local with ipMasq; "
+                 "C = without) and targets")
+    rows = [[r["metric"], fmt_ratio(r["vs_B"]) if "MB" not in r["metric"] else f"{r['vs_B']:.1f}",
+             fmt_ratio(r.get("vs_C", float("nan"))),
+             f"{r['op']} {r['target']}" if r.get("target") is not None else "-",
+             ("PASS" if r["pass"] else "MISS") if r.get("pass") is not None else "-"]
+            for r in ratios]
+    lines.append(common.table(["ratio", "vs B", "vs C", "target", ""], rows))
+    return "\n".join(lines), ratios
+
+
+def ratios_of(results: dict[str, Any]) -> list[dict[str, Any]]:
+    seq = results["sequential"]
+    out = []
+    targets = {name: (op, value) for name, op, value in TARGETS}
+
+    def row(metric: str, a: float, b: float, c: float) -> None:
+        entry: dict[str, Any] = {"metric": metric, "vs_B": ratio(a, b), "vs_C": ratio(a, c)}
+        if metric in targets:
+            op, value = targets[metric]
+            entry.update(op=op, target=value,
+                         **{"pass": entry["vs_B"] <= value if op == "<=" else entry["vs_B"] >= value})
+        else:
+            entry.update(op="", target=None)
+        out.append(entry)
+
+    for op in ("add", "del"):
+        for stat in ("median", "p90", "p99"):
+            row(f"{op.upper()} {stat}", seq[op]["A"][stat], seq[op]["B"][stat], seq[op]["C"][stat])
+    for workers, data in results["concurrency"].items():
+        for op in ("add", "del"):
+            row(f"{workers}-concurrent {op.upper()} pods/s", data["A"][f"{op}_pods_per_s"],
+                data["B"][f"{op}_pods_per_s"], data["C"][f"{op}_pods_per_s"])
+    rss = results["footprint"]["maxrss_kb"]
+    if "smarter-cni ADD" in rss and "bridge ADD" in rss:
+        row("peak RSS of one ADD", rss["smarter-cni ADD"], rss["bridge ADD"], float("nan"))
+        mb = rss["smarter-cni ADD"] / 1024
+        out.append({"metric": "peak RSS of one ADD, MB (absolute)", "vs_B": mb,
+                    "vs_C": float("nan"), "op": "<=", "target": 25, "pass": mb <= 25})
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pods", type=int, default=120, help="pods per chain (default 120)")
+    parser.add_argument("--quick", action="store_true", help="a few pods, for smoke tests")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per concurrency level")
+    parser.add_argument("--docker-pods", type=int, default=30,
+                        help=f"sandbox containers for docker mode (max {MAX_DOCKER_PODS})")
+    parser.add_argument("--no-docker", action="store_true", help="skip the docker mode section")
+    parser.add_argument("--python", default=common.DEBIAN_PYTHON if os.path.exists(
+        common.DEBIAN_PYTHON) else sys.executable, help="interpreter for the plugin launcher")
+    parser.add_argument("--json", metavar="FILE", help="also write every number as JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pods = min(args.pods, 6) if "--pods" in argv else 6
+        args.rounds = 1
+        args.docker_pods = min(args.docker_pods, 3)
+    if not 2 <= args.pods <= MAX_PODS:
+        parser.error(f"--pods must be within 2..{MAX_PODS}")
+    args.docker_pods = max(1, min(args.docker_pods, MAX_DOCKER_PODS))
+    return args
+
+
+def preflight() -> str:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, bridges, iptables): run with sudo"
+    missing = [p for p in REQUIRED if not (common.REFERENCE_PLUGINS / p).exists()]
+    if missing:
+        return (f"reference plugins {', '.join(missing)} are missing from "
+                f"{common.REFERENCE_PLUGINS} (apt-get install containernetworking-plugins)")
+    for tool in ("ip", "iptables"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    problem = preflight()
+    if problem:
+        print(f"plugin_bench: {problem}", file=sys.stderr)
+        return 2
+    keys = ["A", "B", "C"]
+    bench = Bench(args)
+    results = bench.results
+    status = 0
+    started = time.monotonic()
+    try:
+        print(f"plugin_bench: {args.pods} pods per chain, interleaved; "
+              f"bin dir {bench.bin_dir} ...", flush=True)
+        seq = sequential(bench, keys)
+        spaces = seq.pop("netns")
+        results["sequential"] = seq
+        results["concurrency"] = {}
+        for workers in CONCURRENCY:
+            results["concurrency"][str(workers)] = concurrent(bench, keys, spaces, workers,
+                                                              args.rounds)
+        results["docker"] = ({"skipped": "--no-docker"} if args.no_docker
+                             else docker_mode(bench, spaces["A"]))
+        results["footprint"] = footprint(bench, spaces["C"])
+        results["seconds"] = round(time.monotonic() - started, 1)
+        text, ratios = report(results, keys)
+        results["ratios"] = ratios
+        print(text)
+        bad = [f"{k}/{n}" for n, data in results["concurrency"].items() for k in keys
+               if data[k]["duplicates"] or data[k]["leftovers"]]
+        if bad:
+            print(f"plugin_bench: correctness problems under concurrency: {', '.join(bad)}",
+                  file=sys.stderr)
+            status = 1
+    except Exception as err:
+        print(f"plugin_bench: failed: {err}", file=sys.stderr)
+        status = 1
+    finally:
+        problems = bench.cleanup()
+        for problem in problems:
+            print(f"plugin_bench cleanup: {problem}", file=sys.stderr)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"plugin_bench: done in {time.monotonic() - started:.1f} s", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
