@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from helpers import libcni as libcni_helper
 from helpers.libcni import LibcniDriver, LibcniResult
 from helpers.netns import link_exists, unique
