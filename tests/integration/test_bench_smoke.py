@@ -1,0 +1,85 @@
+"""Smoke runs of the benchmark scripts at tiny sizes, so they do not rot.
+
+The numbers are not judged here (benchmarks are not pass/fail); what is
+checked: each script runs to completion against the real plugin and the
+real reference plugins / dnsmasq, prints its ratio table, writes its JSON,
+and leaves no namespace, bridge or iptables rule behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+pytestmark = pytest.mark.root
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def _nat_rules() -> set[str]:
+    out = subprocess.run(["iptables", "-w", "5", "-t", "nat", "-S"], capture_output=True,
+                         text=True).stdout
+    return set(out.splitlines())
+
+
+def _run(script: str, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / f"{script}.json"
+    proc = subprocess.run([PYTHON, str(BENCH / script), "--quick", "--json", str(report), *extra],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    data = json.loads(report.read_text())
+    return proc, data
+
+
+def test_plugin_bench_quick(tmp_path: Path) -> None:
+    before_ns, before_links, before_nat = _netns(), _links(), _nat_rules()
+    proc, data = _run("plugin_bench.py", tmp_path)
+    out = proc.stdout
+    for row in ("ADD median", "DEL median", "DEL p99", "16-concurrent ADD pods/s",
+                "peak RSS of one ADD"):
+        assert any(line.startswith(row) and "x" in line for line in out.splitlines()), \
+            f"no ratio row {row!r} in:\n{out}"
+    metrics = {r["metric"]: r for r in data["ratios"]}
+    for name in ("ADD median", "ADD p99", "DEL median", "DEL p99", "16-concurrent ADD pods/s"):
+        assert metrics[name]["vs_B"] > 0, metrics[name]
+    seq = data["sequential"]
+    for key in ("A", "B", "C"):
+        assert seq["add"][key]["n"] == data["pods"] and seq["del"][key]["n"] == data["pods"]
+        assert 0 < seq["add"][key]["min"] <= seq["add"][key]["median"] <= seq["add"][key]["max"]
+    for workers in ("4", "16"):
+        for key in ("A", "B", "C"):
+            slot = data["concurrency"][workers][key]
+            assert slot["duplicates"] == [] and slot["leftovers"] == [], slot
+            assert slot["add_pods_per_s"] > 0 and slot["del_pods_per_s"] > 0
+    assert data["footprint"]["importtime"]["ADD"].get("total_ms", 0) > 0, data["footprint"]
+    docker = data["docker"]
+    assert "skipped" in docker or docker["add"]["D"]["n"] == docker["pods"], docker
+    # everything the bench made is gone
+    assert not {n for n in _netns() - before_ns if n.startswith("scb")}
+    assert not {n for n in _links() - before_links if n.startswith("scb")}
+    assert not {r for r in _nat_rules() - before_nat if "scb-" in r}
+
+
+@pytest.mark.skipif(not (BENCH / "dns_bench.py").exists(), reason="bench/dns_bench.py not written yet")
+def test_dns_bench_quick(tmp_path: Path) -> None:
+    proc, data = _run("dns_bench.py", tmp_path)
+    assert any("x" in line and ("qps" in line.lower() or "ratio" in line.lower())
+               for line in proc.stdout.splitlines()), proc.stdout
+    assert data, "dns_bench wrote an empty JSON report"
