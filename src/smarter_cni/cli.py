@@ -1,0 +1,296 @@
+"""`smarter-cni <command>`: the operator's command line.
+
+Not on the plugin's hot path (entry.py only comes here when CNI_COMMAND is
+unset), so it may use argparse and friends. Every command prints for people
+by default and JSON with `--json`; every failure is a message that says
+what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence, TextIO
+
+from . import __version__ as _version
+
+EPILOG = """\
+typical use:
+  sudo smarter-cni install                 bridge mode, defaults, self-test at the end
+  sudo smarter-cni install --mode docker   Docker network `mynet` (k3s --docker)
+  sudo smarter-cni install --k3s           same, and print the k3s command lines
+  smarter-cni status                       is everything in place? what to fix?
+  smarter-cni pods                         pods on this node and their addresses
+  sudo smarter-cni selftest                two throwaway pods: ping and resolve each other
+  sudo smarter-cni uninstall               remove it all (refuses while pods are attached)
+"""
+
+
+class CLIError(Exception):
+    """A failure for the operator: what went wrong and what to do about it."""
+
+    def __init__(self, message: str, fix: str = "", code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.code = code
+
+
+class Output:
+    """Human lines on stdout, or one JSON document with --json (progress then goes to stderr)."""
+
+    def __init__(self, as_json: bool = False, stream: TextIO | None = None) -> None:
+        self.as_json = as_json
+        self.stream = stream or sys.stdout
+        self.progress_stream = sys.stderr if as_json else self.stream
+
+    def say(self, text: str = "") -> None:
+        if not self.as_json:
+            print(text, file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """A progress/info line that is shown in both modes (on stderr with --json)."""
+        print(text, file=self.progress_stream, flush=True)
+
+    def step(self, text: str) -> Step:
+        return Step(self, text)
+
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = "") -> None:
+        if not self.as_json:
+            for line in format_table(headers, rows):
+                print(indent + line, file=self.stream)
+            self.stream.flush()
+
+    def emit(self, data: Any) -> None:
+        if self.as_json:
+            json.dump(data, self.stream, indent=2, sort_keys=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Step:
+    """`with out.step("Creating bridge smarter0"):` prints '... ok (0.2 s)' or '... FAILED'."""
+
+    def __init__(self, out: Output, text: str) -> None:
+        self.out = out
+        self.text = text
+        self.detail = ""
+        self.started = 0.0
+
+    def __enter__(self) -> Step:
+        self.started = time.monotonic()
+        print(f"  {self.text} ...", end="", file=self.out.progress_stream, flush=True)
+        return self
+
+    def __exit__(self, kind: Any, value: Any, trace: Any) -> None:
+        took = time.monotonic() - self.started
+        timing = f" ({took:.1f} s)" if took >= 0.5 else ""
+        if kind is None:
+            extra = f": {self.detail}" if self.detail else ""
+            print(f" ok{extra}{timing}", file=self.out.progress_stream, flush=True)
+        else:
+            print(" FAILED", file=self.out.progress_stream, flush=True)
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    body = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return lines
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise CLIError(f"`smarter-cni {what}` changes the node's network and needs root",
+                       f"run it again with sudo: sudo smarter-cni {what}")
+
+
+# ---------------------------------------------------------------- commands
+
+def _cmd_install(args: argparse.Namespace, out: Output) -> int:
+    from .install import Options, install
+
+    require_root("install")
+    return install(Options.from_args(args), out)
+
+
+def _cmd_uninstall(args: argparse.Namespace, out: Output) -> int:
+    from .install import uninstall
+
+    require_root("uninstall")
+    return uninstall(out, force=args.force, bin_dir=args.cni_bin_dir, conf_dir=args.cni_conf_dir)
+
+
+def _cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from .status import status
+
+    return status(out, conf_dir=args.cni_conf_dir, bin_dir=args.cni_bin_dir)
+
+
+def _cmd_pods(args: argparse.Namespace, out: Output) -> int:
+    from .status import pods
+
+    return pods(out)
+
+
+def _cmd_selftest(args: argparse.Namespace, out: Output) -> int:
+    from .selftest import selftest
+
+    require_root("selftest")
+    return selftest(out, conf_dir=args.cni_conf_dir, bin_dir=args.cni_bin_dir)
+
+
+def _cmd_supervise(args: argparse.Namespace, out: Output) -> int:
+    from .install import supervise
+
+    return supervise(args.argv)
+
+
+def _add_dir_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cni-bin-dir", metavar="DIR",
+                        help="CNI plugin dir (default: the one `install` used, else /opt/cni/bin)")
+    parser.add_argument("--cni-conf-dir", metavar="DIR",
+                        help="CNI config dir (default: the one `install` used, else /etc/cni/net.d)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smarter-cni",
+        description="Node-local pod networking with names for k3s edge gateways. "
+                    "As a CNI plugin it is run by the container runtime; as a command it "
+                    "installs, checks and removes itself.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"smarter-cni {_version}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    inst = sub.add_parser(
+        "install", help="install the plugin, config, network and DNS service on this node",
+        description="Put the plugin (and `loopback` if missing) into the CNI bin dir, write the "
+                    "config, create the network, start the node DNS service and run the "
+                    "self-test. Safe to run again: it upgrades in place and leaves running "
+                    "pods alone.")
+    inst.add_argument("--mode", choices=("bridge", "docker"), default="bridge",
+                      help="bridge: containerd/CRI-O/podman (default); "
+                           "docker: Docker network via cri-dockerd (k3s --docker)")
+    inst.add_argument("--subnet", metavar="CIDR",
+                      help="pod subnet (default 10.42.0.0/16 bridge, 172.38.0.0/16 docker)")
+    inst.add_argument("--gateway", metavar="IP", help="gateway address (default: first in subnet)")
+    inst.add_argument("--dns-ip", metavar="IP",
+                      help="node DNS address for kubelet --cluster-dns "
+                           "(default 169.254.0.2 bridge, 172.38.0.2 docker)")
+    inst.add_argument("--bridge", metavar="NAME", help="bridge name in bridge mode (default smarter0)")
+    inst.add_argument("--network", metavar="NAME", help="Docker network in docker mode (default mynet)")
+    inst.add_argument("--domain", metavar="DOMAIN", help="cluster domain (default cluster.local)")
+    inst.add_argument("--k3s", action="store_true",
+                      help="use the dirs k3s uses with --flannel-backend=none and print the "
+                           "k3s server/agent command lines")
+    _add_dir_options(inst)
+    inst.add_argument("--no-selftest", action="store_true", help="skip the final self-test")
+    inst.add_argument("--no-dns-service", action="store_true",
+                      help="do not install/start the DNS service (e.g. it runs as a pod)")
+    inst.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    inst.set_defaults(func=_cmd_install)
+
+    uninst = sub.add_parser(
+        "uninstall", help="remove plugin, config, DNS service, network and state",
+        description="Undo `install`. Refuses while pods are still attached unless --force.")
+    uninst.add_argument("--force", action="store_true",
+                        help="remove everything even while pods are attached (their networking stops)")
+    _add_dir_options(uninst)
+    uninst.add_argument("--json", action="store_true", help="print a JSON summary")
+    uninst.set_defaults(func=_cmd_uninstall)
+
+    stat = sub.add_parser("status", help="what is installed, what runs, what to fix",
+                          description="Exit status 0 when no problem was found, 1 otherwise.")
+    _add_dir_options(stat)
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+    stat.set_defaults(func=_cmd_status)
+
+    pod = sub.add_parser("pods", help="pods attached on this node")
+    pod.add_argument("--json", action="store_true", help="machine-readable output")
+    pod.set_defaults(func=_cmd_pods)
+
+    test = sub.add_parser(
+        "selftest", help="two throwaway pods through the installed plugin: ping and resolve",
+        description="Creates two pods in their own network namespaces through the installed "
+                    "plugin, pings and resolves each by name through the node DNS, then "
+                    "removes them. Exit status 0 only when every check passed.")
+    _add_dir_options(test)
+    test.add_argument("--json", action="store_true", help="machine-readable output")
+    test.set_defaults(func=_cmd_selftest)
+
+    sub.add_parser("dns", help="run the node DNS service (what the service manager starts)",
+                   add_help=False)
+
+    sup = sub.add_parser("supervise-dns", help=argparse.SUPPRESS)
+    sup.add_argument("argv", nargs=argparse.REMAINDER)
+    sup.set_defaults(func=_cmd_supervise)
+    return parser
+
+
+def _run_dns(rest: list[str]) -> int:
+    try:
+        from .dns.service import main as dns_main
+    except ImportError:
+        raise CLIError("this build has no DNS service (smarter_cni.dns.service is missing)",
+                       "reinstall smarter-cni from a complete checkout") from None
+    result = dns_main(rest)
+    return int(result or 0)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["dns"]:  # the service parses its own options
+        handler: Callable[[], int] = lambda: _run_dns(argv[1:])  # noqa: E731
+        out = Output()
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        out = Output(as_json=getattr(args, "json", False))
+        handler = lambda: args.func(args, out)  # noqa: E731
+    return _guarded(handler)
+
+
+def _guarded(handler: Callable[[], int]) -> int:
+    from .cni.errors import CNIError
+
+    try:
+        return handler()
+    except CLIError as err:
+        _error(err.message, err.fix)
+        return err.code
+    except CNIError as err:
+        _error(err.msg, "")
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted", "")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as err:  # never a traceback for the operator; keep it in the log
+        import traceback
+
+        from .logs import log
+
+        log("error", "cli: " + "".join(traceback.format_exception(type(err), err,
+                                                                  err.__traceback__)))
+        _error(f"unexpected failure: {type(err).__name__}: {err}",
+               "the details are in the log (smarter-cni.log in the state dir); please report it")
+        return 1
+
+
+def _error(message: str, fix: str) -> None:
+    print(f"smarter-cni: error: {message}", file=sys.stderr)
+    if fix:
+        print(f"  fix: {fix}", file=sys.stderr)
+    sys.stderr.flush()

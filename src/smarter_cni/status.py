@@ -1,0 +1,332 @@
+"""`smarter-cni status` and `smarter-cni pods`: what this node is doing, at a glance.
+
+Read-only: they look at files, links, the Docker API and the DNS service's
+answers, and never change anything, so they are safe to run at any time
+(and `pods` does not need root when the state file is readable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import time
+from typing import Any
+
+from . import ipv4, paths, store
+from .cli import CLIError, Output
+from .cni.errors import CNIError
+
+# ---------------------------------------------------------------- DNS probe
+
+def dns_query(name: str, qid: int) -> bytes:
+    """A minimal recursive-desired A query for `name`."""
+    labels = b"".join(bytes([len(p)]) + p.encode("ascii") for p in name.strip(".").split("."))
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack(
+        "!HH", 1, 1)
+
+
+def is_node_address(address: str) -> bool:
+    """True when `address` is assigned on this node (a socket can bind it).
+
+    Probes go only to such addresses: a query to an address the node lacks
+    would leave by the default route.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((address, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def dns_answers(address: str, domain: str, timeout: float = 1.0) -> tuple[bool, str]:
+    """Send one real query for a name under the cluster domain; (answered, what it said)."""
+    if not is_node_address(address):
+        return False, f"{address} is not an address of this node"
+    qid = random.randrange(1, 0xFFFF)
+    name = f"smarter-cni-status-probe.{domain}"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.settimeout(timeout)
+        sock.sendto(dns_query(name, qid), (address, 53))
+        deadline = time.monotonic() + timeout
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data, _ = sock.recvfrom(4096)
+            if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid:
+                rcode = data[3] & 0x0F
+                return True, {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}.get(
+                    rcode, f"rcode {rcode}")
+    except socket.timeout:
+        return False, f"no answer within {timeout:g} s"
+    except OSError as err:
+        return False, err.strerror or str(err)
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------- finding the install
+
+def find_config(conf_dir: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
+    """(path, conflist) of the installed config: --cni-conf-dir, the install record, defaults."""
+    from .install import K3S_FLANNEL_CONF_DIR, load_record
+
+    record = load_record()
+    candidates = [conf_dir, record.get("conf_dir"), paths.DEFAULT_CNI_CONF_DIR,
+                  K3S_FLANNEL_CONF_DIR]
+    for directory in candidates:
+        if not directory:
+            continue
+        path = os.path.join(directory, paths.CONFLIST_NAME)
+        if os.path.isfile(path):
+            try:
+                with open(path) as handle:
+                    return path, json.load(handle)
+            except (OSError, ValueError):
+                return path, None
+        if conf_dir:
+            break  # an explicit dir is the only place to look
+    return None, None
+
+
+def bin_dir_of(bin_dir: str | None = None) -> str:
+    from .install import load_record
+
+    return bin_dir or load_record().get("bin_dir") or paths.DEFAULT_CNI_BIN_DIR
+
+
+# ---------------------------------------------------------------- status
+
+class Report:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.problems: list[dict[str, str]] = []
+
+    def problem(self, what: str, fix: str) -> None:
+        self.problems.append({"problem": what, "fix": fix})
+
+
+def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
+    from .install import CONFLIST_NAME, LOOPBACK_MARKER, load_record, netconf_of, own_file
+
+    report = Report()
+    path, conflist = find_config(conf_dir)
+    report.data["config"] = path
+    if path is None:
+        report.problem(f"no {CONFLIST_NAME} found", "run `sudo smarter-cni install`")
+        return report
+    if conflist is None:
+        report.problem(f"{path} is not valid JSON", "run `sudo smarter-cni install` to rewrite it")
+        return report
+    try:
+        conf = netconf_of(conflist)
+    except CLIError as err:
+        report.problem(f"{path}: {err.message}", "run `sudo smarter-cni install` to rewrite it")
+        return report
+    record = load_record()
+    report.data.update({"mode": conf.mode, "network": conf.name, "subnet": conf.cidr(),
+                        "gateway": conf.gateway_text(), "dns_address": conf.dns_address,
+                        "domain": conf.domain, "installed_version": record.get("version")})
+
+    bins = bin_dir_of(bin_dir)
+    plugin = os.path.join(bins, "smarter-cni")
+    report.data["plugin"] = plugin if os.access(plugin, os.X_OK) else None
+    if report.data["plugin"] is None:
+        report.problem(f"the plugin is missing from {bins}", "run `sudo smarter-cni install`")
+    loop = os.path.join(bins, "loopback")
+    report.data["loopback"] = ("smarter-cni (Python)" if own_file(loop, LOOPBACK_MARKER)
+                               else "present" if os.access(loop, os.X_OK) else None)
+    if report.data["loopback"] is None:
+        report.problem(f"no loopback plugin in {bins} (containerd runs it for every pod)",
+                       "run `sudo smarter-cni install`, which adds one")
+
+    _network_status(report, conf)
+    answered, said = dns_answers(conf.dns_address, conf.domain, 1.0)
+    report.data["dns"] = {"address": conf.dns_address, "answering": answered, "answer": said,
+                          "service": record.get("dns_service", "unknown")}
+    if not answered:
+        report.problem(f"the node DNS service does not answer on {conf.dns_address}:53 ({said})",
+                       _dns_fix(record))
+    _pool_status(report, conf)
+    return report
+
+
+def _dns_fix(record: dict[str, Any]) -> str:
+    from .install import DNS_LOG, UNIT_NAME
+
+    kind = record.get("dns_service")
+    if kind == "systemd":
+        return f"sudo systemctl restart {UNIT_NAME}; logs: journalctl -u {UNIT_NAME}"
+    if kind == "supervisor":
+        return ("run `sudo smarter-cni install` again to restart it; logs: "
+                + os.path.join(paths.state_dir(), DNS_LOG))
+    return "start it: run `sudo smarter-cni install` (or the DaemonSet runs `smarter-cni dns`)"
+
+
+def _network_status(report: Report, conf: Any) -> None:
+    if conf.mode == "bridge":
+        present = os.path.isdir(f"/sys/class/net/{conf.bridge}/bridge")
+        address = f"{conf.gateway_text()}/{conf.prefix}"
+        has_gateway = False
+        if present:
+            from .run import run
+
+            done = run(["ip", "-o", "-4", "addr", "show", "dev", conf.bridge])
+            has_gateway = f" {address} " in done.stdout.decode("utf-8", "replace")
+        report.data["network_present"] = present
+        report.data["bridge"] = {"name": conf.bridge, "present": present,
+                                 "gateway_address": has_gateway}
+        if not present:
+            report.problem(f"bridge {conf.bridge} does not exist (after a reboot this is normal "
+                           "until the first pod starts)",
+                           "run `sudo smarter-cni install`, or start a pod: the plugin creates it")
+        elif not has_gateway:
+            report.problem(f"bridge {conf.bridge} lacks its gateway address {address}",
+                           "run `sudo smarter-cni install` to correct it")
+        return
+    try:
+        from .dataplane import docker_mode
+
+        network = docker_mode.client(conf, 3.0).inspect_network(conf.docker_network)
+    except CNIError as err:
+        report.data["network_present"] = None
+        report.problem(f"cannot ask Docker about network {conf.docker_network}: {err.msg}",
+                       "start Docker (systemctl start docker) and check /var/run/docker.sock")
+        return
+    report.data["network_present"] = network is not None
+    report.data["docker_network"] = {"name": conf.docker_network, "present": network is not None,
+                                     "id": (network or {}).get("Id", "")[:12]}
+    if network is None:
+        report.problem(f"Docker network {conf.docker_network} does not exist",
+                       "run `sudo smarter-cni install --mode docker`")
+
+
+def _pool_status(report: Report, conf: Any) -> None:
+    try:
+        attachments = store.load().get("attachments", {})
+    except CNIError as err:
+        report.problem(err.msg, f"check {paths.state_dir()}")
+        attachments = {}
+    used = [r for r in attachments.values() if r.get("network") == conf.name]
+    size = conf.range_end - conf.range_start + 1
+    if conf.range_start <= conf.gateway <= conf.range_end:
+        size -= 1
+    if conf.mode == "docker" and conf.range_start <= ipv4.to_int(conf.dns_address) <= conf.range_end:
+        size -= 1
+    report.data["pods"] = len(used)
+    report.data["pool"] = {"used": len(used), "size": size,
+                           "percent": round(100.0 * len(used) / size, 1) if size > 0 else 100.0}
+    if size > 0 and len(used) >= 0.9 * size:
+        report.problem(f"the address pool is {len(used)}/{size} used",
+                       "use a larger --subnet, or remove pods")
+
+
+def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None) -> int:
+    report = collect(conf_dir, bin_dir)
+    data = dict(report.data)
+    data["problems"] = report.problems
+    data["ok"] = not report.problems
+    if out.as_json:
+        out.emit(data)
+        return 0 if data["ok"] else 1
+    rows = [("config", data.get("config") or "not found")]
+    if "mode" in data:
+        rows.append(("mode", data["mode"]))
+        rows.append(("network", f"{data['network']}  {data['subnet']} via {data['gateway']}"))
+        if "bridge" in data:
+            bridge = data["bridge"]
+            rows.append(("bridge", f"{bridge['name']}: "
+                         + ("present" if bridge["present"] else "MISSING")))
+        if "docker_network" in data:
+            net = data["docker_network"]
+            rows.append(("docker network", f"{net['name']}: "
+                         + (f"present ({net['id']})" if net["present"] else "MISSING")))
+        if "plugin" in data:
+            rows.append(("plugin", data["plugin"] or "MISSING"))
+            rows.append(("loopback", data["loopback"] or "MISSING"))
+        dns = data.get("dns")
+        if dns:
+            state = f"answering ({dns['answer']})" if dns["answering"] else f"NOT answering: {dns['answer']}"
+            rows.append(("dns", f"{dns['address']}:53 {state}, service: {dns['service']}"))
+        pool = data.get("pool")
+        if pool:
+            rows.append(("pool", f"{pool['used']}/{pool['size']} addresses used ({pool['percent']}%)"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.say(f"{key.ljust(width)}  {value}")
+    if report.problems:
+        out.say("")
+        out.say(f"{len(report.problems)} problem(s):")
+        for item in report.problems:
+            out.say(f"  - {item['problem']}")
+            out.say(f"    fix: {item['fix']}")
+        return 1
+    out.say("")
+    out.say("no problems found")
+    return 0
+
+
+# ---------------------------------------------------------------- pods
+
+def age(seconds: float) -> str:
+    """kubectl-style age: 45s, 12m, 3h, 5d."""
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def pod_rows(now: float | None = None) -> list[dict[str, Any]]:
+    now = time.time() if now is None else now
+    rows = []
+    for record in store.load().get("attachments", {}).values():
+        pod = record.get("pod") or {}
+        addresses = [cidr.split("/", 1)[0] for cidr in record.get("ips") or []
+                     if isinstance(cidr, str)]
+        created = record.get("created")
+        rows.append({
+            "name": pod.get("name", ""),
+            "namespace": pod.get("namespace", ""),
+            "hostname": pod.get("hostname", ""),
+            "address": ",".join(addresses),
+            "container": str(record.get("container_id", "")),
+            "network": record.get("network", ""),
+            "mode": record.get("mode", ""),
+            "ready": bool(record.get("ready")),
+            "created": created,
+            "age_seconds": round(now - created, 1) if isinstance(created, (int, float)) else None,
+        })
+    rows.sort(key=lambda r: (r["namespace"], r["name"], r["container"]))
+    return rows
+
+
+def pods(out: Output) -> int:
+    try:
+        rows = pod_rows()
+    except CNIError as err:
+        raise CLIError(err.msg, f"check {paths.state_dir()} (run as root?)") from None
+    if out.as_json:
+        out.emit(rows)
+        return 0
+    if not rows:
+        out.say(f"no pods attached (state: {store.records_path()})")
+        return 0
+    table = []
+    for row in rows:
+        name = row["name"] or "-"
+        if not row["ready"]:
+            name += " (not ready)"
+        table.append((name, row["namespace"] or "-", row["hostname"] or "-", row["address"] or "-",
+                      row["container"][:12] or "-",
+                      age(row["age_seconds"]) if row["age_seconds"] is not None else "?"))
+    out.table(("NAME", "NAMESPACE", "HOSTNAME", "ADDRESS", "CONTAINER", "AGE"), table)
+    return 0
