@@ -4,6 +4,8 @@ As NodeLocal DNSCache does: the address goes on a dummy interface (created
 if absent) as a /32, unless it is loopback or already assigned. In docker
 mode that address is the Docker network's reserved aux address; pods on the
 Docker bridge reach it because the host answers ARP for its own addresses.
+Kernels built without the dummy driver get the /32 on `lo` instead, which
+the host delivers locally just the same.
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ def ensure_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
     if is_local(address):
         return "present"
     if not os.path.exists(f"/sys/class/net/{interface}"):
-        _ip("link", "add", interface, "type", "dummy")
-        log.info("created dummy interface %s", interface)
+        try:
+            _ip("link", "add", interface, "type", "dummy")
+            log.info("created dummy interface %s", interface)
+        except AddressSetupError as err:
+            log.warning("no dummy interface (%s); putting %s/32 on lo instead", err, address)
+            interface = "lo"
     _ip("link", "set", interface, "up")
     _ip("addr", "replace", f"{address}/32", "dev", interface)
     return f"added to {interface}"

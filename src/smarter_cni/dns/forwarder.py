@@ -130,7 +130,9 @@ def relay(entry: CacheEntry, query: wire.Query, limit: int | None, now: float) -
         else:
             parts.append(data[start:end])
     question = query.question if len(query.question) == parsed.qend - 12 else data[12:parsed.qend]
-    flags = (parsed.flags & ~(wire.RD | wire.TC | wire.CD | 0xF)) | (query.flags & (wire.RD | wire.CD))
+    # Not authoritative for what we relay: AA goes.
+    flags = (parsed.flags & ~(wire.AA | wire.RD | wire.TC | wire.CD | 0xF)) \
+        | (query.flags & (wire.RD | wire.CD))
     flags |= parsed.rcode & 0xF
     extra = wire.opt_record(query.edns_do, parsed.rcode >> 4) if query.edns else b""
     body = b"".join(parts)

@@ -1,0 +1,261 @@
+"""Shared pieces for the DNS tests (no tests here): the service as a real
+subprocess, a real dnsmasq upstream, records written through the real store,
+and `dig` with its output parsed."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from smarter_cni import store  # noqa: E402
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+DIG = "/usr/bin/dig"
+
+
+def port_free(address: str, port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+        finally:
+            sock.close()
+    return True
+
+
+def unique_loopback() -> str:
+    """A 127.x.y.z address nobody serves port 53 on (loopback owns all of 127/8)."""
+    for _ in range(100):
+        address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        if port_free(address, 53):
+            return address
+    raise RuntimeError("no free loopback address")
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    for _ in range(100):
+        port = random.randint(20000, 60000)
+        if port_free(address, port):
+            return port
+    raise RuntimeError("no free port")
+
+
+def write_conflist(directory: Path, subnet: str = "10.99.0.0/16", name: str = "dnstest",
+                   **extra: object) -> Path:
+    path = directory / "10-dnstest.conflist"
+    plugin = {"type": "smarter-cni", "subnet": subnet, **extra}
+    path.write_text(json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]}))
+    return path
+
+
+class Registry:
+    """Pod records written exactly as the plugin writes them (store.save: temp + rename)."""
+
+    def __init__(self, state_dir: Path, network: str = "dnstest") -> None:
+        self.state_dir = state_dir
+        self.network = network
+        self.state = store.empty_state()
+
+    def add(self, container: str, name: str, ip: str, namespace: str = "default",
+            hostname: str = "", save: bool = True) -> None:
+        from smarter_cni.registry import pod_identity
+
+        self.state["attachments"][f"{self.network}/{container}/eth0"] = {
+            "network": self.network, "mode": "bridge", "container_id": container,
+            "ifname": "eth0", "ips": [f"{ip}/16"], "domain": "cluster.local",
+            "pod": pod_identity(name, namespace, "", hostname), "ready": True,
+            "created": time.time()}
+        if save:
+            self.save()
+
+    def remove(self, container: str) -> None:
+        self.state["attachments"].pop(f"{self.network}/{container}/eth0", None)
+        self.save()
+
+    def save(self) -> None:
+        store.save(self.state, str(self.state_dir))
+
+
+def probe(address: str, port: int = 53, timeout: float = 0.3) -> bytes | None:
+    """One raw query (SOA of cluster.local); the raw answer or None."""
+    qid = random.randint(1, 0xFFFF)
+    packet = (struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+              + b"\x07cluster\x05local\x00" + struct.pack("!HH", 6, 1))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    try:
+        sock.sendto(packet, (address, port))
+        data, _ = sock.recvfrom(4096)
+        return data if data[:2] == packet[:2] else None
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+class DnsService:
+    """`python -m smarter_cni.dns` as a subprocess, stopped by its PID."""
+
+    def __init__(self, tmp_path: Path, listen: str, state_dir: Path, conf: Path,
+                 upstreams: list[str] = (), extra: list[str] = (), port: int = 53) -> None:
+        self.tmp_path = tmp_path
+        self.listen = listen
+        self.port = port
+        self.state_dir = state_dir
+        self.conf = conf
+        self.upstreams = list(upstreams)
+        self.extra = list(extra)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = tmp_path / f"dns-{listen}.log"
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "smarter_cni.dns", "--config", str(self.conf),
+                "--listen", self.listen, "--port", str(self.port),
+                "--state-dir", str(self.state_dir), *self.extra]
+        if self.upstreams:
+            for upstream in self.upstreams:
+                argv += ["--upstream", upstream]
+        else:
+            empty = self.tmp_path / "resolv.conf"
+            empty.write_text("")
+            argv += ["--resolv-conf", str(empty)]
+        return argv
+
+    def start(self, wait: float = 10.0) -> DnsService:
+        env = dict(os.environ, PYTHONPATH=str(SRC))
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(self.argv(), env=env, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"DNS service exited {self.proc.returncode}: "
+                                     f"{self.log_path.read_text()}")
+            if probe(self.listen, self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"DNS service never answered: {self.log_path.read_text()}")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        return proc.returncode
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+class Dnsmasq:
+    """A real dnsmasq on 127.0.0.1:<free port>, answering from TEST-NET-1."""
+
+    def __init__(self, tmp_path: Path, records: dict[str, str], extra: list[str] = ()) -> None:
+        self.address = "127.0.0.1"
+        self.extra = list(extra)
+        self.port = free_port(self.address)
+        self.tmp_path = tmp_path
+        self.records = records
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Dnsmasq:
+        argv = [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                "--no-hosts", "--bind-interfaces", f"--listen-address={self.address}",
+                f"--port={self.port}", "--pid-file=", "--user=root", "--cache-size=0"]
+        argv += [f"--host-record={name},{ip}" for name, ip in self.records.items()]
+        argv += self.extra
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dnsmasq exited {self.proc.returncode}")
+            if dig(self.address, "anything.invalid", port=self.port).status:
+                return self
+            time.sleep(0.05)
+        raise AssertionError("dnsmasq never answered")
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+
+
+class DigResult:
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.status = ""
+        self.flags: set[str] = set()
+        self.answers: list[tuple[str, str, str]] = []
+        self.counts: dict[str, int] = {}
+        for line in proc.stdout.splitlines():
+            if "status:" in line:
+                self.status = line.split("status:")[1].split(",")[0].strip()
+            elif line.startswith(";; flags:"):
+                flags, _, counts = line[len(";; flags:"):].partition(";")
+                self.flags = set(flags.split())
+                for part in counts.split(","):
+                    key, _, value = part.strip().partition(":")
+                    if value.strip().isdigit():
+                        self.counts[key] = int(value)
+            elif line and not line.startswith(";"):
+                fields = line.split()
+                if len(fields) >= 5:
+                    self.answers.append((fields[0].rstrip(".").lower(), fields[3],
+                                         fields[4].rstrip(".")))
+
+    def values(self, rtype: str = "A") -> list[str]:
+        return sorted(v for _, t, v in self.answers if t == rtype)
+
+    def __repr__(self) -> str:
+        return f"<dig rc={self.returncode} {self.stdout!r}>"
+
+
+def dig(server: str, *args: str, port: int = 53, netns: str = "", timeout: int = 2) -> DigResult:
+    argv = [DIG, f"@{server}", "-p", str(port), f"+time={timeout}", "+tries=1",
+            "+noall", "+comments", "+answer", *args]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return DigResult(proc)
+
+
+needs_tools = pytest.mark.skipif(not (os.path.exists(DIG) and os.path.exists(DNSMASQ)),
+                                 reason="needs dig (dnsutils) and dnsmasq (dnsmasq-base)")

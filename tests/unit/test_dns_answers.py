@@ -1,0 +1,101 @@
+"""The answer engine on tables built by the real registry code."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from smarter_cni import registry
+from smarter_cni.dns import answers, wire
+
+
+def record(name: str, ip: str, namespace: str = "default", hostname: str = "",
+           ready: bool = True) -> dict:
+    return {"ips": [f"{ip}/16"], "ready": ready,
+            "pod": registry.pod_identity(name, namespace, "", hostname)}
+
+
+def names_for(*records: dict) -> answers.Names:
+    forward, reverse = registry.build_tables(records, "cluster.local")
+    return answers.Names(forward, reverse, "cluster.local",
+                         struct.unpack("!I", socket.inet_aton("10.42.0.0"))[0], 16)
+
+
+def ask(names: answers.Names, name: str, qtype: int = wire.A) -> answers.Answer | None:
+    packet = (wire.HEADER.pack(1, wire.RD, 1, 0, 0, 0) + wire.encode_name(name)
+              + struct.pack("!HH", qtype, wire.CLASS_IN))
+    return names.answer(wire.parse_query(packet))
+
+
+def addresses(answer: answers.Answer) -> list[str]:
+    return [socket.inet_ntoa(rr[-4:]) for rr in answer.answers]
+
+
+def test_every_name_form_answers_a():
+    names = names_for(record("web", "10.42.0.5", hostname="web-0"))
+    for form in ("web", "web.default", "web.default.svc.cluster.local", "web-0",
+                 "web-0.default", "web-0.default.svc.cluster.local",
+                 "WEB.Default.SVC.cluster.LOCAL"):
+        answer = ask(names, form)
+        assert answer is not None and answer.rcode == wire.NOERROR, form
+        assert addresses(answer) == ["10.42.0.5"], form
+
+
+def test_several_pods_one_name_give_several_records():
+    names = names_for(record("web", "10.42.0.5"), record("web", "10.42.0.6"),
+                      record("db", "10.42.0.7"))
+    assert sorted(addresses(ask(names, "web.default.svc.cluster.local"))) == \
+        ["10.42.0.5", "10.42.0.6"]
+
+
+def test_records_not_ready_are_not_served():
+    names = names_for(record("web", "10.42.0.5", ready=False))
+    answer = ask(names, "web.default.svc.cluster.local")
+    assert answer.rcode == wire.NXDOMAIN
+    assert ask(names, "web") is None  # not ours: forwarded
+
+
+def test_aaaa_and_other_types_for_a_pod_are_empty_noerror():
+    names = names_for(record("web", "10.42.0.5"))
+    for qtype in (wire.AAAA, wire.TXT, wire.MX):
+        answer = ask(names, "web.default.svc.cluster.local", qtype)
+        assert answer.rcode == wire.NOERROR and answer.answers == []
+        assert len(answer.authority) == 1  # the SOA, for negative caching
+    assert ask(names, "web", wire.AAAA).answers == []
+
+
+def test_unknown_cluster_names_are_nxdomain_and_parents_are_nodata():
+    names = names_for(record("web", "10.42.0.5"))
+    assert ask(names, "nope.default.svc.cluster.local").rcode == wire.NXDOMAIN
+    assert ask(names, "x.y.z.cluster.local").rcode == wire.NXDOMAIN
+    for parent in ("default.svc.cluster.local", "svc.cluster.local", "cluster.local"):
+        answer = ask(names, parent)
+        assert answer.rcode == wire.NOERROR and answer.answers == [], parent
+    soa = ask(names, "cluster.local", wire.SOA)
+    assert len(soa.answers) == 1
+
+
+def test_other_names_are_forwarded():
+    names = names_for(record("web", "10.42.0.5"))
+    for other in ("example.com", "nope", "web.other", "cluster.local.example.com",
+                  "xcluster.local"):
+        assert ask(names, other) is None, other
+
+
+def test_ptr_for_pod_addresses():
+    names = names_for(record("web", "10.42.0.5", hostname="web-0"))
+    answer = ask(names, "5.0.42.10.in-addr.arpa", wire.PTR)
+    targets = [wire.decode_name(rr[12:]) for rr in answer.answers]
+    assert targets == ["web.default.svc.cluster.local", "web-0.default.svc.cluster.local"]
+    assert ask(names, "9.0.42.10.in-addr.arpa", wire.PTR).rcode == wire.NXDOMAIN
+    assert ask(names, "0.42.10.in-addr.arpa", wire.PTR).rcode == wire.NOERROR
+    assert ask(names, "1.1.168.192.in-addr.arpa", wire.PTR) is None  # not the pod subnet
+    assert ask(names, "10.in-addr.arpa", wire.PTR) is None           # above our zone
+
+
+def test_crafted_names_never_become_records():
+    names = names_for(record("evil.example.com", "10.42.0.5"),
+                      record("UPPER", "10.42.0.6"), record("a" * 64, "10.42.0.7"))
+    assert ask(names, "evil.example.com") is None
+    assert addresses(ask(names, "upper")) == ["10.42.0.6"]
+    assert names.count == 3  # upper, upper.default, upper.default.svc.cluster.local
