@@ -22,6 +22,7 @@ DEFAULT_BRIDGE = "smarter0"
 DEFAULT_DOCKER_NETWORK = "mynet"
 DEFAULT_DOMAIN = "cluster.local"
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
 class NetConf:
@@ -82,6 +83,8 @@ def parse_netconf(config: dict) -> NetConf:
     conf.bridge = _get(config, "bridge", str, DEFAULT_BRIDGE)
     try:
         validate_ifname(conf.bridge)
+        if not conf.bridge:
+            raise CNIError(INVALID_NETWORK_CONFIG, "empty")
     except CNIError:
         raise _fail(f"bridge {conf.bridge[:40]!r} is not a valid interface name "
                     "(1-15 characters, no '/', ':' or spaces)") from None
@@ -115,7 +118,8 @@ def parse_netconf(config: dict) -> NetConf:
     except ipv4.AddressError as err:
         raise _fail(f"dnsAddress: {err}") from None
     conf.domain = _get(config, "clusterDomain", str, DEFAULT_DOMAIN).strip(".").lower()
-    if not conf.domain or len(conf.domain) > 200:
+    if not conf.domain or len(conf.domain) > 200 or not set(conf.domain) <= _DOMAIN_CHARS \
+            or "" in conf.domain.split("."):
         raise _fail("clusterDomain must be a domain such as cluster.local")
 
     network_default = conf.name if conf.type == "c2d" else DEFAULT_DOCKER_NETWORK

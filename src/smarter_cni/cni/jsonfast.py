@@ -63,12 +63,32 @@ def loads(text: str | bytes) -> Any:
     except JSONError:
         raise
     except (ValueError, RecursionError) as err:
+        if hasattr(err, "msg") and hasattr(err, "pos"):
+            raise JSONError(f"{err.msg} at character {err.pos}") from None
         raise JSONError(str(err).split(":")[0] or "malformed JSON") from None
+    except SystemError:
+        # _json builds its error from json.decoder and fails with SystemError when that
+        # module was never imported; import it now (error path only) for the real message.
+        raise JSONError(_describe_error(text)) from None
     while pos < end and text[pos] in _WHITESPACE:
         pos += 1
     if pos != end:
         raise JSONError(f"extra data after the JSON value at character {pos}")
     return value
+
+
+def _describe_error(text: str) -> str:
+    try:
+        import json
+
+        json.loads(text)
+    except ValueError as err:
+        if hasattr(err, "msg") and hasattr(err, "pos"):
+            return f"{err.msg} at character {err.pos}"
+        return str(err) or "malformed JSON"
+    except RecursionError:
+        return "nested too deeply"
+    return "malformed JSON"
 
 
 def dumps(value: Any, compact: bool = False) -> str:

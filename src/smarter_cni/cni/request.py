@@ -115,6 +115,37 @@ def validate_netns(value: str) -> None:
     if not os.path.exists(value):
         raise CNIError(INVALID_ENVIRONMENT,
                        f"CNI_NETNS {value[:200]} does not exist (was the sandbox removed?)")
+    if not is_network_namespace(value):
+        raise CNIError(INVALID_ENVIRONMENT,
+                       f"CNI_NETNS {value[:200]} is not a network namespace (expected a path "
+                       "such as /var/run/netns/NAME or /proc/PID/ns/net)")
+
+
+_NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: which kind of namespace it is
+_CLONE_NEWNET = 0x40000000
+
+
+def is_network_namespace(path: str) -> bool:
+    """True for a network-namespace file. Stats first, so no device or FIFO is ever opened."""
+    try:
+        info = os.stat(path)
+        nsfs = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+    if info.st_dev != nsfs or (info.st_mode & 0o170000) != 0o100000:
+        return False
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True  # an nsfs file we may not open: let the data plane report it
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET
+    except OSError:
+        return True  # kernel < 4.11 has no NS_GET_NSTYPE; nsfs is enough
+    finally:
+        os.close(fd)
 
 
 def parse_cni_args(text: str) -> dict[str, str]:
@@ -153,6 +184,11 @@ def parse_config(stdin: bytes, required: bool = True) -> dict[str, Any]:
     name = config.get("name")
     if required and (not isinstance(name, str) or not name):
         raise CNIError(INVALID_NETWORK_CONFIG, "network config needs a non-empty string \"name\"")
+    if required and (name[0] not in _ID_FIRST or not set(name) <= _ID_REST):
+        # the spec's rule for network names; they end up in file keys and firewall comments
+        raise CNIError(INVALID_NETWORK_CONFIG,
+                       f"network name {name[:60]!r} must start with a letter or digit and "
+                       "contain only letters, digits, '_', '.' and '-'")
     return config
 
 
