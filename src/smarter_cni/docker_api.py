@@ -20,7 +20,7 @@ from .cni.errors import DOCKER_FAILURE, TRY_AGAIN_LATER, CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
 DEFAULT_TIMEOUT = 5.0
 MAX_RESPONSE = 32 << 20  # an inspect is a few KB; a listing of many containers stays far below
@@ -134,7 +134,7 @@ class DockerClient:
     def get(self, path: str, what: str = "") -> Any:
         return self.call("GET", path, what=what)
 
-    def inspect_container(self, ref: str) -> Optional[dict[str, Any]]:
+    def inspect_container(self, ref: str) -> dict[str, Any] | None:
         """The container's inspect document, or None when dockerd does not know it."""
         status, data = self.request("GET", f"/containers/{quote(ref)}/json")
         if status == 404:
@@ -143,7 +143,7 @@ class DockerClient:
             raise DockerAPIError(status, error_message(data), f"inspect container {ref[:64]}")
         return data
 
-    def inspect_network(self, name: str) -> Optional[dict[str, Any]]:
+    def inspect_network(self, name: str) -> dict[str, Any] | None:
         """The network by exact name, or None (Docker also matches ID prefixes; we do not)."""
         status, data = self.request("GET", f"/networks/{quote(name)}")
         if status == 404:
@@ -225,7 +225,7 @@ def parse_response(raw: bytes) -> tuple[int, bytes]:
     return int(status_line[1]), body
 
 
-def _dechunk(body: bytes) -> Optional[bytes]:
+def _dechunk(body: bytes) -> bytes | None:
     """Decode a chunked body; None when incomplete or malformed."""
     out = []
     pos = 0

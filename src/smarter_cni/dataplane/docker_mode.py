@@ -1,0 +1,529 @@
+"""Docker mode: Docker connects the pod sandbox to a user-defined network.
+
+cri-dockerd creates each pod's sandbox container with network mode `none`
+and the pod's hostname, then calls us with CNI_CONTAINERID = the sandbox's
+Docker ID and CNI_NETNS = /proc/<pid>/ns/net. ADD swaps `none` for the
+network, with the hostname and pod name as aliases (Docker's embedded DNS
+resolves only names given as aliases), and returns the address Docker's
+IPAM chose. Each attachment is also recorded in the node store so the node
+DNS service answers for these pods too.
+
+A record is written (not ready) before anything changes in Docker, so a
+crashed or timed-out ADD is still found and undone by DEL or GC.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import ipv4, registry, store
+from ..cni.errors import (
+    CHECK_FAILED,
+    DOCKER_FAILURE,
+    INVALID_ENVIRONMENT,
+    INVALID_NETWORK_CONFIG,
+    PLUGIN_NOT_AVAILABLE,
+    UNKNOWN_CONTAINER,
+    CNIError,
+)
+from ..cni.result import Interface, IPConfig, Result, Route
+from ..docker_api import DockerAPIError, DockerClient, DockerUnavailable, quote
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..cni.request import Request
+    from ..netconf import NetConf
+
+DEFAULT_TIMEOUT = 5.0   # the whole plugin run's budget for dockerd (config "dockerTimeout")
+CLEANUP_TIMEOUT = 2.0   # extra budget to undo a half-done ADD after the main one ran out
+MANAGED_LABEL = "io.smarter-cni.managed"
+
+
+def client(conf: NetConf, timeout: float | None = None) -> DockerClient:
+    if timeout is None:
+        value = conf.raw.get("dockerTimeout", DEFAULT_TIMEOUT)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 300:
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           "invalid network config: dockerTimeout must be seconds in (0, 300]")
+        timeout = float(value)
+    return DockerClient(conf.docker_socket, timeout)
+
+
+# ---------------------------------------------------------------- ADD
+
+def add(request: Request, conf: NetConf) -> Result:
+    docker = client(conf)
+    container = find_sandbox(docker, request)
+    if container is None:
+        raise CNIError(UNKNOWN_CONTAINER,
+                       f"dockerd knows no container {request.container_id[:64]} and none "
+                       f"running in netns {request.netns}")
+    docker_id = container["Id"]
+    pid = _running_pid(container)
+    _require_same_netns(request.netns, pid, docker_id)
+    hostname = _hostname(container)
+    aliases = pod_aliases(hostname, request.pod_name)
+    key = store.attachment_key(conf.name, request.container_id, request.ifname)
+    record = _new_record(request, conf, docker_id, hostname)
+
+    endpoint = _endpoint(container, conf.docker_network)
+    if endpoint is None:
+        with store.Transaction() as tx:
+            tx.attachments[key] = record
+            tx.dirty = True
+        try:
+            endpoint = _connect(docker, conf, container, aliases)
+        except BaseException:
+            _undo_add(docker, conf, key, docker_id)
+            raise
+    try:
+        result = _result(request, conf, endpoint, pid)
+    except BaseException:
+        _undo_add(docker, conf, key, docker_id)
+        raise
+    with store.Transaction() as tx:
+        record["ips"] = [result.ips[0].address]
+        record["gateway"] = result.ips[0].gateway
+        record["mac"] = result.interfaces[0].mac
+        record["pod_ifname"] = result.interfaces[0].name
+        record["ready"] = True
+        tx.attachments[key] = record
+        tx.dirty = True
+    return result
+
+
+def find_sandbox(docker: DockerClient, request: Request) -> dict[str, Any] | None:
+    """The sandbox by its Docker ID, else the running container in CNI_NETNS."""
+    container = docker.inspect_container(request.container_id)
+    if container is not None:
+        return container
+    if request.netns and os.path.exists(request.netns):
+        return find_by_netns(docker, request.netns)
+    return None
+
+
+def find_by_netns(docker: DockerClient, netns: str) -> dict[str, Any] | None:
+    """Compare the netns inode with each running container's State.Pid netns."""
+    try:
+        wanted = _inode(netns)
+    except OSError:
+        return None
+    hint = _docker_id_from_cgroup(netns)
+    candidates = [hint] if hint else []
+    listing = docker.get('/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D',
+                         "list running containers") if not hint else []
+    candidates += [c.get("Id", "") for c in listing or [] if isinstance(c, dict)]
+    for ref in candidates:
+        if not ref:
+            continue
+        container = docker.inspect_container(ref)
+        pid = (container or {}).get("State", {}).get("Pid") or 0
+        if pid and _same_inode(f"/proc/{pid}/ns/net", wanted):
+            return container
+    if hint:  # the cgroup hint was wrong: scan everything
+        listing = docker.get('/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D',
+                             "list running containers")
+        for entry in listing or []:
+            container = docker.inspect_container(entry.get("Id", ""))
+            pid = (container or {}).get("State", {}).get("Pid") or 0
+            if pid and _same_inode(f"/proc/{pid}/ns/net", wanted):
+                return container
+    return None
+
+
+def _docker_id_from_cgroup(netns: str) -> str:
+    """/proc/<pid>/ns/net -> the 64-hex container ID in that pid's cgroup path, if any."""
+    parts = netns.split("/")
+    if len(parts) != 5 or parts[1] != "proc" or not parts[2].isdigit():
+        return ""
+    try:
+        with open(f"/proc/{parts[2]}/cgroup") as handle:
+            text = handle.read(8192)
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        for piece in line.replace(":", "/").replace("-", "/").replace(".", "/").split("/"):
+            if len(piece) == 64 and all(c in "0123456789abcdef" for c in piece):
+                return piece
+    return ""
+
+
+def _inode(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _same_inode(path: str, wanted: tuple[int, int]) -> bool:
+    try:
+        return _inode(path) == wanted
+    except OSError:
+        return False
+
+
+def _running_pid(container: dict[str, Any]) -> int:
+    state = container.get("State") or {}
+    pid = state.get("Pid") or 0
+    if not state.get("Running") or not pid:
+        raise CNIError(UNKNOWN_CONTAINER,
+                       f"sandbox container {container.get('Id', '')[:12]} is not running "
+                       f"(status {state.get('Status', 'unknown')})")
+    return pid
+
+
+def _require_same_netns(netns: str, pid: int, docker_id: str) -> None:
+    try:
+        wanted = _inode(netns)
+    except OSError as err:
+        raise CNIError(INVALID_ENVIRONMENT, f"cannot open CNI_NETNS {netns}: {err.strerror}"
+                       ) from None
+    if not _same_inode(f"/proc/{pid}/ns/net", wanted):
+        raise CNIError(INVALID_ENVIRONMENT,
+                       f"CNI_NETNS {netns} is not the network namespace of container "
+                       f"{docker_id[:12]} (pid {pid}); Docker would configure another namespace")
+
+
+def _hostname(container: dict[str, Any]) -> str:
+    value = (container.get("Config") or {}).get("Hostname", "")
+    return value if isinstance(value, str) else ""
+
+
+def pod_aliases(hostname: str, pod_name: str) -> list[str]:
+    """Network aliases: what Docker's embedded DNS will answer for this pod."""
+    aliases = []
+    for name in (hostname, pod_name):
+        if name and name not in aliases:
+            aliases.append(name)
+    return aliases
+
+
+def _endpoint(container: dict[str, Any], network: str) -> dict[str, Any] | None:
+    networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
+    endpoint = networks.get(network)
+    if isinstance(endpoint, dict) and endpoint.get("IPAddress"):
+        return endpoint
+    return None
+
+
+def _connect(docker: DockerClient, conf: NetConf, container: dict[str, Any],
+             aliases: list[str]) -> dict[str, Any]:
+    """Swap `none` for the network; return the endpoint Docker made."""
+    docker_id = container["Id"]
+    networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
+    if "none" in networks:
+        # Docker refuses to add a network to a container still in `none` mode.
+        disconnect(docker, "none", docker_id)
+    path = f"/networks/{quote(conf.docker_network)}/connect"
+    status, data = docker.request("POST", path, {
+        "Container": docker_id, "EndpointConfig": {"Aliases": aliases}})
+    if status == 404 and "network" in _message(data):
+        raise CNIError(DOCKER_FAILURE,
+                       f"docker network {conf.docker_network} does not exist; create it with "
+                       f"`smarter-cni install` (or docker network create)")
+    if status not in (200, 201, 204):
+        raise DockerAPIError(status, _message(data),
+                             f"connect {docker_id[:12]} to network {conf.docker_network}")
+    endpoint = _endpoint(docker.inspect_container(docker_id) or {}, conf.docker_network)
+    if endpoint is None:
+        raise CNIError(DOCKER_FAILURE, f"dockerd connected {docker_id[:12]} to "
+                       f"{conf.docker_network} but reports no IPv4 address for it")
+    return endpoint
+
+
+def _undo_add(docker: DockerClient, conf: NetConf, key: str, docker_id: str) -> None:
+    """Disconnect again; drop the record only once Docker confirms (else DEL/GC will)."""
+    docker.extend(CLEANUP_TIMEOUT)
+    try:
+        disconnect(docker, conf.docker_network, docker_id)
+    except CNIError:
+        return
+    with store.Transaction() as tx:
+        if tx.attachments.pop(key, None) is not None:
+            tx.dirty = True
+
+
+def _result(request: Request, conf: NetConf, endpoint: dict[str, Any], pid: int) -> Result:
+    address = endpoint.get("IPAddress", "")
+    prefix = endpoint.get("IPPrefixLen", 0)
+    gateway = endpoint.get("Gateway", "") or ""
+    mac = endpoint.get("MacAddress", "") or ""
+    ifname = pod_ifname(pid, address, prefix, request.netns)
+    result = Result()
+    result.interfaces = [Interface(ifname, mac, request.netns)]
+    result.ips = [IPConfig(f"{address}/{prefix}", gateway, 0)]
+    if gateway:
+        result.routes = [Route("0.0.0.0/0", gateway)]
+    result.dns = conf.dns_result(request.pod_namespace)
+    return result
+
+
+def pod_ifname(pid: int, address: str, prefix: int, netns: str) -> str:
+    """The interface Docker created in the pod: the one with the subnet's connected route.
+
+    Read from /proc/<pid>/net/route (that process's netns) rather than by
+    running `ip` inside the namespace: a file read instead of an exec.
+    """
+    try:
+        network = ipv4.to_int(address) & ipv4.mask(prefix)
+    except ipv4.AddressError:
+        raise CNIError(DOCKER_FAILURE, f"dockerd reported a bad address {address!r}") from None
+    mask = ipv4.mask(prefix)
+    try:
+        with open(f"/proc/{pid}/net/route") as handle:
+            lines = handle.read().splitlines()[1:]
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and _le32(fields[1]) == network and _le32(fields[7]) == mask:
+            return fields[0]
+    return _ifname_by_address(netns, address)
+
+
+def _le32(text: str) -> int:
+    """/proc/net/route prints addresses as host-order (little-endian) hex."""
+    try:
+        value = int(text, 16)
+    except ValueError:
+        return -1
+    return int.from_bytes(value.to_bytes(4, "little"), "big")
+
+
+def _ifname_by_address(netns: str, address: str) -> str:
+    from .. import run
+
+    done = run.run(["nsenter", f"--net={netns}", "ip", "-o", "-4", "addr", "show"], timeout=5)
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].split("/")[0] == address:
+            return fields[1]
+    raise CNIError(DOCKER_FAILURE, f"dockerd reports {address} but no interface in {netns} "
+                   "has it")
+
+
+def _new_record(request: Request, conf: NetConf, docker_id: str, hostname: str
+                ) -> dict[str, Any]:
+    return {
+        "network": conf.name,
+        "mode": "docker",
+        "container_id": request.container_id,
+        "ifname": request.ifname,
+        "netns": request.netns,
+        "docker_id": docker_id,
+        "docker_network": conf.docker_network,
+        "ips": [],
+        "gateway": "",
+        "pod": registry.pod_identity(request.pod_name, request.pod_namespace,
+                                     request.args.get("K8S_POD_UID", ""), hostname),
+        "domain": conf.domain,
+        "ready": False,
+        "created": round(time.time(), 3),
+    }
+
+
+# ---------------------------------------------------------------- DEL
+
+def disconnect(docker: DockerClient, network: str, docker_id: str) -> bool:
+    """Force-disconnect; True if it was connected. Gone container/network is success."""
+    status, data = docker.request("POST", f"/networks/{quote(network)}/disconnect",
+                                  {"Container": docker_id, "Force": True})
+    if status in (200, 201, 204):
+        return True
+    message = _message(data)
+    if status == 404 or "not connected" in message or "no such" in message \
+            or "not found" in message:
+        return False
+    raise DockerAPIError(status, _message(data), f"disconnect {docker_id[:12]} from {network}")
+
+
+def delete(request: Request, conf: NetConf) -> None:
+    """Idempotent: an unknown or removed container, or a gone netns, all succeed."""
+    key = store.attachment_key(conf.name, request.container_id, request.ifname)
+    record = store.load()["attachments"].get(key) or {}
+    docker_id = record.get("docker_id") or request.container_id
+    netns = request.netns or record.get("netns") or ""
+    docker = client(conf)
+    try:
+        if not record and netns and os.path.exists(netns) \
+                and docker.inspect_container(docker_id) is None:
+            found = find_by_netns(docker, netns)  # ADD may have found it the same way
+            docker_id = found["Id"] if found else docker_id
+        disconnect(docker, record.get("docker_network") or conf.docker_network, docker_id)
+    except DockerUnavailable:
+        if netns and os.path.exists(netns):
+            raise  # the pod may still be connected: the runtime must retry
+        # The sandbox (and its netns) is gone: nothing is left to disconnect.
+    if record:
+        _forget(key, record)
+
+
+def _forget(key: str, record: dict[str, Any]) -> None:
+    with store.Transaction() as tx:
+        current = tx.attachments.get(key)
+        if current is not None and current.get("created") == record.get("created"):
+            del tx.attachments[key]
+            tx.dirty = True
+
+
+# ---------------------------------------------------------------- CHECK, GC, STATUS
+
+def check(request: Request, conf: NetConf) -> None:
+    key = store.attachment_key(conf.name, request.container_id, request.ifname)
+    record = store.load()["attachments"].get(key)
+    if not record:
+        raise CNIError(UNKNOWN_CONTAINER, f"no attachment of container "
+                       f"{request.container_id[:12]}/{request.ifname} on network {conf.name}")
+    docker = client(conf)
+    container = docker.inspect_container(record.get("docker_id") or request.container_id)
+    if container is None:
+        raise CNIError(UNKNOWN_CONTAINER,
+                       f"sandbox container {request.container_id[:12]} no longer exists")
+    problems = []
+    endpoint = _endpoint(container, conf.docker_network)
+    if endpoint is None:
+        problems.append(f"container is not connected to docker network {conf.docker_network}")
+    else:
+        address = f"{endpoint.get('IPAddress')}/{endpoint.get('IPPrefixLen')}"
+        expected = set(record.get("ips") or [])
+        prev = request.config.get("prevResult")
+        if isinstance(prev, dict):
+            from ..cni.result import from_dict
+
+            expected |= {ip.address for ip in from_dict(prev).ips if ":" not in ip.address}
+        if expected and expected != {address}:
+            problems.append(f"address is {address}, expected {', '.join(sorted(expected))}")
+        aliases = endpoint.get("Aliases") or []
+        for alias in pod_aliases(_hostname(container), request.pod_name):
+            if alias not in aliases:
+                problems.append(f"alias {alias} is missing")
+        state = container.get("State") or {}
+        pid = state.get("Pid") or 0
+        if not state.get("Running") or not pid:
+            problems.append("sandbox container is not running")
+        elif request.netns and not _same_inode(f"/proc/{pid}/ns/net", _inode(request.netns)):
+            problems.append(f"sandbox is no longer in netns {request.netns}")
+        else:
+            name = record.get("pod_ifname")
+            try:
+                found = pod_ifname(pid, endpoint.get("IPAddress", ""),
+                                   endpoint.get("IPPrefixLen", 0), request.netns)
+            except CNIError:
+                found = ""
+            if not found or (name and found != name):
+                problems.append(f"interface {name or '?'} with {address} is missing in the pod")
+    if not record.get("ready"):
+        problems.append("the attachment never finished (ADD failed or is still running)")
+    if problems:
+        raise CNIError(CHECK_FAILED, f"CHECK failed for {request.container_id[:12]}/"
+                       f"{request.ifname}: " + "; ".join(problems))
+
+
+def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
+    """Disconnect every sandbox we recorded on this network that is not in `valid`."""
+    doomed = {
+        key: record for key, record in store.load()["attachments"].items()
+        if record.get("network") == conf.name and record.get("mode") == "docker"
+        and (record.get("container_id"), record.get("ifname")) not in valid
+    }
+    if not doomed:
+        return
+    docker = client(conf)
+    for key, record in doomed.items():
+        disconnect(docker, record.get("docker_network") or conf.docker_network,
+                   record.get("docker_id") or record.get("container_id", ""))
+        _forget(key, record)
+
+
+def status(request: Request, conf: NetConf) -> None:
+    """Code 50 unless dockerd answers and the network exists."""
+    try:
+        network = client(conf).inspect_network(conf.docker_network)
+    except DockerUnavailable as err:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, err.msg) from None
+    except DockerAPIError as err:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, err.msg) from None
+    if network is None:
+        raise CNIError(PLUGIN_NOT_AVAILABLE,
+                       f"docker network {conf.docker_network} does not exist; run "
+                       "`smarter-cni install` to create it")
+
+
+# ---------------------------------------------------------------- the network
+
+def ensure_network(conf: NetConf, _retry: bool = True) -> str:
+    """Create the Docker network if absent; accept a compatible one; return its ID.
+
+    The DNS address is reserved as an auxiliary address so Docker's IPAM
+    never hands it to a pod (the node DNS service answers there).
+    """
+    docker = client(conf, max(DEFAULT_TIMEOUT, 30.0))
+    existing = docker.inspect_network(conf.docker_network)
+    if existing is not None:
+        problems = network_conflicts(existing, conf)
+        if problems:
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           f"docker network {conf.docker_network} exists but does not match "
+                           f"the config: {'; '.join(problems)}. Remove it (docker network rm "
+                           f"{conf.docker_network}) or change the config")
+        return existing.get("Id", "")
+    pool: dict[str, Any] = {"Subnet": conf.cidr(), "Gateway": conf.gateway_text()}
+    if dns_reservable(conf):
+        pool["AuxiliaryAddresses"] = {"smarter-cni-dns": conf.dns_address}
+    body: dict[str, Any] = {
+        "Name": conf.docker_network,
+        "Driver": "bridge",
+        "CheckDuplicate": True,
+        "IPAM": {"Driver": "default", "Config": [pool]},
+        "Labels": {MANAGED_LABEL: "true"},
+        "Options": {},
+    }
+    if conf.mtu != 1500:
+        body["Options"]["com.docker.network.driver.mtu"] = str(conf.mtu)
+    status, data = docker.request("POST", "/networks/create", body)
+    if status in (200, 201):
+        return (data or {}).get("Id", "")
+    if status == 409 and _retry:  # created concurrently by someone else: judge that one
+        return ensure_network(conf, _retry=False)
+    raise CNIError(DOCKER_FAILURE, f"cannot create docker network {conf.docker_network} "
+                   f"({conf.cidr()}): {_message(data)}")
+
+
+def dns_reservable(conf: NetConf) -> bool:
+    """The DNS address is reserved only when it lies inside the subnet (else nothing to do)."""
+    try:
+        address = ipv4.to_int(conf.dns_address)
+    except ipv4.AddressError:
+        return False
+    return ipv4.contains(conf.subnet, conf.prefix, address) and address != conf.gateway
+
+
+def network_conflicts(network: dict[str, Any], conf: NetConf) -> list[str]:
+    """Why an existing Docker network cannot serve this config ([] = compatible)."""
+    problems = []
+    if network.get("Driver") != "bridge":
+        problems.append(f"driver is {network.get('Driver')!r}, not 'bridge'")
+    pools = [p for p in ((network.get("IPAM") or {}).get("Config") or [])
+             if isinstance(p, dict) and ":" not in p.get("Subnet", "")]
+    pool = next((p for p in pools if p.get("Subnet") == conf.cidr()), None)
+    if pool is None:
+        have = ", ".join(p.get("Subnet", "?") for p in pools) or "none"
+        problems.append(f"subnet is {have}, config wants {conf.cidr()}")
+        return problems
+    gateway = pool.get("Gateway") or ipv4.to_text(conf.subnet + 1)
+    if gateway != conf.gateway_text():
+        problems.append(f"gateway is {gateway}, config wants {conf.gateway_text()}")
+    if dns_reservable(conf) and conf.dns_address not in (pool.get("AuxiliaryAddresses") or {}
+                                                         ).values():
+        problems.append(f"DNS address {conf.dns_address} is not reserved (an auxiliary "
+                        "address), so Docker could give it to a pod")
+    if network.get("Internal"):
+        problems.append("it is internal (no gateway to the node)")
+    return problems
+
+
+def _message(data: Any) -> str:
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return data["message"][:300]
+    return ""
