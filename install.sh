@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Install smarter-cni on this node: `sudo ./install.sh [options]`.
+#
+# Checks the prerequisites (and installs missing ones with apt-get where it
+# can), puts the package into its own virtual environment (the system Python
+# is left alone), then hands over to `smarter-cni install`, which installs
+# the plugin, config, network and DNS service and runs the self-test.
+# Every option is passed on; see `./install.sh --help`. Safe to run again:
+# it upgrades in place.
+#
+# Environment knobs:
+#   SMARTER_CNI_PREFIX=DIR     where the venv goes (default /opt/smarter-cni)
+#   SMARTER_CNI_SKIP_APT=1     never call apt-get; only say what is missing
+set -euo pipefail
+
+PREFIX="${SMARTER_CNI_PREFIX:-/opt/smarter-cni}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$PREFIX/venv"
+PYTHON="${PYTHON:-python3}"
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    cat <<'EOF'
+usage: sudo ./install.sh [--mode bridge|docker] [--subnet CIDR] [--gateway IP]
+                         [--dns-ip IP] [--bridge NAME] [--network NAME]
+                         [--domain DOMAIN] [--cni-bin-dir DIR] [--cni-conf-dir DIR]
+                         [--k3s] [--no-selftest] [--no-dns-service] [--json]
+
+  --mode bridge   (default) a Linux bridge `smarter0`, 10.42.0.0/16, DNS on 169.254.0.2;
+                  for containerd (k3s' default), CRI-O, podman
+  --mode docker   the Docker network `mynet`, 172.38.0.0/16, DNS on 172.38.0.2;
+                  for Docker via cri-dockerd (k3s --docker)
+  --k3s           the CNI dirs k3s uses with --flannel-backend=none, and print
+                  the k3s server/agent command lines
+
+Everything after the checks is `smarter-cni install`: see `smarter-cni install --help`.
+Remove it all again with `sudo smarter-cni uninstall`.
+EOF
+}
+
+MODE=bridge
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[$i]}" in
+        -h|--help) usage; exit 0 ;;
+        --mode) MODE="${args[$((i + 1))]:-}" ;;
+        --mode=*) MODE="${args[$i]#--mode=}" ;;
+    esac
+done
+case "$MODE" in
+    bridge|docker) ;;
+    *) die "--mode must be 'bridge' or 'docker', not '$MODE'" ;;
+esac
+
+[[ $(id -u) -eq 0 ]] || die "must be run as root (it changes the node's network): sudo ./install.sh $*"
+
+# ---------------------------------------------------------------- prerequisites
+
+missing=()      # what is missing, as the operator would name it
+packages=()     # the Debian packages that provide it
+
+check_prerequisites() {
+    missing=()
+    packages=()
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+        missing+=("python3 (3.9 or newer)"); packages+=(python3 python3-venv)
+    elif ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
+        die "python3 is $("$PYTHON" -c 'import platform; print(platform.python_version())'); smarter-cni needs 3.9 or newer"
+    elif ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        missing+=("python3 venv support (ensurepip)"); packages+=(python3-venv)
+    fi
+    command -v ip >/dev/null 2>&1 || { missing+=("ip (iproute2)"); packages+=(iproute2); }
+    command -v nsenter >/dev/null 2>&1 || { missing+=("nsenter (util-linux)"); packages+=(util-linux); }
+    if [[ $MODE == bridge ]] && ! command -v iptables >/dev/null 2>&1 \
+            && ! command -v nft >/dev/null 2>&1; then
+        missing+=("iptables or nft"); packages+=(iptables)
+    fi
+    if [[ $MODE == docker ]]; then
+        local sock="${DOCKER_HOST:-unix:///var/run/docker.sock}"
+        sock="${sock#unix://}"
+        if [[ ! -S $sock ]]; then
+            if command -v dockerd >/dev/null 2>&1; then
+                die "Docker is installed but not running (no socket at $sock): start it (systemctl start docker) and run install.sh again"
+            fi
+            missing+=("Docker (for --mode docker)"); packages+=(docker.io)
+        fi
+    fi
+}
+
+check_prerequisites
+if ((${#missing[@]})); then
+    say "missing: $(IFS=,; echo "${missing[*]}" | sed 's/,/, /g')"
+    if [[ ${SMARTER_CNI_SKIP_APT:-0} != 1 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "installing with apt-get: ${packages[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q "${packages[@]}" >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${packages[@]}"; } \
+            || die "apt-get could not install ${packages[*]}; install them by hand and run install.sh again"
+        check_prerequisites
+        ((${#missing[@]} == 0)) || die "still missing after apt-get: ${missing[*]}"
+    else
+        die "missing prerequisite(s): ${missing[*]}; install them (Debian packages: ${packages[*]}) and run install.sh again"
+    fi
+fi
+if ! command -v dig >/dev/null 2>&1; then
+    say "note: dig is not installed (optional: apt-get install dnsutils); the self-test uses its own resolver"
+fi
+
+# ---------------------------------------------------------------- the package
+
+if [[ ! -x $VENV/bin/python ]]; then
+    say "creating a virtual environment in $VENV"
+    mkdir -p "$PREFIX"
+    "$PYTHON" -m venv "$VENV" || die "python3 -m venv $VENV failed (Debian: apt-get install python3-venv)"
+fi
+VPY="$VENV/bin/python"
+
+# Build from a copy, so the checkout stays clean (pip builds in the source tree).
+SRC_COPY="$(mktemp -d "${TMPDIR:-/tmp}/smarter-cni-src.XXXXXX")"
+trap 'rm -rf "$SRC_COPY"' EXIT
+cp -r "$HERE/pyproject.toml" "$HERE/src" "$SRC_COPY/"
+[[ -f $HERE/README.md ]] && cp "$HERE/README.md" "$SRC_COPY/" || echo "# smarter-cni" > "$SRC_COPY/README.md"
+find "$SRC_COPY" -name __pycache__ -type d -prune -exec rm -rf {} +
+
+say "installing the smarter-cni package into $VENV"
+PIP=("$VPY" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall)
+if "$VPY" -c 'import setuptools, wheel' >/dev/null 2>&1 \
+        && "${PIP[@]}" --no-index --no-build-isolation "$SRC_COPY" >/dev/null 2>&1; then
+    :   # built offline with the venv's own setuptools
+elif "${PIP[@]}" --retries 1 --timeout 15 "$SRC_COPY" >/dev/null 2>&1; then
+    :   # built with setuptools fetched from the package index
+else
+    # Offline and no build tools: the package is pure Python with no
+    # dependencies, so copying it in is equivalent.
+    say "pip could not build it (offline?); copying the package in instead"
+    SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    rm -rf "$SITE/smarter_cni"
+    cp -r "$SRC_COPY/src/smarter_cni" "$SITE/"
+    for name in smarter-cni c2d; do
+        printf '#!%s\nimport sys\nfrom smarter_cni.entry import main\nsys.exit(main())\n' \
+            "$VPY" > "$VENV/bin/$name"
+        chmod 0755 "$VENV/bin/$name"
+    done
+fi
+[[ -x $VENV/bin/smarter-cni ]] || die "the package did not install: $VENV/bin/smarter-cni is missing"
+
+# Templates (network configs, systemd unit) for `smarter-cni install`.
+mkdir -p "$PREFIX/share"
+shopt -s nullglob
+for template in "$HERE"/deploy/*.conflist "$HERE"/deploy/*.service; do
+    cp "$template" "$PREFIX/share/"
+done
+shopt -u nullglob
+
+rm -rf "$SRC_COPY"
+trap - EXIT
+export SMARTER_CNI_PREFIX="$PREFIX"
+exec "$VENV/bin/smarter-cni" install "$@"
