@@ -39,6 +39,18 @@ def port_free(address: str, port: int) -> bool:
     return True
 
 
+def is_local(address: str) -> bool:
+    """Whether the address is this host's (a bind test: no packet is sent)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((address, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def unique_loopback() -> str:
     """A 127.x.y.z address nobody serves port 53 on (loopback owns all of 127/8)."""
     for _ in range(100):
@@ -147,7 +159,9 @@ class DnsService:
             if self.proc.poll() is not None:
                 raise AssertionError(f"DNS service exited {self.proc.returncode}: "
                                      f"{self.log_path.read_text()}")
-            if probe(self.listen, self.port):
+            # Never probe an address before it is the node's own: until then a
+            # packet to it would follow the default route off the machine.
+            if is_local(self.listen) and probe(self.listen, self.port):
                 return self
             time.sleep(0.05)
         self.stop()
