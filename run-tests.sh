@@ -29,25 +29,31 @@ say() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nrun-tests.sh: error: %s\n' "$*" >&2; exit 1; }
 
 stop_our_dockerd() {
-    # Only the dockerd this script started, by its PID.
+    # Only the dockerd this script started, by its PID. Runs from the EXIT trap,
+    # possibly with stdout gone: signal first, print afterwards, never abort.
+    set +e
     if [[ -n "$DOCKERD_PID" ]] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
-        say "stopping the dockerd this script started (pid $DOCKERD_PID)"
-        kill -TERM "$DOCKERD_PID" 2>/dev/null || true
+        kill -TERM "$DOCKERD_PID" 2>/dev/null
+        say "stopping the dockerd this script started (pid $DOCKERD_PID)" 2>/dev/null
         for _ in $(seq 1 30); do
             kill -0 "$DOCKERD_PID" 2>/dev/null || break
             sleep 1
         done
         if kill -0 "$DOCKERD_PID" 2>/dev/null; then
-            echo "dockerd did not stop in 30 s; sending SIGKILL"
-            kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+            echo "dockerd did not stop in 30 s; sending SIGKILL" 2>/dev/null
+            kill -KILL "$DOCKERD_PID" 2>/dev/null
         fi
     fi
     if [[ -n "$DOCKERD_LOG" ]]; then
         rm -f "$DOCKERD_LOG"
     fi
 }
+# Signals become a normal exit so the EXIT trap always stops our dockerd
+# (also when the output pipe closes, e.g. `./run-tests.sh | head`).
 trap stop_our_dockerd EXIT
+trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
 is_installed() {

@@ -137,9 +137,10 @@ def fetch(address: str, port: int) -> str:
     return data.decode().strip()
 
 
-def ifb_links() -> set[str]:
-    out = sh("ip", "-j", "link", "show", "type", "ifb").stdout
-    return {link["ifname"] for link in json.loads(out or "[]")}
+def link_kind(name: str) -> str:
+    out = sh("ip", "-j", "-d", "link", "show", "dev", name, check=False).stdout
+    links = json.loads(out or "[]")
+    return links[0].get("linkinfo", {}).get("info_kind", "") if links else ""
 
 
 def smarter_plugin_conf(network: dict, **extra) -> dict:
@@ -200,7 +201,6 @@ def test_portmap_bandwidth_tuning_chain(version, libcni, bridge_network, netns, 
                   capability_args=capability_args,
                   env={"SMARTER_CNI_STATE_DIR": str(state_dir)})
     gateway = bridge_network["subnet"].replace(".0/24", ".1")
-    ifbs_before = ifb_links()
     listener = None
     try:
         added = pod("add")
@@ -214,8 +214,9 @@ def test_portmap_bandwidth_tuning_chain(version, libcni, bridge_network, netns, 
         assert value.strip() == "1"
         # bandwidth found our host veth in the result: a tbf on it, an ifb for egress.
         assert "tbf" in sh("tc", "qdisc", "show", "dev", veth).stdout
-        new_ifbs = ifb_links() - ifbs_before
-        assert len(new_ifbs) == 1, f"bandwidth made no ifb device for egress: {new_ifbs}"
+        ifbs = [i["name"] for i in result["interfaces"]
+                if not i.get("sandbox") and link_kind(i["name"]) == "ifb"]
+        assert len(ifbs) == 1, f"bandwidth made no ifb device for egress: {result}"
         # portmap's DNAT for this container.
         assert container_id in nat_rules()
 
@@ -240,7 +241,7 @@ def test_portmap_bandwidth_tuning_chain(version, libcni, bridge_network, netns, 
         assert deleted.ok, deleted
         assert container_id not in nat_rules(), "portmap rules survived DEL"
         assert not link_exists(veth)
-        assert ifb_links() - ifbs_before == set(), "bandwidth's ifb survived DEL"
+        assert not link_exists(ifbs[0]), "bandwidth's ifb survived DEL"
         with pytest.raises(OSError):
             fetch("127.0.0.1", host_port)
     finally:
