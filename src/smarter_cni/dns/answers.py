@@ -8,6 +8,7 @@ reverse zone that are not pod names go to the forwarder (`None`).
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -31,6 +32,25 @@ class Answer:
         self.authority = authority
 
 
+@functools.lru_cache(maxsize=16384)
+def encode_cached(name: str) -> bytes:
+    """Pod names barely change between reloads: encode each one once."""
+    return wire.encode_name(name)
+
+
+@functools.lru_cache(maxsize=8192)
+def a_record(address: str) -> bytes:
+    """An A record whose owner points at the question name (any name can share it)."""
+    return (wire.QUESTION_POINTER + struct.pack("!HHIH", wire.A, wire.CLASS_IN, POD_TTL, 4)
+            + socket.inet_aton(address))
+
+
+@functools.lru_cache(maxsize=8192)
+def ptr_record(target: str) -> bytes:
+    return wire.record(wire.QUESTION_POINTER, wire.PTR, POD_TTL, encode_cached(target))
+
+
+@functools.lru_cache(maxsize=8192)
 def reverse_name(address: str) -> bytes:
     """'10.42.0.5' -> wire '5.0.42.10.in-addr.arpa'."""
     return wire.encode_name(".".join(reversed(address.split("."))) + ".in-addr.arpa")
@@ -76,20 +96,17 @@ class Names:
         self.a_records: dict[bytes, list[bytes]] = {}
         self.ptr_records: dict[bytes, list[bytes]] = {}
         self.nonterminals: set[bytes] = set()
-        ttl = struct.pack("!I", POD_TTL)
         for name, addresses in forward.items():
             try:
-                key = wire.encode_name(name.lower())
+                key = encode_cached(name.lower())
             except (wire.FormatError, UnicodeError):
                 continue
             records = []
             for address in addresses:
                 try:
-                    packed = socket.inet_aton(address)
+                    records.append(a_record(address))
                 except OSError:
                     continue
-                records.append(wire.QUESTION_POINTER + b"\x00\x01\x00\x01" + ttl
-                               + b"\x00\x04" + packed)
             if records:
                 self.a_records[key] = records
                 self._add_nonterminals(key)
@@ -102,10 +119,9 @@ class Names:
             records = []
             for target in targets:
                 try:
-                    rdata = wire.encode_name(target)
+                    records.append(ptr_record(target))
                 except (wire.FormatError, UnicodeError):
                     continue
-                records.append(wire.record(wire.QUESTION_POINTER, wire.PTR, POD_TTL, rdata))
             if records:
                 self.ptr_records[key] = records
         # One SOA (for negative caching, RFC 2308) serves both zones.

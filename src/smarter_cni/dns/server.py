@@ -11,6 +11,7 @@ repeated question costs a dict lookup and a sendto.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import selectors
@@ -141,6 +142,9 @@ class Server:
         self.udp_cache.clear()
         self.tcp_cache.clear()
         self.stats.reloads += 1
+        # The tables are long-lived and acyclic: keep the cyclic collector from
+        # rescanning them while it chases the loop's short-lived tuples.
+        gc.freeze()
         log.debug("registry reloaded: %d names", self.names.count)
 
     # -- the loop

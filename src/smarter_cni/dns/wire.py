@@ -167,16 +167,14 @@ def parse_query(data: bytes) -> Query:
 
 def encode_name(name: str) -> bytes:
     """'a.b.c' -> wire format. Raises FormatError for an empty or over-long label."""
-    name = name.rstrip(".")
-    if not name:
+    raw = name.rstrip(".").encode("ascii")
+    if not raw:
         return b"\x00"
-    out = []
-    for label in name.split("."):
-        raw = label.encode("ascii")
-        if not 0 < len(raw) < 64:
+    labels = raw.split(b".")
+    for label in labels:
+        if not 0 < len(label) < 64:
             raise FormatError(f"bad label in {name!r}")
-        out.append(bytes((len(raw),)) + raw)
-    wire = b"".join(out) + b"\x00"
+    wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
     if len(wire) > MAX_NAME:
         raise FormatError(f"name {name[:40]!r}... is too long")
     return wire
