@@ -5,6 +5,10 @@ there; otherwise one of our own, with its data-root, exec-root, pidfile and
 socket in a fresh temp dir and no default bridge, so it can never disturb a
 dockerd someone else runs. Ours is stopped by its PID at the end.
 
+SMARTER_CNI_TEST_DOCKERD=private always starts our own (useful on a shared
+machine where the system dockerd may be stopped mid-run); =system insists on
+the one at /var/run/docker.sock; the default is auto, as above.
+
 `busybox_image` (session): no registry is reachable here, so the image is
 `docker import`ed from a root filesystem of /bin/busybox and its applet links.
 
@@ -180,7 +184,11 @@ def acquire() -> Dockerd:
     if daemon is None:
         if os.geteuid() != 0:
             pytest.skip("dockerd tests need root")
-        if ping(DEFAULT_SOCKET):
+        choice = os.environ.get("SMARTER_CNI_TEST_DOCKERD", "auto")
+        if choice == "system" or (choice == "auto" and ping(DEFAULT_SOCKET)):
+            if not ping(DEFAULT_SOCKET):
+                pytest.fail(f"SMARTER_CNI_TEST_DOCKERD=system but nothing answers on "
+                            f"{DEFAULT_SOCKET}")
             daemon = Dockerd(DEFAULT_SOCKET)
         else:
             daemon = start_private()
