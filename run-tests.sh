@@ -10,6 +10,7 @@
 # Environment knobs:
 #   SMARTER_CNI_SKIP_APT=1     never call apt-get (report missing packages only)
 #   SMARTER_CNI_SKIP_DOCKER=1  do not start dockerd (docker tests then fail or skip)
+#   SMARTER_CNI_TEST_TIMEOUT   seconds pytest may run before it is stopped (default 1500)
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "$0")")"
@@ -154,6 +155,9 @@ main() {
     install_packages
     make_venv
     ensure_dockerd
+    say "tools: $("$VENV/bin/python" --version 2>&1), $(go version 2>/dev/null | cut -d' ' -f3 || echo 'no go')," \
+        "$(docker version --format 'docker {{.Server.Version}}' 2>/dev/null || echo 'no docker')," \
+        "$(iptables --version 2>/dev/null || echo 'no iptables')"
 
     local lint_paths=() dir
     for dir in src tests bench; do
@@ -162,13 +166,18 @@ main() {
     say "ruff check ${lint_paths[*]}"
     "$VENV/bin/ruff" check "${lint_paths[@]}" || die "ruff found problems (see above)"
 
-    say "python -m pytest $*"
+    # The libcni driver's Go build cache stays inside the (git-ignored) venv,
+    # not in the invoking user's home under sudo.
+    export GOCACHE="${GOCACHE:-$VENV/go-build-cache}"
+    local limit="${SMARTER_CNI_TEST_TIMEOUT:-1500}"
+    say "python -m pytest $* (time limit ${limit}s)"
     local rc=0
-    "$VENV/bin/python" -m pytest "$@" </dev/null || rc=$?
+    timeout -k 30 "$limit" "$VENV/bin/python" -m pytest "$@" </dev/null || rc=$?
     local elapsed=$(( $(date +%s) - START ))
     case $rc in
         0) say "all tests passed (${elapsed}s)" ;;
         5) die "pytest collected no tests (exit 5), treated as a failure" ;;
+        124|137) die "pytest did not finish within ${limit}s and was stopped" ;;
         *) die "pytest failed with exit code $rc (${elapsed}s)" ;;
     esac
 }
