@@ -30,7 +30,7 @@ from typing import Any
 from . import __version__, launcher, loopback, paths, store
 from .cli import CLIError, Output
 from .cni.errors import CNIError
-from .netconf import DEFAULT_DOCKER_NETWORK, NetConf, parse_netconf
+from .netconf import DEFAULT_DOCKER_NETWORK, DEFAULT_DOCKER_SOCKET, NetConf, parse_netconf
 
 PREFIX_ENV = "SMARTER_CNI_PREFIX"
 DEFAULT_PREFIX = "/opt/smarter-cni"
@@ -208,6 +208,10 @@ def render_conflist(opts: Options) -> dict[str, Any]:
         plugin["dnsAddress"] = opts.dns_ip
     elif opts.subnet and opts.mode == "docker":
         plugin.pop("dnsAddress", None)
+    if opts.mode == "docker":
+        socket_path = os.environ.get("DOCKER_HOST", "")
+        if socket_path.startswith("unix://") and socket_path[7:] != DEFAULT_DOCKER_SOCKET:
+            plugin["dockerSocket"] = socket_path[7:]  # runtimes do not pass DOCKER_HOST on
     for key, value in (("gateway", opts.gateway), ("bridge", opts.bridge),
                        ("network", opts.network), ("clusterDomain", opts.domain)):
         if value:
@@ -772,8 +776,10 @@ def _remove_pod_links(records: list[dict[str, Any]]) -> None:
 def _remove_docker_network(conf: NetConf) -> str:
     from .dataplane import docker_mode
     from .docker_api import quote
+    from .selftest import IMAGE
 
     docker = docker_mode.client(conf, 30.0)
+    docker.request("DELETE", f"/images/{quote(IMAGE)}?force=1")  # the self-test's, if built
     network = docker.inspect_network(conf.docker_network)
     if network is None:
         return "not there"

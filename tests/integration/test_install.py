@@ -1,0 +1,378 @@
+"""install.sh and the `smarter-cni` operator commands, for real, in bridge mode.
+
+One installation per module (install.sh is the slow part: venv + pip): a
+temp prefix (SMARTER_CNI_PREFIX), temp CNI dirs, a temp state dir, a unique
+bridge, a free /24 and a unique link-local DNS address, so nothing of the
+machine's own is touched. The tests run in file order against it and the
+last one uninstalls; the fixture's teardown removes whatever is left even
+when a test failed half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.netns import link_exists, unique
+from helpers.plugin import ROOT, PluginRunner, pod_args
+
+pytestmark = pytest.mark.root
+
+INSTALL_SH = ROOT / "install.sh"
+
+
+def free_subnet(prefix: str = "10.246") -> str:
+    for _ in range(100):
+        cidr = f"{prefix}.{random.randint(0, 255)}.0/24"
+        routes = subprocess.run(["ip", "-4", "route", "show", "match", cidr.split("/")[0]],
+                                capture_output=True, text=True).stdout
+        if all(not line or line.startswith("default") for line in routes.splitlines()):
+            return cidr
+    pytest.skip(f"no free /24 in {prefix}.0.0/16")
+
+
+def free_dns_ip() -> str:
+    """A link-local address no interface has (the DNS service binds port 53 on it)."""
+    have = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for _ in range(100):
+        address = f"169.254.{random.randint(10, 250)}.{random.randint(10, 250)}"
+        if f" {address}/" not in have:
+            return address
+    pytest.skip("no free link-local address")
+
+
+class Install:
+    """One installation's dirs, options and environment."""
+
+    def __init__(self, base: Path, mode: str = "bridge") -> None:
+        self.base = base
+        self.prefix = base / "prefix"
+        self.bin_dir = base / "cni-bin"
+        self.conf_dir = base / "cni-conf"
+        self.state_dir = base / "state"
+        self.mode = mode
+        self.name = unique("s", 10)
+        self.bridge = f"br{self.name[:12]}"
+        self.network = f"scni-{self.name}"
+        self.subnet = free_subnet()
+        self.dns_ip = free_dns_ip()
+        self.env = dict(os.environ, SMARTER_CNI_PREFIX=str(self.prefix),
+                        SMARTER_CNI_STATE_DIR=str(self.state_dir), SMARTER_CNI_SKIP_APT="1")
+
+    @property
+    def options(self) -> list[str]:
+        opts = ["--mode", self.mode, "--cni-bin-dir", str(self.bin_dir), "--cni-conf-dir",
+                str(self.conf_dir), "--subnet", self.subnet, "--dns-ip", self.dns_ip]
+        if self.mode == "bridge":
+            opts += ["--bridge", self.bridge]
+        else:
+            opts += ["--network", self.network]
+        return opts
+
+    @property
+    def cli(self) -> Path:
+        return self.prefix / "venv" / "bin" / "smarter-cni"
+
+    @property
+    def conflist_path(self) -> Path:
+        return self.conf_dir / "10-smarter-cni.conflist"
+
+    def install_sh(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(INSTALL_SH), *self.options, *extra], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.cli), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def json(self, *args: str) -> tuple[int, object]:
+        done = self.run(*args, "--json")
+        try:
+            return done.returncode, json.loads(done.stdout)
+        except ValueError:
+            raise AssertionError(f"not JSON: {done.stdout!r} {done.stderr!r}") from None
+
+    def plugin_config(self) -> dict:
+        conflist = json.loads(self.conflist_path.read_text())
+        config = dict(conflist["plugins"][0])
+        config["name"] = conflist["name"]
+        config["cniVersion"] = conflist["cniVersion"]
+        return config
+
+    def supervisor_pid(self) -> int:
+        try:
+            return int((self.state_dir / "dns-supervisor.pid").read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def cleanup(self) -> None:
+        """Whatever a failed test left: uninstall, then remove each part by hand."""
+        if self.cli.exists():
+            self.run("uninstall", "--force")
+        pid = self.supervisor_pid()
+        if pid and _is_our_supervisor(pid):
+            os.kill(pid, signal.SIGTERM)
+        from smarter_cni.dataplane import bridge
+        from smarter_cni.netconf import parse_netconf
+
+        os.environ["SMARTER_CNI_STATE_DIR"] = str(self.state_dir)
+        try:
+            if self.mode == "bridge":
+                bridge.teardown_network(parse_netconf({
+                    "name": "smarter", "type": "smarter-cni", "bridge": self.bridge,
+                    "subnet": self.subnet}))
+        finally:
+            del os.environ["SMARTER_CNI_STATE_DIR"]
+        for device in ("smarter-dns", "lo"):
+            subprocess.run(["ip", "addr", "del", f"{self.dns_ip}/32", "dev", device],
+                           capture_output=True)
+
+
+def _is_our_supervisor(pid: int) -> bool:
+    try:
+        return b"supervise-dns" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def dns_address_present(address: str) -> bool:
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    return f" {address}/" in out
+
+
+@pytest.fixture(scope="module")
+def inst(tmp_path_factory):
+    installation = Install(tmp_path_factory.mktemp("install"))
+    try:
+        yield installation
+    finally:
+        installation.cleanup()
+
+
+@pytest.fixture(scope="module")
+def first_install(inst):
+    """install.sh with the self-test, as an operator runs it."""
+    started = time.monotonic()
+    done = inst.install_sh()
+    took = time.monotonic() - started
+    print(f"install.sh took {took:.1f} s")
+    return done
+
+
+def test_install_sh_installs_and_its_selftest_passes(inst, first_install):
+    done = first_install
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "self-test passed" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    # the self-test pinged and resolved by name in both directions
+    assert done.stdout.count(" resolve ") == 6 and "FAILED" not in done.stdout
+    assert f"--cluster-dns={inst.dns_ip}" in done.stdout
+
+
+def test_everything_is_in_place(inst, first_install):
+    assert first_install.returncode == 0
+    for name in ("smarter-cni", "c2d", "loopback"):
+        path = inst.bin_dir / name
+        assert os.access(path, os.X_OK), name
+        assert str(inst.prefix / "venv") in path.read_text()
+    conflist = json.loads(inst.conflist_path.read_text())
+    assert oct(inst.conflist_path.stat().st_mode & 0o777) == "0o644"
+    plugin = conflist["plugins"][0]
+    assert plugin["type"] == "smarter-cni" and plugin["mode"] == "bridge"
+    assert plugin["subnet"] == inst.subnet and plugin["bridge"] == inst.bridge
+    assert plugin["dnsAddress"] == inst.dns_ip
+    assert link_exists(inst.bridge)
+    assert dns_address_present(inst.dns_ip)
+    assert _is_our_supervisor(inst.supervisor_pid())
+    assert not list(inst.conf_dir.glob(".*tmp")), "temp files left next to the config"
+
+
+def test_selftest_command(inst, first_install):
+    code, report = inst.json("selftest")
+    assert code == 0, report
+    assert report["passed"] is True and report["mode"] == "bridge"
+    addresses = [pod["address"] for pod in report["pods"]]
+    assert len(set(addresses)) == 2
+    base = inst.subnet.rsplit(".", 1)[0] + "."
+    assert all(a.startswith(base) for a in addresses)
+    for pod in report["pods"]:
+        assert {c["check"] for c in pod["checks"]} == {"ping", "resolve"}
+        assert all(c["ok"] for c in pod["checks"])
+    # the throwaway pods are gone again
+    assert inst.json("pods")[1] == []
+
+
+def test_status_reports_a_healthy_node(inst, first_install):
+    code, report = inst.json("status")
+    assert code == 0, report
+    assert report["ok"] is True and report["problems"] == []
+    assert report["config"] == str(inst.conflist_path)
+    assert report["mode"] == "bridge" and report["network_present"] is True
+    assert report["dns"]["answering"] is True and report["dns"]["answer"] == "NXDOMAIN"
+    assert report["pool"] == {"used": 0, "size": 253, "percent": 0.0}
+    human = inst.run("status")
+    assert human.returncode == 0 and "no problems found" in human.stdout
+
+
+class Added:
+    """A pod ADDed through the installed plugin, as a runtime would."""
+
+    def __init__(self, inst, netns, name: str, hostname: str = "") -> None:
+        self.name = name
+        self.runner = PluginRunner(inst.bin_dir, inst.state_dir)
+        self.ns_name, self.ns_path = netns.create("inst")
+        self.config = inst.plugin_config()
+        if hostname:
+            self.config["runtimeConfig"] = {
+                "io.kubernetes.cri.pod-annotations": {"smarter-cni.io/hostname": hostname}}
+        self.container = unique("c", 32)
+        result = self.call("ADD")
+        assert result.ok, result
+        self.result = result.json
+        self.address = result.json["ips"][0]["address"].split("/")[0]
+
+    def call(self, command: str, config: dict | None = None):
+        return self.runner(command, config or self.config, container_id=self.container,
+                           netns=self.ns_path, args=pod_args(self.name, "edge"))
+
+    def delete(self) -> None:
+        result = self.call("DEL")
+        assert result.ok, result
+
+
+def test_pods_and_status_show_attached_pods(inst, first_install, netns):
+    added = [Added(inst, netns, "web", "web-0"), Added(inst, netns, "sensor")]
+    try:
+        code, rows = inst.json("pods")
+        assert code == 0
+        by_name = {row["name"]: row for row in rows}
+        assert set(by_name) == {"web", "sensor"}
+        assert by_name["web"]["hostname"] == "web-0" and by_name["web"]["namespace"] == "edge"
+        assert by_name["web"]["address"] == added[0].address
+        assert by_name["sensor"]["address"] == added[1].address
+        assert by_name["web"]["container"] == added[0].container
+        assert all(row["ready"] for row in rows)
+        assert all(0 <= row["age_seconds"] < 120 for row in rows)
+        human = inst.run("pods").stdout.splitlines()
+        assert human[0].split() == ["NAME", "NAMESPACE", "HOSTNAME", "ADDRESS", "CONTAINER", "AGE"]
+        assert any(line.split()[:4] == ["web", "edge", "web-0", added[0].address] for line in human)
+        assert inst.json("status")[1]["pool"]["used"] == 2
+    finally:
+        for pod in added:
+            pod.delete()
+    assert inst.json("pods")[1] == []
+
+
+def test_uninstall_refuses_while_pods_are_attached(inst, first_install, netns):
+    pod = Added(inst, netns, "busy")
+    try:
+        done = inst.run("uninstall")
+        assert done.returncode == 1
+        assert "still attached" in done.stderr and "edge/busy" in done.stderr
+        assert "--force" in done.stderr and "Traceback" not in done.stderr
+        assert inst.conflist_path.exists() and link_exists(inst.bridge)
+    finally:
+        pod.delete()
+
+
+def test_rerunning_install_is_harmless_to_running_pods(inst, first_install, netns):
+    pod = Added(inst, netns, "keeper", "keep-0")
+    ns_name, address = pod.ns_name, pod.address
+    try:
+        before = json.loads((inst.state_dir / "attachments.json").read_text())["attachments"]
+        done = inst.install_sh("--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        after = json.loads((inst.state_dir / "attachments.json").read_text())["attachments"]
+        assert after == before
+        # the pod still has its address and reaches its gateway over the same bridge
+        shown = netns.exec(ns_name, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        assert f" {address}/" in shown.decode()
+        gateway = inst.subnet.rsplit(".", 1)[0] + ".1"
+        assert netns.exec(ns_name, "ping", "-c1", "-W2", gateway, check=False).returncode == 0
+        # and the (restarted) DNS service still knows it
+        dig = netns.exec(ns_name, "dig", f"@{inst.dns_ip}", "keep-0", "+short", "+time=2",
+                         check=False).stdout.decode().split()
+        assert address in dig
+        check = pod.call("CHECK", dict(pod.config, prevResult=pod.result))
+        assert check.ok, check
+    finally:
+        pod.delete()
+
+
+def test_uninstall_leaves_nothing_behind(inst, first_install):
+    pid = inst.supervisor_pid()
+    assert pid
+    done = inst.run("uninstall")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not inst.conflist_path.exists()
+    for name in ("smarter-cni", "c2d", "loopback"):
+        assert not (inst.bin_dir / name).exists()
+    assert not link_exists(inst.bridge)
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert inst.bridge not in rules and inst.subnet not in rules
+    time.sleep(0.2)
+    assert not _is_our_supervisor(pid)
+    assert not dns_address_present(inst.dns_ip)
+    assert not inst.state_dir.exists()
+    assert not (inst.prefix / "install.json").exists()
+    assert not inst.bin_dir.exists() and not inst.conf_dir.exists()  # install made them
+    # a second uninstall has nothing to do and says so without failing
+    again = inst.run("uninstall")
+    assert again.returncode == 0 and "Traceback" not in again.stderr
+
+
+# ---------------------------------------------------------------- prerequisites
+
+def _path_without(tmp_path: Path, *missing: str) -> str:
+    """A PATH dir with every program of the usual dirs linked in, except `missing`."""
+    import shutil
+    import sys
+
+    bin_dir = tmp_path / "path"
+    bin_dir.mkdir()
+    for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            target = bin_dir / name
+            if name in missing or target.exists() or target.is_symlink():
+                continue
+            target.symlink_to(os.path.join(directory, name))
+    python = bin_dir / "python3"
+    if python.is_symlink():
+        python.unlink()
+    python.symlink_to(os.path.realpath(sys.executable))
+    assert shutil.which("ip", path=str(bin_dir)) is None
+    return str(bin_dir)
+
+
+def test_install_sh_names_a_missing_prerequisite(tmp_path):
+    env = dict(os.environ, PATH=_path_without(tmp_path, "ip"), SMARTER_CNI_SKIP_APT="1",
+               SMARTER_CNI_PREFIX=str(tmp_path / "prefix"))
+    done = subprocess.run(["bash", str(INSTALL_SH), "--cni-bin-dir", str(tmp_path / "b"),
+                           "--cni-conf-dir", str(tmp_path / "c")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0
+    assert "missing prerequisite" in done.stderr and "ip (iproute2)" in done.stderr
+    assert not (tmp_path / "prefix").exists() and not (tmp_path / "b").exists()
+
+
+def test_install_sh_needs_root(tmp_path):
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "bash", str(INSTALL_SH)], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, SMARTER_CNI_PREFIX=str(tmp_path / "p")))
+    assert done.returncode != 0
+    assert "must be run as root" in done.stderr and "sudo ./install.sh" in done.stderr
+
+
+def test_install_sh_rejects_a_bad_mode():
+    done = subprocess.run(["bash", str(INSTALL_SH), "--mode", "vxlan"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0 and "--mode must be 'bridge' or 'docker'" in done.stderr
