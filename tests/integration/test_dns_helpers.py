@@ -143,7 +143,7 @@ class DnsService:
         if self.upstreams:
             for upstream in self.upstreams:
                 argv += ["--upstream", upstream]
-        else:
+        elif "--resolv-conf" not in self.extra:
             empty = self.tmp_path / "resolv.conf"
             empty.write_text("")
             argv += ["--resolv-conf", str(empty)]
@@ -193,12 +193,14 @@ class DnsService:
 
 
 class Dnsmasq:
-    """A real dnsmasq on 127.0.0.1:<free port>, answering from TEST-NET-1."""
+    """A real dnsmasq on loopback (127.0.0.1:<free port> by default), answering
+    from TEST-NET-1."""
 
-    def __init__(self, tmp_path: Path, records: dict[str, str], extra: list[str] = ()) -> None:
-        self.address = "127.0.0.1"
+    def __init__(self, tmp_path: Path, records: dict[str, str], extra: list[str] = (),
+                 address: str = "127.0.0.1", port: int = 0) -> None:
+        self.address = address
         self.extra = list(extra)
-        self.port = free_port(self.address)
+        self.port = port or free_port(self.address)
         self.tmp_path = tmp_path
         self.records = records
         self.proc: subprocess.Popen | None = None

@@ -44,8 +44,8 @@ class Env:
         self.services.append(service)
         return service.start()
 
-    def dnsmasq(self, records: dict[str, str], extra: list[str] = ()) -> Dnsmasq:
-        upstream = Dnsmasq(self.tmp_path, records, extra)
+    def dnsmasq(self, records: dict[str, str], extra: list[str] = (), **where) -> Dnsmasq:
+        upstream = Dnsmasq(self.tmp_path, records, extra, **where)
         self.upstreams.append(upstream)
         return upstream.start()
 
@@ -170,6 +170,37 @@ def test_forwarded_answers_are_cached_with_their_ttl(env):
     ttl = int(next(line.split()[1] for line in again.stdout.splitlines()
                    if line and not line.startswith(";")))
     assert 25 <= ttl <= 28, again  # counted down while cached
+
+
+def test_a_large_forwarded_answer_is_fetched_over_tcp_from_upstream(env, tmp_path):
+    hosts = tmp_path / "many.hosts"
+    hosts.write_text("".join(f"192.0.2.{i} many.test\n" for i in range(1, 101)))
+    upstream = env.dnsmasq({}, extra=[f"--addn-hosts={hosts}"])
+    env.start(upstreams=[upstream.upstream])
+    for args in (("+tcp",), ("+bufsize=4096",), ("+noedns",)):  # the last: TC, then TCP
+        answer = env.dig("many.test", *args)
+        assert answer.status == "NOERROR" and len(answer.values()) == 100, (args, answer)
+    truncated = env.dig("many.test", "+noedns", "+ignore")
+    assert "tc" in truncated.flags, truncated
+
+
+def test_upstreams_follow_changes_of_resolv_conf(env, tmp_path):
+    first = env.dnsmasq({"moved.test": "192.0.2.1"}, address=unique_loopback(), port=53)
+    second = env.dnsmasq({"moved.test": "192.0.2.2"}, address=unique_loopback(), port=53)
+    resolv = tmp_path / "node-resolv.conf"
+    resolv.write_text(f"nameserver {env.listen}\nnameserver {first.address}\n")  # we are skipped
+    service = DnsService(env.tmp_path, env.listen, env.state_dir, env.conf,
+                         extra=["--no-address-setup", "--resolv-conf", str(resolv)])
+    env.services.append(service)
+    service.start()
+    assert env.dig("moved.test").values() == ["192.0.2.1"]
+    temp = tmp_path / "node-resolv.conf.new"
+    temp.write_text(f"nameserver {second.address}\n")
+    temp.replace(resolv)
+    deadline = time.monotonic() + 5
+    while env.dig("moved.test").values() != ["192.0.2.2"]:
+        assert time.monotonic() < deadline, "resolv.conf change not followed"
+        time.sleep(0.2)
 
 
 def test_truncation_over_udp_and_the_full_answer_over_tcp(env):

@@ -10,8 +10,11 @@ next upstream; when all have failed the clients get SERVFAIL.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
+import selectors
 import socket
 import struct
 
@@ -34,6 +37,7 @@ RETRY_RCODES = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
 
 # A client waiting for an answer: (transport handle, address, query, UDP limit or None)
 Client = tuple
+UPSTREAM_UDP = "upstream-udp"
 
 
 def parse_upstream(text: str, default_port: int = 53) -> tuple[str, int]:
@@ -88,16 +92,33 @@ class CacheEntry:
 
 
 class Pending:
-    __slots__ = ("qid", "key", "packet", "upstream", "deadline", "clients", "socket")
+    """One question in flight upstream, and the clients waiting for it."""
+
+    __slots__ = ("qid", "key", "packet", "upstream", "target", "deadline", "clients",
+                 "socket", "tcp")
 
     def __init__(self, qid: int, key: tuple[bytes, int, int], packet: bytes) -> None:
         self.qid = qid
         self.key = key
         self.packet = packet
         self.upstream = -1
+        self.target: tuple[str, int] = ("", 0)
         self.deadline = 0.0
         self.clients: list[Client] = []
         self.socket: Any = None
+        self.tcp: TcpFetch | None = None
+
+
+class TcpFetch:
+    """The same question again over TCP, after the upstream answered UDP with TC."""
+
+    __slots__ = ("pending", "sock", "connected", "inbuf")
+
+    def __init__(self, pending: Pending, sock: socket.socket) -> None:
+        self.pending = pending
+        self.sock = sock
+        self.connected = False
+        self.inbuf = bytearray()
 
 
 def cache_ttl(parsed: wire.Parsed) -> int:
@@ -146,22 +167,32 @@ def relay(entry: CacheEntry, query: wire.Query, limit: int | None, now: float) -
 
 
 class Forwarder:
-    """Relays queries upstream; `send(client, response)` is called when done."""
+    """Relays queries upstream; `send(client, response)` is called when done.
+
+    Registers its own sockets with the server's selector: UDP ones with the
+    data `UPSTREAM_UDP`, TCP fallbacks with their `TcpFetch`.
+    """
 
     def __init__(self, upstreams: list[tuple[str, int]], send: Callable[[Client, bytes], None],
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.upstreams = list(upstreams)
+                 selector: selectors.BaseSelector, timeout: float = DEFAULT_TIMEOUT,
+                 resolv_conf: str | None = None,
+                 exclude: set[tuple[str, int]] | None = None) -> None:
         self.send = send
+        self.selector = selector
         self.timeout = timeout
         self.cache: dict[tuple[bytes, int, int], CacheEntry] = {}
         self.pending: dict[int, Pending] = {}
         self.by_key: dict[tuple[bytes, int, int], Pending] = {}
         self.sockets: dict[int, list[socket.socket]] = {}
         self.failures = 0
+        self.resolv_conf = resolv_conf
+        self.exclude = exclude or set()
+        self.resolv_signature: Any = self._resolv_signature()
+        self.upstreams: list[tuple[str, int]] = []
+        self.set_upstreams(upstreams)
 
-    def open_sockets(self) -> list[socket.socket]:
-        """Non-blocking sockets for each upstream address family (for the selector)."""
-        opened = []
+    def set_upstreams(self, upstreams: list[tuple[str, int]]) -> None:
+        self.upstreams = list(upstreams)
         for family in {socket.AF_INET6 if ":" in host else socket.AF_INET
                        for host, _ in self.upstreams}:
             if family in self.sockets:
@@ -171,16 +202,48 @@ class Forwarder:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 sock.setblocking(False)
                 sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                self.selector.register(sock, selectors.EVENT_READ, UPSTREAM_UDP)
                 pool.append(sock)
             self.sockets[family] = pool
-            opened.extend(pool)
-        return opened
+
+    def _resolv_signature(self) -> Any:
+        if not self.resolv_conf:
+            return None
+        try:
+            st = os.stat(self.resolv_conf)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def check_resolv_conf(self) -> None:
+        """Follow changes of the node's resolv.conf (DHCP, NetworkManager, ...)."""
+        if not self.resolv_conf:
+            return
+        signature = self._resolv_signature()
+        if signature == self.resolv_signature:
+            return
+        self.resolv_signature = signature
+        found = resolv_conf_upstreams(self.resolv_conf, self.exclude)
+        if found and found != self.upstreams:
+            log.info("upstreams from %s: %s", self.resolv_conf,
+                     ", ".join(f"{h}:{p}" for h, p in found))
+            self.set_upstreams(found)
+            self.cache.clear()
 
     def close(self) -> None:
+        for pending in list(self.pending.values()):
+            self._close_tcp(pending)
         for pool in self.sockets.values():
             for sock in pool:
+                self._unregister(sock)
                 sock.close()
         self.sockets.clear()
+
+    def _unregister(self, sock: socket.socket) -> None:
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
 
     # -- asking
 
@@ -219,6 +282,7 @@ class Forwarder:
 
     def _send_next(self, pending: Pending, now: float) -> None:
         """Try the next upstream; when none is left, SERVFAIL every waiting client."""
+        self._close_tcp(pending)
         while True:
             pending.upstream += 1
             if pending.upstream >= len(self.upstreams):
@@ -230,14 +294,14 @@ class Forwarder:
                 for client in pending.clients:
                     self._fail_client(client)
                 return
-            host, port = self.upstreams[pending.upstream]
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            pending.target = self.upstreams[pending.upstream]
+            family = socket.AF_INET6 if ":" in pending.target[0] else socket.AF_INET
             pool = self.sockets.get(family)
             if not pool:
                 continue
             sock = random.choice(pool)
             try:
-                sock.sendto(pending.packet, (host, port))
+                sock.sendto(pending.packet, pending.target)
             except OSError:
                 continue  # unreachable right now: the next upstream
             pending.socket = sock
@@ -245,6 +309,7 @@ class Forwarder:
             return
 
     def _finish(self, pending: Pending) -> None:
+        self._close_tcp(pending)
         self.pending.pop(pending.qid, None)
         if self.by_key.get(pending.key) is pending:
             del self.by_key[pending.key]
@@ -262,23 +327,36 @@ class Forwarder:
                 return
             except OSError:
                 continue  # e.g. ICMP port unreachable reported on this socket
-            self._on_answer(sock, data, address, now)
+            self._on_udp_answer(sock, data, address, now)
 
-    def _on_answer(self, sock: socket.socket, data: bytes, address: Any, now: float) -> None:
+    def _on_udp_answer(self, sock: socket.socket, data: bytes, address: Any, now: float) -> None:
         if len(data) < 12:
             return
         pending = self.pending.get(struct.unpack_from("!H", data)[0])
-        if pending is None or pending.socket is not sock:
+        if pending is None or pending.socket is not sock or pending.tcp is not None:
             return
-        host, port = self.upstreams[pending.upstream]
-        if address[0] != host or address[1] != port:
+        if address[0] != pending.target[0] or address[1] != pending.target[1]:
             return
+        parsed = self._check(pending, data)
+        if parsed is None:
+            return
+        if parsed.flags & wire.TC:
+            self._start_tcp(pending, now)
+            return
+        self._complete(pending, data, parsed, now)
+
+    def _check(self, pending: Pending, data: bytes) -> wire.Parsed | None:
+        """The parsed answer if it answers exactly our question, else None."""
         try:
             parsed = wire.parse_response(data)
         except wire.FormatError:
-            return
-        if (parsed.qname.lower(), parsed.qtype, parsed.qclass) != pending.key:
-            return
+            return None
+        if parsed.id != pending.qid or \
+                (parsed.qname.lower(), parsed.qtype, parsed.qclass) != pending.key:
+            return None
+        return parsed
+
+    def _complete(self, pending: Pending, data: bytes, parsed: wire.Parsed, now: float) -> None:
         if parsed.rcode in RETRY_RCODES and pending.upstream + 1 < len(self.upstreams):
             self._send_next(pending, now)
             return
@@ -292,6 +370,66 @@ class Forwarder:
             self.cache[pending.key] = entry
         for client in pending.clients:
             self.send(client, relay(entry, client[2], client[3], now))
+
+    # -- TCP, when the UDP answer was truncated
+
+    def _start_tcp(self, pending: Pending, now: float) -> None:
+        family = socket.AF_INET6 if ":" in pending.target[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        err = sock.connect_ex(pending.target)
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._send_next(pending, now)
+            return
+        pending.tcp = TcpFetch(pending, sock)
+        pending.deadline = now + self.timeout
+        self.selector.register(sock, selectors.EVENT_WRITE, pending.tcp)
+
+    def on_tcp_event(self, fetch: TcpFetch, mask: int, now: float) -> None:
+        pending = fetch.pending
+        if pending.tcp is not fetch:
+            return
+        sock = fetch.sock
+        try:
+            if not fetch.connected:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
+                fetch.connected = True
+                sock.send(len(pending.packet).to_bytes(2, "big") + pending.packet)
+                self.selector.modify(sock, selectors.EVENT_READ, fetch)
+                return
+            chunk = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._send_next(pending, now)
+            return
+        if not chunk:
+            self._send_next(pending, now)
+            return
+        fetch.inbuf += chunk
+        if len(fetch.inbuf) < 2:
+            return
+        size = (fetch.inbuf[0] << 8) | fetch.inbuf[1]
+        if len(fetch.inbuf) < 2 + size:
+            return
+        data = bytes(fetch.inbuf[2:2 + size])
+        parsed = self._check(pending, data)
+        if parsed is None:
+            self._send_next(pending, now)
+            return
+        self._close_tcp(pending)
+        self._complete(pending, data, parsed, now)
+
+    def _close_tcp(self, pending: Pending) -> None:
+        fetch, pending.tcp = pending.tcp, None
+        if fetch is not None:
+            self._unregister(fetch.sock)
+            fetch.sock.close()
+
+    # -- housekeeping
 
     def _evict(self, now: float) -> None:
         for key in [k for k, e in self.cache.items() if e.expires <= now]:

@@ -21,7 +21,7 @@ import time
 from .. import registry
 from . import wire
 from .answers import Names
-from .forwarder import Client, Forwarder
+from .forwarder import UPSTREAM_UDP, Client, Forwarder, TcpFetch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Stats:
 class Server:
     def __init__(self, listen: str, port: int, state_dir: str, domain: str,
                  subnet: int, prefix: int, acl: Acl, upstreams: list[tuple[str, int]],
-                 upstream_timeout: float = 2.0) -> None:
+                 upstream_timeout: float = 2.0, resolv_conf: str | None = None) -> None:
         self.listen = listen
         self.port = port
         self.state_dir = state_dir
@@ -81,20 +81,20 @@ class Server:
         self.acl = acl
         self.stats = Stats()
         self.stop = False
+        self.log_stats = False  # set by SIGUSR1
         self.names = Names({}, {}, domain, subnet, prefix)
         self.signature: Any = ()
         self.udp_cache: dict[bytes, tuple[bytes, float]] = {}
         self.tcp_cache: dict[bytes, tuple[bytes, float]] = {}
         self.conns: dict[int, Conn] = {}
-        self.forwarder = Forwarder(upstreams, self._deliver, upstream_timeout)
         self.selector = selectors.DefaultSelector()
+        self.forwarder = Forwarder(upstreams, self._deliver, self.selector, upstream_timeout,
+                                   resolv_conf, {(listen, port), (listen, 53)})
         self.udp = self._bind(socket.SOCK_DGRAM)
         self.tcp = self._bind(socket.SOCK_STREAM)
         self.tcp.listen(TCP_BACKLOG)
         self.selector.register(self.udp, selectors.EVENT_READ, "udp")
         self.selector.register(self.tcp, selectors.EVENT_READ, "accept")
-        for sock in self.forwarder.open_sockets():
-            self.selector.register(sock, selectors.EVENT_READ, "upstream")
         self.wake_fd = -1
         self.refresh_registry()
 
@@ -176,7 +176,7 @@ class Server:
                             break
                         except OSError:
                             continue
-                elif what == "upstream":
+                elif what == UPSTREAM_UDP:
                     upstream.append(key.fileobj)
                 elif what == "accept":
                     self._accept(now)
@@ -185,6 +185,8 @@ class Server:
                         os.read(self.wake_fd, 512)
                     except OSError:
                         pass
+                elif isinstance(what, TcpFetch):
+                    self.forwarder.on_tcp_event(what, mask, now)
                 else:
                     self._on_conn_event(what, mask, now, frames)
             # Read first, then check the registry: nothing read above predates this stat.
@@ -214,6 +216,12 @@ class Server:
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._sweep_idle(now)
+                self.forwarder.check_resolv_conf()
+                if self.log_stats:
+                    self.log_stats = False
+                    log.info("stats: %s; %d names; %d TCP clients; %d cached upstream answers",
+                             self.stats, self.names.count, len(self.conns),
+                             len(self.forwarder.cache))
                 if len(self.udp_cache) > FAST_CACHE_LIMIT:
                     self.udp_cache.clear()
                 if len(self.tcp_cache) > FAST_CACHE_LIMIT:

@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             log.info("address %s %s", listen, done)
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
-                        acl_module.Acl(subnets), upstreams, args.upstream_timeout)
+                        acl_module.Acl(subnets), upstreams, args.upstream_timeout,
+                        None if args.upstream else args.resolv_conf)
     except OSError as err:
         raise SettingsError(f"cannot listen on {listen}:{args.port}: {err.strerror}") from None
 
@@ -204,8 +205,12 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         server.stop = True
 
+    def on_usr1(signum: int, frame: Any) -> None:
+        server.log_stats = True
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_usr1)
     log.info("serving %s mode network %s (%s) on %s:%d udp+tcp; domain %s; pods %s; "
              "registry %s; upstreams %s", conf.mode, conf.name, path, listen, args.port,
              conf.domain, conf.cidr(), state_dir,
