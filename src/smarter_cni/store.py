@@ -111,10 +111,15 @@ class Transaction:
 
 
 def save(state: dict[str, Any], directory: str | None = None) -> None:
-    """Write atomically: temp file, fsync-free (tmpfs), rename into place."""
+    """Write atomically: temp file, fsync-free (tmpfs), rename into place.
+
+    Callers hold the lock (see Transaction), so one fixed temp name is enough,
+    and a temp file left by a writer killed mid-save is simply overwritten and
+    renamed by the next save instead of piling up in /run.
+    """
     directory = directory or ensure_state_dir()
     final = os.path.join(directory, FILE_NAME)
-    temp = os.path.join(directory, f".{FILE_NAME}.{os.getpid()}.tmp")
+    temp = os.path.join(directory, f".{FILE_NAME}.tmp")
     data = jsonfast.dumps(state, compact=True).encode()
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)

@@ -1,0 +1,370 @@
+"""Crashes: the plugin killed with SIGKILL at random points of ADD and DEL.
+
+After every kill, the runtime's clean-up DEL (with or without CNI_NETNS,
+never with prevResult) must succeed on its first try and leave no host
+link, no pod interface and no record; the state file must parse at every
+instant (a reader thread checks it all the time); the next ADD must work;
+no address is ever handed out twice.
+
+The kill lands after a random delay spread over the whole ADD (not only
+its first 40 ms, which is mostly interpreter start-up), so every phase is
+hit: before the reservation, between the two store transactions (record
+with "ready": false), during plumbing, after completion. Half the kills hit
+only the plugin's PID (an OOM kill: its `ip` child runs on as an orphan),
+half its whole process group (a cgroup kill). Before the clean-up DEL the
+test waits for orphans of the killed plugin to exit, as any runtime's DEL
+comes after the failed ADD has returned.
+
+CI size: ~40 ADD kills, 16 DEL kills, 6 first-ADD kills; SMARTER_CNI_LONG=1: 300, 100, 30.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers.netns import link_exists, sh, unique  # noqa: E402
+from helpers.plugin import SRC, PluginRunner, pod_args  # noqa: E402
+
+sys.path.insert(0, str(SRC))
+from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
+
+pytestmark = pytest.mark.root
+
+LONG = os.environ.get("SMARTER_CNI_LONG") == "1"
+ADD_KILLS, DEL_KILLS, FIRST_ADD_KILLS = (300, 100, 30) if LONG else (40, 16, 6)
+RESIDENTS = 3
+
+
+# ---------------------------------------------------------------- helpers
+
+class StateWatcher(threading.Thread):
+    """Reads the state file without a lock as fast as it can; every read must parse."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.reads = 0
+        self.bad: list[str] = []
+        self.duplicates: list[list[str]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                time.sleep(0.001)
+                continue
+            self.reads += 1
+            try:
+                state = json.loads(data)
+                ips = [ip for r in state["attachments"].values() for ip in r.get("ips") or []]
+                if len(ips) != len(set(ips)):
+                    self.duplicates.append(sorted(ips))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                self.bad.append(f"{err}: {data[:80]!r} ({len(data)} bytes)")
+            time.sleep(0.0005)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def spawn_and_kill(runner: PluginRunner, env: dict, config: dict, delay: float,
+                   whole_group: bool) -> int | None:
+    """Start the plugin, SIGKILL it after `delay` s; the exit code when it finished first."""
+    proc = subprocess.Popen([str(runner.bin_dir / "smarter-cni")], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    time.sleep(delay)
+    finished = proc.poll()
+    if whole_group:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own child's group, by its id
+        except ProcessLookupError:
+            pass
+    elif finished is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()
+    proc.stderr.close()
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert not _group_alive(proc.pid), "orphans of the killed plugin did not finish"
+    return finished
+
+
+def load_state(state_dir: Path) -> dict:
+    path = state_dir / "attachments.json"
+    if not path.exists():
+        return {"attachments": {}, "networks": {}}
+    data = path.read_bytes()
+    assert data.strip(), "state file is empty"
+    return json.loads(data)
+
+
+def assert_no_duplicates(state: dict) -> None:
+    ips = [ip for r in state["attachments"].values() for ip in r.get("ips") or []]
+    assert len(ips) == len(set(ips)), f"duplicate addresses: {sorted(ips)}"
+
+
+def stray_temp_files(state_dir: Path) -> list[str]:
+    return [p.name for p in state_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def firewall_lines(config: dict) -> list[str]:
+    tokens = (f"smarter-cni {config['name']}", chain_name(config["name"]))
+    text = sh("iptables-save", check=False).stdout.decode()
+    return sorted(re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines()
+                  if any(t in line for t in tokens))
+
+
+def measure(plugin, config: dict, netns_path: str) -> tuple[float, float]:
+    """Median (ADD, DEL) durations on this node right now, to spread the kills over."""
+    adds, dels = [], []
+    for i in range(3):
+        cid = f"probe{i}-{unique('', 8)}"
+        start = time.monotonic()
+        assert plugin("ADD", config, cid, netns_path).ok
+        middle = time.monotonic()
+        assert plugin("DEL", config, cid, netns_path).ok
+        adds.append(middle - start)
+        dels.append(time.monotonic() - middle)
+    return statistics.median(adds), statistics.median(dels)
+
+
+def cleanup_del(plugin, config: dict, cid: str, netns_name: str, netns_path: str,
+                with_netns: bool, state_dir: Path) -> None:
+    """The runtime's DEL after the failed operation: must work on the first try and clean everything."""
+    deleted = plugin("DEL", config, cid, netns_path if with_netns else "")
+    assert deleted.ok, f"first DEL after a kill failed: {deleted!r}"
+    host = host_ifname(cid, "eth0")
+    assert not link_exists(host), f"host link {host} left behind"
+    links = sh("ip", "-n", netns_name, "-o", "link").stdout.decode()
+    assert "eth0" not in links, f"pod interface left in {netns_name}: {links}"
+    state = load_state(state_dir)
+    assert not [k for k in state["attachments"] if f"/{cid}/" in k], "record left behind"
+    assert_no_duplicates(state)
+
+
+def next_add_works(plugin, config: dict, netns_name: str, netns_path: str, residents: set[str],
+                   state_dir: Path) -> None:
+    cid = f"next-{unique('', 10)}"
+    added = plugin("ADD", config, cid, netns_path, args=pod_args("next"))
+    assert added.ok, f"ADD after a kill failed: {added!r}"
+    address = added.json["ips"][0]["address"]
+    assert address not in residents
+    assert_no_duplicates(load_state(state_dir))
+    deleted = plugin("DEL", config, cid, netns_path)
+    assert deleted.ok, deleted
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.fixture
+def watched(state_dir: Path):
+    watcher = StateWatcher(state_dir / "attachments.json")
+    watcher.start()
+    yield watcher
+    watcher.stop()
+
+
+def _add_residents(plugin, config, netns) -> tuple[list[tuple[str, str]], set[str]]:
+    residents = []
+    addresses = set()
+    for i in range(RESIDENTS):
+        name, path = netns.create("res")
+        cid = f"resident{i}-{unique('', 8)}"
+        added = plugin("ADD", config, cid, path, args=pod_args(f"resident-{i}"))
+        assert added.ok, added
+        residents.append((cid, path))
+        addresses.add(added.json["ips"][0]["address"])
+    return residents, addresses
+
+
+def test_kill_add_at_random_points(plugin, bridge_network, netns, state_dir, watched) -> None:
+    config = bridge_network
+    rng = random.Random()
+    residents, resident_addresses = _add_residents(plugin, config, netns)
+    name, path = netns.create("kill")
+    add_time, _ = measure(plugin, config, path)
+    rules = firewall_lines(config)
+    phases: Counter = Counter()
+    window = max(0.040, add_time)
+    for i in range(ADD_KILLS):
+        cid = f"killadd{i}-{unique('', 8)}"
+        env = plugin.env("ADD", cid, path, "eth0", pod_args(f"victim-{i}"))
+        finished = spawn_and_kill(plugin, env, config, rng.uniform(0, window), whole_group=i % 2 == 0)
+        state = load_state(state_dir)  # parses, never empty
+        assert_no_duplicates(state)
+        record = state["attachments"].get(f"{config['name']}/{cid}/eth0")
+        if finished is not None:
+            phases["completed before the kill"] += 1
+        elif record is None:
+            phases["killed before the reservation"] += 1
+        elif not record["ready"]:
+            phases["killed between the store transactions"] += 1
+        else:
+            phases["killed after the record was ready"] += 1
+        cleanup_del(plugin, config, cid, name, path, with_netns=i % 3 != 0, state_dir=state_dir)
+        next_add_works(plugin, config, name, path, resident_addresses, state_dir)
+    for cid, rpath in residents:
+        assert plugin("DEL", config, cid, rpath).ok
+    assert load_state(state_dir)["attachments"] == {}
+    assert firewall_lines(config) == rules
+    assert not watched.bad, watched.bad[:3]
+    assert not watched.duplicates, watched.duplicates[:1]
+    strays = stray_temp_files(state_dir)
+    assert not strays, f"temp files of killed writers left in the state dir: {strays}"
+    print(f"\nADD kills: {ADD_KILLS} (ADD median {add_time * 1000:.0f} ms, kill window "
+          f"0-{window * 1000:.0f} ms): {dict(phases)}; first-try DEL failures 0, leftovers 0, "
+          f"duplicates 0; state file read {watched.reads} times, 0 torn")
+    assert phases["killed between the store transactions"] > 0 or ADD_KILLS < 20
+
+
+def test_kill_del_at_random_points(plugin, bridge_network, netns, state_dir, watched) -> None:
+    config = bridge_network
+    rng = random.Random()
+    residents, resident_addresses = _add_residents(plugin, config, netns)
+    name, path = netns.create("kdel")
+    _, del_time = measure(plugin, config, path)
+    window = max(0.040, del_time)
+    outcomes: Counter = Counter()
+    for i in range(DEL_KILLS):
+        cid = f"killdel{i}-{unique('', 8)}"
+        added = plugin("ADD", config, cid, path, args=pod_args(f"victim-{i}"))
+        assert added.ok, added
+        env = plugin.env("DEL", cid, path if i % 2 else "", "eth0")
+        finished = spawn_and_kill(plugin, env, config, rng.uniform(0, window), whole_group=i % 2 == 1)
+        state = load_state(state_dir)
+        assert_no_duplicates(state)
+        gone = f"{config['name']}/{cid}/eth0" not in state["attachments"]
+        outcomes["completed" if finished is not None else ("killed after" if gone else "killed before")
+                 + " forgetting the record"] += 1
+        cleanup_del(plugin, config, cid, name, path, with_netns=i % 3 != 0, state_dir=state_dir)
+        next_add_works(plugin, config, name, path, resident_addresses, state_dir)
+    for cid, rpath in residents:
+        assert plugin("DEL", config, cid, rpath).ok
+    assert not watched.bad, watched.bad[:3]
+    assert not stray_temp_files(state_dir)
+    print(f"\nDEL kills: {DEL_KILLS} (DEL median {del_time * 1000:.0f} ms, kill window 0-"
+          f"{window * 1000:.0f} ms): {dict(outcomes)}; first-try DEL failures 0, leftovers 0")
+
+
+def test_kill_first_add_of_a_network(plugin, bridge_network, netns, state_dir, watched) -> None:
+    """Killed while creating the bridge and its rules: the next ADD completes the set-up, once."""
+    from smarter_cni.dataplane import bridge
+    from smarter_cni.netconf import parse_netconf
+
+    config = bridge_network
+    rng = random.Random()
+    name, path = netns.create("kfirst")
+    conf = parse_netconf(config)
+    for i in range(FIRST_ADD_KILLS):
+        os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
+        try:
+            bridge.teardown_network(conf)
+        finally:
+            del os.environ["SMARTER_CNI_STATE_DIR"]
+        assert not link_exists(config["bridge"])
+        cid = f"kfirst{i}-{unique('', 8)}"
+        env = plugin.env("ADD", cid, path, "eth0")
+        spawn_and_kill(plugin, env, config, rng.uniform(0.02, 0.25), whole_group=i % 2 == 0)
+        cleanup_del(plugin, config, cid, name, path, with_netns=True, state_dir=state_dir)
+        cid2 = f"kfirst-next{i}-{unique('', 6)}"
+        added = plugin("ADD", config, cid2, path)
+        assert added.ok, added
+        shown = sh("ip", "-4", "-o", "addr", "show", "dev", config["bridge"]).stdout.decode()
+        assert shown.count(" inet ") == 1 and config["subnet"].replace(".0/24", ".1/24") in shown, shown
+        rules = firewall_lines(config)
+        assert len(rules) == len(set(rules)), rules
+        ping = subprocess.run(["ip", "netns", "exec", name, "ping", "-c1", "-W2",
+                               added.json["ips"][0]["gateway"]], capture_output=True, timeout=10)
+        assert ping.returncode == 0
+        assert plugin("DEL", config, cid2, path).ok
+    assert not watched.bad, watched.bad[:3]
+
+
+def test_del_while_lock_held_by_killed_process(plugin, bridge_network, netns, state_dir) -> None:
+    """A process that dies holding the flock does not wedge the node: the kernel drops the lock."""
+    name, path = netns.create("lock")
+    added = plugin("ADD", bridge_network, "lockpod", path)
+    assert added.ok, added
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(60)\n", str(state_dir / "lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        pending = subprocess.Popen([str(plugin.bin_dir / "smarter-cni")],
+                                   env=plugin.env("DEL", "lockpod", path, "eth0"),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pending.stdin.write(json.dumps(bridge_network).encode())
+        pending.stdin.close()
+        time.sleep(0.3)
+        assert pending.poll() is None, "DEL did not wait for the lock"
+        holder.kill()
+        holder.wait(5)
+        assert pending.wait(10) == 0, pending.stdout.read()
+        pending.stdout.close()
+        pending.stderr.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+        holder.stdout.close()
+    assert not link_exists(host_ifname("lockpod", "eth0"))
+    assert load_state(state_dir)["attachments"] == {}
+
+
+def test_record_whose_link_was_deleted_by_someone_else(plugin, bridge_network, netns, state_dir) -> None:
+    """An operator (or a crashed runtime) removed the veth: CHECK says so, DEL and a new ADD work."""
+    name, path = netns.create("gone")
+    added = plugin("ADD", bridge_network, "gonepod", path)
+    assert added.ok, added
+    sh("ip", "link", "del", host_ifname("gonepod", "eth0"))
+    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "gonepod", path)
+    assert checked.code == 103 and "missing" in checked.json["msg"], checked
+    again = plugin("ADD", bridge_network, "gonepod", path)  # runtime retries the same sandbox
+    assert again.ok, again
+    assert again.json["ips"][0]["address"] == added.json["ips"][0]["address"]
+    assert plugin("DEL", bridge_network, "gonepod", path).ok
+    assert plugin("DEL", bridge_network, "gonepod", path).ok
+    assert load_state(state_dir)["attachments"] == {}
