@@ -123,7 +123,7 @@ class DockerSandboxes:
         return done.stdout.strip()
 
     def ensure_image(self) -> str:
-        if self.docker("image", "inspect", IMAGE, check=False):
+        if _sh(["docker", "image", "inspect", IMAGE], env=self.env).returncode == 0:
             return IMAGE
         build_busybox_image(self.env)
         return IMAGE
