@@ -100,17 +100,18 @@ class Dockerd:
         return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
 
 
-def start_private(attempts: int = 3) -> Dockerd:
-    """Start a dockerd of our own under a fresh temp dir; wait until it answers.
+def start_private(attempts: int = 3, extra: tuple[str, ...] = (), root: str = "") -> Dockerd:
+    """Start a dockerd of our own under a fresh temp dir (or `root`, to restart one).
 
-    A start can fail when another dockerd on the machine rewrites its iptables
-    chains at the same moment; that race is retried.
+    Waits until it answers. A start can fail when another dockerd on the
+    machine rewrites its iptables chains at the same moment; that race is
+    retried.
     """
     if not shutil.which("dockerd"):
         pytest.skip("dockerd is not installed (apt-get install docker.io)")
     for attempt in range(attempts):
         try:
-            return _start_once()
+            return _start_once(extra, root)
         except _StartFailed as err:
             if attempt == attempts - 1:
                 pytest.fail(str(err))
@@ -122,29 +123,32 @@ class _StartFailed(Exception):
     pass
 
 
-def _start_once() -> Dockerd:
-    root = tempfile.mkdtemp(prefix="scni-dockerd-")
+def _start_once(extra: tuple[str, ...], root: str) -> Dockerd:
+    fresh = not root
+    root = root or tempfile.mkdtemp(prefix="scni-dockerd-")
     sock = os.path.join(root, "docker.sock")
-    with open(os.path.join(root, "dockerd.log"), "wb") as log:
+    with open(os.path.join(root, "dockerd.log"), "ab") as log:
         proc = subprocess.Popen(
             ["dockerd", "--data-root", os.path.join(root, "data"),
              "--exec-root", os.path.join(root, "exec"),
              "--pidfile", os.path.join(root, "docker.pid"),
-             "-H", f"unix://{sock}", "--bridge", "none", "--log-level", "warn"],
+             "-H", f"unix://{sock}", "--bridge", "none", "--log-level", "warn", *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
     daemon = Dockerd(sock, proc.pid, root)
     daemon._proc = proc  # type: ignore[attr-defined]
+    daemon.extra = extra  # type: ignore[attr-defined]
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = Path(root, "dockerd.log").read_text(errors="replace")[-2000:]
-            _remove_root(root)
+            if fresh:
+                _remove_root(root)
             raise _StartFailed(f"dockerd exited with {proc.returncode}: {tail}")
         if ping(sock, 1.0):
             return daemon
         time.sleep(0.1)
-    stop_private(daemon)
+    stop_private(daemon, remove_root=fresh)
     raise _StartFailed(f"dockerd did not answer on {sock} within {START_TIMEOUT:g} s")
 
 
@@ -270,11 +274,12 @@ class Sandboxes:
         self.image = image
         self.ids: list[str] = []
 
-    def create(self, hostname: str, network: str = "none") -> Sandbox:
+    def create(self, hostname: str, network: str = "none", extra: tuple[str, ...] = ()
+               ) -> Sandbox:
         name = f"scni-test-{uuid.uuid4().hex[:12]}"
         docker_id = self.daemon.out("run", "-d", "--name", name, "--network", network,
                                     "--hostname", hostname, "--label", "smarter-cni-test=1",
-                                    self.image, "sleep", "3600")
+                                    *extra, self.image, "sleep", "3600")
         self.ids.append(docker_id)
         return Sandbox(self.daemon, docker_id)
 
