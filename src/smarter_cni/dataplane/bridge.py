@@ -71,8 +71,10 @@ def _correct_bridge_address(conf: NetConf) -> None:
         for info in entry.get("addr_info", []):
             current.append(f"{info.get('local')}/{info.get('prefixlen')}")
     lines = [f"addr del {cidr} dev {conf.bridge}" for cidr in current if cidr != wanted]
-    if wanted not in current:
-        lines.append(f"addr add {wanted} dev {conf.bridge}")
+    if lines or wanted not in current:
+        # `replace`, not `add`: deleting a primary address also drops the secondaries of
+        # its subnet, so a wanted address that was there as a secondary is gone by now.
+        lines.append(f"addr replace {wanted} dev {conf.bridge}")
     if lines:
         links.batch(lines, what=f"set address {wanted} on {conf.bridge}")
 
