@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--no-selftest", action="store_true", help="skip the final self-test")
     inst.add_argument("--no-dns-service", action="store_true",
                       help="do not install/start the DNS service (e.g. it runs as a pod)")
+    inst.add_argument("--plugin-python", metavar="PATH",
+                      help="python the runtime runs the plugin with (default: this one; a "
+                           "DaemonSet gives the node's, e.g. /usr/bin/python3)")
+    inst.add_argument("--plugin-lib", metavar="DIR",
+                      help="copy the package here and run the plugin from it (a DaemonSet "
+                           "gives a host path, e.g. /opt/smarter-cni/lib)")
     inst.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     inst.set_defaults(func=_cmd_install)
 

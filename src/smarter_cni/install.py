@@ -133,6 +133,8 @@ class Options:
     k3s: bool = False
     selftest: bool = True
     dns_service: bool = True
+    plugin_python: str | None = None
+    plugin_lib: str | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> Options:
@@ -142,7 +144,10 @@ class Options:
                    bridge=args.bridge, network=args.network, domain=args.domain,
                    bin_dir=os.path.abspath(bin_dir), conf_dir=os.path.abspath(conf_dir),
                    k3s=args.k3s, selftest=not args.no_selftest,
-                   dns_service=not args.no_dns_service)
+                   dns_service=not args.no_dns_service,
+                   plugin_python=getattr(args, "plugin_python", None),
+                   plugin_lib=os.path.abspath(args.plugin_lib) if getattr(args, "plugin_lib", None)
+                   else None)
 
 
 def default_conflist(mode: str) -> dict[str, Any]:
@@ -252,9 +257,35 @@ def missing_prerequisites(mode: str) -> list[str]:
 
 # ---------------------------------------------------------------- install
 
-def plugin_python() -> tuple[str, str]:
-    """(python, dir holding the smarter_cni package) for the launchers."""
-    return sys.executable, launcher.package_root()
+def plugin_python(opts: Options) -> tuple[str, str]:
+    """(python, dir holding the smarter_cni package) that the launchers will use.
+
+    By default this installation's own. A DaemonSet installs from inside a
+    container whose paths the node's runtime cannot see: it names the node's
+    python (--plugin-python) and a host dir to copy the package to (--plugin-lib).
+    """
+    python = opts.plugin_python or sys.executable
+    if opts.plugin_python and not opts.plugin_lib and not os.path.isfile(python):
+        raise CLIError(f"--plugin-python {python} does not exist", "give the node's python3 path")
+    if opts.plugin_lib:
+        copy_package(opts.plugin_lib)
+        return python, opts.plugin_lib
+    return python, launcher.package_root()
+
+
+def copy_package(lib_dir: str) -> None:
+    """Copy the smarter_cni package into lib_dir, replacing an older copy in one rename."""
+    _mkdir(lib_dir)
+    source = os.path.join(launcher.package_root(), "smarter_cni")
+    final = os.path.join(lib_dir, "smarter_cni")
+    staging = os.path.join(lib_dir, f".smarter_cni.{os.getpid()}.new")
+    old = os.path.join(lib_dir, f".smarter_cni.{os.getpid()}.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if os.path.isdir(final):
+        os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def install(opts: Options, out: Output) -> int:
@@ -266,10 +297,11 @@ def install(opts: Options, out: Output) -> int:
     conflist = render_conflist(opts)
     conf = netconf_of(conflist)
     conf_path = os.path.join(opts.conf_dir, CONFLIST_NAME)
-    python, root = plugin_python()
     previous = load_record()
     created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
-    created += [d for d in (opts.bin_dir, opts.conf_dir) if not os.path.isdir(d)]
+    created += [d for d in (opts.bin_dir, opts.conf_dir, opts.plugin_lib)
+                if d and not os.path.isdir(d)]
+    python, root = plugin_python(opts)
     summary: dict[str, Any] = {"version": __version__, "mode": opts.mode,
                                "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir,
                                "config": conf_path, "network": conf.name,
@@ -726,6 +758,10 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
 
     with out.step(f"Removing state in {paths.state_dir()}"):
         _remove_state(conf, force)
+    lib = (record.get("options") or {}).get("plugin_lib")
+    if lib and os.path.isdir(os.path.join(lib, "smarter_cni")):
+        shutil.rmtree(os.path.join(lib, "smarter_cni"), ignore_errors=True)
+        removed.append(os.path.join(lib, "smarter_cni"))
     for directory in record.get("created_dirs", []):
         try:
             os.rmdir(directory)  # only when empty: someone else's files stay
