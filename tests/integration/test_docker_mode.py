@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -75,9 +76,16 @@ def test_add_returns_what_docker_assigned(plugin, net, sandboxes, dockerd, state
     assert result["cniVersion"] == "1.0.0"
     assert result["ips"][0]["address"] == f"{ep['IPAddress']}/{ep['IPPrefixLen']}"
     assert result["ips"][0]["gateway"] == ep["Gateway"] == net["subnet"].replace(".0/24", ".1")
-    assert result["ips"][0]["interface"] == 0
-    iface = result["interfaces"][0]
+    # bridge, host veth, pod interface (as the reference bridge plugin lists them)
+    bridge, host, iface = result["interfaces"]
+    assert result["ips"][0]["interface"] == 2
     assert iface == {"name": "eth0", "mac": ep["MacAddress"], "sandbox": pod.netns}
+    network_id = dockerd.network_inspect(net["network"])["Id"]
+    assert bridge["name"] == f"br-{network_id[:12]}" and "sandbox" not in bridge
+    assert "sandbox" not in host and host["mac"]
+    assert Path(f"/sys/class/net/{host['name']}/master").resolve().name == bridge["name"]
+    peer = pod.exec("cat", "/sys/class/net/eth0/iflink", check=True).stdout.decode().strip()
+    assert Path(f"/sys/class/net/{host['name']}/ifindex").read_text().strip() == peer
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": ep["Gateway"]}]
     assert result["dns"]["nameservers"] == [net["dnsAddress"]]
     # The address really is on that interface inside the pod.
@@ -116,7 +124,7 @@ def test_result_in_each_version(plugin, net, sandboxes, dockerd, dockerd_host_en
     else:
         assert result["ips"][0]["address"] == cidr
         assert ("version" in result["ips"][0]) == (version == "0.4.0")
-        assert result["interfaces"][0]["mac"] == ep["MacAddress"]
+        assert result["interfaces"][-1]["mac"] == ep["MacAddress"]
         deleted = plugin("DEL", config, pod.id, pod.netns)
     assert deleted.ok, deleted
     assert endpoint(dockerd, pod.id, net["network"]) is None

@@ -87,8 +87,10 @@ def add(request: Request, conf: NetConf) -> Result:
     with store.Transaction() as tx:
         record["ips"] = [result.ips[0].address]
         record["gateway"] = result.ips[0].gateway
-        record["mac"] = result.interfaces[0].mac
-        record["pod_ifname"] = result.interfaces[0].name
+        pod_iface = result.interfaces[-1]
+        record["mac"] = pod_iface.mac
+        record["pod_ifname"] = pod_iface.name
+        record["host_ifname"] = result.interfaces[-2].name if len(result.interfaces) > 1 else ""
         record["ready"] = True
         tx.attachments[key] = record
         tx.dirty = True
@@ -251,8 +253,16 @@ def _result(request: Request, conf: NetConf, endpoint: dict[str, Any], pid: int)
     mac = endpoint.get("MacAddress", "") or ""
     ifname = pod_ifname(pid, address, prefix, request.netns)
     result = Result()
-    result.interfaces = [Interface(ifname, mac, request.netns)]
-    result.ips = [IPConfig(f"{address}/{prefix}", gateway, 0)]
+    # Like the reference bridge plugin: bridge, host veth, pod interface, so
+    # chained plugins that work on the host side (bandwidth) find the veth.
+    host = host_veth(pid, ifname)
+    if host:
+        bridge = _link_master(host)
+        if bridge:
+            result.interfaces.append(Interface(bridge, _link_mac(bridge)))
+        result.interfaces.append(Interface(host, _link_mac(host)))
+    result.interfaces.append(Interface(ifname, mac, request.netns))
+    result.ips = [IPConfig(f"{address}/{prefix}", gateway, len(result.interfaces) - 1)]
     if gateway:
         result.routes = [Route("0.0.0.0/0", gateway)]
     result.dns = conf.dns_result(request.pod_namespace)
@@ -280,6 +290,38 @@ def pod_ifname(pid: int, address: str, prefix: int, netns: str) -> str:
         if len(fields) >= 8 and _le32(fields[1]) == network and _le32(fields[7]) == mask:
             return fields[0]
     return _ifname_by_address(netns, address)
+
+
+def host_veth(pid: int, ifname: str) -> str:
+    """The host end of the pod's veth, or '' if it cannot be told.
+
+    The pod's sysfs (mounted by Docker in every container) gives the peer's
+    ifindex; `_socket.if_indextoname` turns it into the host name without
+    importing `socket`.
+    """
+    import _socket
+
+    try:
+        with open(f"/proc/{pid}/root/sys/class/net/{ifname}/iflink") as handle:
+            index = int(handle.read().strip())
+        return _socket.if_indextoname(index)
+    except (OSError, ValueError):
+        return ""
+
+
+def _link_master(name: str) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/sys/class/net/{name}/master"))
+    except OSError:
+        return ""
+
+
+def _link_mac(name: str) -> str:
+    try:
+        with open(f"/sys/class/net/{name}/address") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
 
 
 def _le32(text: str) -> int:
