@@ -299,8 +299,8 @@ def install(opts: Options, out: Output) -> int:
     conf_path = os.path.join(opts.conf_dir, CONFLIST_NAME)
     previous = load_record()
     created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
-    created += [d for d in (opts.bin_dir, opts.conf_dir, opts.plugin_lib)
-                if d and not os.path.isdir(d)]
+    for directory in (opts.bin_dir, opts.conf_dir, opts.plugin_lib):
+        created += _missing_dirs(directory) if directory else []
     python, root = plugin_python(opts)
     summary: dict[str, Any] = {"version": __version__, "mode": opts.mode,
                                "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir,
@@ -391,6 +391,15 @@ def _mkdir(path: str) -> None:
     except OSError as err:
         raise CLIError(f"cannot create {path}: {err.strerror}", "check the path and permissions"
                        ) from None
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """`path` and those of its parents that do not exist yet (what makedirs will create)."""
+    missing = []
+    while path and path != "/" and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def _refuse_foreign(dest: str, marker: str) -> None:
@@ -762,7 +771,7 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
     if lib and os.path.isdir(os.path.join(lib, "smarter_cni")):
         shutil.rmtree(os.path.join(lib, "smarter_cni"), ignore_errors=True)
         removed.append(os.path.join(lib, "smarter_cni"))
-    for directory in record.get("created_dirs", []):
+    for directory in sorted(record.get("created_dirs", []), key=len, reverse=True):
         try:
             os.rmdir(directory)  # only when empty: someone else's files stay
         except OSError:
