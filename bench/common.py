@@ -270,6 +270,7 @@ def machine() -> dict[str, Any]:
         pass
     return {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "nproc": os.cpu_count(), "kernel": platform.release(), "cpu": model,
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version()}
 
 

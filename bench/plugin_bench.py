@@ -503,6 +503,8 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
     m = results["machine"]
     lines.append(f"smarter-cni plugin bench — {m['date_utc']}, nproc {m['nproc']}, "
                  f"kernel {m['kernel']}, {m['cpu']}, {results['pods']} pods, python {results['python']}")
+    lines.append(f"load average at start {m['loadavg_start']}, at end {results.get('loadavg_end')} "
+                 "(other work on the machine inflates every number; compare ratios)")
     seq = results["sequential"]
     labels = {"A": "smarter-cni", "B": "reference (bridge+host-local, ipMasq)",
               "C": "reference, no ipMasq", "D": "smarter-cni docker mode"}
@@ -593,6 +595,8 @@ def ratios_of(results: dict[str, Any]) -> list[dict[str, Any]]:
     for op in ("add", "del"):
         for stat in ("median", "p90", "p99"):
             row(f"{op.upper()} {stat}", seq[op]["A"][stat], seq[op]["B"][stat], seq[op]["C"][stat])
+        cpu = seq[f"{op}_cpu"]
+        row(f"{op.upper()} CPU time median", cpu["A"]["median"], cpu["B"]["median"], cpu["C"]["median"])
     for workers, data in results["concurrency"].items():
         for op in ("add", "del"):
             row(f"{workers}-concurrent {op.upper()} pods/s", data["A"][f"{op}_pods_per_s"],
@@ -669,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
                              else docker_mode(bench, spaces["A"]))
         results["footprint"] = footprint(bench, spaces["C"])
         results["seconds"] = round(time.monotonic() - started, 1)
+        results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         text, ratios = report(results, keys)
         results["ratios"] = ratios
         print(text)
