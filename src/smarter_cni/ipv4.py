@@ -13,7 +13,8 @@ def to_int(text: str) -> int:
         raise AddressError(f"{text!r} is not an IPv4 address")
     value = 0
     for part in parts:
-        if not part.isdigit() or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
+        # isascii: str.isdigit() also accepts digits such as '١' or '²'
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
             raise AddressError(f"{text!r} is not an IPv4 address")
         octet = int(part)
         if octet > 255:
@@ -31,7 +32,7 @@ def parse_cidr(text: str, strict: bool = True) -> tuple[int, int]:
     if not isinstance(text, str):
         raise AddressError(f"{text!r} is not a CIDR such as 10.42.0.0/16")
     address, sep, prefix_text = text.partition("/")
-    if not sep or not prefix_text.isdigit() or int(prefix_text) > 32:
+    if not sep or not (prefix_text.isascii() and prefix_text.isdigit()) or int(prefix_text) > 32:
         raise AddressError(f"{text!r} is not a CIDR such as 10.42.0.0/16")
     prefix = int(prefix_text)
     value = to_int(address)

@@ -272,6 +272,7 @@ CASES: list[Case] = [
     Case("add-garbage-version", "ADD", 1, config=ver("abc"), msg="abc"),
     Case("add-version-020-bridge", "ADD", 1, config=ver("0.2.0"), msg="0.2.0"),
     Case("add-version-space", "ADD", 1, config=ver("1.0.0 ")),
+    Case("add-version-superscript", "ADD", 1, config=ver("².0.0")),
     Case("add-version-number", "ADD", 6, config=ver(1.0), msg="cniVersion"),
     Case("add-version-list", "ADD", 6, config=ver(["1.0.0"]), msg="cniVersion"),
     # wrong types and values in the network config
@@ -296,6 +297,9 @@ CASES: list[Case] = [
     Case("add-subnet-too-small", "ADD", 7, config=cfg(subnet="10.245.0.0/31"), msg="subnet"),
     Case("add-subnet-octet-300", "ADD", 7, config=cfg(subnet="300.0.0.0/8"), msg="subnet"),
     Case("add-subnet-ipv6", "ADD", 7, config=cfg(subnet="fd00::/64"), msg="subnet"),
+    Case("add-subnet-superscript-prefix", "ADD", 7, config=cfg(subnet="10.245.0.0/²"), msg="subnet"),
+    Case("add-subnet-arabic-digits", "ADD", 7, config=cfg(subnet="١٠.0.0.0/8"), msg="subnet"),
+    Case("add-gateway-fullwidth", "ADD", 7, config=cfg(gateway="１0.245.0.1"), msg="gateway"),
     Case("add-gateway-outside", "ADD", 7, config=lambda n: n.base(gateway="192.168.77.1"), msg="gateway"),
     Case("add-gateway-garbage", "ADD", 7, config=cfg(gateway="10.x.0.1"), msg="gateway"),
     Case("add-gateway-broadcast", "ADD", 7,

@@ -15,7 +15,7 @@ DOCKER_VERSIONS = ("0.1.0", "0.2.0") + BRIDGE_VERSIONS
 
 def parse(version: str) -> tuple[int, int, int]:
     parts = version.split(".")
-    if len(parts) != 3 or not all(p.isdigit() and len(p) < 6 for p in parts):
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) < 6 for p in parts):
         raise CNIError(INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not a version number")
     return int(parts[0]), int(parts[1]), int(parts[2])
 
