@@ -152,6 +152,8 @@ class Server:
     def serve_forever(self) -> None:
         select = self.selector.select
         udp = self.udp
+        sendto = udp.sendto
+        recvfrom = udp.recvfrom
         udp_cache = self.udp_cache
         allowed = self.acl.allowed
         stats = self.stats
@@ -171,7 +173,7 @@ class Server:
                 if what == "udp":
                     for _ in range(UDP_BATCH):
                         try:
-                            batch.append(udp.recvfrom(4096))
+                            batch.append(recvfrom(4096))
                         except (BlockingIOError, InterruptedError):
                             break
                         except OSError:
@@ -191,20 +193,20 @@ class Server:
                     self._on_conn_event(what, mask, now, frames)
             # Read first, then check the registry: nothing read above predates this stat.
             self.refresh_registry()
-            if udp_cache is not self.udp_cache:
-                udp_cache = self.udp_cache
+            hits = 0
             for data, address in batch:
-                stats.queries += 1
                 if address[0] in allowed:
                     hit = udp_cache.get(data[2:])
                     if hit is not None and hit[1] > now:
-                        stats.cached += 1
+                        hits += 1
                         try:
-                            udp.sendto(data[:2] + hit[0], address)
+                            sendto(data[:2] + hit[0], address)
                         except OSError:
                             pass
                         continue
                 self._answer(data, (udp, address), now)
+            stats.queries += len(batch)
+            stats.cached += hits
             for conn, frame in frames:
                 if not conn.closed:
                     stats.queries += 1
@@ -222,10 +224,6 @@ class Server:
                     log.info("stats: %s; %d names; %d TCP clients; %d cached upstream answers",
                              self.stats, self.names.count, len(self.conns),
                              len(self.forwarder.cache))
-                if len(self.udp_cache) > FAST_CACHE_LIMIT:
-                    self.udp_cache.clear()
-                if len(self.tcp_cache) > FAST_CACHE_LIMIT:
-                    self.tcp_cache.clear()
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
@@ -259,6 +257,8 @@ class Server:
             return
         limit = query.udp_limit() if is_udp else None
         cache = self.udp_cache if is_udp else self.tcp_cache
+        if len(cache) >= FAST_CACHE_LIMIT:
+            cache.clear()  # e.g. a stream of queries with random EDNS cookies
         if query.edns and query.edns_version > 0:
             self._send(where, wire.build_response(query, wire.BADVERS, authoritative=False))
             return
