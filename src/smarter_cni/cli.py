@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dns", help="run the node DNS service (what the service manager starts)",
                    add_help=False)
 
-    sup = sub.add_parser("supervise-dns", help=argparse.SUPPRESS)
+    sup = sub.add_parser("supervise-dns")  # internal: no help= keeps it out of the list
     sup.add_argument("argv", nargs=argparse.REMAINDER)
     sup.set_defaults(func=_cmd_supervise)
     return parser
