@@ -15,9 +15,10 @@ Sections:
                (dnsperf when installed, else the built-in UDP generator)
   latency      p50/p99 at a paced 1000 queries/s, one query at a time
   memory       RSS idle (no pods) and with the pods registered and asked
-  freshness    time from a record being written (store.save, as ADD does) to
-               its first successful answer; dnsmasq: hosts file rewritten +
-               SIGHUP, and a new file in --hostsdir (inotify)
+  freshness    time from a record being written (store.save returned, as when
+               ADD returns) to its first successful answer, asking again until
+               it comes; dnsmasq: after a hosts line is appended and SIGHUP
+               sent, and after a new file is renamed into --hostsdir (inotify)
 
 Every process it starts is stopped by PID in `finally`; files live in a
 temporary directory that is removed at the end.
@@ -381,24 +382,24 @@ class Bench:
         for index in range(rounds):
             name = f"fresh-{index}"
             extra[name] = f"10.99.200.{index + 2}"
+            write_registry(self.state_dir, pods, extra)  # what ADD does before it returns
             start = time.perf_counter()
-            write_registry(self.state_dir, pods, extra)
             results["smarter-cni (registry write)"].append(
                 until_answered(ours, f"{name}.default.svc.{DOMAIN}", start))
 
             name = f"sighup-{index}"
-            start = time.perf_counter()
             with open(hosts, "a") as handle:
                 handle.write(f"10.99.201.{index + 2} {name}.default.svc.{DOMAIN}\n")
             os.kill(theirs_proc.pid, signal.SIGHUP)
+            start = time.perf_counter()
             results["dnsmasq (hosts + SIGHUP)"].append(
                 until_answered(theirs, f"{name}.default.svc.{DOMAIN}", start))
 
             name = f"inotify-{index}"
-            start = time.perf_counter()
             temp = hostsdir / f".{name}.tmp"
             temp.write_text(f"10.99.202.{index + 2} {name}.default.svc.{DOMAIN}\n")
             os.replace(temp, hostsdir / name)
+            start = time.perf_counter()
             results["dnsmasq (--hostsdir inotify)"].append(
                 until_answered(theirs, f"{name}.default.svc.{DOMAIN}", start))
         out: dict[str, Any] = {}
@@ -442,7 +443,7 @@ def report(results: dict[str, Any], out: Callable[[str], None] = print) -> None:
     out(f"  {'idle, no pods':26}{results['rss_idle_kib']['smarter-cni']:>14,}{'-':>14}")
     out(f"  {'with the pods, after load':26}{results['rss_pods_kib']['smarter-cni']:>14,}"
         f"{results['rss_pods_kib']['dnsmasq']:>14,}")
-    out("record written -> first successful answer (ms): median / max, answered on 1st query")
+    out("record written -> first successful answer (ms): median / max, answered by 1st query")
     for label, row in results["freshness_ms"].items():
         out(f"  {label:34}{row['median']:>8.2f} / {row['max']:<8.2f}"
             f"{row['first_try']}/{row['rounds']}")

@@ -50,9 +50,19 @@ def ptr_record(target: str) -> bytes:
     return wire.record(wire.QUESTION_POINTER, wire.PTR, POD_TTL, encode_cached(target))
 
 
+@functools.lru_cache(maxsize=16384)
+def ancestors(key: bytes, zone: bytes) -> tuple[bytes, ...]:
+    """The names between `key` and its zone apex (both included when inside the zone)."""
+    start = suffix_offset(key, zone)
+    if start < 0:
+        return ()
+    return tuple(key[offset:] for offset in label_offsets(key)[1:] if offset <= start)
+
+
 @functools.lru_cache(maxsize=8192)
 def reverse_name(address: str) -> bytes:
-    """'10.42.0.5' -> wire '5.0.42.10.in-addr.arpa'."""
+    """'10.42.0.5' -> wire '5.0.42.10.in-addr.arpa' (OSError if not an address)."""
+    socket.inet_aton(address)
     return wire.encode_name(".".join(reversed(address.split("."))) + ".in-addr.arpa")
 
 
@@ -96,47 +106,29 @@ class Names:
         self.a_records: dict[bytes, list[bytes]] = {}
         self.ptr_records: dict[bytes, list[bytes]] = {}
         self.nonterminals: set[bytes] = set()
+        a_records = self.a_records
+        nonterminals = self.nonterminals
         for name, addresses in forward.items():
             try:
                 key = encode_cached(name.lower())
-            except (wire.FormatError, UnicodeError):
+                records = [a_record(address) for address in addresses]
+            except (wire.FormatError, UnicodeError, OSError):
                 continue
-            records = []
-            for address in addresses:
-                try:
-                    records.append(a_record(address))
-                except OSError:
-                    continue
             if records:
-                self.a_records[key] = records
-                self._add_nonterminals(key)
+                a_records[key] = records
+                nonterminals.update(ancestors(key, self.domain))
         for address, targets in reverse.items():
             try:
                 key = reverse_name(address)
-                socket.inet_aton(address)
-            except (wire.FormatError, OSError, UnicodeError):
+                records = [ptr_record(target) for target in targets]
+            except (wire.FormatError, UnicodeError, OSError):
                 continue
-            records = []
-            for target in targets:
-                try:
-                    records.append(ptr_record(target))
-                except (wire.FormatError, UnicodeError):
-                    continue
             if records:
                 self.ptr_records[key] = records
         # One SOA (for negative caching, RFC 2308) serves both zones.
         self.soa_rdata = wire.soa_rdata(wire.encode_name("ns.dns")[:-1] + self.domain,
                                         wire.encode_name("hostmaster")[:-1] + self.domain,
                                         serial & 0xFFFFFFFF, NEGATIVE_TTL)
-
-    def _add_nonterminals(self, key: bytes) -> None:
-        start = suffix_offset(key, self.domain)
-        if start < 0:
-            return
-        for offset in label_offsets(key)[1:]:
-            if offset > start:
-                break
-            self.nonterminals.add(key[offset:])
 
     @property
     def count(self) -> int:
