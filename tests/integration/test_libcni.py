@@ -19,7 +19,7 @@ import pytest
 from helpers import libcni as libcni_helper
 from helpers.libcni import LibcniDriver, LibcniResult
 from helpers.netns import link_exists, unique
-from helpers.plugin import pod_args
+from helpers.plugin import ROOT, pod_args
 
 pytestmark = pytest.mark.root
 
@@ -187,6 +187,36 @@ def test_shipped_style_conflist_negotiates_1_0_0(libcni, bridge_network, netns,
         assert added.ok, added
         assert added.json["cniVersion"] == "1.0.0"
         assert pod_ip(added.json, ns_path) in pod_addresses(ns_name)
+        assert pod("check").ok
+    finally:
+        assert pod("del").ok
+
+
+def test_shipped_conflist_through_libcni(libcni, bridge_network, netns, bin_dir, state_dir,
+                                        cache_dir, tmp_path):
+    """deploy/10-smarter-cni.conflist as the installer ships it, with only the
+    node-specific keys (network name, bridge, subnet, gateway) moved to the test's."""
+    shipped = json.loads((ROOT / "deploy" / "10-smarter-cni.conflist").read_text())
+    shipped["name"] = bridge_network["name"]
+    ours = [p for p in shipped["plugins"] if p["type"] == "smarter-cni"]
+    assert len(ours) == 1, shipped
+    gateway = bridge_network["subnet"].replace(".0/24", ".1")
+    ours[0].update(bridge=bridge_network["bridge"], subnet=bridge_network["subnet"],
+                   gateway=gateway)
+    conflist = tmp_path / "shipped.conflist"
+    conflist.write_text(json.dumps(shipped))
+    ns_name, ns_path = netns.create()
+    pod = Pod(libcni, conflist, bin_dir, cache_dir, state_dir, ns_name, ns_path, "shipped")
+    pod.common["capability_args"] = {
+        "io.kubernetes.cri.pod-annotations": {"example.com/owner": "tests"}}
+    try:
+        validated = libcni.run("validate", conflist, cni_path=bin_dir)
+        assert validated.ok, validated
+        added = pod("add")
+        assert added.ok, added
+        assert added.json["cniVersion"] == shipped["cniVersion"]
+        assert pod_ip(added.json, ns_path) in pod_addresses(ns_name)
+        assert pod_default_gateway(ns_name) == gateway
         assert pod("check").ok
     finally:
         assert pod("del").ok
