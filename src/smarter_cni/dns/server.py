@@ -40,6 +40,7 @@ TCP_MAX_OUTPUT = 256 * 1024
 TCP_BACKLOG = 64
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 FOREVER = float("inf")
+IDLE_TICK = 0.2
 
 
 class Conn:
@@ -159,7 +160,10 @@ class Server:
         stats = self.stats
         next_sweep = time.monotonic() + 1.0
         while not self.stop:
-            timeout = next_sweep - time.monotonic()
+            # Waking now and then while idle reloads a changed registry before
+            # the new pod's first query arrives (that query's own wake-up
+            # checks again, so correctness never depends on this tick).
+            timeout = min(next_sweep - time.monotonic(), IDLE_TICK)
             deadline = self.forwarder.next_deadline()
             if deadline is not None:
                 timeout = min(timeout, deadline - time.monotonic())
