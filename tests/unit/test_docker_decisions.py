@@ -113,3 +113,18 @@ def test_pod_ifname_reads_the_route_table_of_a_pid():
 def test_cgroup_hint_only_for_proc_paths():
     assert docker_mode._docker_id_from_cgroup("/var/run/netns/x") == ""
     assert docker_mode._docker_id_from_cgroup("/proc/self/ns/net") == ""
+
+
+def test_shipped_docker_conflist_is_docker_mode_with_the_original_defaults():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "10-smarter-cni-docker.conflist"
+    conflist = json.loads(path.read_text())
+    assert conflist["cniVersion"] == "1.0.0"
+    assert conflist["cniVersions"] == ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+    (plugin,) = conflist["plugins"]
+    c = parse_netconf(dict(plugin, name=conflist["name"], cniVersion=conflist["cniVersion"]))
+    assert (c.type, c.mode, c.docker_network) == ("smarter-cni", "docker", "mynet")
+    assert (c.cidr(), c.gateway_text(), c.dns_address) == ("172.38.0.0/16", "172.38.0.1",
+                                                          "172.38.0.2")
