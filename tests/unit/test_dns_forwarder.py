@@ -87,7 +87,7 @@ def test_relay_truncates_to_the_client_limit():
 
 
 def test_acl_matches_loopback_subnets_and_host_addresses():
-    rules = acl.Acl([acl.parse_cidr("10.42.0.0/16")], addresses=lambda: {"192.0.2.2"})
+    rules = acl.Acl([acl.parse_cidr("10.42.0.0/16")], is_local=lambda ip: ip == "192.0.2.2")
     assert rules.allows("127.0.0.1", 0.0)
     assert rules.allows("127.9.9.9", 0.0)
     assert rules.allows("10.42.255.3", 0.0)
@@ -96,10 +96,15 @@ def test_acl_matches_loopback_subnets_and_host_addresses():
     assert not rules.allows("192.0.2.3", 0.0)
 
 
-def test_acl_rereads_host_addresses_for_an_unknown_source():
+def test_acl_rechecks_a_refused_source_after_a_while():
     current = {"192.0.2.2"}
-    rules = acl.Acl([], addresses=lambda: set(current))
+    rules = acl.Acl([], is_local=lambda ip: ip in current)
     assert not rules.allows("198.51.100.9", 10.0)
     current.add("198.51.100.9")
-    assert not rules.allows("198.51.100.9", 10.5)   # rate-limited re-read
+    assert not rules.allows("198.51.100.9", 10.5)   # the refusal is cached briefly
     assert rules.allows("198.51.100.9", 13.0)
+
+
+def test_acl_asks_the_kernel_about_host_addresses():
+    assert acl.host_has("127.0.0.1")
+    assert not acl.host_has("198.51.100.254")  # TEST-NET-2: never assigned here

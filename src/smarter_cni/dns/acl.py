@@ -1,24 +1,21 @@
 """Who may ask: the node itself (loopback, any address on the host) and its pods.
 
 Everyone else gets REFUSED, so the node never becomes an open resolver on a
-network it happens to be attached to.
+network it happens to be attached to. "An address on the host" is decided
+by the kernel: a socket can bind it (no `ip` exec, secondary addresses and
+addresses added later included).
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
-
-from ..run import run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Iterable
 
-log = logging.getLogger("smarter-cni.dns")
-
-REFRESH_INTERVAL = 2.0   # at most this often, re-read host addresses on an unknown source
+NEGATIVE_TTL = 2.0    # a refused source is re-checked after this long (address added?)
 CACHE_LIMIT = 4096
 LOOPBACK = (0x7F000000, 0xFF000000)
 
@@ -37,54 +34,55 @@ def parse_cidr(text: str) -> tuple[int, int]:
     return value & mask, mask
 
 
-def host_addresses() -> set[str]:
-    """Every address assigned on the host (IPv4 and IPv6), via `ip -o addr`."""
-    found: set[str] = set()
+def host_has(address: str) -> bool:
+    """True when the address is assigned on this host (the kernel lets us bind it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        done = run(["ip", "-o", "addr", "show"], timeout=5.0)
-    except Exception as err:  # a missing `ip` must not stop the service
-        log.warning("cannot list host addresses: %s", err)
-        return found
-    for line in done.stdout.decode("utf-8", "replace").splitlines():
-        fields = line.split()
-        for index, field in enumerate(fields[:-1]):
-            if field in ("inet", "inet6"):
-                found.add(fields[index + 1].split("/", 1)[0])
-    return found
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    try:
+        sock.bind((address, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 class Acl:
-    """`allows(source_ip)`; positive answers are cached, host addresses refreshed lazily."""
+    """`allows(source_ip, now)`; verdicts are cached (refusals only briefly)."""
 
     def __init__(self, subnets: Iterable[tuple[int, int]],
-                 addresses: Callable[[], set[str]] = host_addresses) -> None:
+                 is_local: Callable[[str], bool] = host_has) -> None:
         self.subnets = [LOOPBACK, *subnets]
-        self.read_addresses = addresses
-        self.local = addresses()
+        self.is_local = is_local
         self.allowed: set[str] = set()
-        self.refreshed = 0.0
+        self.refused: dict[str, float] = {}
 
     def allows(self, source: str, now: float) -> bool:
         if source in self.allowed:
             return True
-        verdict = self._check(source)
-        if not verdict and now - self.refreshed >= REFRESH_INTERVAL:
-            self.refreshed = now
-            self.local = self.read_addresses()
-            verdict = self._check(source)
-        if verdict:
+        until = self.refused.get(source)
+        if until is not None and until > now:
+            return False
+        if self._check(source):
             if len(self.allowed) >= CACHE_LIMIT:
                 self.allowed.clear()
             self.allowed.add(source)
-        return verdict
+            self.refused.pop(source, None)
+            return True
+        if len(self.refused) >= CACHE_LIMIT:
+            self.refused.clear()
+        self.refused[source] = now + NEGATIVE_TTL
+        return False
 
     def _check(self, source: str) -> bool:
-        if source in self.local:
-            return True
-        if source.startswith("::ffff:"):
-            source = source[7:]
+        plain = source[7:] if source.startswith("::ffff:") else source
         try:
-            value = struct.unpack("!I", socket.inet_aton(source))[0]
+            value = struct.unpack("!I", socket.inet_aton(plain))[0]
         except OSError:
-            return source == "::1"
-        return any(value & mask == network for network, mask in self.subnets)
+            return source == "::1" or self.is_local(source)
+        if any(value & mask == network for network, mask in self.subnets):
+            return True
+        return self.is_local(plain)
