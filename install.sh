@@ -152,6 +152,10 @@ shopt -s nullglob
 for template in "$HERE"/deploy/*.conflist "$HERE"/deploy/*.service; do
     cp "$template" "$PREFIX/share/"
 done
+mkdir -p "$PREFIX/docs"
+for doc in "$HERE"/docs/*.md "$HERE"/README.md; do
+    cp "$doc" "$PREFIX/docs/"
+done
 shopt -u nullglob
 
 rm -rf "$SRC_COPY"

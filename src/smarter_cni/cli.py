@@ -126,7 +126,8 @@ def _cmd_uninstall(args: argparse.Namespace, out: Output) -> int:
     from .install import uninstall
 
     require_root("uninstall")
-    return uninstall(out, force=args.force, bin_dir=args.cni_bin_dir, conf_dir=args.cni_conf_dir)
+    return uninstall(out, force=args.force, bin_dir=args.cni_bin_dir, conf_dir=args.cni_conf_dir,
+                     purge=args.purge)
 
 
 def _cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Undo `install`. Refuses while pods are still attached unless --force.")
     uninst.add_argument("--force", action="store_true",
                         help="remove everything even while pods are attached (their networking stops)")
+    uninst.add_argument("--purge", action="store_true",
+                        help="also remove the program (the venv install.sh made in the prefix)")
     _add_dir_options(uninst)
     uninst.add_argument("--json", action="store_true", help="print a JSON summary")
     uninst.set_defaults(func=_cmd_uninstall)

@@ -710,7 +710,7 @@ def _attached(conf: NetConf | None) -> list[dict[str, Any]]:
 
 
 def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
-              conf_dir: str | None = None) -> int:
+              conf_dir: str | None = None, purge: bool = False) -> int:
     record = load_record()
     bin_dir = os.path.abspath(bin_dir or record.get("bin_dir") or paths.DEFAULT_CNI_BIN_DIR)
     conf_dir = os.path.abspath(conf_dir or record.get("conf_dir") or paths.DEFAULT_CNI_CONF_DIR)
@@ -780,11 +780,29 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
         os.unlink(record_path())
     except OSError:
         pass
-    out.say("smarter-cni is uninstalled. The program itself stays in "
-            f"{prefix()} (remove that directory to delete it too).")
+    if purge:
+        with out.step(f"Removing the program from {prefix()}"):
+            _purge_prefix()
+        out.say("smarter-cni is uninstalled.")
+    else:
+        out.say("smarter-cni is uninstalled. The program itself stays in "
+                f"{prefix()} (`smarter-cni uninstall --purge` removes it too).")
     out.emit({"uninstalled": True, "removed": removed, "forced": force,
               "detached_pods": len(attached)})
     return 0
+
+
+def _purge_prefix() -> None:
+    """Remove what install.sh put in the prefix (only those names: the prefix may be shared)."""
+    base = prefix()
+    for name in ("venv", "share", "docs", "lib"):
+        path = os.path.join(base, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rmdir(base)
+    except OSError:
+        pass
 
 
 def _conf_for_uninstall(conf_path: str, record: dict[str, Any]) -> NetConf | None:

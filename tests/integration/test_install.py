@@ -323,9 +323,11 @@ def test_uninstall_leaves_nothing_behind(inst, first_install):
     assert not inst.state_dir.exists()
     assert not (inst.prefix / "install.json").exists()
     assert not inst.bin_dir.exists() and not inst.conf_dir.exists()  # install made them
-    # a second uninstall has nothing to do and says so without failing
-    again = inst.run("uninstall")
-    assert again.returncode == 0 and "Traceback" not in again.stderr
+    assert (inst.prefix / "venv").is_dir() and "--purge" in done.stdout
+    # a second uninstall has nothing left but the program: --purge takes that too
+    again = inst.run("uninstall", "--purge")
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert not inst.prefix.exists()
 
 
 # ---------------------------------------------------------------- prerequisites
