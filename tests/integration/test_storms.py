@@ -179,3 +179,44 @@ def test_concurrent_first_adds_build_one_bridge(plugin, bridge_network, netns, s
     finally:
         for i in range(width):
             plugin("DEL", bridge_network, ids[i], spaces[i][1])
+
+
+# ---------------------------------------------------------------- docker mode
+
+pytest_plugins = ("helpers.dockerd",)  # fixtures: dockerd, busybox_image, sandboxes, docker_network
+
+DOCKER_ROUNDS, DOCKER_WIDTH = (10, 64) if LONG else (1, 16)
+
+
+@pytest.mark.docker
+def test_docker_mode_storm(plugin, docker_network, dockerd, sandboxes, state_dir) -> None:
+    """The same storm through docker mode: Docker connects each sandbox to the network."""
+    from smarter_cni.dataplane import docker_mode
+    from smarter_cni.netconf import parse_netconf
+
+    config = docker_network
+    docker_mode.ensure_network(parse_netconf(config))
+    network_id = dockerd.network_inspect(config["network"])["Id"]
+    docker_bridge = f"br-{network_id[:12]}"
+    pods = [sandboxes.create(f"dstorm-{i}") for i in range(DOCKER_WIDTH)]
+    for round_no in range(DOCKER_ROUNDS):
+        with ThreadPoolExecutor(max_workers=DOCKER_WIDTH) as pool:
+            added = list(pool.map(lambda i: plugin("ADD", config, pods[i].id, pods[i].netns,
+                                                   args=pod_args(f"dstorm-{i}")), range(DOCKER_WIDTH)))
+        failures = [r for r in added if not r.ok]
+        assert not failures, f"round {round_no}: {len(failures)} ADDs failed, e.g. {failures[0]!r}"
+        addresses = [r.json["ips"][0]["address"] for r in added]
+        assert len(set(addresses)) == DOCKER_WIDTH, sorted(addresses)
+        assert len(records(state_dir)) == DOCKER_WIDTH
+        attached = dockerd.network_inspect(config["network"]).get("Containers") or {}
+        assert len(attached) == DOCKER_WIDTH
+        with ThreadPoolExecutor(max_workers=DOCKER_WIDTH) as pool:
+            deleted = list(pool.map(lambda i: plugin("DEL", config, pods[i].id, pods[i].netns),
+                                    range(DOCKER_WIDTH)))
+        failures = [r for r in deleted if not r.ok]
+        assert not failures, f"round {round_no}: {len(failures)} DELs failed, e.g. {failures[0]!r}"
+        assert records(state_dir) == {}
+        assert not dockerd.network_inspect(config["network"]).get("Containers")
+        assert bridge_ports(docker_bridge) == [], "veths left on Docker's bridge"
+    print(f"\ndocker storm: {DOCKER_ROUNDS} rounds x {DOCKER_WIDTH}: "
+          f"{DOCKER_ROUNDS * DOCKER_WIDTH * 2} ops, 0 errors, 0 duplicates, 0 leftovers")
