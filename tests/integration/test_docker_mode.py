@@ -162,6 +162,24 @@ def test_two_pods_with_one_hostname_both_resolve(plugin, net, sandboxes, dockerd
     assert lookup(asker, "same-name") == ips
 
 
+def test_add_again_is_idempotent_and_re_add_after_del_works(plugin, net, sandboxes, dockerd,
+                                                            state_dir):
+    pod = sandboxes.create("again")
+    first = add(plugin, net, pod, "again")
+    assert first.ok, first
+    second = add(plugin, net, pod, "again")  # a runtime retrying ADD
+    assert second.ok, second
+    assert second.json["ips"] == first.json["ips"]
+    assert len(records(state_dir)) == 1
+    assert plugin("DEL", net, pod.id, pod.netns).ok
+    assert pod.networks() == {}  # neither our network nor `none` any more
+    third = add(plugin, net, pod, "again")  # the same sandbox attached again
+    assert third.ok, third
+    assert endpoint(dockerd, pod.id, net["network"])["IPAddress"] == \
+        third.json["ips"][0]["address"].split("/")[0]
+    assert records(state_dir)[f"{net['name']}/{pod.id}/eth0"]["ready"] is True
+
+
 def test_add_finds_sandbox_by_netns_when_id_is_unknown(plugin, net, sandboxes, dockerd,
                                                      state_dir):
     pod = sandboxes.create("by-netns")
