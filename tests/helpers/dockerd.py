@@ -308,7 +308,8 @@ def _route_free(cidr: str) -> bool:
 
 
 def free_subnet(daemon: Dockerd) -> str:
-    """An unused /24 in 10.245.0.0/16: no host route to it, no Docker network on it."""
+    """An unused /24 in 10.247.0.0/16 (no other suite uses that range): no host route to
+    it, no Docker network on it."""
     used = set()
     ids = daemon.out("network", "ls", "-q").split()
     if ids:
@@ -316,10 +317,10 @@ def free_subnet(daemon: Dockerd) -> str:
             for pool in (net.get("IPAM") or {}).get("Config") or []:
                 used.add(pool.get("Subnet"))
     for _ in range(100):
-        cidr = f"10.245.{random.randint(0, 255)}.0/24"
+        cidr = f"10.247.{random.randint(0, 255)}.0/24"
         if cidr not in used and _route_free(cidr):
             return cidr
-    pytest.skip("no free /24 in 10.245.0.0/16 on this host")
+    pytest.skip("no free /24 in 10.247.0.0/16 on this host")
 
 
 def network_config(name: str, cidr: str, socket_path: str, version: str = "1.0.0",
