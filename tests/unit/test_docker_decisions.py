@@ -72,6 +72,8 @@ def test_aliases_hostname_then_pod_name_without_repeats():
     assert docker_mode.pod_aliases("web", "web") == ["web"]
     assert docker_mode.pod_aliases("", "web") == ["web"]
     assert docker_mode.pod_aliases("h", "") == ["h"]
+    assert docker_mode.pod_aliases("web-0", "a b;c") == ["web-0"]
+    assert docker_mode.pod_aliases("x" * 254, "web") == ["web"]
 
 
 @pytest.mark.parametrize("value", [0, -1, "5", True, 301])

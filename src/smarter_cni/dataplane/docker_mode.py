@@ -192,11 +192,18 @@ def _hostname(container: dict[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+_ALIAS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
 def pod_aliases(hostname: str, pod_name: str) -> list[str]:
-    """Network aliases: what Docker's embedded DNS will answer for this pod."""
+    """Network aliases: what Docker's embedded DNS will answer for this pod.
+
+    Only hostname-like strings: a crafted CNI_ARGS value must neither make
+    Docker refuse the connect nor become a name in its DNS.
+    """
     aliases = []
     for name in (hostname, pod_name):
-        if name and name not in aliases:
+        if name and len(name) <= 253 and set(name) <= _ALIAS_CHARS and name not in aliases:
             aliases.append(name)
     return aliases
 
