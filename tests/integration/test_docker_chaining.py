@@ -165,3 +165,26 @@ def test_portmap_and_bandwidth_after_docker_mode(version, libcni, docker_network
         if listener is not None:
             listener.stop()
         libcni.run("del", conflist, **common)
+
+
+def test_original_c2d_config_through_libcni(libcni, docker_network, sandboxes, dockerd,
+                                            bin_dir, state_dir, tmp_path):
+    """`{"cniVersion": "0.2.0", "name": "<network>", "type": "c2d"}` as cri-dockerd loads
+    a .conf (libcni wraps it into a one-plugin list); DOCKER_HOST names the socket."""
+    docker_mode.ensure_network(parse_netconf(docker_network))
+    conflist = tmp_path / "c2d.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "0.2.0", "name": docker_network["network"],
+                                    "plugins": [{"type": "c2d"}]}))
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    pod = sandboxes.create("original")
+    common = dict(cni_path=bin_dir, cache_dir=cache_dir, container_id=pod.id, netns=pod.netns,
+                  ifname="eth0", args=pod_args("original"),
+                  env={"SMARTER_CNI_STATE_DIR": str(state_dir), "DOCKER_HOST": dockerd.host})
+    added = libcni.run("add", conflist, **common)
+    assert added.ok, added
+    endpoint = pod.networks()[docker_network["network"]]
+    assert json.dumps(added.json).count(endpoint["IPAddress"]) >= 1, added.json
+    deleted = libcni.run("del", conflist, **common)
+    assert deleted.ok, deleted
+    assert docker_network["network"] not in pod.networks()
