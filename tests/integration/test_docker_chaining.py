@@ -184,7 +184,7 @@ def test_original_c2d_config_through_libcni(libcni, docker_network, sandboxes, d
     added = libcni.run("add", conflist, **common)
     assert added.ok, added
     endpoint = pod.networks()[docker_network["network"]]
-    assert json.dumps(added.json).count(endpoint["IPAddress"]) >= 1, added.json
+    assert added.json["ip4"]["ip"] == f"{endpoint['IPAddress']}/{endpoint['IPPrefixLen']}", added
     deleted = libcni.run("del", conflist, **common)
     assert deleted.ok, deleted
     assert docker_network["network"] not in pod.networks()
