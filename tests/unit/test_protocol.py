@@ -97,12 +97,8 @@ def test_version_needs_nothing() -> None:
     assert request.config == {}
 
 
-@pytest.mark.parametrize("value", ["", "-abc", "_x", "a/b", "../x", "a b", "a\nb", "a" * 257, "é"])
+@pytest.mark.parametrize("value", ["-abc", "_x", "a/b", "../x", "a b", "a\nb", "a" * 257, "é", "a;b"])
 def test_bad_container_ids(value: str) -> None:
-    if value == "":
-        with pytest.raises((CNIError, IndexError)):
-            validate_container_id(value)
-        return
     assert code_of(validate_container_id, value) == 4
 
 
