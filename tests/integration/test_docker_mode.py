@@ -349,6 +349,24 @@ def test_gc_disconnects_only_what_is_not_valid(plugin, net, sandboxes, dockerd, 
     assert list(records(state_dir)) == [f"{net['name']}/{keep.id}/eth0"]
 
 
+def test_gc_while_dockerd_is_away(plugin, net, sandboxes, dockerd, state_dir, tmp_path):
+    alive = sandboxes.create("alive")
+    dead = sandboxes.create("dead")
+    assert add(plugin, net, alive, "alive").ok
+    assert add(plugin, net, dead, "dead").ok
+    sandboxes.remove(dead)  # its netns is gone with it
+    config = dict(net, cniVersion="1.1.0", dockerSocket=str(tmp_path / "away.sock"))
+    config["cni.dev/valid-attachments"] = []
+    out = plugin("GC", config, ifname="")
+    assert out.code == 11, out  # the live sandbox cannot be disconnected now
+    assert list(records(state_dir)) == [f"{net['name']}/{alive.id}/eth0"]
+    assert endpoint(dockerd, alive.id, net["network"]) is not None
+    out = plugin("GC", dict(config, dockerSocket=dockerd.socket), ifname="")
+    assert out.ok, out  # dockerd back: the next GC finishes the job
+    assert records(state_dir) == {}
+    assert endpoint(dockerd, alive.id, net["network"]) is None
+
+
 def test_status(plugin, net, docker_network, tmp_path):
     config = dict(net, cniVersion="1.1.0")
     out = plugin("STATUS", config, ifname="")

@@ -479,10 +479,20 @@ def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
     if not doomed:
         return
     docker = client(conf)
+    unreachable: DockerUnavailable | None = None
     for key, record in doomed.items():
-        disconnect(docker, record.get("docker_network") or conf.docker_network,
-                   record.get("docker_id") or record.get("container_id", ""))
+        try:
+            disconnect(docker, record.get("docker_network") or conf.docker_network,
+                       record.get("docker_id") or record.get("container_id", ""))
+        except DockerUnavailable as err:
+            netns = record.get("netns") or ""
+            if netns and os.path.exists(netns):
+                unreachable = err  # still alive: keep the record for the next GC
+                continue
+            # As in DEL: the sandbox and its netns are gone, nothing to disconnect.
         _forget(key, record)
+    if unreachable is not None:
+        raise unreachable
 
 
 def status(request: Request, conf: NetConf) -> None:
