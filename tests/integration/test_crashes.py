@@ -351,6 +351,8 @@ def test_kill_first_add_of_a_network(plugin, bridge_network, netns, state_dir, w
         assert ping.returncode == 0
         assert plugin("DEL", config, cid2, path).ok
     assert not watched.bad, watched.bad[:3]
+    print(f"\nfirst-ADD kills: {FIRST_ADD_KILLS}; first-try DEL failures 0, leftovers 0, "
+          "one gateway address and no duplicate rule after each")
 
 
 def test_del_while_lock_held_by_killed_process(plugin, bridge_network, netns, state_dir) -> None:
