@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -180,15 +181,31 @@ def test_add_again_is_idempotent_and_re_add_after_del_works(plugin, net, sandbox
     assert records(state_dir)[f"{net['name']}/{pod.id}/eth0"]["ready"] is True
 
 
+@pytest.mark.parametrize("path_kind", ["proc", "named"])
 def test_add_finds_sandbox_by_netns_when_id_is_unknown(plugin, net, sandboxes, dockerd,
-                                                     state_dir):
+                                                     state_dir, path_kind):
+    """/proc/<pid>/ns/net (found through the pid's cgroup) and a named netns bind
+    mount (`ip netns attach`: no pid, so every running container is compared)."""
     pod = sandboxes.create("by-netns")
     runtime_id = uuid.uuid4().hex  # an ID dockerd has never heard of
-    out = add(plugin, net, pod, "by-netns", container_id=runtime_id)
+    netns_path = pod.netns
+    name = f"scni-{uuid.uuid4().hex[:12]}"
+    if path_kind == "named":
+        subprocess.run(["ip", "netns", "attach", name, str(pod.pid)], check=True)
+        netns_path = f"/var/run/netns/{name}"
+    try:
+        _add_and_del_by_netns(plugin, net, pod, dockerd, state_dir, runtime_id, netns_path)
+    finally:
+        if path_kind == "named":
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _add_and_del_by_netns(plugin, net, pod, dockerd, state_dir, runtime_id, netns_path):
+    out = plugin("ADD", net, runtime_id, netns_path, args=pod_args("by-netns"))
     assert out.ok, out
     assert endpoint(dockerd, pod.id, net["network"]) is not None
     assert records(state_dir)[f"{net['name']}/{runtime_id}/eth0"]["docker_id"] == pod.id
-    out = plugin("DEL", net, runtime_id, pod.netns)
+    out = plugin("DEL", net, runtime_id, netns_path)
     assert out.ok, out
     assert endpoint(dockerd, pod.id, net["network"]) is None
     assert records(state_dir) == {}

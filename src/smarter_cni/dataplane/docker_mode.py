@@ -107,33 +107,37 @@ def find_sandbox(docker: DockerClient, request: Request) -> dict[str, Any] | Non
     return None
 
 
+RUNNING = "/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D"
+
+
 def find_by_netns(docker: DockerClient, netns: str) -> dict[str, Any] | None:
-    """Compare the netns inode with each running container's State.Pid netns."""
+    """The running container whose State.Pid lives in the netns (compared by inode).
+
+    The container ID in the netns pid's cgroup path is tried first; if there
+    is none, or it is wrong, every running container is inspected.
+    """
     try:
         wanted = _inode(netns)
     except OSError:
         return None
     hint = _docker_id_from_cgroup(netns)
-    candidates = [hint] if hint else []
-    listing = docker.get('/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D',
-                         "list running containers") if not hint else []
-    candidates += [c.get("Id", "") for c in listing or [] if isinstance(c, dict)]
-    for ref in candidates:
-        if not ref:
-            continue
-        container = docker.inspect_container(ref)
-        pid = (container or {}).get("State", {}).get("Pid") or 0
-        if pid and _same_inode(f"/proc/{pid}/ns/net", wanted):
+    if hint:
+        container = _in_netns(docker, hint, wanted)
+        if container is not None:
             return container
-    if hint:  # the cgroup hint was wrong: scan everything
-        listing = docker.get('/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D',
-                             "list running containers")
-        for entry in listing or []:
-            container = docker.inspect_container(entry.get("Id", ""))
-            pid = (container or {}).get("State", {}).get("Pid") or 0
-            if pid and _same_inode(f"/proc/{pid}/ns/net", wanted):
-                return container
+    for entry in docker.get(RUNNING, "list running containers") or []:
+        ref = entry.get("Id", "") if isinstance(entry, dict) else ""
+        container = _in_netns(docker, ref, wanted) if ref and ref != hint else None
+        if container is not None:
+            return container
     return None
+
+
+def _in_netns(docker: DockerClient, ref: str, wanted: tuple[int, int]
+              ) -> dict[str, Any] | None:
+    container = docker.inspect_container(ref)
+    pid = ((container or {}).get("State") or {}).get("Pid") or 0
+    return container if pid and _same_inode(f"/proc/{pid}/ns/net", wanted) else None
 
 
 def _docker_id_from_cgroup(netns: str) -> str:
