@@ -108,6 +108,12 @@ def wait_answering(port: int, proc: subprocess.Popen, what: str) -> None:
     raise SystemExit(f"{what} does not answer on 127.0.0.1:{port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -271,6 +277,7 @@ class Bench:
         self.state_dir = workdir / "state"
         self.state_dir.mkdir()
         self.results: dict[str, Any] = {"pods": args.pods, "seconds": args.seconds,
+                                        "loadavg": round(os.getloadavg()[0], 1),
                                         "generator": "dnsperf" if shutil.which("dnsperf")
                                         and not args.builtin else "builtin"}
 
@@ -353,12 +360,22 @@ class Bench:
                     raise SystemExit(f"smarter-cni dns gave no good answer for {label}")
 
         self.results["throughput_qps"] = {}
+        self.results["queries_per_cpu_second"] = {}
         self.results["latency_1k_qps"] = {}
+        servers = (("smarter-cni", ours, ours_proc.pid), ("dnsmasq", theirs, theirs_proc.pid))
         for label, (names, rtype) in sets.items():
-            row = {}
-            for server, port in (("smarter-cni", ours), ("dnsmasq", theirs)):
-                row[server] = round(self.throughput(port, label, names, rtype))
+            row, per_cpu = {}, {}
+            for server, port, pid in servers:
+                cpu = cpu_seconds(pid)
+                wall = time.perf_counter()
+                qps = self.throughput(port, label, names, rtype)
+                wall = time.perf_counter() - wall
+                used = cpu_seconds(pid) - cpu
+                row[server] = round(qps)
+                # answers per second of the server's own CPU: holds up on a busy machine
+                per_cpu[server] = round(qps * self.args.seconds / used) if used > 0 else None
             self.results["throughput_qps"][label] = row
+            self.results["queries_per_cpu_second"][label] = per_cpu
             lat = {}
             bodies = [query_body(n) for n in names]
             for server, port in (("smarter-cni", ours), ("dnsmasq", theirs)):
@@ -429,11 +446,16 @@ def until_answered(port: int, name: str, start: float, limit: float = 5.0
 
 def report(results: dict[str, Any], out: Callable[[str], None] = print) -> None:
     out(f"\nsmarter-cni dns vs dnsmasq: {results['pods']} pods, "
-        f"{results['seconds']} s per throughput run, load: {results['generator']}")
+        f"{results['seconds']} s per throughput run, load: {results['generator']}, "
+        f"machine load average {results['loadavg']}")
     out(f"{'':28}{'smarter-cni':>14}{'dnsmasq':>14}")
     out("throughput (queries/s)")
     for label, row in results["throughput_qps"].items():
         out(f"  {label:26}{row['smarter-cni']:>14,}{row['dnsmasq']:>14,}")
+    out("answers per CPU-second of the server (load-independent)")
+    for label, row in results["queries_per_cpu_second"].items():
+        cells = [f"{row[s]:,}" if row[s] else "-" for s in ("smarter-cni", "dnsmasq")]
+        out(f"  {label:26}{cells[0]:>14}{cells[1]:>14}")
     out("latency at 1000 q/s: p50 / p99 (us)")
     for label, row in results["latency_1k_qps"].items():
         cells = [f"{row[s]['p50_us']:.0f} / {row[s]['p99_us']:.0f}" for s in
