@@ -23,6 +23,8 @@ DEFAULT_DOCKER_NETWORK = "mynet"
 DEFAULT_DOMAIN = "cluster.local"
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 _DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_DOCKER_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_DOCKER_REST = _DOCKER_FIRST | frozenset("_.-")
 
 
 class NetConf:
@@ -124,9 +126,17 @@ def parse_netconf(config: dict) -> NetConf:
 
     network_default = conf.name if conf.type == "c2d" else DEFAULT_DOCKER_NETWORK
     conf.docker_network = _get(config, "network", str, network_default)
+    if conf.mode == "docker" and not _is_docker_name(conf.docker_network):
+        raise _fail(f"network {conf.docker_network[:60]!r} is not a Docker network name "
+                    "(a letter or digit, then letters, digits, '_', '.' or '-')")
     conf.docker_socket = _get(config, "dockerSocket", str, _docker_socket_from_env())
     conf.kubeconfig = _get(config, "kubeconfig", str, "")
     return conf
+
+
+def _is_docker_name(name: str) -> bool:
+    """Docker's rule for object names; the name also goes into API paths."""
+    return 0 < len(name) <= 255 and name[0] in _DOCKER_FIRST and set(name) <= _DOCKER_REST
 
 
 def _address_in_subnet(conf: NetConf, config: dict, key: str, default: int) -> int:

@@ -29,6 +29,7 @@ from helpers.plugin import SRC, PluginRunner, pod_args  # noqa: E402
 sys.path.insert(0, str(SRC))
 from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
 
+pytest_plugins = ("helpers.dockerd",)  # docker-mode cases: dockerd, sandboxes, docker_network
 pytestmark = pytest.mark.root
 
 V = "1.0.0"
@@ -508,6 +509,59 @@ def _check_added(node: Node, case: Case, container_id: str, result) -> None:
         value = record["pod"][field]
         assert value == "" or re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value), value
     assert result.json["ips"][0]["address"].startswith(node.config["subnet"].rsplit(".", 1)[0])
+
+
+# ---------------------------------------------------------------- docker mode
+
+DOCKER_CASES = [
+    ("network-empty", {"network": ""}, {}, 7),
+    ("network-dotdot", {"network": ".."}, {}, 7),
+    ("network-slash", {"network": "mynet/../x"}, {}, 7),
+    ("network-number", {"network": 5}, {}, 7),
+    ("network-newline", {"network": "net\nx"}, {}, 7),
+    ("socket-number", {"dockerSocket": 5}, {}, 7),
+    ("socket-regular-file", {"dockerSocket": "/etc/hostname"}, {}, 11),
+    ("socket-missing", {"dockerSocket": "/run/no-such-docker.sock"}, {}, 11),
+    ("version-unknown", {"cniVersion": "7.0.0"}, {}, 1),
+    ("netns-not-a-netns", {}, {"CNI_NETNS": "/etc/hostname"}, 4),
+    ("unknown-container", {}, {"CNI_CONTAINERID": "0" * 64, "CNI_NETNS": "/proc/self/ns/net"}, 3),
+    ("ifname-slash", {}, {"CNI_IFNAME": "a/b"}, 4),
+]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("case_id,changes,env_changes,code", DOCKER_CASES,
+                         ids=[c[0] for c in DOCKER_CASES])
+def test_docker_mode_hostile(plugin, docker_network, dockerd, sandboxes, state_dir,
+                             case_id, changes, env_changes, code) -> None:
+    """Docker mode through the plugin interface: right code, and Docker and the node unchanged."""
+    from smarter_cni.dataplane import docker_mode
+    from smarter_cni.netconf import parse_netconf
+
+    docker_mode.ensure_network(parse_netconf(docker_network))
+    pod = sandboxes.create("hostile-pod")
+    config = dict(docker_network, **changes)
+    env = plugin.env("ADD", pod.id, pod.netns, "eth0", pod_args("hostile-pod"))
+    env.update(env_changes)
+
+    def snap() -> tuple:
+        state = (state_dir / "attachments.json")
+        return (sorted(pod.networks()), dockerd.network_inspect(docker_network["network"]).get("Containers"),
+                state.read_bytes() if state.exists() else None,
+                sh("nsenter", f"--net={pod.netns}", "ip", "-o", "link").stdout)
+
+    before = snap()
+    result = plugin.exec("smarter-cni", env, config)
+    try:
+        _no_traceback(result)
+        assert result.code == code and result.returncode != 0, result
+        msg = result.json["msg"]
+        assert 10 <= len(msg) <= 600 and msg.isprintable(), result
+        assert not msg.startswith("unexpected failure"), result
+        assert snap() == before, f"{case_id} changed the node or Docker"
+    finally:
+        if result.ok:
+            plugin.exec("smarter-cni", dict(env, CNI_COMMAND="DEL"), config)
 
 
 # ---------------------------------------------------------------- least privilege

@@ -424,5 +424,15 @@ def test_netconf_rejects(changes: dict) -> None:
     assert code_of(parse_netconf, dict(CONFIG, **changes)) == 7
 
 
+@pytest.mark.parametrize("network", ["", "..", "a/b", "-x", "net\nx", "x?y", "n" * 256])
+def test_netconf_rejects_docker_network_names(network: str) -> None:
+    assert code_of(parse_netconf, dict(CONFIG, mode="docker", network=network)) == 7
+
+
+def test_netconf_docker_network_names() -> None:
+    assert parse_netconf(dict(CONFIG, mode="docker", network="my_net-1.x")).docker_network == "my_net-1.x"
+    assert parse_netconf({"name": "mynet", "type": "c2d"}).docker_network == "mynet"
+
+
 def test_netconf_domain_normalised() -> None:
     assert parse_netconf(dict(CONFIG, clusterDomain="Cluster.Local.")).domain == "cluster.local"
