@@ -248,3 +248,21 @@ def test_status_on_a_wiped_node(plugin, bridge_network, state_dir) -> None:
     wipe(state_dir)
     result = plugin("STATUS", dict(bridge_network, cniVersion="1.1.0"))
     assert result.ok, result
+
+
+def test_gc_with_a_record_that_names_no_link(plugin, bridge_network, netns, state_dir) -> None:
+    """A record without a host link name (half-written by an older version, or edited by hand)
+    must not make GC try to delete '/sys/class/net/' itself and fail the whole GC."""
+    (pod,) = add_pods(plugin, bridge_network, netns, 1, "gcodd")
+    path = state_dir / "attachments.json"
+    state = json.loads(path.read_bytes())
+    key = f"{bridge_network['name']}/odd-container/eth0"
+    state["attachments"][key] = dict(next(iter(state["attachments"].values())),
+                                     container_id="odd-container", host_ifname="", ips=[])
+    path.write_text(json.dumps(state))
+    gc = plugin("GC", dict(bridge_network, cniVersion="1.1.0",
+                           **{"cni.dev/valid-attachments": [{"containerID": pod[0], "ifname": "eth0"}]}))
+    assert gc.ok, gc
+    assert list(records(state_dir)) == [f"{bridge_network['name']}/{pod[0]}/eth0"]
+    assert link_exists(host_ifname(pod[0], "eth0"))
+    assert plugin("DEL", bridge_network, pod[0], pod[2]).ok

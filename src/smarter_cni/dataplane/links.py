@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    # "" or a name with "/" would test /sys/class/net itself or another path: never a link
+    return bool(name) and "/" not in name and os.path.exists(f"/sys/class/net/{name}")
 
 
 def ifindex(name: str) -> int:
