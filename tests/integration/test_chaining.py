@@ -341,14 +341,16 @@ def test_gc_delegated_to_host_local(plugin, bridge_network, netns, tmp_path):
         assert sorted(reserved.values()) == sorted(p[0] for p in pods.values())
 
         keep_id = pods["keep"][0]
+        stale_veth = host_veth_of(pods["stale"][2], bridge_network["bridge"])
+        keep_veth = host_veth_of(pods["keep"][2], bridge_network["bridge"])
         gc_config = dict(network, cniVersion="1.1.0", **{
             "cni.dev/valid-attachments": [{"containerID": keep_id, "ifname": "eth0"}]})
         collected = plugin("GC", gc_config, ifname="")
         assert collected.ok, collected
         assert list(host_local_reservations(data_dir, name).values()) == [keep_id], \
             "GC must release the stale pod's host-local reservation and keep the valid one"
-        assert not link_exists(host_veth_of(pods["stale"][2], bridge_network["bridge"]))
-        assert link_exists(host_veth_of(pods["keep"][2], bridge_network["bridge"]))
+        assert not link_exists(stale_veth)
+        assert link_exists(keep_veth)
     finally:
         delete_pods(plugin, network, pods)
     assert host_local_reservations(data_dir, name) == {}
@@ -366,3 +368,18 @@ def test_status_with_delegated_ipam(plugin, bridge_network, netns, tmp_path):
         assert status.ok, status
     finally:
         delete_pods(plugin, network, pods)
+
+
+def test_delegated_ipam_at_1_1_0_with_an_older_host_local(plugin, bridge_network, netns, tmp_path):
+    """host-local 1.1.1 refuses a 1.1.0 config; the plugin retries at the newest
+    version host-local speaks, so a 1.1.0 conflist with delegated IPAM works."""
+    data_dir = tmp_path / "host-local"
+    network = dict(delegated_network(bridge_network, data_dir), cniVersion="1.1.0")
+    _, path = netns.create()
+    added = plugin("ADD", network, "ctr-110", path)
+    assert added.ok, added
+    assert added.json["cniVersion"] == "1.1.0"
+    assert list(host_local_reservations(data_dir, network["name"]).values()) == ["ctr-110"]
+    assert plugin("CHECK", dict(network, prevResult=added.json), "ctr-110", path).ok
+    assert plugin("DEL", network, "ctr-110", path).ok
+    assert host_local_reservations(data_dir, network["name"]) == {}

@@ -302,7 +302,7 @@ def check(request: Request, conf: NetConf) -> None:
     problems += _check_pod_side(request, expected)
     problems += firewall.present(conf)
     if conf.delegated_ipam:
-        delegate.invoke(request, conf.delegated_ipam, "CHECK")
+        delegate.check(request, conf.delegated_ipam)
     if problems:
         raise CNIError(CHECK_FAILED, f"CHECK failed for {request.container_id[:12]}/"
                        f"{request.ifname}: " + "; ".join(problems))
@@ -340,13 +340,14 @@ def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
             doomed[key] = record
     for record in doomed.values():
         links.delete(record.get("host_ifname", ""))
+    if conf.delegated_ipam:
+        stale = [(r.get("container_id", ""), r.get("ifname", "")) for r in doomed.values()]
+        delegate.gc(request, conf.delegated_ipam, stale)
     if doomed:
         with store.Transaction() as tx:
             for key in doomed:
                 tx.attachments.pop(key, None)
             tx.dirty = True
-    if conf.delegated_ipam:
-        delegate.invoke(request, conf.delegated_ipam, "GC")
 
 
 def status(request: Request, conf: NetConf) -> None:
@@ -371,4 +372,7 @@ def status(request: Request, conf: NetConf) -> None:
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"address pool of {conf.name} is exhausted "
                            f"({used} pods)")
     else:
-        delegate.invoke(request, conf.delegated_ipam, "STATUS")
+        try:
+            delegate.status(request, conf.delegated_ipam)
+        except CNIError as err:
+            raise CNIError(PLUGIN_NOT_AVAILABLE, f"IPAM plugin {conf.delegated_ipam}: {err.msg}") from None
