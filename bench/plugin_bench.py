@@ -184,24 +184,30 @@ def concurrent(bench: Bench, keys: list[str], spaces: dict[str, list[str]],
     out: dict[str, Any] = {}
     for key in keys:
         out[key] = {"add_wall": 0.0, "del_wall": 0.0, "pods": 0, "duplicates": [], "leftovers": [],
-                    "add_lat": [], "del_lat": []}
+                    "add_lat": [], "del_lat": [], "add_cpu": 0.0, "del_cpu": 0.0}
     for rnd in range(rounds):
         for key in (keys if rnd % 2 == 0 else keys[::-1]):
             ids = [f"c{workers}r{rnd}{bench.run_id}{i:05d}" for i in range(pods)]
             results: dict[str, Any] = {}
             lat_add: list[float] = []
 
-            def add_one(i: int, key: str = key, ids: list[str] = ids,
-                        results: dict[str, Any] = results, lat: list[float] = lat_add) -> None:
-                wall, _, result = bench.add(key, ids[i], spaces[key][i])
+            cpu_add: list[float] = []
+            cpu_del: list[float] = []
+
+            def add_one(i: int, key: str = key, ids: list[str] = ids, results: dict[str, Any] = results,
+                        lat: list[float] = lat_add, cpu: list[float] = cpu_add) -> None:
+                wall, used, result = bench.add(key, ids[i], spaces[key][i])
                 results[ids[i]] = result
                 lat.append(wall)
+                cpu.append(used)
 
             lat_del: list[float] = []
 
-            def del_one(i: int, key: str = key, ids: list[str] = ids, lat: list[float] = lat_del) -> None:
-                wall, _ = bench.delete(key, ids[i])
+            def del_one(i: int, key: str = key, ids: list[str] = ids, lat: list[float] = lat_del,
+                        cpu: list[float] = cpu_del) -> None:
+                wall, used = bench.delete(key, ids[i])
                 lat.append(wall)
+                cpu.append(used)
 
             add_wall = _pool(workers, add_one, pods)
             addresses = [common.result_ipv4(r) for r in results.values()]
@@ -223,9 +229,13 @@ def concurrent(bench: Bench, keys: list[str], spaces: dict[str, list[str]],
             slot["leftovers"] += leftover
             slot["add_lat"] += lat_add
             slot["del_lat"] += lat_del
+            slot["add_cpu"] += sum(cpu_add)
+            slot["del_cpu"] += sum(cpu_del)
     for slot in out.values():
         slot["add_pods_per_s"] = slot["pods"] / slot["add_wall"]
         slot["del_pods_per_s"] = slot["pods"] / slot["del_wall"]
+        slot["add_cpu_per_pod"] = slot.pop("add_cpu") / slot["pods"]
+        slot["del_cpu_per_pod"] = slot.pop("del_cpu") / slot["pods"]
         slot["add_lat"] = summary(slot["add_lat"])
         slot["del_lat"] = summary(slot["del_lat"])
     return out
@@ -283,7 +293,7 @@ class DockerSide:
             self.daemon = subprocess.Popen(
                 ["dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/exec",
                  "--pidfile", f"{root}/docker.pid", "-H", f"unix://{self.socket}",
-                 "--bridge", "none", "--log-level", "warn"],
+                 "--bridge", "none", "--iptables=false", "--log-level", "warn"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         deadline = time.monotonic() + 60
@@ -527,11 +537,12 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
             d = data[key]
             rows.append([f"{workers} concurrent, {labels[key]}", f"{d['add_pods_per_s']:.1f}",
                          f"{d['del_pods_per_s']:.1f}", fmt_ms(d["add_lat"]["median"]),
-                         fmt_ms(d["add_lat"]["p99"]),
+                         fmt_ms(d["add_lat"]["p99"]), fmt_ms(d["add_cpu_per_pod"]),
+                         fmt_ms(d["del_cpu_per_pod"]),
                          "ok" if not d["duplicates"] else "DUP " + ",".join(d["duplicates"][:3]),
                          "ok" if not d["leftovers"] else "LEFT " + ",".join(d["leftovers"][:3])])
-    lines.append(common.table(["", "ADD/s", "DEL/s", "ADD med ms", "ADD p99 ms", "unique IPs",
-                               "no leftover"], rows))
+    lines.append(common.table(["", "ADD/s", "DEL/s", "ADD med ms", "ADD p99 ms", "ADD cpu ms",
+                               "DEL cpu ms", "unique IPs", "no leftover"], rows))
 
     lines.append("\n3. Docker mode vs bridge mode (ms)")
     dock = results["docker"]
