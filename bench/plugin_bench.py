@@ -635,6 +635,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--python", default=common.DEBIAN_PYTHON if os.path.exists(
         common.DEBIAN_PYTHON) else sys.executable, help="interpreter for the plugin launcher")
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON")
+    parser.add_argument("--append-results", metavar="MD",
+                        help="append the command and the printed report to this markdown file "
+                             "(bench/RESULTS.md)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pods = min(args.pods, 6) if "--pods" in argv else 6
@@ -688,6 +691,11 @@ def main(argv: list[str] | None = None) -> int:
         text, ratios = report(results, keys)
         results["ratios"] = ratios
         print(text)
+        if args.append_results:
+            with open(args.append_results, "a") as handle:
+                handle.write(f"\n### plugin_bench, {results['machine']['date_utc']}\n\n"
+                             f"`sudo python3 bench/{Path(sys.argv[0]).name} "
+                             f"{' '.join(sys.argv[1:])}`\n\n```\n{text}\n```\n")
         bad = [f"{k}/{n}" for n, data in results["concurrency"].items() for k in keys
                if data[k]["duplicates"] or data[k]["leftovers"]]
         if bad:
