@@ -595,20 +595,51 @@ def start_supervisor(argv: list[str]) -> int:
 
 
 def stop_supervisor(timeout: float = 10.0) -> bool:
-    """Stop the supervisor (it stops the DNS service); True if one was running."""
+    """Stop the supervisor and the DNS service under it; True if one was running.
+
+    The supervisor leads its own process group (started with a new session),
+    so the group signal reaches the DNS service too, even if the supervisor
+    itself has to be killed.
+    """
     pid = supervisor_pid()
     if pid:
-        os.kill(pid, signal.SIGTERM)
+        group = pid if _process_group(pid) == pid else 0
+        _signal(pid, group, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while _is_supervisor(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _is_supervisor(pid):
-            os.kill(pid, signal.SIGKILL)
+        if _is_supervisor(pid) or (group and _group_alive(group)):
+            _signal(pid, group, signal.SIGKILL)
     try:
         os.unlink(pidfile_path())
     except OSError:
         pass
     return bool(pid)
+
+
+def _process_group(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return 0
+
+
+def _signal(pid: int, group: int, signum: int) -> None:
+    try:
+        if group:
+            os.killpg(group, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        pass
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except OSError:
+        return False
 
 
 def supervise(argv: list[str]) -> int:
@@ -632,6 +663,8 @@ def supervise(argv: list[str]) -> int:
     while not stopping:
         started = time.monotonic()
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        if stopping:  # the signal came while it was being started
+            child.terminate()
         while True:
             try:
                 code = child.wait()

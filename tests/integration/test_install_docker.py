@@ -12,9 +12,9 @@ import json
 import subprocess
 
 import pytest
+from test_install import Install, _is_our_supervisor, dns_address_present
 
 from helpers.dockerd import free_subnet, remove_network
-from test_install import Install, _is_our_supervisor, dns_address_present
 
 pytest_plugins = ("helpers.dockerd",)
 pytestmark = [pytest.mark.root, pytest.mark.docker]
@@ -74,11 +74,13 @@ def test_uninstall_docker_mode_leaves_nothing(dinst, docker_install, dockerd):
     pid = dinst.supervisor_pid()
     done = dinst.run("uninstall")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert dockerd.network_inspect(dinst.network) is None
-    assert dockerd.cli("image", "inspect", SELFTEST_IMAGE, check=False).returncode != 0
-    assert not dinst.conflist_path.exists() and not dinst.state_dir.exists()
-    assert not (dinst.bin_dir / "smarter-cni").exists()
-    assert not _is_our_supervisor(pid)
-    assert not dns_address_present(dinst.dns_ip)
+    said = done.stdout + done.stderr
+    assert dockerd.network_inspect(dinst.network) is None, said
+    assert dockerd.cli("image", "inspect", SELFTEST_IMAGE, check=False).returncode != 0, said
+    assert not dinst.conflist_path.exists(), said
+    assert not dinst.state_dir.exists(), (said, list(dinst.state_dir.iterdir()))
+    assert not (dinst.bin_dir / "smarter-cni").exists(), said
+    assert not _is_our_supervisor(pid), said
+    assert not dns_address_present(dinst.dns_ip), said
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(dinst.conflist_path) not in ps
+    assert str(dinst.conflist_path) not in ps, ps
