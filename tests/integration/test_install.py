@@ -366,6 +366,17 @@ def test_install_sh_names_a_missing_prerequisite(tmp_path):
     assert not (tmp_path / "prefix").exists() and not (tmp_path / "b").exists()
 
 
+def test_install_sh_docker_mode_needs_a_running_docker(tmp_path):
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock",
+               SMARTER_CNI_SKIP_APT="1", SMARTER_CNI_PREFIX=str(tmp_path / "prefix"))
+    done = subprocess.run(["bash", str(INSTALL_SH), "--mode", "docker", "--cni-bin-dir",
+                           str(tmp_path / "b"), "--cni-conf-dir", str(tmp_path / "c")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Docker" in done.stderr and f"{tmp_path}/no-docker.sock" in done.stderr
+    assert not (tmp_path / "prefix").exists()
+
+
 def test_install_sh_needs_root(tmp_path):
     done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            "bash", str(INSTALL_SH)], capture_output=True, text=True, timeout=60,

@@ -280,3 +280,14 @@ def test_commands_that_change_the_node_refuse_without_root(tmp_path):
             capture_output=True, text=True, timeout=60)
         assert done.returncode == 1, command
         assert "needs root" in done.stderr and f"sudo smarter-cni {command}" in done.stderr
+
+
+def test_systemd_unit_runs_this_installation(monkeypatch):
+    monkeypatch.setenv("SMARTER_CNI_STATE_DIR", "/run/other-state")
+    argv = ["/opt/x/venv/bin/smarter-cni", "dns", "--config", "/etc/cni/net.d/10-smarter-cni.conflist"]
+    text = install._unit_text(argv)
+    exec_lines = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert exec_lines == ["ExecStart=" + " ".join(argv)]
+    assert "Environment=SMARTER_CNI_STATE_DIR=/run/other-state" in text.splitlines()
+    assert text.index("[Service]") < text.index("Environment=") < text.index("[Install]")
+    assert "Restart=" in text and "WantedBy=multi-user.target" in text
