@@ -256,12 +256,12 @@ def write_registry(state_dir: Path, pods: int, extra: dict[str, str] | None = No
         state["attachments"][f"bench/c{index}/eth0"] = {
             "network": "bench", "mode": "bridge", "container_id": f"c{index}", "ifname": "eth0",
             "ips": [pod_ip(index) + "/16"], "pod": pod_identity(f"pod-{index}", "default"),
-            "domain": DOMAIN, "ready": True, "created": time.time()}
+            "domain": DOMAIN, "ready": True, "created": 1700000000.0 + index}
     for name, ip in (extra or {}).items():
         state["attachments"][f"bench/{name}/eth0"] = {
             "network": "bench", "mode": "bridge", "container_id": name, "ifname": "eth0",
             "ips": [ip + "/16"], "pod": pod_identity(name, "default"), "domain": DOMAIN,
-            "ready": True, "created": time.time()}
+            "ready": True, "created": 1700000000.0}
     store.save(state, str(state_dir))
 
 

@@ -99,3 +99,49 @@ def test_crafted_names_never_become_records():
     assert ask(names, "evil.example.com") is None
     assert addresses(ask(names, "upper")) == ["10.42.0.6"]
     assert names.count == 3  # upper, upper.default, upper.default.svc.cluster.local
+
+
+def _random_records(rng, count: int) -> dict:
+    labels = ["web", "db", "Web", "cache-0", "bad.name", "", "-x", "a" * 63, "a" * 64]
+    records = {}
+    for index in range(count):
+        # (one record never lists an address twice: build_tables would give it twin PTRs)
+        ips = sorted({f"10.42.{rng.randint(0, 3)}.{rng.randint(1, 9)}/16"
+                      for _ in range(rng.choice([0, 1, 1, 1, 2]))})
+        if rng.random() < 0.1:
+            ips.append("fd00::5/64")
+        pod = {"name": rng.choice(labels), "namespace": rng.choice(["default", "prod", ""]),
+               "uid": "", "hostname": rng.choice(labels)}
+        records[f"net/c{index}/eth0"] = {
+            "ips": ips, "ready": rng.random() < 0.9,
+            "pod": pod if rng.random() < 0.95 else "junk"}
+    return records
+
+
+def _same(left: answers.Names, right: answers.Names) -> None:
+    assert left.a_records == right.a_records
+    assert left.ptr_records == right.ptr_records
+    assert left.nonterminals == right.nonterminals
+
+
+def test_incremental_build_matches_registry_build_tables():
+    import random
+
+    rng = random.Random(42)
+    for _ in range(200):
+        records = _random_records(rng, rng.randint(0, 12))
+        forward, reverse = registry.build_tables(records.values(), "cluster.local")
+        reference = answers.Names(forward, reverse, "cluster.local", 0x0A2A0000, 16)
+        memo: dict = {}
+        built = answers.Names.from_records(records, "cluster.local", 0x0A2A0000, 16, 1, memo)
+        _same(built, reference)
+        # change one record, drop another: the memo must not keep stale contributions
+        if records:
+            key = next(iter(records))
+            records[key] = dict(records[key], ready=not records[key]["ready"])
+            records.pop(list(records)[-1])
+        forward, reverse = registry.build_tables(records.values(), "cluster.local")
+        reference = answers.Names(forward, reverse, "cluster.local", 0x0A2A0000, 16)
+        _same(answers.Names.from_records(records, "cluster.local", 0x0A2A0000, 16, 1, memo),
+              reference)
+        assert set(memo) == set(records)

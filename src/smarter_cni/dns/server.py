@@ -18,7 +18,7 @@ import selectors
 import socket
 import time
 
-from .. import registry
+from .. import store
 from . import wire
 from .answers import Names
 from .forwarder import UPSTREAM_UDP, Client, Forwarder, TcpFetch
@@ -84,6 +84,7 @@ class Server:
         self.stop = False
         self.log_stats = False  # set by SIGUSR1
         self.names = Names({}, {}, domain, subnet, prefix)
+        self.memo: dict[str, Any] = {}  # attachment key -> (record, encoded contribution)
         self.signature: Any = ()
         self.udp_cache: dict[bytes, tuple[bytes, float]] = {}
         self.tcp_cache: dict[bytes, tuple[bytes, float]] = {}
@@ -133,14 +134,15 @@ class Server:
             return
         started = time.perf_counter()
         try:
-            forward, reverse = registry.load_tables(self.domain, self.state_dir)
+            records = store.load(self.state_dir)["attachments"]
+            names = Names.from_records(records, self.domain, self.subnet, self.prefix,
+                                       int(time.time()), self.memo)
         except Exception as err:  # a bad file keeps the last good names
             log.warning("cannot read the registry %s: %s", self.registry_path, err)
             self.signature = signature
             return
         self.signature = signature
-        self.names = Names(forward, reverse, self.domain, self.subnet, self.prefix,
-                           serial=int(time.time()))
+        self.names = names
         self.udp_cache.clear()
         self.tcp_cache.clear()
         self.stats.reloads += 1
