@@ -162,8 +162,8 @@ def default_conflist(mode: str) -> dict[str, Any]:
     plugin["clusterDomain"] = "cluster.local"
     # containerd/CRI-O pass pod annotations (smarter-cni.io/hostname) only when asked to
     plugin["capabilities"] = {"io.kubernetes.cri.pod-annotations": True}
-    return {"cniVersion": "1.0.0", "name": "smarter" if mode == "bridge" else "smarter-docker",
-            "plugins": [plugin]}
+    return {"cniVersion": "1.0.0", "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+            "name": "smarter" if mode == "bridge" else "smarter-docker", "plugins": [plugin]}
 
 
 def our_plugin(conflist: dict[str, Any]) -> dict[str, Any]:

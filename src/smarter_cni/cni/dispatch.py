@@ -31,8 +31,10 @@ def run(
     environ = os.environ if environ is None else environ
     out = sys.stdout if out is None else out
     request: Request | None = None
+    raw = b""
     try:
-        request = parse_request(environ, read_stdin() if stdin is None else stdin)
+        raw = read_stdin() if stdin is None else stdin
+        request = parse_request(environ, raw)
         handler = handlers.get(request.command)
         if handler is None:
             raise CNIError(INVALID_ENVIRONMENT, f"{request.command} is not supported")
@@ -42,23 +44,31 @@ def run(
         out.flush()
         return 0
     except CNIError as err:
-        return _report(out, err, request)
+        return _report(out, err, _asked_version(request, raw))
     except KeyboardInterrupt:
-        return _report(out, CNIError(IO_FAILURE, "interrupted"), request)
+        return _report(out, CNIError(IO_FAILURE, "interrupted"), _asked_version(request, raw))
     except Exception as err:  # last line of defence: never a traceback on stdout
         _log_unexpected(err)
         detail = f"{type(err).__name__}: {err}"[:300]
-        return _report(out, CNIError(IO_FAILURE, f"unexpected failure: {detail}"), request)
+        return _report(out, CNIError(IO_FAILURE, f"unexpected failure: {detail}"),
+                       _asked_version(request, raw))
 
 
-def _report(out: Any, err: CNIError, request: Request | None) -> int:
-    version = LATEST
-    if request is not None:
-        asked = request.config.get("cniVersion")
-        if isinstance(asked, str) and asked:
-            version = asked
+def _asked_version(request: Request | None, raw: bytes) -> str:
+    """Answer errors in the config's version, even when the request never parsed."""
+    config = request.config if request is not None else None
+    if config is None:
+        try:
+            config = jsonfast.loads(raw) if raw.strip() else None
+        except (jsonfast.JSONError, RecursionError, ValueError):
+            config = None
+    asked = config.get("cniVersion") if isinstance(config, dict) else None
+    return asked if isinstance(asked, str) and asked and len(asked) < 16 else LATEST
+
+
+def _report(out: Any, err: CNIError, cni_version: str) -> int:
     try:
-        out.write(jsonfast.dumps(err.to_dict(version)) + "\n")
+        out.write(jsonfast.dumps(err.to_dict(cni_version)) + "\n")
         out.flush()
     except (OSError, ValueError):
         pass
