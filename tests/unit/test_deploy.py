@@ -285,3 +285,15 @@ def test_docker_conflist_parses_when_present():
     plugin = next(p for p in shipped["plugins"] if p["type"] in ("smarter-cni", "c2d"))
     conf = parse_netconf(dict(plugin, name=shipped["name"], cniVersion=shipped["cniVersion"]))
     assert conf.mode == "docker" and conf.dns_address == "172.38.0.2"
+
+
+def test_docker_conflist_matches_the_installer_fallback():
+    path = DEPLOY / "10-smarter-cni-docker.conflist"
+    if not path.exists():
+        pytest.skip("docker-mode template not shipped yet")
+    shipped = json.loads(path.read_text())
+    fallback = default_conflist("docker")
+    assert shipped["name"] == fallback["name"]
+    keys = ("mode", "network", "subnet", "gateway", "dnsAddress", "clusterDomain")
+    assert {k: shipped["plugins"][0][k] for k in keys} == \
+        {k: fallback["plugins"][0][k] for k in keys}
