@@ -163,7 +163,7 @@ def default_conflist(mode: str) -> dict[str, Any]:
     # containerd/CRI-O pass pod annotations (smarter-cni.io/hostname) only when asked to
     plugin["capabilities"] = {"io.kubernetes.cri.pod-annotations": True}
     return {"cniVersion": "1.0.0", "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
-            "name": "smarter" if mode == "bridge" else DEFAULT_DOCKER_NETWORK, "plugins": [plugin]}
+            "name": "smarter" if mode == "bridge" else "smarter-docker", "plugins": [plugin]}
 
 
 def our_plugin(conflist: dict[str, Any]) -> dict[str, Any]:
