@@ -58,11 +58,11 @@ class Conn:
 
 
 class Stats:
-    __slots__ = ("queries", "cached", "forwarded", "refused", "malformed", "reloads")
+    __slots__ = ("queries", "cached", "forwarded", "refused", "malformed", "reloads", "errors")
 
     def __init__(self) -> None:
         self.queries = self.cached = self.forwarded = 0
-        self.refused = self.malformed = self.reloads = 0
+        self.refused = self.malformed = self.reloads = self.errors = 0
 
     def __str__(self) -> str:
         return " ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
@@ -196,9 +196,15 @@ class Server:
                     except OSError:
                         pass
                 elif isinstance(what, TcpFetch):
-                    self.forwarder.on_tcp_event(what, mask, now)
+                    try:
+                        self.forwarder.on_tcp_event(what, mask, now)
+                    except Exception as err:
+                        self._bug(err)
                 else:
-                    self._on_conn_event(what, mask, now, frames)
+                    try:
+                        self._on_conn_event(what, mask, now, frames)
+                    except Exception as err:
+                        self._bug(err)
             # Read first, then check the registry: nothing read above predates this stat.
             self.refresh_registry()
             hits = 0
@@ -212,17 +218,29 @@ class Server:
                         except OSError:
                             pass
                         continue
-                self._answer(data, (udp, address), now)
+                try:
+                    self._answer(data, (udp, address), now)
+                except Exception as err:  # a bug must cost one query, not the node's DNS
+                    self._bug(err)
             stats.queries += len(batch)
             stats.cached += hits
             for conn, frame in frames:
                 if not conn.closed:
                     stats.queries += 1
-                    self._answer(frame, (conn, None), now)
+                    try:
+                        self._answer(frame, (conn, None), now)
+                    except Exception as err:
+                        self._bug(err)
             for sock in upstream:
-                self.forwarder.on_readable(sock, now)
+                try:
+                    self.forwarder.on_readable(sock, now)
+                except Exception as err:
+                    self._bug(err)
             if deadline is not None and deadline <= now:
-                self.forwarder.on_timer(now)
+                try:
+                    self.forwarder.on_timer(now)
+                except Exception as err:
+                    self._bug(err)
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._sweep_idle(now)
@@ -232,6 +250,12 @@ class Server:
                     log.info("stats: %s; %d names; %d TCP clients; %d cached upstream answers",
                              self.stats, self.names.count, len(self.conns),
                              len(self.forwarder.cache))
+
+    def _bug(self, err: Exception) -> None:
+        self.stats.errors += 1
+        if self.stats.errors <= 10 or self.stats.errors % 1000 == 0:
+            log.error("internal error (#%d), the query was dropped: %r", self.stats.errors, err)
+            log.debug("details", exc_info=err)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
