@@ -75,7 +75,7 @@ class Server:
         self.listen = listen
         self.port = port
         self.state_dir = state_dir
-        self.registry_path = os.path.join(state_dir, "attachments.json")
+        self.registry_path = store.records_path(state_dir)
         self.domain = domain
         self.subnet = subnet
         self.prefix = prefix
