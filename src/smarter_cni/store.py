@@ -59,14 +59,22 @@ class Transaction:
     """`with Transaction() as state:` holds the lock; set `.dirty` to save on exit."""
 
     def __init__(self, directory: str | None = None) -> None:
-        self.directory = directory or ensure_state_dir()
+        try:
+            self.directory = directory or ensure_state_dir()
+        except OSError as err:
+            raise CNIError(IO_FAILURE, f"cannot create the state directory {state_dir()}: "
+                           f"{err.strerror}") from None
         self.state: dict[str, Any] = {}
         self.dirty = False
         self._lock_fd = -1
 
     def __enter__(self) -> Transaction:
-        fd = os.open(os.path.join(self.directory, LOCK_NAME),
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = os.path.join(self.directory, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise CNIError(IO_FAILURE, f"cannot open the state lock {path}: {err.strerror} "
+                           f"(is {self.directory} a writable directory?)") from None
         deadline = time.monotonic() + LOCK_TIMEOUT
         delay = 0.0005
         while True:

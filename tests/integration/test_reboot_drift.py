@@ -266,3 +266,52 @@ def test_gc_with_a_record_that_names_no_link(plugin, bridge_network, netns, stat
     assert list(records(state_dir)) == [f"{bridge_network['name']}/{pod[0]}/eth0"]
     assert link_exists(host_ifname(pod[0], "eth0"))
     assert plugin("DEL", bridge_network, pod[0], pod[2]).ok
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b'{"version": 1}', b"[]"])
+def test_corrupt_state_file_is_reported_and_touches_nothing(plugin, bridge_network, netns, state_dir,
+                                                             content) -> None:
+    """Writes are atomic, so only outside interference corrupts the file: every command then
+    names the file (code 5) instead of guessing, and ADD plumbs nothing."""
+    name, path = netns.create("corrupt")
+    state_file = state_dir / "attachments.json"
+    state_file.write_bytes(content)
+    try:
+        added = plugin("ADD", bridge_network, "corruptpod", path)
+        assert added.code == 5 and "attachments.json" in added.json["msg"], added
+        assert not added.json["msg"].startswith("unexpected failure"), added
+        assert "Traceback" not in added.stdout + added.stderr
+        assert not link_exists(host_ifname("corruptpod", "eth0"))
+        assert not link_exists(bridge_network["bridge"])
+        assert "eth0" not in sh("ip", "-n", name, "-o", "link").stdout.decode()
+        assert state_file.read_bytes() == content
+    finally:
+        state_file.unlink()  # the fixture's teardown needs a readable state
+
+
+@pytest.mark.parametrize("where", ["a-file", "missing-parent", "read-only"])
+def test_unusable_state_dir(plugin, bridge_network, netns, state_dir, tmp_path, where) -> None:
+    """A state dir that cannot be used: ADD says which path and why (code 5), STATUS says the
+    node cannot serve ADD (code 50); nothing is plumbed."""
+    if where == "a-file":
+        target = tmp_path / "file"
+        target.write_text("x")
+    elif where == "missing-parent":
+        target = tmp_path / "no" / "such" / "dir"
+    else:
+        target = tmp_path / "ro"
+        target.mkdir()
+        sh("mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target))
+    try:
+        name, path = netns.create("nostate")
+        extra = {"SMARTER_CNI_STATE_DIR": str(target)}
+        added = plugin("ADD", bridge_network, "nostatepod", path, extra=extra)
+        assert added.code == 5 and str(target) in added.json["msg"], added
+        assert not added.json["msg"].startswith("unexpected failure"), added
+        assert not link_exists(host_ifname("nostatepod", "eth0"))
+        assert "eth0" not in sh("ip", "-n", name, "-o", "link").stdout.decode()
+        status = plugin("STATUS", dict(bridge_network, cniVersion="1.1.0"), extra=extra)
+        assert status.code == 50, status
+    finally:
+        if where == "read-only":
+            sh("umount", str(target), check=False)

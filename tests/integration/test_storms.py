@@ -227,3 +227,39 @@ def test_docker_mode_storm(plugin, docker_network, dockerd, sandboxes, state_dir
     print(f"\ndocker storm: {DOCKER_ROUNDS} rounds x {DOCKER_WIDTH}: "
           f"{DOCKER_ROUNDS * DOCKER_WIDTH * 2} ops, 0 errors, 0 duplicates, 0 leftovers; "
           f"slowest concurrent ADD {slowest:.1f} s")
+
+
+def test_delegated_ipam_exhaustion_leaves_nothing(plugin, bridge_network, netns, state_dir, tmp_path) -> None:
+    """host-local as the IPAM plugin, run dry: the failing ADD leaves no veth (the reference
+    bridge plugin leaves the pair behind until DEL) and no record; a DEL frees an address."""
+    if not (plugin.bin_dir / "host-local").exists():
+        pytest.skip("containernetworking-plugins (host-local) is not installed")
+    subnet = bridge_network["subnet"]
+    base = subnet.rsplit(".", 1)[0]
+    config = dict(bridge_network, ipam={
+        "type": "host-local", "dataDir": str(tmp_path / "host-local"),
+        "ranges": [[{"subnet": subnet, "rangeStart": f"{base}.10", "rangeEnd": f"{base}.12",
+                     "gateway": f"{base}.1"}]]})
+    spaces = [netns.create("hl") for _ in range(4)]
+    ids = [f"hl{i}-{unique('', 8)}" for i in range(4)]
+    try:
+        for i in range(3):
+            added = plugin("ADD", config, ids[i], spaces[i][1])
+            assert added.ok, added
+        failed = plugin("ADD", config, ids[3], spaces[3][1])
+        assert not failed.ok and failed.json["msg"], failed
+        assert "Traceback" not in failed.stdout + failed.stderr
+        assert not link_exists(host_ifname(ids[3], "eth0")), "veth left after the IPAM error"
+        assert "eth0" not in sh("ip", "-n", spaces[3][0], "-o", "link").stdout.decode()
+        assert len(records(state_dir)) == 3
+        assert plugin("DEL", config, ids[0], spaces[0][1]).ok
+        again = plugin("ADD", config, ids[3], spaces[3][1])
+        assert again.ok, again
+    finally:
+        for i in range(4):
+            plugin("DEL", config, ids[i], spaces[i][1])
+    assert records(state_dir) == {}
+    held = [n for n in os.listdir(tmp_path / "host-local" / bridge_network["name"])
+            if n not in ("lock", "last_reserved_ip.0")]
+    assert not held, \
+        "host-local still holds reservations"
