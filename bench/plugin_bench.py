@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import Chain, fmt_ms, fmt_ratio, ratio, summary  # noqa: E402
+from common import Chain, fmt_ms, fmt_ratio, percentile, ratio, summary  # noqa: E402
 
 MAX_PODS = 1000
 MAX_DOCKER_PODS = 60
@@ -173,7 +173,12 @@ def sequential(bench: Bench, keys: list[str]) -> dict[str, Any]:
             wall, cpu = bench.delete(key, ids[i])
             del_t[key].append(wall)
             del_cpu[key].append(cpu)
-    return {"netns": spaces, "first_add": first,
+    tenth = max(1, pods // 10)
+    growth = {k: {"first_tenth_cpu": percentile(add_cpu[k][:tenth], 50),
+                  "last_tenth_cpu": percentile(add_cpu[k][-tenth:], 50),
+                  "first_tenth_wall": percentile(add_t[k][:tenth], 50),
+                  "last_tenth_wall": percentile(add_t[k][-tenth:], 50)} for k in keys}
+    return {"netns": spaces, "first_add": first, "growth": growth,
             "add": {k: summary(v) for k, v in add_t.items()},
             "del": {k: summary(v) for k, v in del_t.items()},
             "add_cpu": {k: summary(v) for k, v in add_cpu.items()},
@@ -533,6 +538,11 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
         lines.append(common.table(["", "min", "median", "p90", "p99", "max", "cpu med"], rows))
     lines.append("first ADD (creates the network), ms: " + ", ".join(
         f"{labels[k]} {fmt_ms(v)}" for k, v in seq["first_add"].items()))
+    if "growth" in seq:
+        lines.append("ADD as the node fills (median of the first / last tenth of the pods), "
+                     "CPU ms: " + ", ".join(
+                         f"{labels[k]} {fmt_ms(g['first_tenth_cpu'])} -> {fmt_ms(g['last_tenth_cpu'])}"
+                         for k, g in seq["growth"].items()))
 
     lines.append("\n2. Concurrent ADD/DEL throughput (pods/s)")
     rows = []
