@@ -20,6 +20,7 @@ from test_dns_helpers import (
     DnsService,
     Registry,
     dig,
+    free_port,
     needs_tools,
     unique_loopback,
     write_conflist,
@@ -157,6 +158,20 @@ def test_forwarding_and_servfail_when_the_upstream_stops(env):
     failed = env.dig("other.test", timeout=3)
     assert failed.status == "SERVFAIL", failed
     assert env.dig("web.default.svc.cluster.local").status == "NXDOMAIN"  # still serving
+
+
+def test_a_dead_upstream_is_skipped_at_once(env):
+    """A closed port answers with ICMP unreachable: no need to wait out the time-out."""
+    upstream = env.dnsmasq({"alive.test": "192.0.2.5"})
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    env.start(upstreams=[dead, upstream.upstream], extra=["--upstream-timeout", "2"])
+    started = time.monotonic()
+    assert env.dig("alive.test").values() == ["192.0.2.5"]
+    assert time.monotonic() - started < 1.5  # well under the 2 s time-out
+    upstream.stop()
+    started = time.monotonic()
+    assert env.dig("alive.test", timeout=5).status == "SERVFAIL"
+    assert time.monotonic() - started < 1.5
 
 
 def test_forwarded_answers_are_cached_with_their_ttl(env):

@@ -1,10 +1,11 @@
 """Forwarding to the node's upstream resolvers, with a small TTL-respecting cache.
 
 Never blocks: queries go out on non-blocking UDP sockets the server loop
-watches; `on_readable` and `on_timer` finish them. Each relayed query gets
-a fresh random ID and a random one of several source ports, and an answer
-is accepted only from the upstream it was sent to, with that ID and the
-same question. A query that gets no answer within `timeout` moves to the
+watches; `on_udp_event` and `on_timer` finish them. Each relayed query gets
+a fresh random ID and its own socket (a fresh ephemeral port), connected to
+the upstream, so the kernel drops packets from anyone else and reports an
+upstream that is down (ICMP unreachable) at once; an answer is accepted only
+with that ID and the same question. A query that gets no answer within `timeout` moves to the
 next upstream; when all have failed the clients get SERVFAIL.
 """
 
@@ -27,8 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("smarter-cni.dns")
 
 DEFAULT_TIMEOUT = 2.0
-SOCKETS_PER_FAMILY = 4
-MAX_PENDING = 1024
+MAX_PENDING = 512   # each holds a socket; the service raises RLIMIT_NOFILE to fit
 MAX_WAITERS = 64
 CACHE_ENTRIES = 2048
 MAX_TTL = 300
@@ -37,7 +37,6 @@ RETRY_RCODES = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
 
 # A client waiting for an answer: (transport handle, address, query, UDP limit or None)
 Client = tuple
-UPSTREAM_UDP = "upstream-udp"
 
 
 def parse_upstream(text: str, default_port: int = 53) -> tuple[str, int]:
@@ -169,8 +168,8 @@ def relay(entry: CacheEntry, query: wire.Query, limit: int | None, now: float) -
 class Forwarder:
     """Relays queries upstream; `send(client, response)` is called when done.
 
-    Registers its own sockets with the server's selector: UDP ones with the
-    data `UPSTREAM_UDP`, TCP fallbacks with their `TcpFetch`.
+    Registers its own sockets with the server's selector: UDP ones with their
+    `Pending`, TCP fallbacks with their `TcpFetch`.
     """
 
     def __init__(self, upstreams: list[tuple[str, int]], send: Callable[[Client, bytes], None],
@@ -183,7 +182,6 @@ class Forwarder:
         self.cache: dict[tuple[bytes, int, int], CacheEntry] = {}
         self.pending: dict[int, Pending] = {}
         self.by_key: dict[tuple[bytes, int, int], Pending] = {}
-        self.sockets: dict[int, list[socket.socket]] = {}
         self.failures = 0
         self.resolv_conf = resolv_conf
         self.exclude = exclude or set()
@@ -193,18 +191,6 @@ class Forwarder:
 
     def set_upstreams(self, upstreams: list[tuple[str, int]]) -> None:
         self.upstreams = list(upstreams)
-        for family in {socket.AF_INET6 if ":" in host else socket.AF_INET
-                       for host, _ in self.upstreams}:
-            if family in self.sockets:
-                continue
-            pool = []
-            for _ in range(SOCKETS_PER_FAMILY):
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-                self.selector.register(sock, selectors.EVENT_READ, UPSTREAM_UDP)
-                pool.append(sock)
-            self.sockets[family] = pool
 
     def _resolv_signature(self) -> Any:
         if not self.resolv_conf:
@@ -232,12 +218,9 @@ class Forwarder:
 
     def close(self) -> None:
         for pending in list(self.pending.values()):
-            self._close_tcp(pending)
-        for pool in self.sockets.values():
-            for sock in pool:
-                self._unregister(sock)
-                sock.close()
-        self.sockets.clear()
+            self._close_sockets(pending)
+        self.pending.clear()
+        self.by_key.clear()
 
     def _unregister(self, sock: socket.socket) -> None:
         try:
@@ -282,7 +265,7 @@ class Forwarder:
 
     def _send_next(self, pending: Pending, now: float) -> None:
         """Try the next upstream; when none is left, SERVFAIL every waiting client."""
-        self._close_tcp(pending)
+        self._close_sockets(pending)
         while True:
             pending.upstream += 1
             if pending.upstream >= len(self.upstreams):
@@ -296,54 +279,62 @@ class Forwarder:
                 return
             pending.target = self.upstreams[pending.upstream]
             family = socket.AF_INET6 if ":" in pending.target[0] else socket.AF_INET
-            pool = self.sockets.get(family)
-            if not pool:
-                continue
-            sock = random.choice(pool)
             try:
-                sock.sendto(pending.packet, pending.target)
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as err:  # out of descriptors: this query fails, the loop lives
+                log.warning("cannot open an upstream socket: %s", err.strerror)
+                continue
+            try:
+                sock.setblocking(False)
+                sock.connect(pending.target)
+                sock.send(pending.packet)
             except OSError:
+                sock.close()
                 continue  # unreachable right now: the next upstream
+            self.selector.register(sock, selectors.EVENT_READ, pending)
             pending.socket = sock
             pending.deadline = now + self.timeout
             return
 
     def _finish(self, pending: Pending) -> None:
-        self._close_tcp(pending)
+        self._close_sockets(pending)
         self.pending.pop(pending.qid, None)
         if self.by_key.get(pending.key) is pending:
             del self.by_key[pending.key]
+
+    def _close_sockets(self, pending: Pending) -> None:
+        sock, pending.socket = pending.socket, None
+        if sock is not None:
+            self._unregister(sock)
+            sock.close()
+        self._close_tcp(pending)
 
     def _fail_client(self, client: Client) -> None:
         self.send(client, wire.build_response(client[2], wire.SERVFAIL, authoritative=False))
 
     # -- answers and time
 
-    def on_readable(self, sock: socket.socket, now: float) -> None:
-        for _ in range(64):
+    def on_udp_event(self, pending: Pending, now: float) -> None:
+        """The upstream socket of `pending` is readable: an answer, or an error."""
+        sock = pending.socket
+        if sock is None or self.pending.get(pending.qid) is not pending:
+            return
+        for _ in range(8):
             try:
-                data, address = sock.recvfrom(65535)
+                data = sock.recv(65535)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                continue  # e.g. ICMP port unreachable reported on this socket
-            self._on_udp_answer(sock, data, address, now)
-
-    def _on_udp_answer(self, sock: socket.socket, data: bytes, address: Any, now: float) -> None:
-        if len(data) < 12:
+            except OSError:  # ICMP unreachable: this upstream is down, try the next now
+                self._send_next(pending, now)
+                return
+            parsed = self._check(pending, data)
+            if parsed is None:
+                continue  # not an answer to this question: keep waiting
+            if parsed.flags & wire.TC:
+                self._start_tcp(pending, now)
+            else:
+                self._complete(pending, data, parsed, now)
             return
-        pending = self.pending.get(struct.unpack_from("!H", data)[0])
-        if pending is None or pending.socket is not sock or pending.tcp is not None:
-            return
-        if address[0] != pending.target[0] or address[1] != pending.target[1]:
-            return
-        parsed = self._check(pending, data)
-        if parsed is None:
-            return
-        if parsed.flags & wire.TC:
-            self._start_tcp(pending, now)
-            return
-        self._complete(pending, data, parsed, now)
 
     def _check(self, pending: Pending, data: bytes) -> wire.Parsed | None:
         """The parsed answer if it answers exactly our question, else None."""
@@ -374,6 +365,7 @@ class Forwarder:
     # -- TCP, when the UDP answer was truncated
 
     def _start_tcp(self, pending: Pending, now: float) -> None:
+        self._close_sockets(pending)
         family = socket.AF_INET6 if ":" in pending.target[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -420,7 +412,7 @@ class Forwarder:
         if parsed is None:
             self._send_next(pending, now)
             return
-        self._close_tcp(pending)
+        self._close_sockets(pending)
         self._complete(pending, data, parsed, now)
 
     def _close_tcp(self, pending: Pending) -> None:

@@ -21,7 +21,7 @@ import time
 from .. import store
 from . import wire
 from .answers import Names
-from .forwarder import UPSTREAM_UDP, Client, Forwarder, TcpFetch
+from .forwarder import Client, Forwarder, Pending, TcpFetch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -186,8 +186,8 @@ class Server:
                             break
                         except OSError:
                             continue
-                elif what == UPSTREAM_UDP:
-                    upstream.append(key.fileobj)
+                elif isinstance(what, Pending):
+                    upstream.append(what)
                 elif what == "accept":
                     self._accept(now)
                 elif what == "wake":
@@ -231,9 +231,9 @@ class Server:
                         self._answer(frame, (conn, None), now)
                     except Exception as err:
                         self._bug(err)
-            for sock in upstream:
+            for pending in upstream:
                 try:
-                    self.forwarder.on_readable(sock, now)
+                    self.forwarder.on_udp_event(pending, now)
                 except Exception as err:
                     self._bug(err)
             if deadline is not None and deadline <= now:

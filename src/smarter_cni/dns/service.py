@@ -135,6 +135,19 @@ def choose_upstreams(args: argparse.Namespace, listen: str, port: int
     return upstreams
 
 
+def raise_file_limit(wanted: int = 4096) -> None:
+    """Room for a socket per query in flight upstream plus the TCP clients."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     # journald adds its own timestamps; a bare message stays readable there.
@@ -189,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         done = ensure_address(listen, args.interface)
         if done != "present":
             log.info("address %s %s", listen, done)
+    raise_file_limit()
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,
