@@ -15,8 +15,8 @@ half its whole process group (a cgroup kill). Before the clean-up DEL the
 test waits for orphans of the killed plugin to exit, as any runtime's DEL
 comes after the failed ADD has returned.
 
-CI size: ~40 ADD kills, 16 DEL kills, 6 first-ADD kills, 10 docker-mode kills;
-SMARTER_CNI_LONG=1: 300, 100, 30, 100.
+CI size: ~40 ADD kills, 16 DEL kills, 6 first-ADD kills, 5 GC kills, 10 docker-mode kills;
+SMARTER_CNI_LONG=1: 300, 100, 30, 30, 100.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ pytestmark = pytest.mark.root
 LONG = os.environ.get("SMARTER_CNI_LONG") == "1"
 ADD_KILLS, DEL_KILLS, FIRST_ADD_KILLS = (300, 100, 30) if LONG else (40, 16, 6)
 DOCKER_KILLS = 100 if LONG else 10
+GC_KILLS = 30 if LONG else 5
 RESIDENTS = 3
 
 
@@ -353,6 +354,47 @@ def test_kill_first_add_of_a_network(plugin, bridge_network, netns, state_dir, w
     assert not watched.bad, watched.bad[:3]
     print(f"\nfirst-ADD kills: {FIRST_ADD_KILLS}; first-try DEL failures 0, leftovers 0, "
           "one gateway address and no duplicate rule after each")
+
+
+def test_kill_gc_at_random_points(plugin, bridge_network, netns, state_dir, watched) -> None:
+    """GC killed half-way (some links gone, records still there): the runtime's next GC
+    finishes the job, removing exactly the invalid attachments."""
+    config = dict(bridge_network, cniVersion="1.1.0")
+    rng = random.Random()
+    spaces = [netns.create("kgc") for _ in range(4)]
+    window = KillWindow(0.150)
+    outcomes: Counter = Counter()
+    for round_no in range(GC_KILLS):
+        ids = [f"kgc{round_no}-{i}-{unique('', 6)}" for i in range(4)]
+        for i in range(4):
+            assert plugin("ADD", config, ids[i], spaces[i][1]).ok
+        valid = [{"containerID": cid, "ifname": "eth0"} for cid in ids[:2]]
+        gc_config = dict(config, **{"cni.dev/valid-attachments": valid})
+        finished = spawn_and_kill(plugin, plugin.env("GC", ifname=""), gc_config, window.draw(rng),
+                                  whole_group=round_no % 2 == 0)
+        removed = sum(not link_exists(host_ifname(cid, "eth0")) for cid in ids[2:])
+        if finished is not None:
+            outcomes["completed"] += 1
+            window.too_late()
+        else:
+            outcomes[f"killed with {removed} of 2 links removed"] += 1
+            if removed == 0:
+                window.too_early()
+        again = plugin("GC", gc_config, ifname="")
+        assert again.ok, f"GC after a killed GC failed: {again!r}"
+        names = set(load_state(state_dir)["attachments"])
+        assert names == {f"{config['name']}/{cid}/eth0" for cid in ids[:2]}
+        for cid in ids[:2]:
+            assert link_exists(host_ifname(cid, "eth0"))
+        for i in (2, 3):
+            assert not link_exists(host_ifname(ids[i], "eth0"))
+            assert "eth0" not in sh("ip", "-n", spaces[i][0], "-o", "link").stdout.decode()
+        for i in range(4):
+            assert plugin("DEL", config, ids[i], spaces[i][1]).ok
+    assert load_state(state_dir)["attachments"] == {}
+    assert not watched.bad, watched.bad[:3]
+    print(f"\nGC kills: {GC_KILLS} (window {window.describe()}): {dict(outcomes)}; "
+          "the next GC removed exactly the invalid attachments every time")
 
 
 def test_del_while_lock_held_by_killed_process(plugin, bridge_network, netns, state_dir) -> None:
