@@ -144,7 +144,7 @@ class Names:
     @classmethod
     def from_records(cls, records: dict[str, Any], domain: str, subnet: int, prefix: int,
                      serial: int, memo: dict[str, tuple[Any, Contribution]]) -> Names:
-        """Tables from the store's attachment records; `memo` (key -> (record,
+        """Tables from the store's attachment records; `memo` (key -> (fingerprint,
         contribution)) is read and replaced, so unchanged records are not redone."""
         names = cls({}, {}, domain, subnet, prefix, serial)
         domain = domain.lower()
@@ -153,12 +153,15 @@ class Names:
         nonterminals = names.nonterminals
         fresh: dict[str, tuple[Any, Contribution]] = {}
         for key, record in records.items():
+            # only these fields shape a record's names (not created, netns, mac, ...)
+            fingerprint = (record.get("ready"), record.get("ips"), record.get("pod")) \
+                if isinstance(record, dict) else record
             seen = memo.get(key)
-            if seen is not None and seen[0] == record:
+            if seen is not None and seen[0] == fingerprint:
                 contribution = seen[1]
             else:
                 contribution = Contribution(record, domain, names.domain)
-            fresh[key] = (record, contribution)
+            fresh[key] = (fingerprint, contribution)
             if not contribution.names and not contribution.ptrs:
                 continue
             for name, parents in (contribution.names if contribution.a_records else ()):
