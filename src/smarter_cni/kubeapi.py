@@ -9,7 +9,6 @@ convenience, and ADD must never hang or fail because of it.
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.parse
 
 from . import kubeconfig
@@ -30,16 +29,24 @@ def _ssl_context(creds: kubeconfig.Credentials):
     if creds.cert_file:
         context.load_cert_chain(creds.cert_file, creds.key_file or None)
     elif creds.cert_data:
-        # ssl can only load a client key from a file: use a private temp dir, removed at once.
-        with tempfile.TemporaryDirectory(prefix="smarter-cni-") as directory:
-            cert = os.path.join(directory, "client.crt")
-            key = os.path.join(directory, "client.key")
-            for path, data in ((cert, creds.cert_data), (key, creds.key_data)):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-            context.load_cert_chain(cert, key if creds.key_data else None)
+        # ssl can only load a client key from a path: give it anonymous memory files, so the
+        # key never lands on a disk, not even when the plugin is killed half-way.
+        fds = [_memory_file(data) for data in (creds.cert_data, creds.key_data) if data]
+        try:
+            paths = [f"/proc/self/fd/{fd}" for fd in fds]
+            context.load_cert_chain(paths[0], paths[1] if len(paths) > 1 else None)
+        finally:
+            for fd in fds:
+                os.close(fd)
     return context
+
+
+def _memory_file(data: bytes) -> int:
+    fd = os.memfd_create("smarter-cni-credential", os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return fd
 
 
 def pod_hostname(kubeconfig_path: str, namespace: str, name: str,

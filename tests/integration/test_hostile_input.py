@@ -641,3 +641,83 @@ def test_no_state_left_in_tmp(plugin, bridge_network, netns) -> None:
     assert deleted.ok, deleted
     new = {name for name in listing() - before if "smarter" in name or "cni" in name}
     assert not new, new
+
+
+def test_kubeconfig_secrets_never_touch_disk_or_logs(plugin, bridge_network, netns, state_dir,
+                                                     tmp_path) -> None:
+    """With a kubeconfig carrying an embedded client key and a token, a pod-hostname lookup
+    (to 127.0.0.1:1, which refuses at once) must not write the key to any file, nor put the
+    key or token into the plugin's output or log; the kubeconfig is only read."""
+    import base64
+    import shutil
+    import threading
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+       str(cert), "-subj", "/CN=smarter-cni-test", "-days", "1")
+    key_b64 = base64.b64encode(key.read_bytes()).decode()
+    cert_b64 = base64.b64encode(cert.read_bytes()).decode()
+    token = "tok-" + unique("", 24)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+current-context: test
+clusters:
+- name: test
+  cluster:
+    server: https://127.0.0.1:1
+    insecure-skip-tls-verify: true
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: test
+users:
+- name: test
+  user:
+    client-certificate-data: {cert_b64}
+    client-key-data: {key_b64}
+    token: {token}
+""")
+    original = kubeconfig.read_bytes()
+    watched_dirs = ["/tmp", "/var/tmp", "/dev/shm", str(state_dir)]
+    seen: set[str] = set()
+    before = {d: set(os.listdir(d)) for d in watched_dirs if os.path.isdir(d)}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for directory, old in before.items():
+                try:
+                    seen.update(f"{directory}/{n}" for n in set(os.listdir(directory)) - old)
+                except OSError:
+                    pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, path = netns.create("kcfg")
+    try:
+        added = plugin("ADD", dict(bridge_network, kubeconfig=str(kubeconfig)), "kcfgpod", path,
+                       args=pod_args("kcfg-pod"))
+    finally:
+        done.set()
+        watcher.join(5)
+    try:
+        assert added.ok, added
+        record = json.loads((state_dir / "attachments.json").read_bytes())["attachments"]
+        assert record[f"{bridge_network['name']}/kcfgpod/eth0"]["pod"]["hostname"] == ""
+        expected_state = {f"{state_dir}/{n}" for n in
+                          ("attachments.json", ".attachments.json.tmp", "lock", "smarter-cni.log")}
+        unexpected = {p for p in seen - expected_state if "pytest" not in p}
+        key_files = [p for p in unexpected if "smarter" in p or p.startswith(str(state_dir))]
+        assert not key_files, f"files appeared during the lookup: {sorted(key_files)}"
+        log = (state_dir / "smarter-cni.log").read_text() if (state_dir / "smarter-cni.log").exists() else ""
+        # the client key was loaded (from memory) and the lookup got as far as connecting
+        assert "ConnectionRefusedError" in log, log[-500:]
+        for secret in (token, key_b64[:40], "PRIVATE KEY"):
+            assert secret not in added.stdout + added.stderr + log
+        assert kubeconfig.read_bytes() == original
+    finally:
+        plugin("DEL", bridge_network, "kcfgpod", path)
