@@ -169,7 +169,7 @@ def generate(port: int, bodies: list[bytes], seconds: float, window: int = 64
         while True:
             try:
                 recv(4096)
-            except TimeoutError:
+            except socket.timeout:  # (an alias of TimeoutError only from 3.10)
                 lost += window
                 for _ in range(window):
                     send(packets[sent & 0xFFFF])
@@ -227,7 +227,7 @@ def paced_latency(port: int, bodies: list[bytes], rate: int, count: int) -> dict
         try:
             while sock.recv(4096)[:2] != packet[:2]:
                 pass
-        except TimeoutError:
+        except socket.timeout:
             lost += 1
             continue
         samples.append((time.perf_counter() - start) * 1e6)
