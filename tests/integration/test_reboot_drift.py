@@ -71,8 +71,9 @@ def add_pods(plugin, config, netns, count: int, prefix: str) -> list[tuple[str, 
 
 
 def test_state_wiped_with_stale_pods_left(plugin, bridge_network, netns, state_dir) -> None:
-    """State lost while the bridge and old pods remain: new ADDs work on the same bridge, and
-    the runtime's DELs of the old pods (which the plugin no longer knows) clean them up."""
+    """State lost while the bridge and old pods remain: new ADDs work on the same bridge and
+    never get a surviving pod's address, and the runtime's DELs of the old pods (which the
+    plugin no longer knows) clean them up and free their addresses."""
     config = bridge_network
     old = add_pods(plugin, config, netns, 3, "old")
     index = Path(f"/sys/class/net/{config['bridge']}/ifindex").read_text()
@@ -80,6 +81,10 @@ def test_state_wiped_with_stale_pods_left(plugin, bridge_network, netns, state_d
     wipe(state_dir)
 
     new = add_pods(plugin, config, netns, 3, "new")
+    old_addresses = {p[3] for p in old}
+    assert not old_addresses & {p[3] for p in new}, "a new pod got a surviving pod's address"
+    for _, name, _, _ in old:  # the survivors keep working
+        assert ping(name, gateway(config))
     assert Path(f"/sys/class/net/{config['bridge']}/ifindex").read_text() == index, "bridge rebuilt"
     assert bridge_addresses(config["bridge"]) == [f"{gateway(config)}/24"]
     assert firewall_lines(config) == rules, "rules duplicated or changed after the state wipe"
@@ -93,7 +98,9 @@ def test_state_wiped_with_stale_pods_left(plugin, bridge_network, netns, state_d
         assert deleted.ok, deleted
         assert not link_exists(host_ifname(cid, "eth0"))
     assert len(records(state_dir)) == 3
-    for cid, _, path, _ in new:
+    again = add_pods(plugin, config, netns, 3, "again")  # the survivors' addresses are free again
+    assert {p[3] for p in again} == old_addresses
+    for cid, _, path, _ in new + again:
         assert plugin("DEL", config, cid, path).ok
     assert records(state_dir) == {}
     assert os.listdir(f"/sys/class/net/{config['bridge']}/brif") == []

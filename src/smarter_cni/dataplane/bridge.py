@@ -101,6 +101,8 @@ def add(request: Request, conf: NetConf) -> Result:
                 f"container {request.container_id[:12]} already has {request.ifname} on "
                 f"{conf.name}; DEL it before adding it again")
         if not network_ready(conf, tx.networks):
+            if conf.name not in tx.networks:
+                _adopt_survivors(tx, conf)
             setup_network(conf)
             tx.networks[conf.name] = _network_marker(conf)
             tx.dirty = True
@@ -130,10 +132,49 @@ def add(request: Request, conf: NetConf) -> Result:
     return result
 
 
+def _adopt_survivors(tx: store.Transaction, conf: NetConf) -> None:
+    """After the state was lost (not a reboot: /run/smarter-cni removed by hand), pods may
+    still sit on the bridge. Note their addresses, keyed by host veth, so new pods do not
+    get them; each is free again once its veth is gone (the runtime's DEL removes it).
+    Costs two `ip` execs per unknown port, only on the first ADD after the loss."""
+    try:
+        ports = os.listdir(f"/sys/class/net/{conf.bridge}/brif")
+    except OSError:
+        return
+    known = {r.get("host_ifname") for r in tx.attachments.values()}
+    ports = [p for p in ports if p.startswith("sm") and p not in known]
+    if not ports:
+        return
+    try:
+        names = {e.get("nsid"): e.get("name") for e in links.show_json(["netns", "list-id"])}
+        found = {}
+        for port in ports:
+            info = (links.show_json(["-d", "link", "show", "dev", port]) or [{}])[0]
+            netns = names.get(info.get("link_netnsid"))
+            if not netns:
+                continue
+            for entry in links.show_json(["-n", netns, "-4", "addr", "show"]):
+                if entry.get("ifindex") != info.get("link_index"):
+                    continue
+                for addr in entry.get("addr_info", []):
+                    local = addr.get("local", "")
+                    if ipv4.contains(conf.subnet, conf.prefix, ipv4.to_int(local)):
+                        found[port] = local
+    except (CNIError, ipv4.AddressError):
+        return  # best effort: never fail an ADD over this
+    if found:
+        tx.state.setdefault("adopted", {})[conf.name] = found
+        tx.dirty = True
+
+
 def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | None) -> int:
     if existing and existing.get("ips"):
         return ipv4.to_int(existing["ips"][0].split("/")[0])
     taken = {conf.gateway}
+    adopted = tx.state.get("adopted", {}).get(conf.name) or {}
+    for port, address in adopted.items():
+        if links.exists(port):  # a surviving pod from before the state was lost
+            taken.add(ipv4.to_int(address))
     for record in tx.attachments.values():
         if record.get("network") == conf.name:
             for cidr in record.get("ips") or []:
