@@ -63,3 +63,11 @@ def ensure_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
     _ip("link", "set", interface, "up")
     _ip("addr", "replace", f"{address}/32", "dev", interface)
     return f"added to {interface}"
+
+
+def remove_address(address: str, interface: str) -> None:
+    """Take back an address `ensure_address` added; never raises."""
+    try:
+        _ip("addr", "del", f"{address}/32", "dev", interface)
+    except AddressSetupError as err:
+        log.warning("could not remove %s from %s: %s", address, interface, err)

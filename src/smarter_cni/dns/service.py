@@ -14,7 +14,13 @@ from ..cni.errors import CNIError
 from ..netconf import PLUGIN_TYPES, NetConf, parse_netconf
 from ..paths import DEFAULT_CNI_CONF_DIR, DEFAULT_STATE_DIR
 from . import acl as acl_module
-from .address import DEFAULT_INTERFACE, AddressSetupError, ensure_address, is_local
+from .address import (
+    DEFAULT_INTERFACE,
+    AddressSetupError,
+    ensure_address,
+    is_local,
+    remove_address,
+)
 from .forwarder import DEFAULT_TIMEOUT, parse_upstream, resolv_conf_upstreams
 
 TYPE_CHECKING = False
@@ -194,14 +200,15 @@ def run(args: argparse.Namespace) -> int:
     if not upstreams:
         log.warning("no upstream resolvers (from %s or --upstream): names outside the "
                     "cluster get SERVFAIL", args.resolv_conf)
-    if args.no_address_setup:
-        if not is_local(listen):
-            raise SettingsError(f"{listen} is not an address of this node "
-                                "(drop --no-address-setup to add it)")
-    else:
+    if args.no_address_setup and not is_local(listen):
+        raise SettingsError(f"{listen} is not an address of this node "
+                            "(drop --no-address-setup to add it)")
+    added_to = ""
+    if not args.no_address_setup:
         done = ensure_address(listen, args.interface)
         if done != "present":
             log.info("address %s %s", listen, done)
+            added_to = done.rsplit(" ", 1)[-1]
     raise_file_limit()
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
@@ -236,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
+        if added_to:
+            # Gone with the service: clients fail fast instead of timing out, and
+            # nothing is left on lo when there is no dummy interface to delete.
+            remove_address(listen, added_to)
     log.info("stopped: %s", server.stats)
     return 0
 
