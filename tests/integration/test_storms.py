@@ -27,6 +27,7 @@ from helpers.plugin import SRC, pod_args  # noqa: E402
 sys.path.insert(0, str(SRC))
 from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
 
+pytest_plugins = ("helpers.dockerd",)  # fixtures: dockerd, busybox_image, sandboxes, docker_network
 pytestmark = pytest.mark.root
 
 LONG = os.environ.get("SMARTER_CNI_LONG") == "1"
@@ -182,8 +183,6 @@ def test_concurrent_first_adds_build_one_bridge(plugin, bridge_network, netns, s
 
 
 # ---------------------------------------------------------------- docker mode
-
-pytest_plugins = ("helpers.dockerd",)  # fixtures: dockerd, busybox_image, sandboxes, docker_network
 
 DOCKER_ROUNDS, DOCKER_WIDTH = (10, 64) if LONG else (1, 16)
 
