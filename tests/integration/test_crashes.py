@@ -469,12 +469,17 @@ def test_kill_docker_mode_add(plugin, docker_network, dockerd, sandboxes, state_
     add_time = time.monotonic() - start
     assert plugin("DEL", config, pod.id, pod.netns).ok
     phases: Counter = Counter()
+    window = KillWindow(add_time)
     for i in range(DOCKER_KILLS):
         env = plugin.env("ADD", pod.id, pod.netns, "eth0", pod_args(f"dvictim-{i}"))
-        finished = spawn_and_kill(plugin, env, config, rng.uniform(0, add_time), whole_group=i % 2 == 0)
+        finished = spawn_and_kill(plugin, env, config, window.draw(rng), whole_group=i % 2 == 0)
         state = load_state(state_dir)
         assert_no_duplicates(state)
         record = state["attachments"].get(f"{config['name']}/{pod.id}/eth0")
+        if finished is not None:
+            window.too_late()
+        elif record is None:
+            window.too_early()
         phases["completed" if finished is not None else
                "no record" if record is None else f"record ready={record['ready']}"] += 1
         deleted = plugin("DEL", config, pod.id, pod.netns if i % 3 else "")
@@ -490,5 +495,6 @@ def test_kill_docker_mode_add(plugin, docker_network, dockerd, sandboxes, state_
     assert plugin("DEL", config, resident.id, resident.netns).ok
     assert load_state(state_dir)["attachments"] == {}
     assert not watched.bad, watched.bad[:3]
-    print(f"\ndocker-mode ADD kills: {DOCKER_KILLS} (ADD {add_time * 1000:.0f} ms): {dict(phases)}; "
+    print(f"\ndocker-mode ADD kills: {DOCKER_KILLS} (ADD {add_time * 1000:.0f} ms, window "
+          f"{window.describe()}): {dict(phases)}; "
           f"first-try DEL failures 0, leftovers 0")
