@@ -407,6 +407,8 @@ CASES: list[Case] = [
          config=cfg(runtimeConfig={ANN: {"smarter-cni.io/hostname": 42}}), pod={"hostname": ""}),
     Case("pod-annotations-garbage", "ADD", None, args=pod_args("web"),
          config=cfg(runtimeConfig={ANN: "not a map"}), pod={"hostname": ""}),
+    Case("pod-name-100k", "ADD", None, args=pod_args("p" * 100_000), pod={"name": ""}),
+    Case("config-900k-ok", "ADD", None, config=cfg(padding="x" * 900_000), pod={"name": "web"}),
     Case("pod-runtimeconfig-garbage", "ADD", None, args=pod_args("web"),
          config=cfg(runtimeConfig=["x"]), pod={"name": "web"}),
     Case("add-prevresult-ips-garbage", "ADD", 6, config=prev({"ips": "junk"}), msg="result"),
