@@ -146,7 +146,10 @@ def _adopt_survivors(tx: store.Transaction, conf: NetConf) -> None:
     if not ports:
         return
     try:
-        names = {e.get("nsid"): e.get("name") for e in links.show_json(["netns", "list-id"])}
+        # `ip netns list` (not `list-id`, whose dump stops after ~130 entries) gives each
+        # named netns with the id the host's veths use as link_netnsid
+        names = {e.get("id"): e.get("name") for e in links.show_json(["netns", "list"])
+                 if "id" in e}
         found = {}
         for port in ports:
             info = (links.show_json(["-d", "link", "show", "dev", port]) or [{}])[0]
