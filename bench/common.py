@@ -155,15 +155,16 @@ def cni_env(command: str, bin_dir: Path, container_id: str = "", netns: str = ""
     return env
 
 
-def make_bin_dir(directory: Path, python: str) -> Path:
-    """CNI_PATH: our launcher as `smarter-cni` plus links to the reference plugins."""
+def make_bin_dir(directory: Path, python: str, src: Path = SRC) -> Path:
+    """CNI_PATH: our launcher (running the package under `src`) as `smarter-cni`,
+    plus links to the reference plugins."""
     import sys
 
-    sys.path.insert(0, str(SRC))
+    sys.path.insert(0, str(src))
     from smarter_cni import launcher  # the same file `smarter-cni install` writes
 
     directory.mkdir(parents=True, exist_ok=True)
-    launcher.write(str(directory / "smarter-cni"), python, str(SRC))
+    launcher.write(str(directory / "smarter-cni"), python, str(src))
     for plugin in REFERENCE_PLUGINS.iterdir():
         target = directory / plugin.name
         if not target.exists():

@@ -44,6 +44,11 @@ REQUIRED = ("loopback", "bridge", "host-local")
 
 # ---------------------------------------------------------------- setup
 
+def _git_head() -> str:
+    done = common.sh("git", "-C", str(common.ROOT), "rev-parse", "--short", "HEAD", check=False)
+    return done.stdout.decode().strip() if done.returncode == 0 else ""
+
+
 class Bench:
     """Owns every resource of one run; `cleanup` removes all of them."""
 
@@ -53,7 +58,7 @@ class Bench:
         self.run_id = common.token(6)
         self.state_dir = self.tmp / "state"
         self.state_dir.mkdir(mode=0o700)
-        self.bin_dir = common.make_bin_dir(self.tmp / "bin", args.python)
+        self.bin_dir = common.make_bin_dir(self.tmp / "bin", args.python, args.src)
         self.netns = common.Namespaces(f"scb{self.run_id}")
         self.prefix = 24 if args.pods <= 250 else 22
         try:
@@ -81,6 +86,7 @@ class Bench:
         self.docker: DockerSide | None = None
         self.results: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv),
                                         "pods": args.pods, "python": args.python,
+                                        "src": str(args.src), "git_head": _git_head(),
                                         "subnets": dict(zip("ABC", subnets))}
 
     def _reference(self, bridge: str, subnet: str, masq: bool) -> dict[str, Any]:
@@ -125,7 +131,7 @@ class Bench:
         problems += self.netns.cleanup()
         os.environ["SMARTER_CNI_STATE_DIR"] = str(self.state_dir)
         try:
-            sys.path.insert(0, str(common.SRC))
+            sys.path.insert(0, str(self.args.src))
             from smarter_cni.dataplane import bridge
             from smarter_cni.netconf import parse_netconf
 
@@ -381,11 +387,11 @@ class DockerSide:
         return []
 
 
-def docker_available() -> str:
+def docker_available(src: Path) -> str:
     """'' when docker mode can be measured, else the reason it cannot."""
-    if not (common.SRC / "smarter_cni" / "dataplane" / "docker_mode.py").exists():
+    if not (src / "smarter_cni" / "dataplane" / "docker_mode.py").exists():
         return "smarter_cni.dataplane.docker_mode does not exist yet"
-    sys.path.insert(0, str(common.SRC))
+    sys.path.insert(0, str(src))
     try:
         import importlib
 
@@ -401,7 +407,7 @@ def docker_available() -> str:
 
 
 def docker_mode(bench: Bench, spaces: list[str]) -> dict[str, Any]:
-    reason = docker_available()
+    reason = docker_available(bench.args.src)
     if reason:
         return {"skipped": reason}
     count = min(bench.args.docker_pods, len(spaces))
@@ -522,6 +528,7 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
     m = results["machine"]
     lines.append(f"smarter-cni plugin bench — {m['date_utc']}, nproc {m['nproc']}, "
                  f"kernel {m['kernel']}, {m['cpu']}, {results['pods']} pods, python {results['python']}")
+    lines.append(f"plugin from {results.get('src')} (checkout at {results.get('git_head')})")
     lines.append(f"load average at start {m['loadavg_start']}, at end {results.get('loadavg_end')} "
                  "(other work on the machine inflates every number; compare ratios)")
     seq = results["sequential"]
@@ -652,11 +659,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="on a shared machine: set the CPU weight of this session's "
                              "scheduler autogroup to NICE (e.g. -10) for the run, so other "
                              "sessions' load distorts less; restored afterwards")
+    parser.add_argument("--src", type=Path, default=common.SRC,
+                        help="directory holding the smarter_cni package to measure (default: this "
+                             "checkout's src/; e.g. a `git archive` snapshot while others edit)")
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON")
     parser.add_argument("--append-results", metavar="MD",
                         help="append the command and the printed report to this markdown file "
                              "(bench/RESULTS.md)")
     args = parser.parse_args(argv)
+    args.src = args.src.resolve()
+    if not (args.src / "smarter_cni" / "launcher.py").exists():
+        parser.error(f"--src {args.src} holds no smarter_cni package")
     if args.quick:
         args.pods = min(args.pods, 6) if "--pods" in argv else 6
         args.rounds = 1
