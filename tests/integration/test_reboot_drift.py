@@ -74,7 +74,8 @@ def test_state_wiped_with_stale_pods_left(plugin, bridge_network, netns, state_d
     """State lost while the bridge and old pods remain: new ADDs work on the same bridge and
     never get a surviving pod's address, and the runtime's DELs of the old pods (which the
     plugin no longer knows) clean them up and free their addresses."""
-    config = bridge_network
+    # Six addresses (.2-.7): the last three ADDs can only succeed if the survivors' are free.
+    config = dict(bridge_network, rangeEnd=bridge_network["subnet"].replace(".0/24", ".7"))
     old = add_pods(plugin, config, netns, 3, "old")
     index = Path(f"/sys/class/net/{config['bridge']}/ifindex").read_text()
     rules = firewall_lines(config)

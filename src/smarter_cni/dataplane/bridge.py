@@ -93,6 +93,10 @@ def teardown_network(conf: NetConf) -> None:
 def add(request: Request, conf: NetConf) -> Result:
     key = store.attachment_key(conf.name, request.container_id, request.ifname)
     host = host_ifname(request.container_id, request.ifname)
+    previous = _previous_result(request)  # a garbage prevResult fails before any work
+    # Outside the lock: an API lookup of the hostname must not hold up other pods.
+    pod = registry.pod_identity(request.pod_name, request.pod_namespace,
+                                request.args.get("K8S_POD_UID", ""), pod_hostname(request, conf))
     with store.Transaction() as tx:
         existing = tx.attachments.get(key)
         if existing and links.exists(existing.get("host_ifname", host)):
@@ -111,7 +115,7 @@ def add(request: Request, conf: NetConf) -> Result:
         else:
             address = _reserve(tx, conf, key, existing)
             prefix, gateway = conf.prefix, conf.gateway
-        record = _new_record(request, conf, host, address, prefix, gateway)
+        record = _new_record(request, conf, host, address, prefix, gateway, pod)
         tx.attachments[key] = record
         tx.dirty = True
     try:
@@ -120,7 +124,7 @@ def add(request: Request, conf: NetConf) -> Result:
             record["ips"] = [address_text(address, prefix)]
             record["gateway"] = ipv4.to_text(gateway)
         result = _plumb(request, conf, host, address, prefix, gateway)
-        result = _after_previous(request, result)
+        result = _after_previous(previous, result)
     except BaseException:
         _undo_add(request, conf, key, host)
         raise
@@ -182,7 +186,7 @@ def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | No
         if record.get("network") == conf.name:
             for cidr in record.get("ips") or []:
                 taken.add(ipv4.to_int(cidr.split("/")[0]))
-    last = tx.networks.get(conf.name, {}).get("last_reserved")
+    last = tx.state.get("last_reserved", {}).get(conf.name)
     address = next_free(conf.range_start, conf.range_end, taken,
                         ipv4.to_int(last) if last else None)
     if address is None:
@@ -190,11 +194,12 @@ def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | No
                        f"no free address left in {ipv4.to_text(conf.range_start)}-"
                        f"{ipv4.to_text(conf.range_end)} on network {conf.name} "
                        f"({len(taken) - 1} in use); delete pods or widen the subnet/range")
+    tx.state.setdefault("last_reserved", {})[conf.name] = ipv4.to_text(address)
     return address
 
 
 def _new_record(request: Request, conf: NetConf, host: str, address: int, prefix: int,
-                gateway: int) -> dict[str, Any]:
+                gateway: int, pod: dict[str, str]) -> dict[str, Any]:
     return {
         "network": conf.name,
         "mode": "bridge",
@@ -204,9 +209,7 @@ def _new_record(request: Request, conf: NetConf, host: str, address: int, prefix
         "host_ifname": host,
         "ips": [address_text(address, prefix)] if address else [],
         "gateway": ipv4.to_text(gateway),
-        "pod": registry.pod_identity(request.pod_name, request.pod_namespace,
-                                     request.args.get("K8S_POD_UID", ""),
-                                     pod_hostname(request, conf)),
+        "pod": pod,
         "domain": conf.domain,
         "ready": False,
         "created": round(time.time(), 3),
@@ -273,14 +276,19 @@ def _plumb(request: Request, conf: NetConf, host: str, address: int, prefix: int
     return result
 
 
-def _after_previous(request: Request, result: Result) -> Result:
-    """Keep what earlier plugins in the chain reported, ours appended after it."""
+def _previous_result(request: Request) -> Result | None:
     prev = request.config.get("prevResult")
-    if not prev:
-        return result
+    if prev is None:
+        return None
     from ..cni.result import from_dict
 
-    merged = from_dict(prev)
+    return from_dict(prev)
+
+
+def _after_previous(merged: Result | None, result: Result) -> Result:
+    """Keep what earlier plugins in the chain reported, ours appended after it."""
+    if merged is None:
+        return result
     offset = len(merged.interfaces)
     for ip in result.ips:
         if ip.interface is not None:
