@@ -132,7 +132,7 @@ def records(state_dir) -> dict:
 
 def test_connect_answer_lost_is_undone(plugin, net, sandboxes, dockerd, proxy, state_dir):
     pod = sandboxes.create("slow-connect")
-    config = dict(net, dockerSocket=proxy(b"/connect", "trigger"), dockerTimeout=2)
+    config = dict(net, dockerSocket=proxy(b"/connect", "trigger"), dockerTimeout=2, dockerConnectTimeout=2)
     start = time.monotonic()
     out = plugin("ADD", config, pod.id, pod.netns, args=pod_args("slow-connect"))
     elapsed = time.monotonic() - start
@@ -147,7 +147,7 @@ def test_connect_answer_lost_is_undone(plugin, net, sandboxes, dockerd, proxy, s
 def test_wedged_for_good_leaves_a_record_that_del_cleans(plugin, net, sandboxes, dockerd,
                                                           proxy, state_dir):
     pod = sandboxes.create("wedged-for-good")
-    config = dict(net, dockerSocket=proxy(b"/connect", "all"), dockerTimeout=2)
+    config = dict(net, dockerSocket=proxy(b"/connect", "all"), dockerTimeout=2, dockerConnectTimeout=2)
     out = plugin("ADD", config, pod.id, pod.netns, args=pod_args("wedged-for-good"))
     assert out.code == 11, out
     # Connected by dockerd, unknown to the plugin: kept as a not-ready record.

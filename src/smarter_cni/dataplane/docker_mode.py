@@ -39,16 +39,24 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 5.0   # the whole plugin run's budget for dockerd (config "dockerTimeout")
 CLEANUP_TIMEOUT = 2.0   # extra budget to undo a half-done ADD after the main one ran out
+# Once dockerd has answered, the connect itself may queue behind a burst of other
+# connects (64 at once take 6-8 s here): a live dockerd gets this long (config
+# "dockerConnectTimeout"); a dead or wedged one is still caught by dockerTimeout.
+DEFAULT_CONNECT_TIMEOUT = 30.0
 MANAGED_LABEL = "io.smarter-cni.managed"
+
+
+def _seconds(conf: NetConf, key: str, default: float) -> float:
+    value = conf.raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 300:
+        raise CNIError(INVALID_NETWORK_CONFIG,
+                       f"invalid network config: {key} must be seconds in (0, 300]")
+    return float(value)
 
 
 def client(conf: NetConf, timeout: float | None = None) -> DockerClient:
     if timeout is None:
-        value = conf.raw.get("dockerTimeout", DEFAULT_TIMEOUT)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 300:
-            raise CNIError(INVALID_NETWORK_CONFIG,
-                           "invalid network config: dockerTimeout must be seconds in (0, 300]")
-        timeout = float(value)
+        timeout = _seconds(conf, "dockerTimeout", DEFAULT_TIMEOUT)
     return DockerClient(conf.docker_socket, timeout)
 
 
@@ -56,6 +64,7 @@ def client(conf: NetConf, timeout: float | None = None) -> DockerClient:
 
 def add(request: Request, conf: NetConf) -> Result:
     docker = client(conf)
+    connect_budget = _seconds(conf, "dockerConnectTimeout", DEFAULT_CONNECT_TIMEOUT)
     container = find_sandbox(docker, request)
     if container is None:
         raise CNIError(UNKNOWN_CONTAINER,
@@ -75,6 +84,7 @@ def add(request: Request, conf: NetConf) -> Result:
             tx.attachments[key] = record
             tx.dirty = True
         try:
+            docker.extend(connect_budget)  # dockerd is alive: let the connect queue
             endpoint = _connect(docker, conf, container, aliases)
         except BaseException:
             _undo_add(docker, conf, key, docker_id)
