@@ -22,10 +22,9 @@ from ..cni.errors import (
     CNIError,
 )
 from ..cni.result import Interface, IPConfig, Result, Route
-from ..ipam import delegate
 from ..ipam.allocator import next_free
 from ..run import find_program, run
-from . import firewall, links
+from . import links
 from .names import address_text, host_ifname, pod_mac, random_mac
 
 TYPE_CHECKING = False
@@ -34,6 +33,20 @@ if TYPE_CHECKING:
 
     from ..cni.request import Request
     from ..netconf import NetConf
+
+
+def _firewall() -> Any:
+    """Imported on first use: a pod's ADD on a ready network never needs it."""
+    from . import firewall
+
+    return firewall
+
+
+def _delegate() -> Any:
+    """Imported on first use: only configs with an `ipam` plugin need it."""
+    from ..ipam import delegate
+
+    return delegate
 
 
 # ---------------------------------------------------------------- the network
@@ -60,7 +73,7 @@ def setup_network(conf: NetConf) -> None:
                        f"{conf.bridge} exists but is not a bridge; choose another \"bridge\" name")
     _correct_bridge_address(conf)
     links.batch([f"link set {conf.bridge} up"], what=f"bring {conf.bridge} up")
-    firewall.ensure(conf)
+    _firewall().ensure(conf)
 
 
 def _correct_bridge_address(conf: NetConf) -> None:
@@ -81,7 +94,7 @@ def _correct_bridge_address(conf: NetConf) -> None:
 
 def teardown_network(conf: NetConf) -> None:
     """Remove the bridge, its rules and the network's records (for uninstall and tests)."""
-    firewall.teardown(conf)
+    _firewall().teardown(conf)
     links.delete(conf.bridge)
     with store.Transaction() as tx:
         if tx.networks.pop(conf.name, None) is not None:
@@ -242,7 +255,7 @@ def pod_hostname(request: Request, conf: NetConf) -> str:
 
 
 def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int]:
-    result = delegate.add(request, conf.delegated_ipam or "")
+    result = _delegate().add(request, conf.delegated_ipam or "")
     ip = next(ip for ip in result.ips if ":" not in ip.address)
     try:
         address, prefix = ipv4.parse_cidr(ip.address, strict=False)
@@ -308,7 +321,7 @@ def _undo_add(request: Request, conf: NetConf, key: str, host: str) -> None:
         pass
     if conf.delegated_ipam:
         try:
-            delegate.delete(request, conf.delegated_ipam)
+            _delegate().delete(request, conf.delegated_ipam)
         except CNIError:
             pass
     with store.Transaction() as tx:
@@ -324,7 +337,7 @@ def delete(request: Request, conf: NetConf) -> None:
     record = store.load()["attachments"].get(key) or {}
     links.delete(record.get("host_ifname") or host_ifname(request.container_id, request.ifname))
     if conf.delegated_ipam:
-        delegate.delete(request, conf.delegated_ipam)
+        _delegate().delete(request, conf.delegated_ipam)
     if record:
         with store.Transaction() as tx:
             if tx.attachments.pop(key, None) is not None:
@@ -352,9 +365,9 @@ def check(request: Request, conf: NetConf) -> None:
     if not links.exists(conf.bridge):
         problems.append(f"bridge {conf.bridge} is missing")
     problems += _check_pod_side(request, expected)
-    problems += firewall.present(conf)
+    problems += _firewall().present(conf)
     if conf.delegated_ipam:
-        delegate.check(request, conf.delegated_ipam)
+        _delegate().check(request, conf.delegated_ipam)
     if problems:
         raise CNIError(CHECK_FAILED, f"CHECK failed for {request.container_id[:12]}/"
                        f"{request.ifname}: " + "; ".join(problems))
@@ -394,7 +407,7 @@ def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
         links.delete(record.get("host_ifname", ""))
     if conf.delegated_ipam:
         stale = [(r.get("container_id", ""), r.get("ifname", "")) for r in doomed.values()]
-        delegate.gc(request, conf.delegated_ipam, stale)
+        _delegate().gc(request, conf.delegated_ipam, stale)
     if doomed:
         with store.Transaction() as tx:
             for key in doomed:
@@ -409,7 +422,7 @@ def status(request: Request, conf: NetConf) -> None:
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"{program} is not installed "
                            "(apt-get install iproute2 util-linux)")
     try:
-        firewall.backend()
+        _firewall().backend()
     except CNIError as err:
         raise CNIError(PLUGIN_NOT_AVAILABLE, err.msg) from None
     try:
@@ -425,6 +438,6 @@ def status(request: Request, conf: NetConf) -> None:
                            f"({used} pods)")
     else:
         try:
-            delegate.status(request, conf.delegated_ipam)
+            _delegate().status(request, conf.delegated_ipam)
         except CNIError as err:
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"IPAM plugin {conf.delegated_ipam}: {err.msg}") from None
