@@ -62,7 +62,7 @@ class Bench:
         self.netns = common.Namespaces(f"scb{self.run_id}")
         self.prefix = 24 if args.pods <= 250 else 22
         try:
-            subnets = common.free_subnets(3, self.prefix)
+            subnets = common.free_subnets(4 if args.candidate_src else 3, self.prefix)
         except RuntimeError:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
@@ -80,14 +80,33 @@ class Bench:
                        [{"type": "loopback"}, self._reference(f"scbC{self.run_id}", subnets[2], False)],
                        self.bin_dir),
         }
-        self.bridges = [self.smarter_conf["bridge"], f"scbB{self.run_id}", f"scbC{self.run_id}"]
+        self.bridges = {"A": self.smarter_conf["bridge"], "B": f"scbB{self.run_id}",
+                        "C": f"scbC{self.run_id}"}
+        if args.candidate_src:
+            # N: the same plugin from another source tree (a change under evaluation)
+            self.candidate_state = self.tmp / "state-candidate"
+            self.candidate_state.mkdir(mode=0o700)
+            candidate_bin = self.tmp / "bin-candidate"
+            candidate_bin.mkdir()
+            sys.path.insert(0, str(common.SRC))
+            from smarter_cni import launcher
+
+            launcher.write(str(candidate_bin / "smarter-cni"), args.python, str(args.candidate_src))
+            (candidate_bin / "loopback").symlink_to(common.REFERENCE_PLUGINS / "loopback")
+            self.candidate_conf = {"type": "smarter-cni", "bridge": f"scbN{self.run_id}",
+                                   "subnet": subnets[3]}
+            self.chains["N"] = Chain("candidate", f"scb-n-{self.run_id}",
+                                     [{"type": "loopback"}, self.candidate_conf], candidate_bin,
+                                     {"SMARTER_CNI_STATE_DIR": str(self.candidate_state)})
+            self.bridges["N"] = self.candidate_conf["bridge"]
         # live attachments: (chain key, container id) -> (netns, prevResult)
         self.live: dict[tuple[str, str], tuple[str, Any]] = {}
         self.docker: DockerSide | None = None
         self.results: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv),
                                         "pods": args.pods, "python": args.python,
                                         "src": str(args.src), "git_head": _git_head(),
-                                        "subnets": dict(zip("ABC", subnets))}
+                                        "candidate_src": str(args.candidate_src or ""),
+                                        "subnets": dict(zip("ABCN", subnets))}
 
     def _reference(self, bridge: str, subnet: str, masq: bool) -> dict[str, Any]:
         conf: dict[str, Any] = {"type": "bridge", "bridge": bridge, "isGateway": True,
@@ -129,24 +148,26 @@ class Bench:
         if self.docker is not None:
             problems += self.docker.cleanup()
         problems += self.netns.cleanup()
-        os.environ["SMARTER_CNI_STATE_DIR"] = str(self.state_dir)
-        try:
-            sys.path.insert(0, str(self.args.src))
-            from smarter_cni.dataplane import bridge
-            from smarter_cni.netconf import parse_netconf
+        networks = [(self.state_dir, self.smarter_conf, self.chains["A"].name)]
+        if "N" in self.chains:
+            networks.append((self.candidate_state, self.candidate_conf, self.chains["N"].name))
+        sys.path.insert(0, str(self.args.src))
+        for state_dir, conf, name in networks:
+            os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
+            try:
+                from smarter_cni.dataplane import bridge
+                from smarter_cni.netconf import parse_netconf
 
-            bridge.teardown_network(parse_netconf(
-                dict(self.smarter_conf, name=self.chains["A"].name, cniVersion="1.0.0")))
-        except Exception as err:
-            problems.append(f"smarter-cni teardown_network: {err}")
-        finally:
-            del os.environ["SMARTER_CNI_STATE_DIR"]
-        for bridge_name in self.bridges:
+                bridge.teardown_network(parse_netconf(dict(conf, name=name, cniVersion="1.0.0")))
+            except Exception as err:
+                problems.append(f"smarter-cni teardown_network {name}: {err}")
+            finally:
+                del os.environ["SMARTER_CNI_STATE_DIR"]
+        for bridge_name in self.bridges.values():
             common.delete_link(bridge_name)
             if os.path.exists(f"/sys/class/net/{bridge_name}"):
                 problems.append(f"bridge {bridge_name} is still there")
-        leftover = common.purge_iptables(f"scb-b-{self.run_id}") + common.purge_iptables(
-            f"scb-c-{self.run_id}") + common.purge_iptables(f"scb-a-{self.run_id}")
+        leftover = sum(common.purge_iptables(f"scb-{k}-{self.run_id}") for k in "abcn")
         if leftover:
             problems.append(f"removed {leftover} leftover iptables rules")
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -168,15 +189,15 @@ def sequential(bench: Bench, keys: list[str]) -> dict[str, Any]:
     del_t: dict[str, list[float]] = {k: [] for k in keys}
     add_cpu: dict[str, list[float]] = {k: [] for k in keys}
     del_cpu: dict[str, list[float]] = {k: [] for k in keys}
-    ids = [f"seq{bench.run_id}{i:05d}" for i in range(pods)]
+    ids = {k: [f"seq{k}{bench.run_id}{i:05d}" for i in range(pods)] for k in keys}
     for i in range(pods):
         for key in (keys if i % 2 == 0 else keys[::-1]):
-            wall, cpu, _ = bench.add(key, ids[i], spaces[key][i])
+            wall, cpu, _ = bench.add(key, ids[key][i], spaces[key][i])
             add_t[key].append(wall)
             add_cpu[key].append(cpu)
     for i in range(pods):
         for key in (keys if i % 2 == 0 else keys[::-1]):
-            wall, cpu = bench.delete(key, ids[i])
+            wall, cpu = bench.delete(key, ids[key][i])
             del_t[key].append(wall)
             del_cpu[key].append(cpu)
     tenth = max(1, pods // 10)
@@ -202,7 +223,7 @@ def concurrent(bench: Bench, keys: list[str], spaces: dict[str, list[str]],
                     "add_lat": [], "del_lat": [], "add_cpu": 0.0, "del_cpu": 0.0}
     for rnd in range(rounds):
         for key in (keys if rnd % 2 == 0 else keys[::-1]):
-            ids = [f"c{workers}r{rnd}{bench.run_id}{i:05d}" for i in range(pods)]
+            ids = [f"c{workers}r{rnd}{key}{bench.run_id}{i:05d}" for i in range(pods)]
             results: dict[str, Any] = {}
             lat_add: list[float] = []
 
@@ -231,10 +252,10 @@ def concurrent(bench: Bench, keys: list[str], spaces: dict[str, list[str]],
             if len(addresses) != pods or "" in addresses:
                 dupes.append(f"{pods - len([a for a in addresses if a])} pods without an address")
             host_links = [n for r in results.values() for n in common.host_ifnames(r)
-                          if n not in bench.bridges]
+                          if n not in bench.bridges.values()]
             del_wall = _pool(workers, del_one, pods)
             leftover = [n for n in host_links if os.path.exists(f"/sys/class/net/{n}")]
-            bridge = bench.bridges["ABC".index(key)]
+            bridge = bench.bridges[key]
             leftover += [f"{bridge} port {p}" for p in common.bridge_ports(bridge)]
             slot = out[key]
             slot["add_wall"] += add_wall
@@ -532,7 +553,8 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
     lines.append(f"load average at start {m['loadavg_start']}, at end {results.get('loadavg_end')} "
                  "(other work on the machine inflates every number; compare ratios)")
     seq = results["sequential"]
-    labels = {"A": "smarter-cni", "B": "reference (bridge+host-local, ipMasq)",
+    labels = {"A": "smarter-cni", "N": "candidate (--candidate-src)",
+              "B": "reference (bridge+host-local, ipMasq)",
               "C": "reference, no ipMasq", "D": "smarter-cni docker mode"}
     lines.append("\n1. Sequential latency per pod, whole chain incl. loopback (ms)")
     for op in ("add", "del"):
@@ -633,6 +655,18 @@ def ratios_of(results: dict[str, Any]) -> list[dict[str, Any]]:
         for op in ("add", "del"):
             row(f"{workers}-concurrent {op.upper()} pods/s", data["A"][f"{op}_pods_per_s"],
                 data["B"][f"{op}_pods_per_s"], data["C"][f"{op}_pods_per_s"])
+    if "N" in seq["add"]:  # the candidate source tree, against the same reference runs
+        for op in ("add", "del"):
+            for stat in ("median", "p99"):
+                row(f"candidate {op.upper()} {stat}", seq[op]["N"][stat], seq[op]["B"][stat],
+                    seq[op]["C"][stat])
+            row(f"candidate {op.upper()} CPU time median", seq[f"{op}_cpu"]["N"]["median"],
+                seq[f"{op}_cpu"]["B"]["median"], seq[f"{op}_cpu"]["C"]["median"])
+        data = results["concurrency"].get("16")
+        if data:
+            for op in ("add", "del"):
+                row(f"candidate 16-concurrent {op.upper()} pods/s", data["N"][f"{op}_pods_per_s"],
+                    data["B"][f"{op}_pods_per_s"], data["C"][f"{op}_pods_per_s"])
     rss = results["footprint"]["maxrss_kb"]
     if "smarter-cni ADD" in rss and "bridge ADD" in rss:
         row("peak RSS of one ADD", rss["smarter-cni ADD"], rss["bridge ADD"], float("nan"))
@@ -662,6 +696,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--src", type=Path, default=common.SRC,
                         help="directory holding the smarter_cni package to measure (default: this "
                              "checkout's src/; e.g. a `git archive` snapshot while others edit)")
+    parser.add_argument("--candidate-src", type=Path, default=None, metavar="DIR",
+                        help="also measure the plugin from this source tree (a change under "
+                             "evaluation) as chain N, interleaved with the others")
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON")
     parser.add_argument("--append-results", metavar="MD",
                         help="append the command and the printed report to this markdown file "
@@ -670,6 +707,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.src = args.src.resolve()
     if not (args.src / "smarter_cni" / "launcher.py").exists():
         parser.error(f"--src {args.src} holds no smarter_cni package")
+    if args.candidate_src is not None:
+        args.candidate_src = args.candidate_src.resolve()
+        if not (args.candidate_src / "smarter_cni" / "plugin.py").exists():
+            parser.error(f"--candidate-src {args.candidate_src} holds no smarter_cni package")
     if args.quick:
         args.pods = min(args.pods, 6) if "--pods" in argv else 6
         args.rounds = 1
@@ -730,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    keys = ["A", "B", "C"]
+    keys = ["A", "B", "C"] + (["N"] if args.candidate_src else [])
     try:
         bench = Bench(args)
     except (RuntimeError, OSError, subprocess.SubprocessError) as err:
