@@ -66,7 +66,6 @@ class Bench:
         except RuntimeError:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
-        self.nets: dict[str, dict[str, Any]] = {}
         pod_args_env = {"SMARTER_CNI_STATE_DIR": str(self.state_dir)}
         self.smarter_conf = {"type": "smarter-cni", "bridge": f"scbA{self.run_id}",
                              "subnet": subnets[0]}
