@@ -222,3 +222,37 @@ def test_a_changed_subnet_replaces_the_old_rules_and_bridge_address(plugin, brid
     addrs = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge_network["bridge"]],
                            capture_output=True, text=True).stdout
     assert new.replace(".128/25", ".129/25") in addrs and old.replace(".0/24", ".1/24") not in addrs
+
+
+@pytest.mark.parametrize("tool", ["netlink", "iproute2"])
+def test_both_data_plane_paths_build_the_same_pod(plugin, bridge_network, netns, tool):
+    """ADD talks rtnetlink directly; where it cannot (no _ctypes, no setns) it falls back
+    to `ip`. Both must give the same pod."""
+    extra = {"SMARTER_CNI_USE_IPROUTE2": "1"} if tool == "iproute2" else {}
+    pods = []
+    for name in ("one", "two"):
+        ns, path = netns.create()
+        added = plugin("ADD", bridge_network, f"ctr-{name}", path, extra=extra)
+        assert added.ok, added
+        pods.append((ns, path, added.json, f"ctr-{name}"))
+    for ns, path, result, container in pods:
+        host_if = result["interfaces"][0]["name"]
+        assert _pod_address(ns) == result["ips"][0]["address"]
+        (link,) = _ip_json(ns, "link", "show", "eth0")
+        assert link["address"] == result["interfaces"][1]["mac"] and "UP" in link["flags"]
+        assert link["mtu"] == 1500
+        (lo,) = _ip_json(ns, "link", "show", "lo")
+        assert "UP" in lo["flags"]
+        routes = _ip_json(ns, "-4", "route", "show", "default")
+        assert routes[0]["gateway"] == result["ips"][0]["gateway"] and routes[0]["dev"] == "eth0"
+        details = json.loads(subprocess.run(["ip", "-j", "-d", "link", "show", host_if],
+                                            capture_output=True, text=True).stdout)[0]
+        assert details["master"] == bridge_network["bridge"] and "UP" in details["flags"]
+        assert details["linkinfo"]["info_slave_data"]["hairpin"] is True
+        checked = plugin("CHECK", dict(bridge_network, prevResult=result), container, path,
+                         extra=extra)
+        assert checked.ok, checked
+    assert _ping(pods[0][0], pods[1][2]["ips"][0]["address"].split("/")[0])
+    for _, path, result, container in pods:
+        assert plugin("DEL", bridge_network, container, path, extra=extra).ok
+        assert not link_exists(result["interfaces"][0]["name"])

@@ -171,6 +171,12 @@ def snapshot(node: Node, extra_tokens: list[str]) -> dict[str, Any]:
     return snap
 
 
+def _without_last_reserved(snap: dict) -> dict:
+    state = json.loads(snap["state file"])
+    state.pop("last_reserved", None)
+    return dict(snap, **{"state file": json.dumps(state, sort_keys=True)})
+
+
 def assert_unchanged(before: dict, after: dict, what: str) -> None:
     changed = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
     assert not changed, f"{what} changed the node: {changed}"
@@ -484,6 +490,11 @@ def _judge(node: Node, case: Case, container_id: str, tokens: list[str], env: di
             _check_added(node, case, container_id, result)
             deleted = node.runner.exec("smarter-cni", dict(env, CNI_COMMAND="DEL"), config)
             assert deleted.ok, deleted
+            # A successful ADD moves the allocator on (freed addresses are reused last);
+            # everything else must be as it was.
+            before, after = _without_last_reserved(before), _without_last_reserved(snapshot(node, tokens))
+            assert_unchanged(before, after, f"{case.id} (and its DEL)")
+            return
         assert_unchanged(before, snapshot(node, tokens), f"{case.id} (and its DEL)")
         return
 

@@ -123,6 +123,7 @@ def add(request: Request, conf: NetConf) -> Result:
             setup_network(conf)
             tx.networks[conf.name] = _network_marker(conf)
             tx.dirty = True
+        last_before = tx.state.get("last_reserved", {}).get(conf.name)
         if conf.delegated_ipam:
             address, prefix, gateway = 0, 0, conf.gateway
         else:
@@ -139,7 +140,7 @@ def add(request: Request, conf: NetConf) -> Result:
         result = _plumb(request, conf, host, address, prefix, gateway)
         result = _after_previous(previous, result)
     except BaseException:
-        _undo_add(request, conf, key, host)
+        _undo_add(request, conf, key, host, last_before)
         raise
     with store.Transaction() as tx:
         record["ready"] = True
@@ -269,15 +270,10 @@ def _plumb(request: Request, conf: NetConf, host: str, address: int, prefix: int
            gateway: int) -> Result:
     peer_mac = pod_mac(address)
     host_mac = random_mac()
-    links.create_veth(host, request.ifname, request.netns, peer_mac, host_mac, conf.mtu,
-                      conf.bridge, conf.hairpin)
     gateway_text = ipv4.to_text(gateway)
-    links.batch([
-        "link set lo up",
-        f"addr add {address_text(address, prefix)} dev {request.ifname}",
-        f"link set {request.ifname} up",
-        f"route add default via {gateway_text} dev {request.ifname}",
-    ], netns=request.netns, what=f"configure {request.ifname} in {request.netns}")
+    links.plumb_pod(links.PodLink(host, host_mac, request.ifname, peer_mac, request.netns,
+                                  conf.mtu, conf.bridge, conf.hairpin),
+                    ipv4.to_text(address), prefix, gateway_text)
     result = Result()
     result.interfaces = [
         Interface(host, host_mac, mtu=conf.mtu),
@@ -313,8 +309,9 @@ def _after_previous(merged: Result | None, result: Result) -> Result:
     return merged
 
 
-def _undo_add(request: Request, conf: NetConf, key: str, host: str) -> None:
-    """Leave nothing half-configured behind a failed ADD."""
+def _undo_add(request: Request, conf: NetConf, key: str, host: str,
+              last_before: str | None) -> None:
+    """Leave nothing behind a failed ADD, the allocator's position included."""
     try:
         links.delete(host)
     except CNIError:
@@ -326,6 +323,15 @@ def _undo_add(request: Request, conf: NetConf, key: str, host: str) -> None:
             pass
     with store.Transaction() as tx:
         if tx.attachments.pop(key, None) is not None:
+            tx.dirty = True
+        positions = tx.state.get("last_reserved", {})
+        if positions.get(conf.name) != last_before:
+            if last_before is None:
+                positions.pop(conf.name, None)
+            else:
+                positions[conf.name] = last_before
+            if not positions:
+                tx.state.pop("last_reserved", None)
             tx.dirty = True
 
 

@@ -7,6 +7,7 @@ import os
 from ..cni import jsonfast
 from ..cni.errors import DATAPLANE_FAILURE, INTERFACE_EXISTS, CNIError
 from ..run import check, run
+from . import netlink
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ def master_of(name: str) -> str:
 
 
 NAMED_NETNS_DIRS = ("/var/run/netns", "/run/netns")
+# Set (to anything) to do without rtnetlink: tests run both paths.
+FORCE_IPROUTE2 = "SMARTER_CNI_USE_IPROUTE2"
 
 
 def ip_argv(netns: str = "") -> list[str]:
@@ -56,8 +59,17 @@ def batch(lines: Sequence[str], netns: str = "", what: str = "") -> None:
 
 def delete(name: str) -> bool:
     """Delete a link if present; True when something was removed."""
-    if not exists(name):
+    if not name or not exists(name):
         return False
+    if not os.environ.get(FORCE_IPROUTE2):
+        try:
+            sock = netlink.host_socket()
+            try:
+                return sock.delete_link(name)
+            finally:
+                sock.close()
+        except (netlink.NetlinkUnavailable, OSError):
+            pass  # iproute2 below reports the reason
     done = run(["ip", "link", "del", name])
     if done.returncode != 0 and exists(name):
         raise CNIError(DATAPLANE_FAILURE, f"cannot delete link {name}: {done.error_text}")
@@ -73,12 +85,78 @@ def show_json(args: Sequence[str], netns: str = "") -> Any:
     return jsonfast.loads(text) if text else []
 
 
-def create_veth(host: str, peer: str, netns: str, peer_mac: str, host_mac: str, mtu: int,
-                bridge: str, hairpin: bool) -> None:
-    """Create the pair with the peer born inside `netns`, then enslave the host end."""
-    if exists(host):
-        raise CNIError(INTERFACE_EXISTS, f"host interface {host} already exists; "
+class PodLink:
+    """The veth pair of one pod: host end on the bridge, peer inside the pod's netns."""
+
+    __slots__ = ("host", "host_mac", "peer", "peer_mac", "netns", "mtu", "bridge", "hairpin")
+
+    def __init__(self, host: str, host_mac: str, peer: str, peer_mac: str, netns: str, mtu: int,
+                 bridge: str, hairpin: bool) -> None:
+        self.host, self.host_mac, self.peer, self.peer_mac = host, host_mac, peer, peer_mac
+        self.netns, self.mtu, self.bridge, self.hairpin = netns, mtu, bridge, hairpin
+
+
+def plumb_pod(link: PodLink, address: str, prefix: int, gateway: str) -> None:
+    """The pair, the pod's address and default route, lo up: over rtnetlink when this
+    Python can (no exec at all), else with two `ip -batch` execs."""
+    if exists(link.host):
+        raise CNIError(INTERFACE_EXISTS, f"host interface {link.host} already exists; "
                        "the runtime must DEL this container before adding it again")
+    if not os.environ.get(FORCE_IPROUTE2):
+        try:
+            _plumb_netlink(link, address, prefix, gateway)
+            return
+        except netlink.NetlinkUnavailable:
+            pass
+    create_veth(link)
+    batch([
+        "link set lo up",
+        f"addr add {address}/{prefix} dev {link.peer}",
+        f"link set {link.peer} up",
+        f"route add default via {gateway} dev {link.peer}",
+    ], netns=link.netns, what=f"configure {link.peer} in {link.netns}")
+
+
+def _plumb_netlink(link: PodLink, address: str, prefix: int, gateway: str) -> None:
+    netns_fd = os.open(link.netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        host = netlink.host_socket()
+        try:
+            pod = netlink.pod_socket(netns_fd)  # NetlinkUnavailable here: nothing changed yet
+            try:
+                try:
+                    host.create_veth(link.host, link.host_mac, link.peer, link.peer_mac, netns_fd,
+                                     link.mtu, ifindex(link.bridge))
+                except OSError as err:
+                    if err.errno == 17:  # EEXIST: the host name was free, so the pod's is taken
+                        raise CNIError(INTERFACE_EXISTS, f"interface {link.peer} already exists in "
+                                       f"{link.netns}; a runtime must not ADD the same interface "
+                                       "twice") from None
+                    raise CNIError(DATAPLANE_FAILURE, f"cannot create veth {link.host}/{link.peer}: "
+                                   f"{err.strerror}") from None
+                try:
+                    if link.hairpin:
+                        host.set_hairpin(ifindex(link.host))
+                    index = pod.ifindex(link.peer)
+                    pod.set_up(1)  # lo is ifindex 1 in every netns
+                    pod.add_ipv4(index, address, prefix)
+                    pod.set_up(index)
+                    pod.add_default_route(index, gateway)
+                except OSError as err:
+                    raise CNIError(DATAPLANE_FAILURE, f"cannot configure {link.peer} in "
+                                   f"{link.netns}: {err.strerror}") from None
+            finally:
+                pod.close()
+        finally:
+            host.close()
+    finally:
+        os.close(netns_fd)
+
+
+def create_veth(link: PodLink) -> None:
+    """Create the pair with `ip`, the peer born inside the netns, then enslave the host end."""
+    host, peer, netns, mtu = link.host, link.peer, link.netns, link.mtu
+    host_mac, peer_mac, bridge, hairpin = link.host_mac, link.peer_mac, link.bridge, link.hairpin
     lines = [
         f"link add {host} mtu {mtu} address {host_mac} type veth peer name {peer} "
         f"netns {netns} address {peer_mac} mtu {mtu}",
