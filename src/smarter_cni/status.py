@@ -34,14 +34,9 @@ def is_node_address(address: str) -> bool:
     Probes go only to such addresses: a query to an address the node lacks
     would leave by the default route.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((address, 0))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
+    from .dns.acl import host_has
+
+    return host_has(address)
 
 
 def dns_answers(address: str, domain: str, timeout: float = 1.0) -> tuple[bool, str]:

@@ -22,6 +22,7 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from smarter_cni import store  # noqa: E402
+from smarter_cni.dns.acl import host_has  # noqa: E402
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 DIG = "/usr/bin/dig"
@@ -41,14 +42,7 @@ def port_free(address: str, port: int) -> bool:
 
 def is_local(address: str) -> bool:
     """Whether the address is this host's (a bind test: no packet is sent)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((address, 0))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
+    return host_has(address)
 
 
 def unique_loopback() -> str:
