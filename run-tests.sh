@@ -20,7 +20,7 @@ START=$(date +%s)
 APT_PACKAGES=(
     iproute2 iptables docker.io containernetworking-plugins
     golang-go golang-github-appc-cni-dev dnsutils dnsmasq-base
-    busybox-static python3-venv procps
+    busybox-static python3-venv procps iputils-ping openssl util-linux time
 )
 VENV="$REPO/.venv"
 DOCKERD_PID=""
