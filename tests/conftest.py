@@ -20,6 +20,8 @@ from helpers.plugin import SRC, PluginRunner, make_bin_dir  # noqa: E402
 sys.path.insert(0, str(SRC))
 
 IS_ROOT = os.geteuid() == 0
+# Fixtures shared by the chaining tests (host_port, portmap_chains_restored).
+pytest_plugins = ("helpers.portmap",)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,76 +22,17 @@ from helpers import libcni as libcni_helper
 from helpers.libcni import LibcniDriver, LibcniResult
 from helpers.netns import link_exists, unique
 from helpers.plugin import pod_args
+from helpers.portmap import CONTAINER_PORT, Listener, fetch, nat_rules
 
 pytestmark = pytest.mark.root
 
 libcni = libcni_helper.fixture()
 
-PORTMAP_TOP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
-PORTMAP_JUMPS = (
-    ("PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
-    ("OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
-    ("POSTROUTING", "-m", "comment", "--comment", "CNI portfwd requiring masquerade",
-     "-j", "CNI-HOSTPORT-MASQ"),
-)
-CONTAINER_PORT = 8080
 SAMPLE_SYSCTL = "net.ipv4.conf.eth0.arp_notify"
-
-# Runs inside the pod netns: answer every connection with a token and the peer
-# address, so the test knows it reached this very listener and from where.
-LISTENER = r"""
-import socket, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("0.0.0.0", int(sys.argv[1])))
-server.listen(16)
-print("ready", flush=True)
-while True:
-    conn, peer = server.accept()
-    conn.sendall(("%s %s\n" % (sys.argv[2], peer[0])).encode())
-    conn.close()
-"""
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
-
-
-def nat_rules() -> str:
-    return sh("iptables", "-t", "nat", "-S").stdout
-
-
-def chain_exists(chain: str) -> bool:
-    return sh("iptables", "-t", "nat", "-S", chain, check=False).returncode == 0
-
-
-@pytest.fixture
-def portmap_chains_restored():
-    """portmap leaves its shared top-level chains behind on DEL (by design);
-    remove them afterwards when this test was the one that created them."""
-    existed = chain_exists("CNI-HOSTPORT-DNAT")
-    yield
-    if existed:
-        return
-    for jump in PORTMAP_JUMPS:
-        sh("iptables", "-t", "nat", "-D", *jump, check=False)
-    for chain in PORTMAP_TOP_CHAINS:
-        sh("iptables", "-t", "nat", "-F", chain, check=False)
-        sh("iptables", "-t", "nat", "-X", chain, check=False)
-
-
-@pytest.fixture
-def host_port() -> int:
-    """A TCP port nothing on 127.0.0.1 listens on."""
-    for _ in range(50):
-        port = random.randint(20000, 45000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip("no free TCP port found on 127.0.0.1")
 
 
 @pytest.fixture
@@ -102,39 +40,6 @@ def cache_dir(tmp_path: Path) -> Path:
     path = tmp_path / "libcni-cache"
     path.mkdir()
     return path
-
-
-class Listener:
-    """A TCP listener inside a pod netns, stopped by its PID."""
-
-    def __init__(self, netns_name: str, port: int) -> None:
-        self.token = unique("tok-", 20)
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns_name, sys.executable, "-c", LISTENER, str(port),
-             self.token],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if line.strip() != "ready":
-            self.stop()
-            raise RuntimeError(f"pod listener did not start: {line!r} {self.proc.stderr.read()!r}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def fetch(address: str, port: int) -> str:
-    with socket.create_connection((address, port), timeout=5) as conn:
-        conn.settimeout(5)
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-    return data.decode().strip()
 
 
 def link_kind(name: str) -> str:
@@ -220,7 +125,7 @@ def test_portmap_bandwidth_tuning_chain(version, libcni, bridge_network, netns, 
         # portmap's DNAT for this container.
         assert container_id in nat_rules()
 
-        listener = Listener(ns_name, CONTAINER_PORT)
+        listener = Listener(ns_path, CONTAINER_PORT)
         # From the host's loopback: portmap DNATs and masquerades (snat), so the
         # pod sees the gateway as the peer.
         assert fetch("127.0.0.1", host_port) == f"{listener.token} {gateway}"

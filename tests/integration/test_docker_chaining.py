@@ -9,16 +9,13 @@ test's own network) and to 127.0.0.1.
 from __future__ import annotations
 
 import json
-import random
-import socket
 import subprocess
-import sys
-import uuid
 
 import pytest
 
 from helpers import libcni as libcni_helper
 from helpers.plugin import pod_args
+from helpers.portmap import CONTAINER_PORT, Listener, fetch, nat_rules
 from smarter_cni.dataplane import docker_mode
 from smarter_cni.netconf import parse_netconf
 
@@ -27,92 +24,10 @@ pytestmark = [pytest.mark.root, pytest.mark.docker]
 
 libcni = libcni_helper.fixture()
 
-CONTAINER_PORT = 8080
-PORTMAP_TOP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
-PORTMAP_JUMPS = (
-    ("PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
-    ("OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
-    ("POSTROUTING", "-m", "comment", "--comment", "CNI portfwd requiring masquerade",
-     "-j", "CNI-HOSTPORT-MASQ"),
-)
-# Runs inside the pod's netns (via nsenter): answer each connection with a token.
-LISTENER = r"""
-import socket, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("0.0.0.0", int(sys.argv[1])))
-server.listen(16)
-print("ready", flush=True)
-while True:
-    conn, peer = server.accept()
-    conn.sendall(("%s %s\n" % (sys.argv[2], peer[0])).encode())
-    conn.close()
-"""
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
-
-
-def nat_rules() -> str:
-    return sh("iptables", "-t", "nat", "-S").stdout
-
-
-@pytest.fixture
-def portmap_chains_restored():
-    """portmap keeps its shared top-level chains after DEL; remove them if we made them."""
-    existed = sh("iptables", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT", check=False).returncode == 0
-    yield
-    if existed:
-        return
-    for jump in PORTMAP_JUMPS:
-        sh("iptables", "-t", "nat", "-D", *jump, check=False)
-    for chain in PORTMAP_TOP_CHAINS:
-        sh("iptables", "-t", "nat", "-F", chain, check=False)
-        sh("iptables", "-t", "nat", "-X", chain, check=False)
-
-
-@pytest.fixture
-def host_port() -> int:
-    for _ in range(50):
-        port = random.randint(20000, 45000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip("no free TCP port")
-
-
-def fetch(address: str, port: int) -> str:
-    with socket.create_connection((address, port), timeout=5) as conn:
-        conn.settimeout(5)
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-    return data.decode().strip()
-
-
-class PodListener:
-    def __init__(self, netns: str, port: int) -> None:
-        self.token = uuid.uuid4().hex[:16]
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net={netns}", sys.executable, "-c", LISTENER, str(port), self.token],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if line.strip() != "ready":
-            self.stop()
-            raise RuntimeError(f"pod listener did not start: {line!r}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0"])
@@ -153,7 +68,7 @@ def test_portmap_and_bandwidth_after_docker_mode(version, libcni, docker_network
         assert "tbf" in sh("tc", "qdisc", "show", "dev", host[0]).stdout
         assert pod.id in nat_rules()
 
-        listener = PodListener(pod.netns, CONTAINER_PORT)
+        listener = Listener(pod.netns, CONTAINER_PORT)
         answer = fetch(gateway, host_port)  # the bridge's own address: DNAT to the pod
         assert answer.startswith(listener.token + " "), answer
 
