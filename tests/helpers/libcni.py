@@ -14,9 +14,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from helpers.plugin import Invocation
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER_SRC = ROOT / "tests" / "libcni"
@@ -24,21 +25,8 @@ GOPATH = Path("/usr/share/gocode")
 LIBCNI_SRC = GOPATH / "src" / "github.com" / "containernetworking" / "cni" / "libcni"
 
 
-class LibcniResult:
+class LibcniResult(Invocation):
     """One driver run: exit status, parsed JSON output and stderr."""
-
-    def __init__(self, proc: subprocess.CompletedProcess) -> None:
-        self.returncode = proc.returncode
-        self.stdout = proc.stdout.decode()
-        self.stderr = proc.stderr.decode()
-        try:
-            self.json: Any = json.loads(self.stdout) if self.stdout.strip() else None
-        except ValueError:
-            self.json = None
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
 
     @property
     def error(self) -> str:
