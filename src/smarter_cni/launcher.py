@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 
+PLUGIN_HEADER = "smarter-cni CNI plugin launcher (written by `smarter-cni install`)."
 TEMPLATE = """#!{python} -IS
-# smarter-cni CNI plugin launcher (written by `smarter-cni install`).
+# {header}
 import sys
 sys.path.insert(0, {package_root!r})
-from smarter_cni.entry import main
+from {module} import main
 sys.exit(main())
 """
 
@@ -24,14 +25,17 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def render(python: str, root: str = "") -> str:
-    return TEMPLATE.format(python=python, package_root=root or package_root())
+def render(python: str, root: str = "", module: str = "smarter_cni.entry",
+           header: str = PLUGIN_HEADER) -> str:
+    return TEMPLATE.format(python=python, package_root=root or package_root(), module=module,
+                           header=header)
 
 
-def write(dest: str, python: str, root: str = "") -> None:
-    """Write the launcher atomically (temp file + rename), mode 0755."""
+def write(dest: str, python: str, root: str = "", module: str = "smarter_cni.entry",
+          header: str = PLUGIN_HEADER) -> None:
+    """Write a launcher of `module`'s main() atomically (temp file + rename), mode 0755."""
     temp = f"{dest}.tmp.{os.getpid()}"
     with open(temp, "w") as handle:
-        handle.write(render(python, root))
+        handle.write(render(python, root, module, header))
     os.chmod(temp, 0o755)
     os.replace(temp, dest)

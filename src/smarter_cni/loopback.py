@@ -24,13 +24,7 @@ if TYPE_CHECKING:
 
     from .cni.request import Request
 
-LAUNCHER = """#!{python} -IS
-# loopback CNI plugin (Python; written by `smarter-cni install`).
-import sys
-sys.path.insert(0, {package_root!r})
-from smarter_cni.loopback import main
-sys.exit(main())
-"""
+LAUNCHER_HEADER = "loopback CNI plugin (Python; written by `smarter-cni install`)."
 
 
 def _in_netns(netns: str, *argv: str) -> list[str]:
@@ -101,11 +95,7 @@ def main() -> int:
 
 
 def write_launcher(dest: str, python: str, package_root: str) -> None:
-    """Install the `loopback` executable atomically (temp file + rename), mode 0755."""
-    import os
+    """Install the `loopback` executable (the plugin's launcher, pointed at this module)."""
+    from .launcher import write
 
-    temp = f"{dest}.tmp.{os.getpid()}"
-    with open(temp, "w") as handle:
-        handle.write(LAUNCHER.format(python=python, package_root=package_root))
-    os.chmod(temp, 0o755)
-    os.replace(temp, dest)
+    write(dest, python, package_root, module=__name__, header=LAUNCHER_HEADER)
