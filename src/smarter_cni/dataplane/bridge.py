@@ -21,7 +21,7 @@ from ..cni.errors import (
     UNKNOWN_CONTAINER,
     CNIError,
 )
-from ..cni.result import Interface, IPConfig, Result, Route
+from ..cni.result import Interface, IPConfig, Result, Route, from_dict
 from ..ipam.allocator import next_free
 from ..run import find_program, run
 from . import links
@@ -287,11 +287,7 @@ def _plumb(request: Request, conf: NetConf, host: str, address: int, prefix: int
 
 def _previous_result(request: Request) -> Result | None:
     prev = request.config.get("prevResult")
-    if prev is None:
-        return None
-    from ..cni.result import from_dict
-
-    return from_dict(prev)
+    return None if prev is None else from_dict(prev)
 
 
 def _after_previous(merged: Result | None, result: Result) -> Result:
@@ -354,8 +350,6 @@ def check(request: Request, conf: NetConf) -> None:
     prev = request.config.get("prevResult")
     if not isinstance(prev, dict):
         raise CNIError(INVALID_NETWORK_CONFIG, "CHECK needs the ADD result as prevResult")
-    from ..cni.result import from_dict
-
     expected = from_dict(prev)
     key = store.attachment_key(conf.name, request.container_id, request.ifname)
     record = store.load()["attachments"].get(key)
@@ -392,12 +386,13 @@ def _check_pod_side(request: Request, expected: Result) -> list[str]:
             problems.append(f"address {ip.address} is missing on {request.ifname}")
     routes = links.show_json(["-4", "route", "show", "dev", request.ifname], request.netns)
     have_routes = {(r.get("dst"), r.get("gateway", "")) for r in routes}
+    have_dsts = {dst for dst, _ in have_routes}
     for route in expected.routes:
         if ":" in route.dst:
             continue
         dst = "default" if route.dst == "0.0.0.0/0" else route.dst
-        if (dst, route.gw) not in have_routes and not (not route.gw and any(
-                d == dst for d, _ in have_routes)):
+        present = (dst, route.gw) in have_routes if route.gw else dst in have_dsts
+        if not present:
             problems.append(f"route {route.dst} via {route.gw or '-'} is missing")
     return problems
 
