@@ -427,13 +427,13 @@ def status(request: Request, conf: NetConf) -> None:
     except CNIError as err:
         raise CNIError(PLUGIN_NOT_AVAILABLE, err.msg) from None
     try:
-        with store.Transaction() as tx:
-            _ = tx.attachments
+        with store.Transaction() as tx:  # the lock and the file: what ADD will need
+            attachments = tx.attachments
     except (CNIError, OSError) as err:
         raise CNIError(PLUGIN_NOT_AVAILABLE, f"state directory unusable: {err}") from None
     if not conf.delegated_ipam:
         size = conf.range_end - conf.range_start + 1
-        used = sum(1 for r in store.load()["attachments"].values() if r.get("network") == conf.name)
+        used = sum(1 for r in attachments.values() if r.get("network") == conf.name)
         if used >= size - (1 if conf.range_start <= conf.gateway <= conf.range_end else 0):
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"address pool of {conf.name} is exhausted "
                            f"({used} pods)")
