@@ -108,7 +108,7 @@ def plumb_pod(link: PodLink, address: str, prefix: int, gateway: str) -> None:
             return
         except netlink.NetlinkUnavailable:
             pass
-    create_veth(link)
+    _create_veth_iproute2(link)
     batch([
         "link set lo up",
         f"addr add {address}/{prefix} dev {link.peer}",
@@ -129,9 +129,7 @@ def _plumb_netlink(link: PodLink, address: str, prefix: int, gateway: str) -> No
                                      link.mtu, ifindex(link.bridge))
                 except OSError as err:
                     if err.errno == 17:  # EEXIST: the host name was free, so the pod's is taken
-                        raise CNIError(INTERFACE_EXISTS, f"interface {link.peer} already exists in "
-                                       f"{link.netns}; a runtime must not ADD the same interface "
-                                       "twice") from None
+                        raise _peer_exists(link) from None
                     raise CNIError(DATAPLANE_FAILURE, f"cannot create veth {link.host}/{link.peer}: "
                                    f"{err.strerror}") from None
                 try:
@@ -153,23 +151,24 @@ def _plumb_netlink(link: PodLink, address: str, prefix: int, gateway: str) -> No
         os.close(netns_fd)
 
 
-def create_veth(link: PodLink) -> None:
+def _create_veth_iproute2(link: PodLink) -> None:
     """Create the pair with `ip`, the peer born inside the netns, then enslave the host end."""
-    host, peer, netns, mtu = link.host, link.peer, link.netns, link.mtu
-    host_mac, peer_mac, bridge, hairpin = link.host_mac, link.peer_mac, link.bridge, link.hairpin
     lines = [
-        f"link add {host} mtu {mtu} address {host_mac} type veth peer name {peer} "
-        f"netns {netns} address {peer_mac} mtu {mtu}",
-        f"link set {host} master {bridge} up",
+        f"link add {link.host} mtu {link.mtu} address {link.host_mac} type veth peer name "
+        f"{link.peer} netns {link.netns} address {link.peer_mac} mtu {link.mtu}",
+        f"link set {link.host} master {link.bridge} up",
     ]
-    if hairpin:
-        lines.append(f"link set {host} type bridge_slave hairpin on")
-    script = ("\n".join(lines) + "\n").encode()
-    done = run(["ip", "-batch", "-"], script)
+    if link.hairpin:
+        lines.append(f"link set {link.host} type bridge_slave hairpin on")
+    done = run(["ip", "-batch", "-"], ("\n".join(lines) + "\n").encode())
     if done.returncode == 0:
         return
-    delete(host)
+    delete(link.host)
     if "File exists" in done.error_text:
-        raise CNIError(INTERFACE_EXISTS, f"interface {peer} already exists in {netns}; "
-                       "a runtime must not ADD the same interface twice")
-    raise CNIError(DATAPLANE_FAILURE, f"cannot create veth {host}/{peer}: {done.error_text}")
+        raise _peer_exists(link)
+    raise CNIError(DATAPLANE_FAILURE, f"cannot create veth {link.host}/{link.peer}: {done.error_text}")
+
+
+def _peer_exists(link: PodLink) -> CNIError:
+    return CNIError(INTERFACE_EXISTS, f"interface {link.peer} already exists in {link.netns}; "
+                    "a runtime must not ADD the same interface twice")
