@@ -1,4 +1,7 @@
-"""Docker mode's pure decisions: network compatibility, aliases, config checks.
+"""Docker mode's pure decisions: aliases, config checks, reading the pod's interfaces.
+
+The network's shape (compatibility, the DNS reservation, migration requests)
+is tested in test_docker_network_shape.py.
 
 The Docker API itself is exercised against a real dockerd in
 tests/integration/test_docker_mode.py; these need neither root nor Docker.
@@ -19,47 +22,6 @@ def conf(**extra):
     config = {"cniVersion": "1.0.0", "name": "mynet", "type": "smarter-cni", "mode": "docker"}
     config.update(extra)
     return parse_netconf(config)
-
-
-def network(subnet="172.38.0.0/16", gateway="172.38.0.1", aux=None, driver="bridge", **more):
-    pool = {"Subnet": subnet}
-    if gateway is not None:
-        pool["Gateway"] = gateway
-    if aux is not None:
-        pool["AuxiliaryAddresses"] = aux
-    return {"Name": "mynet", "Driver": driver, "IPAM": {"Config": [pool]}, **more}
-
-
-def test_defaults_match_the_original():
-    c = conf()
-    assert (c.cidr(), c.gateway_text(), c.dns_address) == ("172.38.0.0/16", "172.38.0.1",
-                                                          "172.38.0.2")
-    assert docker_mode.dns_reservable(c)
-
-
-def test_compatible_network_has_no_conflicts():
-    assert docker_mode.network_conflicts(network(aux={"dns": "172.38.0.2"}), conf()) == []
-    # Docker's default gateway (.1) counts when the pool does not name one.
-    assert docker_mode.network_conflicts(network(gateway=None, aux={"x": "172.38.0.2"}),
-                                         conf()) == []
-
-
-@pytest.mark.parametrize("net, words", [
-    (network(subnet="172.39.0.0/16", aux={"d": "172.39.0.2"}), "subnet is 172.39.0.0/16"),
-    (network(gateway="172.38.0.254", aux={"d": "172.38.0.2"}), "gateway is 172.38.0.254"),
-    (network(), "not reserved"),
-    (network(aux={"d": "172.38.0.2"}, driver="macvlan"), "driver is 'macvlan'"),
-    (network(aux={"d": "172.38.0.2"}, Internal=True), "internal"),
-])
-def test_conflicts_are_named(net, words):
-    problems = docker_mode.network_conflicts(net, conf())
-    assert any(words in p for p in problems), problems
-
-
-def test_dns_address_outside_the_subnet_needs_no_reservation():
-    c = conf(subnet="10.245.3.0/24", dnsAddress="169.254.0.2")
-    assert not docker_mode.dns_reservable(c)
-    assert docker_mode.network_conflicts(network("10.245.3.0/24", "10.245.3.1"), c) == []
 
 
 def test_original_c2d_config_is_docker_mode_on_its_own_network():

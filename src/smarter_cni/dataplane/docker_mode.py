@@ -30,6 +30,15 @@ from ..cni.errors import (
 from ..cni.result import Interface, IPConfig, Result, Route
 from ..docker_api import DockerAPIError, DockerClient, DockerUnavailable, quote
 
+# The installer's network calls live in docker_network; their names stay importable here.
+from .docker_network import (  # noqa: F401
+    MANAGED_LABEL,
+    dns_reservable,
+    ensure_network,
+    network_conflicts,
+    unreserved_dns_error,
+)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -43,7 +52,6 @@ CLEANUP_TIMEOUT = 2.0   # extra budget to undo a half-done ADD after the main on
 # connects (64 at once take 6-8 s here): a live dockerd gets this long (config
 # "dockerConnectTimeout"); a dead or wedged one is still caught by dockerTimeout.
 DEFAULT_CONNECT_TIMEOUT = 30.0
-MANAGED_LABEL = "io.smarter-cni.managed"
 
 
 def _seconds(conf: NetConf, key: str, default: float) -> float:
@@ -80,6 +88,7 @@ def add(request: Request, conf: NetConf) -> Result:
 
     endpoint = _endpoint(container, conf.docker_network)
     if endpoint is None:
+        require_network(docker, conf)
         with store.Transaction() as tx:
             tx.attachments[key] = record
             tx.dirty = True
@@ -105,6 +114,23 @@ def add(request: Request, conf: NetConf) -> Result:
         tx.attachments[key] = record
         tx.dirty = True
     return result
+
+
+def require_network(docker: DockerClient, conf: NetConf) -> dict[str, Any]:
+    """The network, if it exists and never hands the node DNS address to a pod.
+
+    One GET /networks/{name} before a connect (an idempotent re-ADD skips it);
+    it also turns a missing network into a clear error before anything changes.
+    """
+    network = docker.inspect_network(conf.docker_network)
+    if network is None:
+        raise CNIError(DOCKER_FAILURE,
+                       f"docker network {conf.docker_network} does not exist; create it with "
+                       f"`smarter-cni install --mode docker` (or docker network create)")
+    problem = unreserved_dns_error(network, conf)
+    if problem is not None:
+        raise problem
+    return network
 
 
 def find_sandbox(docker: DockerClient, request: Request) -> dict[str, Any] | None:
@@ -521,79 +547,9 @@ def status(request: Request, conf: NetConf) -> None:
         raise CNIError(PLUGIN_NOT_AVAILABLE,
                        f"docker network {conf.docker_network} does not exist; run "
                        "`smarter-cni install` to create it")
-
-
-# ---------------------------------------------------------------- the network
-
-def ensure_network(conf: NetConf, _retry: bool = True) -> str:
-    """Create the Docker network if absent; accept a compatible one; return its ID.
-
-    The DNS address is reserved as an auxiliary address so Docker's IPAM
-    never hands it to a pod (the node DNS service answers there).
-    """
-    docker = client(conf, max(DEFAULT_TIMEOUT, 30.0))
-    existing = docker.inspect_network(conf.docker_network)
-    if existing is not None:
-        problems = network_conflicts(existing, conf)
-        if problems:
-            raise CNIError(INVALID_NETWORK_CONFIG,
-                           f"docker network {conf.docker_network} exists but does not match "
-                           f"the config: {'; '.join(problems)}. Remove it (docker network rm "
-                           f"{conf.docker_network}) or change the config")
-        return existing.get("Id", "")
-    pool: dict[str, Any] = {"Subnet": conf.cidr(), "Gateway": conf.gateway_text()}
-    if dns_reservable(conf):
-        pool["AuxiliaryAddresses"] = {"smarter-cni-dns": conf.dns_address}
-    body: dict[str, Any] = {
-        "Name": conf.docker_network,
-        "Driver": "bridge",
-        "CheckDuplicate": True,
-        "IPAM": {"Driver": "default", "Config": [pool]},
-        "Labels": {MANAGED_LABEL: "true"},
-        "Options": {},
-    }
-    if conf.mtu != 1500:
-        body["Options"]["com.docker.network.driver.mtu"] = str(conf.mtu)
-    status, data = docker.request("POST", "/networks/create", body)
-    if status in (200, 201):
-        return (data or {}).get("Id", "")
-    if status == 409 and _retry:  # created concurrently by someone else: judge that one
-        return ensure_network(conf, _retry=False)
-    raise CNIError(DOCKER_FAILURE, f"cannot create docker network {conf.docker_network} "
-                   f"({conf.cidr()}): {_message(data)}")
-
-
-def dns_reservable(conf: NetConf) -> bool:
-    """The DNS address is reserved only when it lies inside the subnet (else nothing to do)."""
-    try:
-        address = ipv4.to_int(conf.dns_address)
-    except ipv4.AddressError:
-        return False
-    return ipv4.contains(conf.subnet, conf.prefix, address) and address != conf.gateway
-
-
-def network_conflicts(network: dict[str, Any], conf: NetConf) -> list[str]:
-    """Why an existing Docker network cannot serve this config ([] = compatible)."""
-    problems = []
-    if network.get("Driver") != "bridge":
-        problems.append(f"driver is {network.get('Driver')!r}, not 'bridge'")
-    pools = [p for p in ((network.get("IPAM") or {}).get("Config") or [])
-             if isinstance(p, dict) and ":" not in p.get("Subnet", "")]
-    pool = next((p for p in pools if p.get("Subnet") == conf.cidr()), None)
-    if pool is None:
-        have = ", ".join(p.get("Subnet", "?") for p in pools) or "none"
-        problems.append(f"subnet is {have}, config wants {conf.cidr()}")
-        return problems
-    gateway = pool.get("Gateway") or ipv4.to_text(conf.subnet + 1)
-    if gateway != conf.gateway_text():
-        problems.append(f"gateway is {gateway}, config wants {conf.gateway_text()}")
-    if dns_reservable(conf) and conf.dns_address not in (pool.get("AuxiliaryAddresses") or {}
-                                                         ).values():
-        problems.append(f"DNS address {conf.dns_address} is not reserved (an auxiliary "
-                        "address), so Docker could give it to a pod")
-    if network.get("Internal"):
-        problems.append("it is internal (no gateway to the node)")
-    return problems
+    problem = unreserved_dns_error(network, conf)
+    if problem is not None:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, problem.msg)
 
 
 def _message(data: Any) -> str:
