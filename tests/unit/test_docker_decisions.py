@@ -14,7 +14,7 @@ import os
 import pytest
 
 from smarter_cni.cni.errors import CNIError
-from smarter_cni.dataplane import docker_mode
+from smarter_cni.dataplane import docker_mode, docker_sandbox
 from smarter_cni.netconf import parse_netconf
 
 
@@ -55,9 +55,9 @@ def test_docker_timeout_and_socket_reach_the_client(monkeypatch):
 
 def test_route_table_addresses_are_little_endian_hex():
     # /proc/net/route prints 10.245.7.0 as 0007F50A and /24 as 00FFFFFF.
-    assert docker_mode._le32("0007F50A") == (10 << 24) | (245 << 16) | (7 << 8)
-    assert docker_mode._le32("00FFFFFF") == 0xFFFFFF00
-    assert docker_mode._le32("zz") == -1
+    assert docker_sandbox.le32("0007F50A") == (10 << 24) | (245 << 16) | (7 << 8)
+    assert docker_sandbox.le32("00FFFFFF") == 0xFFFFFF00
+    assert docker_sandbox.le32("zz") == -1
 
 
 def test_pod_ifname_reads_the_route_table_of_a_pid():
@@ -68,15 +68,15 @@ def test_pod_ifname_reads_the_route_table_of_a_pid():
     if not connected:
         pytest.skip("no connected IPv4 route in this netns")
     iface, dest, mask = connected[0][0], connected[0][1], connected[0][7]
-    address = docker_mode._le32(dest) + 1
-    prefix = bin(docker_mode._le32(mask)).count("1")
+    address = docker_sandbox.le32(dest) + 1
+    prefix = bin(docker_sandbox.le32(mask)).count("1")
     text = ".".join(str(address >> s & 255) for s in (24, 16, 8, 0))
-    assert docker_mode.pod_ifname(os.getpid(), text, prefix, "") == iface
+    assert docker_sandbox.pod_ifname(os.getpid(), text, prefix, "") == iface
 
 
 def test_cgroup_hint_only_for_proc_paths():
-    assert docker_mode._docker_id_from_cgroup("/var/run/netns/x") == ""
-    assert docker_mode._docker_id_from_cgroup("/proc/self/ns/net") == ""
+    assert docker_sandbox.docker_id_from_cgroup("/var/run/netns/x") == ""
+    assert docker_sandbox.docker_id_from_cgroup("/proc/self/ns/net") == ""
 
 
 def test_shipped_docker_conflist_is_docker_mode_with_the_original_defaults():
