@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from helpers.plugin import pod_args
-from smarter_cni.cni.errors import CNIError
 from smarter_cni.dataplane import docker_mode
 from smarter_cni.netconf import parse_netconf
 
@@ -398,34 +397,7 @@ def test_status(plugin, net, docker_network, tmp_path):
 
 # ---------------------------------------------------------------- the network
 
-def test_ensure_network_creates_reserves_and_is_idempotent(docker_network, dockerd):
-    conf = parse_netconf(docker_network)
-    first = docker_mode.ensure_network(conf)
-    second = docker_mode.ensure_network(conf)
-    assert first and first == second
-    info = dockerd.network_inspect(docker_network["network"])
-    pool = info["IPAM"]["Config"][0]
-    assert pool["Subnet"] == docker_network["subnet"]
-    assert pool["Gateway"] == conf.gateway_text()
-    assert docker_network["dnsAddress"] in pool["AuxiliaryAddresses"].values()
-    assert info["Labels"].get(docker_mode.MANAGED_LABEL) == "true"
-
-
-def test_ensure_network_refuses_a_conflicting_network(docker_network, dockerd):
-    other = docker_network["subnet"].replace(".0/24", ".128/25")
-    dockerd.cli("network", "create", "--subnet", other, docker_network["network"])
-    with pytest.raises(CNIError) as err:
-        docker_mode.ensure_network(parse_netconf(docker_network))
-    assert err.value.code == 7
-    assert "does not match" in err.value.msg and other in err.value.msg
-
-
-def test_ensure_network_refuses_unreserved_dns_address(docker_network, dockerd):
-    dockerd.cli("network", "create", "--subnet", docker_network["subnet"],
-                docker_network["network"])
-    with pytest.raises(CNIError) as err:
-        docker_mode.ensure_network(parse_netconf(docker_network))
-    assert "not reserved" in err.value.msg
+# ensure_network itself (create, conflicts, migration): test_docker_migration.py
 
 
 def test_docker_never_hands_out_the_dns_address(plugin, sandboxes, dockerd):

@@ -1,4 +1,7 @@
-"""Docker mode's pure decisions: network compatibility, aliases, config checks.
+"""Docker mode's pure decisions: aliases, config checks, reading the pod's interfaces.
+
+The network's shape (compatibility, the DNS reservation, migration requests)
+is tested in test_docker_network_shape.py.
 
 The Docker API itself is exercised against a real dockerd in
 tests/integration/test_docker_mode.py; these need neither root nor Docker.
@@ -11,7 +14,7 @@ import os
 import pytest
 
 from smarter_cni.cni.errors import CNIError
-from smarter_cni.dataplane import docker_mode
+from smarter_cni.dataplane import docker_mode, docker_sandbox
 from smarter_cni.netconf import parse_netconf
 
 
@@ -19,47 +22,6 @@ def conf(**extra):
     config = {"cniVersion": "1.0.0", "name": "mynet", "type": "smarter-cni", "mode": "docker"}
     config.update(extra)
     return parse_netconf(config)
-
-
-def network(subnet="172.38.0.0/16", gateway="172.38.0.1", aux=None, driver="bridge", **more):
-    pool = {"Subnet": subnet}
-    if gateway is not None:
-        pool["Gateway"] = gateway
-    if aux is not None:
-        pool["AuxiliaryAddresses"] = aux
-    return {"Name": "mynet", "Driver": driver, "IPAM": {"Config": [pool]}, **more}
-
-
-def test_defaults_match_the_original():
-    c = conf()
-    assert (c.cidr(), c.gateway_text(), c.dns_address) == ("172.38.0.0/16", "172.38.0.1",
-                                                          "172.38.0.2")
-    assert docker_mode.dns_reservable(c)
-
-
-def test_compatible_network_has_no_conflicts():
-    assert docker_mode.network_conflicts(network(aux={"dns": "172.38.0.2"}), conf()) == []
-    # Docker's default gateway (.1) counts when the pool does not name one.
-    assert docker_mode.network_conflicts(network(gateway=None, aux={"x": "172.38.0.2"}),
-                                         conf()) == []
-
-
-@pytest.mark.parametrize("net, words", [
-    (network(subnet="172.39.0.0/16", aux={"d": "172.39.0.2"}), "subnet is 172.39.0.0/16"),
-    (network(gateway="172.38.0.254", aux={"d": "172.38.0.2"}), "gateway is 172.38.0.254"),
-    (network(), "not reserved"),
-    (network(aux={"d": "172.38.0.2"}, driver="macvlan"), "driver is 'macvlan'"),
-    (network(aux={"d": "172.38.0.2"}, Internal=True), "internal"),
-])
-def test_conflicts_are_named(net, words):
-    problems = docker_mode.network_conflicts(net, conf())
-    assert any(words in p for p in problems), problems
-
-
-def test_dns_address_outside_the_subnet_needs_no_reservation():
-    c = conf(subnet="10.245.3.0/24", dnsAddress="169.254.0.2")
-    assert not docker_mode.dns_reservable(c)
-    assert docker_mode.network_conflicts(network("10.245.3.0/24", "10.245.3.1"), c) == []
 
 
 def test_original_c2d_config_is_docker_mode_on_its_own_network():
@@ -93,9 +55,9 @@ def test_docker_timeout_and_socket_reach_the_client(monkeypatch):
 
 def test_route_table_addresses_are_little_endian_hex():
     # /proc/net/route prints 10.245.7.0 as 0007F50A and /24 as 00FFFFFF.
-    assert docker_mode._le32("0007F50A") == (10 << 24) | (245 << 16) | (7 << 8)
-    assert docker_mode._le32("00FFFFFF") == 0xFFFFFF00
-    assert docker_mode._le32("zz") == -1
+    assert docker_sandbox.le32("0007F50A") == (10 << 24) | (245 << 16) | (7 << 8)
+    assert docker_sandbox.le32("00FFFFFF") == 0xFFFFFF00
+    assert docker_sandbox.le32("zz") == -1
 
 
 def test_pod_ifname_reads_the_route_table_of_a_pid():
@@ -106,15 +68,15 @@ def test_pod_ifname_reads_the_route_table_of_a_pid():
     if not connected:
         pytest.skip("no connected IPv4 route in this netns")
     iface, dest, mask = connected[0][0], connected[0][1], connected[0][7]
-    address = docker_mode._le32(dest) + 1
-    prefix = bin(docker_mode._le32(mask)).count("1")
+    address = docker_sandbox.le32(dest) + 1
+    prefix = bin(docker_sandbox.le32(mask)).count("1")
     text = ".".join(str(address >> s & 255) for s in (24, 16, 8, 0))
-    assert docker_mode.pod_ifname(os.getpid(), text, prefix, "") == iface
+    assert docker_sandbox.pod_ifname(os.getpid(), text, prefix, "") == iface
 
 
 def test_cgroup_hint_only_for_proc_paths():
-    assert docker_mode._docker_id_from_cgroup("/var/run/netns/x") == ""
-    assert docker_mode._docker_id_from_cgroup("/proc/self/ns/net") == ""
+    assert docker_sandbox.docker_id_from_cgroup("/var/run/netns/x") == ""
+    assert docker_sandbox.docker_id_from_cgroup("/proc/self/ns/net") == ""
 
 
 def test_shipped_docker_conflist_is_docker_mode_with_the_original_defaults():

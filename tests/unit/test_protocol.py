@@ -436,3 +436,54 @@ def test_netconf_docker_network_names() -> None:
 
 def test_netconf_domain_normalised() -> None:
     assert parse_netconf(dict(CONFIG, clusterDomain="Cluster.Local.")).domain == "cluster.local"
+
+
+# ---------------------------------------------------------------- plugin or command line
+
+RUNTIME_ENV = {"CNI_CONTAINERID": "abc123", "CNI_NETNS": "/proc/self/ns/net",
+               "CNI_IFNAME": "eth0"}
+
+
+@pytest.mark.parametrize("present", [
+    {"CNI_COMMAND": ""},                          # set but empty
+    dict(RUNTIME_ENV),                            # a runtime that forgot CNI_COMMAND
+    {"CNI_PATH": "/opt/cni/bin"},                 # any one CNI_* variable is enough
+])
+def test_missing_cni_command_is_a_code_4_error_on_stdout(plugin, bin_dir, present) -> None:
+    """Exec'd as a runtime does (env + stdin, no argument): a spec error, never argparse's
+    usage (which exited 2 with nothing on stdout)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "SMARTER_CNI_STATE_DIR": str(plugin.state_dir), **present}
+    for name in ("smarter-cni", "c2d"):
+        out = plugin.exec(name, env, dict(CONFIG, cniVersion="0.4.0"))
+        assert out.returncode != 0 and out.code == 4, out
+        assert "CNI_COMMAND" in out.json["msg"], out
+        assert out.json["cniVersion"] == "0.4.0", out  # answered in the config's version
+        assert "usage" not in out.stdout + out.stderr, out
+        assert ("is not set" if "CNI_COMMAND" not in present else "is empty") in out.json["msg"]
+
+
+def test_operator_command_line_without_cni_variables(bin_dir) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    launcher = str(bin_dir / "smarter-cni")
+    done = subprocess.run([launcher, "--version"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("smarter-cni "), done
+    # No argument and no CNI_* variable: the operator's usage, as before.
+    done = subprocess.run([launcher], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "usage" in (done.stdout + done.stderr).lower(), done
+    # An operator with CNI_PATH exported still gets the command line for a command.
+    done = subprocess.run([launcher, "--version"], env=dict(env, CNI_PATH="/opt/cni/bin"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("smarter-cni "), done
+
+
+def test_plugin_or_command_line_rule() -> None:
+    from smarter_cni.entry import invoked_as_plugin
+
+    assert invoked_as_plugin({"CNI_COMMAND": "ADD"}, ["status"])
+    assert invoked_as_plugin({"CNI_COMMAND": ""}, [])
+    assert invoked_as_plugin({"CNI_NETNS": "/x"}, [])
+    assert not invoked_as_plugin({"CNI_NETNS": "/x"}, ["status"])
+    assert not invoked_as_plugin({"PATH": "/bin", "SMARTER_CNI_STATE_DIR": "/x"}, [])

@@ -21,6 +21,9 @@ DATAPLANE_FAILURE = 102
 CHECK_FAILED = 103
 IPAM_PLUGIN_FAILURE = 104
 DOCKER_FAILURE = 105
+# The Docker network would give the node DNS address to a pod (docker mode);
+# `smarter-cni install --mode docker` migrates it.
+DOCKER_NETWORK_UNSAFE = 106
 
 
 class CNIError(Exception):

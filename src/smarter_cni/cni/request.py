@@ -57,7 +57,10 @@ class Request:
 
 
 def command_from_env(environ: Mapping[str, str]) -> str:
-    command = environ.get("CNI_COMMAND", "")
+    command = environ.get("CNI_COMMAND")
+    if command is None:
+        raise CNIError(INVALID_ENVIRONMENT, "CNI_COMMAND is not set (other CNI_* variables "
+                       "are); the runtime must set it to one of " + ", ".join(COMMANDS))
     if not command:
         raise CNIError(INVALID_ENVIRONMENT, "CNI_COMMAND is empty; expected one of "
                        + ", ".join(COMMANDS))

@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import time
 
-from .. import ipv4, registry, store
+from .. import registry, store
 from ..cni.errors import (
     CHECK_FAILED,
     DOCKER_FAILURE,
-    INVALID_ENVIRONMENT,
     INVALID_NETWORK_CONFIG,
     PLUGIN_NOT_AVAILABLE,
     UNKNOWN_CONTAINER,
@@ -29,6 +28,28 @@ from ..cni.errors import (
 )
 from ..cni.result import Interface, IPConfig, Result, Route
 from ..docker_api import DockerAPIError, DockerClient, DockerUnavailable, quote
+
+# The installer's network calls live in docker_network; their names stay importable here.
+from .docker_network import (  # noqa: F401
+    MANAGED_LABEL,
+    dns_reservable,
+    ensure_network,
+    network_conflicts,
+    unreserved_dns_error,
+)
+from .docker_sandbox import (
+    find_by_netns,
+    find_sandbox,
+    host_veth,
+    hostname_of,
+    inode,
+    link_mac,
+    link_master,
+    pod_ifname,
+    require_same_netns,
+    running_pid,
+    same_inode,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,7 +64,6 @@ CLEANUP_TIMEOUT = 2.0   # extra budget to undo a half-done ADD after the main on
 # connects (64 at once take 6-8 s here): a live dockerd gets this long (config
 # "dockerConnectTimeout"); a dead or wedged one is still caught by dockerTimeout.
 DEFAULT_CONNECT_TIMEOUT = 30.0
-MANAGED_LABEL = "io.smarter-cni.managed"
 
 
 def _seconds(conf: NetConf, key: str, default: float) -> float:
@@ -71,15 +91,16 @@ def add(request: Request, conf: NetConf) -> Result:
                        f"dockerd knows no container {request.container_id[:64]} and none "
                        f"running in netns {request.netns}")
     docker_id = container["Id"]
-    pid = _running_pid(container)
-    _require_same_netns(request.netns, pid, docker_id)
-    hostname = _hostname(container)
+    pid = running_pid(container)
+    require_same_netns(request.netns, pid, docker_id)
+    hostname = hostname_of(container)
     aliases = pod_aliases(hostname, request.pod_name)
     key = store.attachment_key(conf.name, request.container_id, request.ifname)
     record = _new_record(request, conf, docker_id, hostname)
 
     endpoint = _endpoint(container, conf.docker_network)
     if endpoint is None:
+        require_network(docker, conf)
         with store.Transaction() as tx:
             tx.attachments[key] = record
             tx.dirty = True
@@ -107,103 +128,21 @@ def add(request: Request, conf: NetConf) -> Result:
     return result
 
 
-def find_sandbox(docker: DockerClient, request: Request) -> dict[str, Any] | None:
-    """The sandbox by its Docker ID, else the running container in CNI_NETNS."""
-    container = docker.inspect_container(request.container_id)
-    if container is not None:
-        return container
-    if request.netns and os.path.exists(request.netns):
-        return find_by_netns(docker, request.netns)
-    return None
+def require_network(docker: DockerClient, conf: NetConf) -> dict[str, Any]:
+    """The network, if it exists and never hands the node DNS address to a pod.
 
-
-RUNNING = "/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D"
-
-
-def find_by_netns(docker: DockerClient, netns: str) -> dict[str, Any] | None:
-    """The running container whose State.Pid lives in the netns (compared by inode).
-
-    The container ID in the netns pid's cgroup path is tried first; if there
-    is none, or it is wrong, every running container is inspected.
+    One GET /networks/{name} before a connect (an idempotent re-ADD skips it);
+    it also turns a missing network into a clear error before anything changes.
     """
-    try:
-        wanted = _inode(netns)
-    except OSError:
-        return None
-    hint = _docker_id_from_cgroup(netns)
-    if hint:
-        container = _in_netns(docker, hint, wanted)
-        if container is not None:
-            return container
-    for entry in docker.get(RUNNING, "list running containers") or []:
-        ref = entry.get("Id", "") if isinstance(entry, dict) else ""
-        container = _in_netns(docker, ref, wanted) if ref and ref != hint else None
-        if container is not None:
-            return container
-    return None
-
-
-def _in_netns(docker: DockerClient, ref: str, wanted: tuple[int, int]
-              ) -> dict[str, Any] | None:
-    container = docker.inspect_container(ref)
-    pid = ((container or {}).get("State") or {}).get("Pid") or 0
-    return container if pid and _same_inode(f"/proc/{pid}/ns/net", wanted) else None
-
-
-def _docker_id_from_cgroup(netns: str) -> str:
-    """/proc/<pid>/ns/net -> the 64-hex container ID in that pid's cgroup path, if any."""
-    parts = netns.split("/")
-    if len(parts) != 5 or parts[1] != "proc" or not parts[2].isdigit():
-        return ""
-    try:
-        with open(f"/proc/{parts[2]}/cgroup") as handle:
-            text = handle.read(8192)
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        for piece in line.replace(":", "/").replace("-", "/").replace(".", "/").split("/"):
-            if len(piece) == 64 and all(c in "0123456789abcdef" for c in piece):
-                return piece
-    return ""
-
-
-def _inode(path: str) -> tuple[int, int]:
-    info = os.stat(path)
-    return info.st_dev, info.st_ino
-
-
-def _same_inode(path: str, wanted: tuple[int, int]) -> bool:
-    try:
-        return _inode(path) == wanted
-    except OSError:
-        return False
-
-
-def _running_pid(container: dict[str, Any]) -> int:
-    state = container.get("State") or {}
-    pid = state.get("Pid") or 0
-    if not state.get("Running") or not pid:
-        raise CNIError(UNKNOWN_CONTAINER,
-                       f"sandbox container {container.get('Id', '')[:12]} is not running "
-                       f"(status {state.get('Status', 'unknown')})")
-    return pid
-
-
-def _require_same_netns(netns: str, pid: int, docker_id: str) -> None:
-    try:
-        wanted = _inode(netns)
-    except OSError as err:
-        raise CNIError(INVALID_ENVIRONMENT, f"cannot open CNI_NETNS {netns}: {err.strerror}"
-                       ) from None
-    if not _same_inode(f"/proc/{pid}/ns/net", wanted):
-        raise CNIError(INVALID_ENVIRONMENT,
-                       f"CNI_NETNS {netns} is not the network namespace of container "
-                       f"{docker_id[:12]} (pid {pid}); Docker would configure another namespace")
-
-
-def _hostname(container: dict[str, Any]) -> str:
-    value = (container.get("Config") or {}).get("Hostname", "")
-    return value if isinstance(value, str) else ""
+    network = docker.inspect_network(conf.docker_network)
+    if network is None:
+        raise CNIError(DOCKER_FAILURE,
+                       f"docker network {conf.docker_network} does not exist; create it with "
+                       f"`smarter-cni install --mode docker` (or docker network create)")
+    problem = unreserved_dns_error(network, conf)
+    if problem is not None:
+        raise problem
+    return network
 
 
 _ALIAS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -278,92 +217,16 @@ def _result(request: Request, conf: NetConf, endpoint: dict[str, Any], pid: int)
     # chained plugins that work on the host side (bandwidth) find the veth.
     host = host_veth(pid, ifname)
     if host:
-        bridge = _link_master(host)
+        bridge = link_master(host)
         if bridge:
-            result.interfaces.append(Interface(bridge, _link_mac(bridge)))
-        result.interfaces.append(Interface(host, _link_mac(host)))
+            result.interfaces.append(Interface(bridge, link_mac(bridge)))
+        result.interfaces.append(Interface(host, link_mac(host)))
     result.interfaces.append(Interface(ifname, mac, request.netns))
     result.ips = [IPConfig(f"{address}/{prefix}", gateway, len(result.interfaces) - 1)]
     if gateway:
         result.routes = [Route("0.0.0.0/0", gateway)]
     result.dns = conf.dns_result(request.pod_namespace)
     return result
-
-
-def pod_ifname(pid: int, address: str, prefix: int, netns: str) -> str:
-    """The interface Docker created in the pod: the one with the subnet's connected route.
-
-    Read from /proc/<pid>/net/route (that process's netns) rather than by
-    running `ip` inside the namespace: a file read instead of an exec.
-    """
-    try:
-        network = ipv4.to_int(address) & ipv4.mask(prefix)
-    except ipv4.AddressError:
-        raise CNIError(DOCKER_FAILURE, f"dockerd reported a bad address {address!r}") from None
-    mask = ipv4.mask(prefix)
-    try:
-        with open(f"/proc/{pid}/net/route") as handle:
-            lines = handle.read().splitlines()[1:]
-    except OSError:
-        lines = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 8 and _le32(fields[1]) == network and _le32(fields[7]) == mask:
-            return fields[0]
-    return _ifname_by_address(netns, address)
-
-
-def host_veth(pid: int, ifname: str) -> str:
-    """The host end of the pod's veth, or '' if it cannot be told.
-
-    The pod's sysfs (mounted by Docker in every container) gives the peer's
-    ifindex; `_socket.if_indextoname` turns it into the host name without
-    importing `socket`.
-    """
-    import _socket
-
-    try:
-        with open(f"/proc/{pid}/root/sys/class/net/{ifname}/iflink") as handle:
-            index = int(handle.read().strip())
-        return _socket.if_indextoname(index)
-    except (OSError, ValueError):
-        return ""
-
-
-def _link_master(name: str) -> str:
-    try:
-        return os.path.basename(os.readlink(f"/sys/class/net/{name}/master"))
-    except OSError:
-        return ""
-
-
-def _link_mac(name: str) -> str:
-    try:
-        with open(f"/sys/class/net/{name}/address") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def _le32(text: str) -> int:
-    """/proc/net/route prints addresses as host-order (little-endian) hex."""
-    try:
-        value = int(text, 16)
-    except ValueError:
-        return -1
-    return int.from_bytes(value.to_bytes(4, "little"), "big")
-
-
-def _ifname_by_address(netns: str, address: str) -> str:
-    from .. import run
-
-    done = run.run(["nsenter", f"--net={netns}", "ip", "-o", "-4", "addr", "show"], timeout=5)
-    for line in done.stdout.decode("utf-8", "replace").splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[3].split("/")[0] == address:
-            return fields[1]
-    raise CNIError(DOCKER_FAILURE, f"dockerd reports {address} but no interface in {netns} "
-                   "has it")
 
 
 def _new_record(request: Request, conf: NetConf, docker_id: str, hostname: str
@@ -458,14 +321,14 @@ def check(request: Request, conf: NetConf) -> None:
         if expected and expected != {address}:
             problems.append(f"address is {address}, expected {', '.join(sorted(expected))}")
         aliases = endpoint.get("Aliases") or []
-        for alias in pod_aliases(_hostname(container), request.pod_name):
+        for alias in pod_aliases(hostname_of(container), request.pod_name):
             if alias not in aliases:
                 problems.append(f"alias {alias} is missing")
         state = container.get("State") or {}
         pid = state.get("Pid") or 0
         if not state.get("Running") or not pid:
             problems.append("sandbox container is not running")
-        elif request.netns and not _same_inode(f"/proc/{pid}/ns/net", _inode(request.netns)):
+        elif request.netns and not same_inode(f"/proc/{pid}/ns/net", inode(request.netns)):
             problems.append(f"sandbox is no longer in netns {request.netns}")
         else:
             name = record.get("pod_ifname")
@@ -521,79 +384,9 @@ def status(request: Request, conf: NetConf) -> None:
         raise CNIError(PLUGIN_NOT_AVAILABLE,
                        f"docker network {conf.docker_network} does not exist; run "
                        "`smarter-cni install` to create it")
-
-
-# ---------------------------------------------------------------- the network
-
-def ensure_network(conf: NetConf, _retry: bool = True) -> str:
-    """Create the Docker network if absent; accept a compatible one; return its ID.
-
-    The DNS address is reserved as an auxiliary address so Docker's IPAM
-    never hands it to a pod (the node DNS service answers there).
-    """
-    docker = client(conf, max(DEFAULT_TIMEOUT, 30.0))
-    existing = docker.inspect_network(conf.docker_network)
-    if existing is not None:
-        problems = network_conflicts(existing, conf)
-        if problems:
-            raise CNIError(INVALID_NETWORK_CONFIG,
-                           f"docker network {conf.docker_network} exists but does not match "
-                           f"the config: {'; '.join(problems)}. Remove it (docker network rm "
-                           f"{conf.docker_network}) or change the config")
-        return existing.get("Id", "")
-    pool: dict[str, Any] = {"Subnet": conf.cidr(), "Gateway": conf.gateway_text()}
-    if dns_reservable(conf):
-        pool["AuxiliaryAddresses"] = {"smarter-cni-dns": conf.dns_address}
-    body: dict[str, Any] = {
-        "Name": conf.docker_network,
-        "Driver": "bridge",
-        "CheckDuplicate": True,
-        "IPAM": {"Driver": "default", "Config": [pool]},
-        "Labels": {MANAGED_LABEL: "true"},
-        "Options": {},
-    }
-    if conf.mtu != 1500:
-        body["Options"]["com.docker.network.driver.mtu"] = str(conf.mtu)
-    status, data = docker.request("POST", "/networks/create", body)
-    if status in (200, 201):
-        return (data or {}).get("Id", "")
-    if status == 409 and _retry:  # created concurrently by someone else: judge that one
-        return ensure_network(conf, _retry=False)
-    raise CNIError(DOCKER_FAILURE, f"cannot create docker network {conf.docker_network} "
-                   f"({conf.cidr()}): {_message(data)}")
-
-
-def dns_reservable(conf: NetConf) -> bool:
-    """The DNS address is reserved only when it lies inside the subnet (else nothing to do)."""
-    try:
-        address = ipv4.to_int(conf.dns_address)
-    except ipv4.AddressError:
-        return False
-    return ipv4.contains(conf.subnet, conf.prefix, address) and address != conf.gateway
-
-
-def network_conflicts(network: dict[str, Any], conf: NetConf) -> list[str]:
-    """Why an existing Docker network cannot serve this config ([] = compatible)."""
-    problems = []
-    if network.get("Driver") != "bridge":
-        problems.append(f"driver is {network.get('Driver')!r}, not 'bridge'")
-    pools = [p for p in ((network.get("IPAM") or {}).get("Config") or [])
-             if isinstance(p, dict) and ":" not in p.get("Subnet", "")]
-    pool = next((p for p in pools if p.get("Subnet") == conf.cidr()), None)
-    if pool is None:
-        have = ", ".join(p.get("Subnet", "?") for p in pools) or "none"
-        problems.append(f"subnet is {have}, config wants {conf.cidr()}")
-        return problems
-    gateway = pool.get("Gateway") or ipv4.to_text(conf.subnet + 1)
-    if gateway != conf.gateway_text():
-        problems.append(f"gateway is {gateway}, config wants {conf.gateway_text()}")
-    if dns_reservable(conf) and conf.dns_address not in (pool.get("AuxiliaryAddresses") or {}
-                                                         ).values():
-        problems.append(f"DNS address {conf.dns_address} is not reserved (an auxiliary "
-                        "address), so Docker could give it to a pod")
-    if network.get("Internal"):
-        problems.append("it is internal (no gateway to the node)")
-    return problems
+    problem = unreserved_dns_error(network, conf)
+    if problem is not None:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, problem.msg)
 
 
 def _message(data: Any) -> str:
