@@ -72,13 +72,22 @@ class Output:
 
 
 class Step:
-    """`with out.step("Creating bridge smarter0"):` prints '... ok (0.2 s)' or '... FAILED'."""
+    """`with out.step("Creating bridge smarter0"):` prints '... ok (0.2 s)' or '... FAILED'.
+
+    A step whose work did not raise but found a failure calls `fail()`: the
+    line then says FAILED too, never ok.
+    """
 
     def __init__(self, out: Output, text: str) -> None:
         self.out = out
         self.text = text
         self.detail = ""
+        self.failed = False
         self.started = 0.0
+
+    def fail(self, detail: str = "") -> None:
+        self.failed = True
+        self.detail = detail
 
     def __enter__(self) -> Step:
         self.started = time.monotonic()
@@ -88,9 +97,11 @@ class Step:
     def __exit__(self, kind: Any, value: Any, trace: Any) -> None:
         took = time.monotonic() - self.started
         timing = f" ({took:.1f} s)" if took >= 0.5 else ""
-        if kind is None:
-            extra = f": {self.detail}" if self.detail else ""
+        extra = f": {self.detail}" if self.detail else ""
+        if kind is None and not self.failed:
             print(f" ok{extra}{timing}", file=self.out.progress_stream, flush=True)
+        elif kind is None:
+            print(f" FAILED{extra}{timing}", file=self.out.progress_stream, flush=True)
         else:
             print(" FAILED", file=self.out.progress_stream, flush=True)
 
@@ -188,7 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="node DNS address for kubelet --cluster-dns "
                            "(default 169.254.0.2 bridge, 172.38.0.2 docker)")
     inst.add_argument("--bridge", metavar="NAME", help="bridge name in bridge mode (default smarter0)")
-    inst.add_argument("--network", metavar="NAME", help="Docker network in docker mode (default mynet)")
+    inst.add_argument("--network", metavar="NAME",
+                      help="the CNI network's name (default smarter); in docker mode also the "
+                           "Docker network (default mynet)")
+    inst.add_argument("--dns-interface", metavar="NAME",
+                      help="dummy interface that carries the DNS address (default smarter-dns)")
+    inst.add_argument("--service", choices=("auto", "systemd", "supervisor"), default="auto",
+                      help="how the DNS service runs: auto (default) is systemd where systemd "
+                           "runs the node, else a supervisor process; the unit goes to "
+                           "$SMARTER_CNI_UNIT_DIR (default /etc/systemd/system)")
     inst.add_argument("--domain", metavar="DOMAIN", help="cluster domain (default cluster.local)")
     inst.add_argument("--k3s", action="store_true",
                       help="use the dirs k3s uses with --flannel-backend=none and print the "

@@ -30,6 +30,7 @@ from typing import Any
 from . import __version__, launcher, loopback, paths, store
 from .cli import CLIError, Output
 from .cni.errors import CNIError
+from .dns.address import DEFAULT_INTERFACE as DEFAULT_DNS_INTERFACE
 from .netconf import DEFAULT_DOCKER_NETWORK, DEFAULT_DOCKER_SOCKET, NetConf, parse_netconf
 
 PREFIX_ENV = "SMARTER_CNI_PREFIX"
@@ -38,10 +39,13 @@ RECORD_NAME = "install.json"
 CONFLIST_NAME = paths.CONFLIST_NAME
 DOCKER_TEMPLATE = "10-smarter-cni-docker.conflist"
 UNIT_NAME = "smarter-cni-dns.service"
-SYSTEMD_UNIT_DIR = "/etc/systemd/system"
-SUPERVISOR_PIDFILE = "dns-supervisor.pid"
-DNS_LOG = "dns.log"
-DNS_INTERFACE = "smarter-dns"
+UNIT_DIR_ENV = "SMARTER_CNI_UNIT_DIR"
+DEFAULT_UNIT_DIR = "/etc/systemd/system"
+SUPERVISOR_PIDFILE = paths.SUPERVISOR_PIDFILE
+DNS_LOG = paths.DNS_LOG
+DNS_INTERFACE = DEFAULT_DNS_INTERFACE
+SERVICE_KINDS = ("auto", "systemd", "supervisor")
+PROGRAM_RECORD_NAME = "program.json"
 PLUGIN_MARKER = "smarter-cni CNI plugin launcher"
 LOOPBACK_MARKER = "loopback CNI plugin (Python; written by `smarter-cni install`)"
 # k3s with --flannel-backend=none writes no CNI dirs into its containerd config
@@ -135,6 +139,8 @@ class Options:
     dns_service: bool = True
     plugin_python: str | None = None
     plugin_lib: str | None = None
+    dns_interface: str = DEFAULT_DNS_INTERFACE
+    service: str = "auto"
 
     @classmethod
     def from_args(cls, args: Any) -> Options:
@@ -147,7 +153,9 @@ class Options:
                    dns_service=not args.no_dns_service,
                    plugin_python=getattr(args, "plugin_python", None),
                    plugin_lib=os.path.abspath(args.plugin_lib) if getattr(args, "plugin_lib", None)
-                   else None)
+                   else None,
+                   dns_interface=getattr(args, "dns_interface", None) or DEFAULT_DNS_INTERFACE,
+                   service=getattr(args, "service", None) or "auto")
 
 
 def default_conflist(mode: str) -> dict[str, Any]:
@@ -218,9 +226,13 @@ def render_conflist(opts: Options) -> dict[str, Any]:
         if socket_path.startswith("unix://") and socket_path[7:] != DEFAULT_DOCKER_SOCKET:
             plugin["dockerSocket"] = socket_path[7:]  # runtimes do not pass DOCKER_HOST on
     for key, value in (("gateway", opts.gateway), ("bridge", opts.bridge),
-                       ("network", opts.network), ("clusterDomain", opts.domain)):
+                       ("clusterDomain", opts.domain)):
         if value:
             plugin[key] = value
+    if opts.network:  # the CNI network's name; in docker mode also the Docker network's
+        conflist["name"] = opts.network
+        if opts.mode == "docker":
+            plugin["network"] = opts.network
     conf = netconf_of(conflist)
     if opts.mode == "docker" and opts.subnet and not opts.dns_ip:
         # the docker default puts the DNS address at .2 of the subnet, as the original did
@@ -296,6 +308,7 @@ def install(opts: Options, out: Output) -> int:
                        "install them (install.sh does this with apt-get) and run install again")
     conflist = render_conflist(opts)
     conf = netconf_of(conflist)
+    _check_interface_name(opts.dns_interface)
     conf_path = os.path.join(opts.conf_dir, CONFLIST_NAME)
     previous = load_record()
     created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
@@ -346,6 +359,7 @@ def install(opts: Options, out: Output) -> int:
               "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir, "mode": conf.mode,
               "network": conf.name, "bridge": conf.bridge, "docker_network": conf.docker_network,
               "dns_address": conf.dns_address, "domain": conf.domain,
+              "dns_interface": opts.dns_interface,
               "state_dir": paths.state_dir(), "plugin_config": plugin_config(conflist),
               "loopback_installed": summary["loopback"].startswith("installed"),
               "dns_service": "none", "installed_at": time.time(),
@@ -354,15 +368,17 @@ def install(opts: Options, out: Output) -> int:
 
     if opts.dns_service:
         with out.step(f"Starting the node DNS service on {conf.dns_address}") as step:
-            device = ensure_dns_address(conf.dns_address)
+            kind = service_kind(opts.service)
+            device = ensure_dns_address(conf.dns_address, opts.dns_interface)
             if device:
                 record["dns_address_device"] = device
             elif previous.get("dns_address") == conf.dns_address:
                 record["dns_address_device"] = previous.get("dns_address_device", "")
-            _save_record(record)
-            kind = start_dns_service(conf_path, conf)
             record["dns_service"] = kind
+            if kind == "systemd":
+                record["unit_path"] = unit_path()
             _save_record(record)
+            start_dns_service(kind, conf_path, conf, opts.dns_interface)
             step.detail = kind
         summary["dns_service"] = kind
     else:
@@ -383,6 +399,16 @@ def install(opts: Options, out: Output) -> int:
                 "and `smarter-cni status`.")
     out.emit(summary)
     return code
+
+
+def _check_interface_name(name: str) -> None:
+    from .cni.request import validate_ifname
+
+    try:
+        validate_ifname(name)
+    except CNIError:
+        raise CLIError(f"--dns-interface {name[:40]!r} is not a valid interface name",
+                       "give 1-15 characters without '/', ':' or spaces") from None
 
 
 def _mkdir(path: str) -> None:
@@ -468,20 +494,39 @@ def cli_executable() -> list[str]:
     return [sys.executable, "-m", "smarter_cni"]
 
 
-def dns_arguments(conf_path: str, conf: NetConf) -> list[str]:
-    return ["--config", conf_path]
+def service_kind(choice: str) -> str:
+    """--service: auto is systemd where systemd runs the node, else the supervisor."""
+    if choice == "auto":
+        return "systemd" if systemd_running() else "supervisor"
+    if choice == "systemd" and not systemd_running():
+        raise CLIError("--service systemd, but systemd does not run this node",
+                       "use --service supervisor (or auto)")
+    if choice not in SERVICE_KINDS:
+        raise CLIError(f"--service {choice!r} is not one of {', '.join(SERVICE_KINDS)}")
+    return choice
 
 
-def start_dns_service(conf_path: str, conf: NetConf) -> str:
+def unit_path() -> str:
+    """Where the systemd unit goes: $SMARTER_CNI_UNIT_DIR, else /etc/systemd/system."""
+    return os.path.join(os.environ.get(UNIT_DIR_ENV) or DEFAULT_UNIT_DIR, UNIT_NAME)
+
+
+def dns_arguments(conf_path: str, conf: NetConf, interface: str = DEFAULT_DNS_INTERFACE
+                  ) -> list[str]:
+    return ["--config", conf_path, "--interface", interface]
+
+
+def start_dns_service(kind: str, conf_path: str, conf: NetConf,
+                      interface: str = DEFAULT_DNS_INTERFACE) -> str:
     """(Re)start the DNS service so it runs this version with this config; returns its kind."""
-    argv = cli_executable() + ["dns"] + dns_arguments(conf_path, conf)
-    if systemd_running():
+    argv = cli_executable() + ["dns"] + dns_arguments(conf_path, conf, interface)
+    if kind == "systemd":
         _install_unit(argv)
-        kind = "systemd"
     else:
         stop_supervisor()
         start_supervisor(argv)
-        kind = "supervisor"
+    from .dns.probe import wait_for_dns
+
     if not wait_for_dns(conf.dns_address, conf.domain, 10.0):
         raise CLIError(f"the DNS service does not answer on {conf.dns_address}:53",
                        f"see {_dns_log_hint(kind)}; `smarter-cni status` shows what else is wrong")
@@ -492,17 +537,6 @@ def _dns_log_hint(kind: str) -> str:
     if kind == "systemd":
         return f"journalctl -u {UNIT_NAME}"
     return os.path.join(paths.state_dir(), DNS_LOG)
-
-
-def wait_for_dns(address: str, domain: str, timeout: float) -> bool:
-    from .status import dns_answers
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if dns_answers(address, domain, 0.5)[0]:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _unit_text(argv: list[str]) -> str:
@@ -529,7 +563,8 @@ def _unit_text(argv: list[str]) -> str:
 
 
 def _install_unit(argv: list[str]) -> None:
-    path = os.path.join(SYSTEMD_UNIT_DIR, UNIT_NAME)
+    path = unit_path()
+    _mkdir(os.path.dirname(path))
     write_atomic(path, _unit_text(argv), 0o644)
     for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", UNIT_NAME],
                 ["systemctl", "restart", UNIT_NAME]):
@@ -539,9 +574,9 @@ def _install_unit(argv: list[str]) -> None:
                            f"see journalctl -u {UNIT_NAME}")
 
 
-def _remove_unit() -> bool:
-    path = os.path.join(SYSTEMD_UNIT_DIR, UNIT_NAME)
-    if not os.path.exists(path):
+def _remove_unit(path: str) -> bool:
+    """Stop, disable and delete the unit install wrote at `path` (the record's)."""
+    if not path or not own_file(path, "smarter-cni"):
         return False
     if systemd_running():
         subprocess.run(["systemctl", "disable", "--now", UNIT_NAME], capture_output=True,
@@ -693,44 +728,24 @@ def _log(text: str) -> None:
     print(f"{stamp} supervisor: {text}", file=sys.stderr, flush=True)
 
 
-def ensure_dns_address(address: str) -> str:
-    """Put the DNS address on the node; returns the device it went on ('' if already there).
+def ensure_dns_address(address: str, interface: str = DEFAULT_DNS_INTERFACE) -> str:
+    """Put the DNS address on the node (dns/address); the device it went on, '' if present."""
+    from .dns.address import AddressSetupError, ensure_address
 
-    As NodeLocal DNSCache does, on a dummy interface; kernels built without
-    the dummy driver (some VMs and minimal boards) get it on `lo` instead,
-    which serves the same: the node owns the address and pods reach it
-    through their gateway.
-    """
-    from .run import run
-    from .status import is_node_address
-
-    if is_node_address(address):
-        return ""
-    device = DNS_INTERFACE
-    if not os.path.exists(f"/sys/class/net/{device}"):
-        run(["ip", "link", "add", device, "type", "dummy"])
-    if os.path.exists(f"/sys/class/net/{device}"):
-        run(["ip", "link", "set", device, "up"])
-    else:
-        device = "lo"
-    done = run(["ip", "addr", "replace", f"{address}/32", "dev", device])
-    if done.returncode != 0:
-        raise CLIError(f"cannot add the DNS address {address} to {device}: {done.error_text}",
-                       "choose another --dns-ip")
-    return device
+    try:
+        done = ensure_address(address, interface)
+    except AddressSetupError as err:
+        raise CLIError(f"cannot add the DNS address {address}: {err}",
+                       "choose another --dns-ip") from None
+    return "" if done == "present" else done.rsplit(" ", 1)[-1]
 
 
-def remove_dns_address(address: str, device: str) -> None:
+def remove_dns_address(address: str, device: str, interface: str) -> None:
     """Take the DNS address off where install put it; drop our dummy interface once empty."""
-    from .run import run
+    from .dns.address import remove_address
 
-    if not device or not os.path.exists(f"/sys/class/net/{device}"):
-        return
-    run(["ip", "addr", "del", f"{address}/32", "dev", device])
-    if device == DNS_INTERFACE:
-        done = run(["ip", "-o", "addr", "show", "dev", device])
-        if done.returncode == 0 and not done.stdout.strip():
-            run(["ip", "link", "del", device])
+    if device and os.path.exists(f"/sys/class/net/{device}"):
+        remove_address(address, device, drop_empty_dummy=device == interface)
 
 
 # ---------------------------------------------------------------- uninstall
@@ -744,10 +759,29 @@ def _attached(conf: NetConf | None) -> list[dict[str, Any]]:
 
 def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
               conf_dir: str | None = None, purge: bool = False) -> int:
+    """Undo what the install record says install made, and nothing else."""
     record = load_record()
-    bin_dir = os.path.abspath(bin_dir or record.get("bin_dir") or paths.DEFAULT_CNI_BIN_DIR)
-    conf_dir = os.path.abspath(conf_dir or record.get("conf_dir") or paths.DEFAULT_CNI_CONF_DIR)
-    conf_path = os.path.join(conf_dir, CONFLIST_NAME)
+    if not record:
+        program = load_program_record()
+        if purge and program:
+            out.say("smarter-cni: no node install recorded; removing the program")
+            with out.step(f"Removing the program from {prefix()}") as step:
+                step.detail = purge_program(program)
+            out.say("smarter-cni is uninstalled.")
+            out.emit({"uninstalled": True, "removed": [], "forced": force, "detached_pods": 0})
+            return 0
+        raise CLIError(
+            f"no install record at {record_path()}, so there is nothing this command knows "
+            "it installed (it never guesses)",
+            "point it at the install: SMARTER_CNI_PREFIX=DIR smarter-cni uninstall, where DIR "
+            "holds install.json (install.sh's default is /opt/smarter-cni)"
+            + ("; `smarter-cni uninstall --purge` removes the program left in " + prefix()
+               if program else ""))
+    if record.get("state_dir"):  # the state this install used, whatever this shell says
+        os.environ["SMARTER_CNI_STATE_DIR"] = record["state_dir"]
+    bin_dir = os.path.abspath(bin_dir or record.get("bin_dir") or "")
+    conf_path = os.path.join(os.path.abspath(conf_dir), CONFLIST_NAME) if conf_dir \
+        else str(record.get("config") or "")
     conf = _conf_for_uninstall(conf_path, record)
     attached = _attached(conf)
     if attached and not force:
@@ -761,16 +795,18 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
 
     with out.step("Stopping the node DNS service") as step:
         kinds = []
-        if _remove_unit():
-            kinds.append("systemd unit removed")
+        unit = record.get("unit_path") or _old_default_unit(record)
+        if record.get("dns_service") == "systemd" and _remove_unit(unit):
+            kinds.append(f"systemd unit {unit} removed")
         if stop_supervisor():
             kinds.append("supervisor stopped")
         if conf is not None:
-            remove_dns_address(conf.dns_address, record.get("dns_address_device", ""))
+            interface = record.get("dns_interface") or record.get("dns_address_device", "")
+            remove_dns_address(conf.dns_address, record.get("dns_address_device", ""), interface)
         step.detail = ", ".join(kinds) or "none was running"
 
     with out.step(f"Removing {conf_path}") as step:
-        if os.path.exists(conf_path):
+        if conf_path and os.path.exists(conf_path):
             os.unlink(conf_path)
             removed.append(conf_path)
         else:
@@ -798,8 +834,8 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
             with out.step(f"Removing Docker network {conf.docker_network}") as step:
                 step.detail = _remove_docker_network(conf)
 
-    with out.step(f"Removing state in {paths.state_dir()}"):
-        _remove_state(conf, force)
+    with out.step(f"Removing state in {paths.state_dir()}") as step:
+        step.detail = _remove_state(conf, force)
     lib = (record.get("options") or {}).get("plugin_lib")
     if lib and os.path.isdir(os.path.join(lib, "smarter_cni")):
         shutil.rmtree(os.path.join(lib, "smarter_cni"), ignore_errors=True)
@@ -813,44 +849,85 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
         os.unlink(record_path())
     except OSError:
         pass
+    program = load_program_record()
     if purge:
-        with out.step(f"Removing the program from {prefix()}"):
-            _purge_prefix()
+        with out.step(f"Removing the program from {prefix()}") as step:
+            step.detail = purge_program(program) if program else \
+                "no program record (not installed by install.sh): nothing to remove"
         out.say("smarter-cni is uninstalled.")
-    else:
+    elif program:
         out.say("smarter-cni is uninstalled. The program itself stays in "
                 f"{prefix()} (`smarter-cni uninstall --purge` removes it too).")
+    else:
+        out.say("smarter-cni is uninstalled.")
     out.emit({"uninstalled": True, "removed": removed, "forced": force,
               "detached_pods": len(attached)})
     return 0
 
 
-def _purge_prefix() -> None:
-    """Remove what install.sh put in the prefix (only those names: the prefix may be shared)."""
-    base = prefix()
-    for name in ("venv", "share", "docs", "lib"):
-        path = os.path.join(base, name)
+def _old_default_unit(record: dict[str, Any]) -> str:
+    """Records older than `unit_path` had their unit at the one path install used then."""
+    return os.path.join(DEFAULT_UNIT_DIR, UNIT_NAME) if "dns_interface" not in record else ""
+
+
+# ---------------------------------------------------------------- the program (install.sh's)
+
+def program_record_path() -> str:
+    return os.path.join(prefix(), PROGRAM_RECORD_NAME)
+
+
+def load_program_record() -> dict[str, Any]:
+    """What install.sh made in the prefix (venv, share, docs, the PATH link); {} if none."""
+    try:
+        with open(program_record_path()) as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def purge_program(program: dict[str, Any]) -> str:
+    """Remove exactly what the program record lists; returns what went."""
+    base = os.path.realpath(prefix())
+    gone = []
+    link = program.get("link")
+    target = program.get("link_target")
+    if isinstance(link, str) and os.path.islink(link) and os.readlink(link) == target:
+        os.unlink(link)
+        gone.append(link)
+    for name in program.get("made") or []:
+        path = os.path.realpath(os.path.join(base, str(name)))
+        if os.path.dirname(path) != base:  # only direct children of the prefix
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
+            gone.append(str(name))
     try:
-        os.rmdir(base)
+        os.unlink(program_record_path())
     except OSError:
         pass
+    if program.get("made_prefix"):
+        try:
+            os.rmdir(base)  # only when empty: someone else's files stay
+            gone.append(base)
+        except OSError:
+            pass
+    return ", ".join(gone) or "nothing recorded"
 
 
 def _conf_for_uninstall(conf_path: str, record: dict[str, Any]) -> NetConf | None:
-    try:
-        with open(conf_path) as handle:
-            return netconf_of(json.load(handle))
-    except (OSError, ValueError, CLIError):
-        pass
+    """The network install made: the record's config, else the file at the recorded path."""
     saved = record.get("plugin_config")
     if isinstance(saved, dict):
         try:
             return parse_netconf(saved)
         except CNIError:
-            return None
-    return None
+            pass
+    try:
+        with open(conf_path) as handle:
+            return netconf_of(json.load(handle))
+    except (OSError, ValueError, CLIError):
+        return None
 
 
 def _pod_label(record: dict[str, Any]) -> str:
@@ -891,10 +968,11 @@ def _remove_docker_network(conf: NetConf) -> str:
     return "removed"
 
 
-def _remove_state(conf: NetConf | None, force: bool) -> None:
+def _remove_state(conf: NetConf | None, force: bool) -> str:
+    """Drop this network's records; then the files smarter-cni writes (paths.STATE_FILES)."""
     directory = paths.state_dir()
     if not os.path.isdir(directory):
-        return
+        return "not there"
     with store.Transaction(directory) as tx:
         keys = [k for k, r in tx.attachments.items() if conf is None or r.get("network") == conf.name]
         for key in keys:
@@ -904,17 +982,18 @@ def _remove_state(conf: NetConf | None, force: bool) -> None:
         tx.dirty = bool(keys)
         remaining = bool(tx.attachments) or bool(tx.networks)
     if remaining:
-        return  # another network's state lives here too: leave the directory
+        return "kept: another network's state lives there too"
+    kept = []
     for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+        if paths.is_state_file(name):
             try:
-                os.unlink(path)
+                os.unlink(os.path.join(directory, name))
             except OSError:
-                pass
+                kept.append(name)
+        else:
+            kept.append(name)
     try:
         os.rmdir(directory)
     except OSError:
-        pass
+        return f"kept {len(kept)} file(s) smarter-cni did not write: {', '.join(sorted(kept)[:5])}"
+    return ""

@@ -9,60 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
-import struct
 import time
 from typing import Any
 
 from . import ipv4, paths, store
 from .cli import CLIError, Output
 from .cni.errors import CNIError
-
-# ---------------------------------------------------------------- DNS probe
-
-def dns_query(name: str, qid: int) -> bytes:
-    """A minimal recursive-desired A query for `name`."""
-    labels = b"".join(bytes([len(p)]) + p.encode("ascii") for p in name.strip(".").split("."))
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack(
-        "!HH", 1, 1)
+from .dns.acl import host_has
+from .dns.probe import dns_answers
 
 
 def is_node_address(address: str) -> bool:
-    """True when `address` is assigned on this node (a socket can bind it).
-
-    Probes go only to such addresses: a query to an address the node lacks
-    would leave by the default route.
-    """
-    from .dns.acl import host_has
-
+    """True when `address` is assigned on this node (a socket can bind it)."""
     return host_has(address)
-
-
-def dns_answers(address: str, domain: str, timeout: float = 1.0) -> tuple[bool, str]:
-    """Send one real query for a name under the cluster domain; (answered, what it said)."""
-    if not is_node_address(address):
-        return False, f"{address} is not an address of this node"
-    qid = random.randrange(1, 0xFFFF)
-    name = f"smarter-cni-status-probe.{domain}"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.settimeout(timeout)
-        sock.sendto(dns_query(name, qid), (address, 53))
-        deadline = time.monotonic() + timeout
-        while True:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data, _ = sock.recvfrom(4096)
-            if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid:
-                rcode = data[3] & 0x0F
-                return True, {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}.get(
-                    rcode, f"rcode {rcode}")
-    except socket.timeout:
-        return False, f"no answer within {timeout:g} s"
-    except OSError as err:
-        return False, err.strerror or str(err)
-    finally:
-        sock.close()
 
 
 # ---------------------------------------------------------------- finding the install

@@ -171,18 +171,6 @@ def test_ages_read_like_kubectl():
         ["5s", "119s", "2m", "119m", "2h", "47h", "2d"]
 
 
-def test_dns_probe_query_is_a_standard_a_query():
-    query = status.dns_query("probe.cluster.local", 0x1234)
-    assert query[:12] == bytes.fromhex("123401000001000000000000")
-    assert query[12:] == b"\x05probe\x07cluster\x05local\x00\x00\x01\x00\x01"
-
-
-def test_dns_probe_never_sends_to_an_address_the_node_lacks():
-    # 192.0.2.53 (TEST-NET-1) is on no interface: no packet may leave for it
-    answered, why = status.dns_answers("192.0.2.53", "cluster.local", 0.2)
-    assert not answered and "not an address of this node" in why
-
-
 # ---------------------------------------------------------------- status and pods over files
 
 def test_status_without_an_install_says_what_to_do(tmp_path, monkeypatch):
@@ -291,3 +279,76 @@ def test_systemd_unit_runs_this_installation(monkeypatch):
     assert "Environment=SMARTER_CNI_STATE_DIR=/run/other-state" in text.splitlines()
     assert text.index("[Service]") < text.index("Environment=") < text.index("[Install]")
     assert "Restart=" in text and "WantedBy=multi-user.target" in text
+
+
+# ---------------------------------------------------------------- what uninstall may remove
+
+def test_a_step_that_found_a_failure_never_says_ok():
+    import io
+
+    stream = io.StringIO()
+    out = cli.Output(stream=stream)
+    with out.step("Checking ping and names between the pods") as step:
+        step.fail("2 of 8 checks failed")
+    with out.step("Deleting the test pods"):
+        pass
+    lines = stream.getvalue().splitlines()
+    assert lines == ["  Checking ping and names between the pods ... FAILED: 2 of 8 checks failed",
+                     "  Deleting the test pods ... ok"]
+
+
+def test_state_dir_keeps_files_smarter_cni_did_not_write(tmp_path, monkeypatch):
+    state = _state(tmp_path)
+    for name in ("lock", "dns.log", "dns-supervisor.pid", "smarter-cni.log",
+                 ".dns-supervisor.pid.77.tmp"):
+        (state / name).write_text("x")
+    (state / "operator-notes.txt").write_text("mine")
+    monkeypatch.setenv("SMARTER_CNI_STATE_DIR", str(state))
+    detail = install._remove_state(None, force=True)
+    assert sorted(p.name for p in state.iterdir()) == ["operator-notes.txt"]
+    assert "operator-notes.txt" in detail
+
+
+def test_purge_removes_only_what_the_program_record_lists(tmp_path, monkeypatch):
+    prefix = tmp_path / "checkout"
+    for name in ("venv", "docs", "lib", "share"):
+        (prefix / name).mkdir(parents=True)
+    links = tmp_path / "bin"
+    links.mkdir()
+    (links / "smarter-cni").symlink_to(prefix / "venv" / "bin" / "smarter-cni")
+    (links / "other").symlink_to("/bin/true")
+    monkeypatch.setenv("SMARTER_CNI_PREFIX", str(prefix))
+    program = {"made_by": "install.sh", "made": ["venv", "../escape"], "made_prefix": False,
+               "link": str(links / "smarter-cni"),
+               "link_target": str(prefix / "venv" / "bin" / "smarter-cni")}
+    (prefix / "program.json").write_text(json.dumps(program))
+    install.purge_program(install.load_program_record())
+    assert sorted(p.name for p in prefix.iterdir()) == ["docs", "lib", "share"]
+    assert sorted(p.name for p in links.iterdir()) == ["other"]
+    assert tmp_path.exists()
+
+
+def test_purge_leaves_a_link_that_is_not_ours(tmp_path, monkeypatch):
+    links = tmp_path / "bin"
+    links.mkdir()
+    (links / "smarter-cni").symlink_to("/usr/bin/someone-elses")
+    monkeypatch.setenv("SMARTER_CNI_PREFIX", str(tmp_path / "p"))
+    install.purge_program({"link": str(links / "smarter-cni"), "link_target": "/x/venv/bin/y"})
+    assert (links / "smarter-cni").is_symlink()
+
+
+def test_install_options_for_a_private_install(monkeypatch, tmp_path):
+    opts = options(network="scni-test", dns_interface="dnstest0", service="supervisor")
+    assert (opts.network, opts.dns_interface, opts.service) == ("scni-test", "dnstest0",
+                                                                "supervisor")
+    assert install.render_conflist(opts)["name"] == "scni-test"
+    docker = install.render_conflist(options(mode="docker", network="scni-d"))
+    assert docker["name"] == "scni-d" and install.our_plugin(docker)["network"] == "scni-d"
+    assert options().dns_interface == "smarter-dns" and options().service == "auto"
+    monkeypatch.setenv("SMARTER_CNI_UNIT_DIR", str(tmp_path))
+    assert install.unit_path() == str(tmp_path / "smarter-cni-dns.service")
+    assert install.dns_arguments("/c", None, "dnstest0") == ["--config", "/c", "--interface",
+                                                             "dnstest0"]
+    with pytest.raises(CLIError):
+        install.service_kind("systemd") if not install.systemd_running() else \
+            install.service_kind("bogus")
