@@ -10,12 +10,11 @@ the host delivers locally just the same.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import socket
 
 from ..run import run
+from .acl import host_has
 
 log = logging.getLogger("smarter-cni.dns")
 
@@ -27,17 +26,8 @@ class AddressSetupError(RuntimeError):
 
 
 def is_local(address: str) -> bool:
-    """True when a socket can bind the address here (loopback or assigned on the host)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((address, 0))
-        return True
-    except OSError as err:
-        if err.errno == errno.EADDRNOTAVAIL:
-            return False
-        raise AddressSetupError(f"cannot test address {address}: {err.strerror}") from None
-    finally:
-        sock.close()
+    """True when the address is the node's (dns.acl.host_has: the one test of that)."""
+    return host_has(address)
 
 
 def _ip(*argv: str) -> None:

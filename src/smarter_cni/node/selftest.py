@@ -20,12 +20,16 @@ import tempfile
 import uuid
 from typing import Any
 
-from .cli import CLIError, Output
+from ..conflist import netconf_of, plugin_config
+from ..dataplane.bridge import HOSTNAME_ANNOTATION
+from ..dns.acl import host_has
+from ..launcher import package_root
+from .console import CLIError, Output
+from .status import bin_dir_of, find_config
 
 NAMESPACE = "smarter-cni-selftest"
 IMAGE = "smarter-cni/selftest:busybox"
 PLUGIN_TIMEOUT = 60.0
-HOSTNAME_ANNOTATION = "smarter-cni.io/hostname"
 
 
 class Pod:
@@ -172,8 +176,6 @@ def build_busybox_image(env: dict[str, str]) -> None:
 
 def in_pod(pod: Pod, *argv: str) -> dict[str, Any]:
     """Run node/inpod.py inside the pod's netns (this python, this package: no ping, no dig)."""
-    from .launcher import package_root
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     env["PYTHONPATH"] = package_root()
     done = _sh(["nsenter", f"--net={pod.netns}", sys.executable, "-m", "smarter_cni.node.inpod",
@@ -202,9 +204,6 @@ def resolve(pod: Pod, server: str, name: str) -> list[str]:
 
 def selftest(out: Output, conf_dir: str | None = None, bin_dir: str | None = None,
              nested: bool = False) -> int:
-    from .install import netconf_of, plugin_config
-    from .status import bin_dir_of, find_config
-
     path, conflist = find_config(conf_dir)
     if path is None or conflist is None:
         raise CLIError("no smarter-cni config found" if path is None else f"{path} is unreadable",
@@ -281,11 +280,9 @@ def _add_pod(runner: Runner, sandboxes: Any, pod: Pod, conf: Any, failures: list
 
 
 def _check_pods(out: Output, pods: list[Pod], conf: Any, indent: str) -> None:
-    from .status import is_node_address
-
     # pods reach the DNS address through the node; were it not the node's own,
     # their queries would be forwarded out of the node: never send them then
-    dns_here = is_node_address(conf.dns_address)
+    dns_here = host_has(conf.dns_address)
     with out.step(f"{indent}Checking ping and names between the pods") as step:
         for pod, peer in ((pods[0], pods[1]), (pods[1], pods[0])):
             ok, detail = ping(pod, peer.address)
