@@ -111,9 +111,8 @@ if ((${#missing[@]})); then
         die "missing prerequisite(s): ${missing[*]}; install them (Debian packages: ${packages[*]}) and run install.sh again"
     fi
 fi
-if ! command -v dig >/dev/null 2>&1; then
-    say "note: dig is not installed (optional: apt-get install dnsutils); the self-test uses its own resolver"
-fi
+# The self-test needs nothing more: it pings and resolves from Python inside
+# the test pods (no ping, no dig).
 
 # ---------------------------------------------------------------- the package
 

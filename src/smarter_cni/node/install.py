@@ -17,6 +17,7 @@ upgrade that leaves running pods alone):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -221,6 +222,8 @@ def install(opts: Options, out: Output) -> int:
             save_record(record)
             service.start_dns_service(kind, conf_path, conf, opts.dns_interface)
             step.detail = kind
+            if device == "lo" and opts.dns_interface != "lo":
+                step.detail += ", DNS address on lo (this kernel has no dummy interfaces)"
         summary["dns_service"] = kind
     else:
         summary["dns_service"] = "not managed (--no-dns-service)"
@@ -300,6 +303,8 @@ def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
 
 def ensure_dns_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
     """Put the DNS address on the node (dns/address); the device it went on, '' if present."""
+    # dns/address logs a fall-back to lo for the service's log; here the step says it
+    logging.getLogger("smarter-cni.dns").addHandler(logging.NullHandler())
     try:
         done = ensure_address(address, interface)
     except AddressSetupError as err:
