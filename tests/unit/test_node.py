@@ -219,3 +219,10 @@ def test_install_options_for_a_private_install(monkeypatch, tmp_path):
     with pytest.raises(CLIError):
         service.service_kind("systemd") if not service.systemd_running() else \
             service.service_kind("bogus")
+
+
+def test_a_bad_dns_interface_name_is_refused_before_anything_changes():
+    for name in ("bad/name", "a-name-far-too-long-for-linux", ""):
+        with pytest.raises(CLIError) as caught:
+            install._check_interface_name(name)
+        assert "--dns-interface" in caught.value.message and caught.value.fix

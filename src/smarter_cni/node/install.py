@@ -250,9 +250,12 @@ def _check_interface_name(name: str) -> None:
 
     try:
         validate_ifname(name)
+        valid = bool(name)
     except CNIError:
+        valid = False
+    if not valid:
         raise CLIError(f"--dns-interface {name[:40]!r} is not a valid interface name",
-                       "give 1-15 characters without '/', ':' or spaces") from None
+                       "give 1-15 characters without '/', ':' or spaces")
 
 
 def _refuse_foreign(dest: str, marker: str) -> None:
