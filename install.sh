@@ -10,10 +10,16 @@
 #
 # Environment knobs:
 #   SMARTER_CNI_PREFIX=DIR     where the venv goes (default /opt/smarter-cni)
+#   SMARTER_CNI_LINK_DIR=DIR   where the `smarter-cni` command is linked (default /usr/local/bin)
 #   SMARTER_CNI_SKIP_APT=1     never call apt-get; only say what is missing
+# (SMARTER_CNI_STATE_DIR and SMARTER_CNI_UNIT_DIR are passed on to `smarter-cni install`.)
+#
+# What it makes in the prefix and the link are listed in $PREFIX/program.json:
+# `smarter-cni uninstall --purge` removes exactly those.
 set -euo pipefail
 
 PREFIX="${SMARTER_CNI_PREFIX:-/opt/smarter-cni}"
+LINK_DIR="${SMARTER_CNI_LINK_DIR:-/usr/local/bin}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$PREFIX/venv"
 PYTHON="${PYTHON:-python3}"
@@ -25,6 +31,7 @@ usage() {
     cat <<'EOF'
 usage: sudo ./install.sh [--mode bridge|docker] [--subnet CIDR] [--gateway IP]
                          [--dns-ip IP] [--bridge NAME] [--network NAME]
+                         [--dns-interface NAME] [--service auto|systemd|supervisor]
                          [--domain DOMAIN] [--cni-bin-dir DIR] [--cni-conf-dir DIR]
                          [--k3s] [--no-selftest] [--no-dns-service] [--json]
 
@@ -104,11 +111,17 @@ if ((${#missing[@]})); then
         die "missing prerequisite(s): ${missing[*]}; install them (Debian packages: ${packages[*]}) and run install.sh again"
     fi
 fi
-if ! command -v dig >/dev/null 2>&1; then
-    say "note: dig is not installed (optional: apt-get install dnsutils); the self-test uses its own resolver"
-fi
+# The self-test needs nothing more: it pings and resolves from Python inside
+# the test pods (no ping, no dig).
 
 # ---------------------------------------------------------------- the package
+
+made=()          # what this run creates in the prefix (program.json lists it for --purge)
+made_prefix=0
+[[ -d $PREFIX ]] || made_prefix=1
+for part in venv share docs; do
+    [[ -e $PREFIX/$part ]] || made+=("$part")
+done
 
 if [[ ! -x $VENV/bin/python ]]; then
     say "creating a virtual environment in $VENV"
@@ -160,5 +173,39 @@ shopt -u nullglob
 
 rm -rf "$SRC_COPY"
 trap - EXIT
+
+# `smarter-cni` on PATH: a link to the venv's script (never over someone else's file).
+TARGET="$VENV/bin/smarter-cni"
+LINK="$LINK_DIR/smarter-cni"
+if [[ -L $LINK && $(readlink "$LINK") == "$TARGET" ]]; then
+    :   # already ours
+elif [[ -e $LINK || -L $LINK ]]; then
+    say "note: $LINK exists and is not this installation's; left alone (run $TARGET instead)"
+    LINK=""
+else
+    mkdir -p "$LINK_DIR" && ln -s "$TARGET" "$LINK" || die "cannot link $LINK to $TARGET"
+fi
+
+"$VPY" - "$PREFIX/program.json" "$made_prefix" "$LINK" "$TARGET" "${made[@]}" <<'EOF' \
+    || die "cannot write $PREFIX/program.json"
+import json, os, sys
+path, made_prefix, link, target, *made = sys.argv[1:]
+try:
+    with open(path) as handle:
+        old = json.load(handle)
+except (OSError, ValueError):
+    old = {}
+old = old if isinstance(old, dict) else {}
+record = {"made_by": "install.sh", "made": sorted(set(old.get("made") or []) | set(made)),
+          "made_prefix": bool(old.get("made_prefix")) or made_prefix == "1"}
+if link:
+    record.update(link=link, link_target=target)
+elif old.get("link"):
+    record.update(link=old["link"], link_target=old.get("link_target"))
+with open(path + ".tmp", "w") as handle:
+    handle.write(json.dumps(record, indent=2) + "\n")
+os.replace(path + ".tmp", path)
+EOF
+
 export SMARTER_CNI_PREFIX="$PREFIX"
 exec "$VENV/bin/smarter-cni" install "$@"

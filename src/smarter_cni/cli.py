@@ -1,21 +1,20 @@
-"""`smarter-cni <command>`: the operator's command line.
+"""`smarter-cni <command>`: the operator's command line, argparse and nothing else.
 
-Not on the plugin's hot path (entry.py only comes here when CNI_COMMAND is
-unset), so it may use argparse and friends. Every command prints for people
-by default and JSON with `--json`; every failure is a message that says
-what to do, never a traceback.
+Each command is a call into node/ (install, uninstall, status, selftest,
+service); this module parses, picks the output form and turns every failure
+into a message that says what to do, never a traceback. Not on the plugin's
+hot path (entry.py only comes here when CNI_COMMAND is unset).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Callable
 
 from . import __version__ as _version
+from .conflist import ConfigError
+from .node.console import CLIError, Output, require_root
 
 EPILOG = """\
 typical use:
@@ -29,101 +28,17 @@ typical use:
 """
 
 
-class CLIError(Exception):
-    """A failure for the operator: what went wrong and what to do about it."""
-
-    def __init__(self, message: str, fix: str = "", code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-        self.code = code
-
-
-class Output:
-    """Human lines on stdout, or one JSON document with --json (progress then goes to stderr)."""
-
-    def __init__(self, as_json: bool = False, stream: TextIO | None = None) -> None:
-        self.as_json = as_json
-        self.stream = stream or sys.stdout
-        self.progress_stream = sys.stderr if as_json else self.stream
-
-    def say(self, text: str = "") -> None:
-        if not self.as_json:
-            print(text, file=self.stream, flush=True)
-
-    def note(self, text: str) -> None:
-        """A progress/info line that is shown in both modes (on stderr with --json)."""
-        print(text, file=self.progress_stream, flush=True)
-
-    def step(self, text: str) -> Step:
-        return Step(self, text)
-
-    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = "") -> None:
-        if not self.as_json:
-            for line in format_table(headers, rows):
-                print(indent + line, file=self.stream)
-            self.stream.flush()
-
-    def emit(self, data: Any) -> None:
-        if self.as_json:
-            json.dump(data, self.stream, indent=2, sort_keys=True)
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-class Step:
-    """`with out.step("Creating bridge smarter0"):` prints '... ok (0.2 s)' or '... FAILED'."""
-
-    def __init__(self, out: Output, text: str) -> None:
-        self.out = out
-        self.text = text
-        self.detail = ""
-        self.started = 0.0
-
-    def __enter__(self) -> Step:
-        self.started = time.monotonic()
-        print(f"  {self.text} ...", end="", file=self.out.progress_stream, flush=True)
-        return self
-
-    def __exit__(self, kind: Any, value: Any, trace: Any) -> None:
-        took = time.monotonic() - self.started
-        timing = f" ({took:.1f} s)" if took >= 0.5 else ""
-        if kind is None:
-            extra = f": {self.detail}" if self.detail else ""
-            print(f" ok{extra}{timing}", file=self.out.progress_stream, flush=True)
-        else:
-            print(" FAILED", file=self.out.progress_stream, flush=True)
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    body = [["" if cell is None else str(cell) for cell in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in body:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    for row in body:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return lines
-
-
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise CLIError(f"`smarter-cni {what}` changes the node's network and needs root",
-                       f"run it again with sudo: sudo smarter-cni {what}")
-
-
 # ---------------------------------------------------------------- commands
 
 def _cmd_install(args: argparse.Namespace, out: Output) -> int:
-    from .install import Options, install
+    from .node.install import Options, install
 
     require_root("install")
     return install(Options.from_args(args), out)
 
 
 def _cmd_uninstall(args: argparse.Namespace, out: Output) -> int:
-    from .install import uninstall
+    from .node.uninstall import uninstall
 
     require_root("uninstall")
     return uninstall(out, force=args.force, bin_dir=args.cni_bin_dir, conf_dir=args.cni_conf_dir,
@@ -131,26 +46,26 @@ def _cmd_uninstall(args: argparse.Namespace, out: Output) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, out: Output) -> int:
-    from .status import status
+    from .node.status import status
 
     return status(out, conf_dir=args.cni_conf_dir, bin_dir=args.cni_bin_dir)
 
 
 def _cmd_pods(args: argparse.Namespace, out: Output) -> int:
-    from .status import pods
+    from .node.status import pods
 
     return pods(out)
 
 
 def _cmd_selftest(args: argparse.Namespace, out: Output) -> int:
-    from .selftest import selftest
+    from .node.selftest import selftest
 
     require_root("selftest")
     return selftest(out, conf_dir=args.cni_conf_dir, bin_dir=args.cni_bin_dir)
 
 
 def _cmd_supervise(args: argparse.Namespace, out: Output) -> int:
-    from .install import supervise
+    from .node.service import supervise
 
     return supervise(args.argv)
 
@@ -188,7 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="node DNS address for kubelet --cluster-dns "
                            "(default 169.254.0.2 bridge, 172.38.0.2 docker)")
     inst.add_argument("--bridge", metavar="NAME", help="bridge name in bridge mode (default smarter0)")
-    inst.add_argument("--network", metavar="NAME", help="Docker network in docker mode (default mynet)")
+    inst.add_argument("--network", metavar="NAME",
+                      help="the CNI network's name (default smarter); in docker mode also the "
+                           "Docker network (default mynet)")
+    inst.add_argument("--dns-interface", metavar="NAME",
+                      help="dummy interface that carries the DNS address (default smarter-dns)")
+    inst.add_argument("--service", choices=("auto", "systemd", "supervisor"), default="auto",
+                      help="how the DNS service runs: auto (default) is systemd where systemd "
+                           "runs the node, else a supervisor process; the unit goes to "
+                           "$SMARTER_CNI_UNIT_DIR (default /etc/systemd/system)")
     inst.add_argument("--domain", metavar="DOMAIN", help="cluster domain (default cluster.local)")
     inst.add_argument("--k3s", action="store_true",
                       help="use the dirs k3s uses with --flannel-backend=none and print the "
@@ -246,11 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_dns(rest: list[str]) -> int:
-    try:
-        from .dns.service import main as dns_main
-    except ImportError:
-        raise CLIError("this build has no DNS service (smarter_cni.dns.service is missing)",
-                       "reinstall smarter-cni from a complete checkout") from None
+    from .dns.service import main as dns_main
+
     result = dns_main(rest)
     return int(result or 0)
 
@@ -278,6 +198,9 @@ def _guarded(handler: Callable[[], int]) -> int:
     except CLIError as err:
         _error(err.message, err.fix)
         return err.code
+    except ConfigError as err:
+        _error(err.message, err.fix)
+        return 1
     except CNIError as err:
         _error(err.msg, "")
         return 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from .files import write_atomic
+
 PLUGIN_HEADER = "smarter-cni CNI plugin launcher (written by `smarter-cni install`)."
 TEMPLATE = """#!{python} -IS
 # {header}
@@ -34,8 +36,4 @@ def render(python: str, root: str = "", module: str = "smarter_cni.entry",
 def write(dest: str, python: str, root: str = "", module: str = "smarter_cni.entry",
           header: str = PLUGIN_HEADER) -> None:
     """Write a launcher of `module`'s main() atomically (temp file + rename), mode 0755."""
-    temp = f"{dest}.tmp.{os.getpid()}"
-    with open(temp, "w") as handle:
-        handle.write(render(python, root, module, header))
-    os.chmod(temp, 0o755)
-    os.replace(temp, dest)
+    write_atomic(dest, render(python, root, module, header), 0o755)

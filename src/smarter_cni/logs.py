@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from .paths import state_dir
+from .paths import PLUGIN_LOG, state_dir
 
 MAX_LOG_BYTES = 1 << 20
 
@@ -13,7 +13,7 @@ MAX_LOG_BYTES = 1 << 20
 def log(level: str, message: str) -> None:
     """Append one line; rotate once past 1 MiB. Logging never raises."""
     try:
-        path = os.path.join(state_dir(), "smarter-cni.log")
+        path = os.path.join(state_dir(), PLUGIN_LOG)
         try:
             if os.stat(path).st_size > MAX_LOG_BYTES:
                 os.replace(path, path + ".1")

@@ -18,6 +18,8 @@ DEFAULTS = {
     "bridge": {"subnet": "10.42.0.0/16", "dnsAddress": "169.254.0.2"},
     "docker": {"subnet": "172.38.0.0/16", "dnsAddress": "172.38.0.2"},
 }
+# the CNI network's name (the conflist's `name`) when the operator names none
+DEFAULT_NETWORK_NAMES = {"bridge": "smarter", "docker": "smarter-docker"}
 DEFAULT_BRIDGE = "smarter0"
 DEFAULT_DOCKER_NETWORK = "mynet"
 DEFAULT_DOMAIN = "cluster.local"
@@ -129,7 +131,7 @@ def parse_netconf(config: dict) -> NetConf:
     if conf.mode == "docker" and not _is_docker_name(conf.docker_network):
         raise _fail(f"network {conf.docker_network[:60]!r} is not a Docker network name "
                     "(a letter or digit, then letters, digits, '_', '.' or '-')")
-    conf.docker_socket = _get(config, "dockerSocket", str, _docker_socket_from_env())
+    conf.docker_socket = _get(config, "dockerSocket", str, docker_socket_from_env())
     conf.kubeconfig = _get(config, "kubeconfig", str, "")
     return conf
 
@@ -154,7 +156,8 @@ def _address_in_subnet(conf: NetConf, config: dict, key: str, default: int) -> i
     return value
 
 
-def _docker_socket_from_env() -> str:
+def docker_socket_from_env() -> str:
+    """The Docker socket DOCKER_HOST names (unix:// only), else the default: the one parser."""
     host = os.environ.get("DOCKER_HOST", "")
     if host.startswith("unix://"):
         return host[len("unix://"):]

@@ -9,6 +9,24 @@ DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
 CONFLIST_NAME = "10-smarter-cni.conflist"
 
+# Every file smarter-cni writes in the state dir (uninstall removes these and
+# nothing else). store.py names the first two itself (FILE_NAME, LOCK_NAME).
+ATTACHMENTS_FILE = "attachments.json"
+LOCK_FILE = "lock"
+PLUGIN_LOG = "smarter-cni.log"
+DNS_LOG = "dns.log"
+SUPERVISOR_PIDFILE = "dns-supervisor.pid"
+STATE_FILES = (ATTACHMENTS_FILE, LOCK_FILE, PLUGIN_LOG, PLUGIN_LOG + ".1", DNS_LOG,
+               SUPERVISOR_PIDFILE)
+
+
+def is_state_file(name: str) -> bool:
+    """One of STATE_FILES, or the temp file an atomic write of one leaves if killed."""
+    if name in STATE_FILES:
+        return True
+    return name.startswith(".") and name.endswith(".tmp") and any(
+        name[1:].startswith(own + ".") for own in STATE_FILES)
+
 
 def state_dir() -> str:
     """The state directory: tmpfs, so a reboot starts every pod (and us) afresh.

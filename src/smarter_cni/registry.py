@@ -8,8 +8,6 @@ annotation can neither inject a record nor break the file.
 
 from __future__ import annotations
 
-from . import store
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable
@@ -96,8 +94,3 @@ def build_tables(
             reverse.setdefault(address, []).extend(fqdns or names[:1])
     return forward, reverse
 
-
-def load_tables(
-    domain: str, directory: str | None = None
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    return build_tables(store.load(directory)["attachments"].values(), domain)

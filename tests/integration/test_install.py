@@ -1,9 +1,11 @@
 """install.sh and the `smarter-cni` operator commands, for real, in bridge mode.
 
 One installation per module (install.sh is the slow part: venv + pip): a
-temp prefix (SMARTER_CNI_PREFIX), temp CNI dirs, a temp state dir, a unique
-bridge, a free /24 and a unique link-local DNS address, so nothing of the
-machine's own is touched. The tests run in file order against it and the
+temp prefix (SMARTER_CNI_PREFIX), temp CNI dirs, a temp state dir, a temp
+unit dir (SMARTER_CNI_UNIT_DIR) and link dir (SMARTER_CNI_LINK_DIR), the
+supervisor as the DNS service, a unique network name, bridge and DNS
+interface, a free /24 and a unique link-local DNS address, so nothing of the
+machine's own is touched (an installed node keeps running). The tests run in file order against it and the
 last one uninstalls; the fixture's teardown removes whatever is left even
 when a test failed half-way.
 """
@@ -15,6 +17,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,23 +60,28 @@ class Install:
         self.bin_dir = base / "cni-bin"
         self.conf_dir = base / "cni-conf"
         self.state_dir = base / "state"
+        self.unit_dir = base / "units"
+        self.link_dir = base / "links"
         self.mode = mode
         self.name = unique("s", 10)
         self.bridge = f"br{self.name[:12]}"
         self.network = f"scni-{self.name}"
+        self.dns_interface = f"dn{self.name[:12]}"
         self.subnet = free_subnet()
         self.dns_ip = free_dns_ip()
         self.env = dict(os.environ, SMARTER_CNI_PREFIX=str(self.prefix),
-                        SMARTER_CNI_STATE_DIR=str(self.state_dir), SMARTER_CNI_SKIP_APT="1")
+                        SMARTER_CNI_STATE_DIR=str(self.state_dir), SMARTER_CNI_SKIP_APT="1",
+                        SMARTER_CNI_UNIT_DIR=str(self.unit_dir),
+                        SMARTER_CNI_LINK_DIR=str(self.link_dir))
 
     @property
     def options(self) -> list[str]:
         opts = ["--mode", self.mode, "--cni-bin-dir", str(self.bin_dir), "--cni-conf-dir",
-                str(self.conf_dir), "--subnet", self.subnet, "--dns-ip", self.dns_ip]
+                str(self.conf_dir), "--subnet", self.subnet, "--dns-ip", self.dns_ip,
+                "--network", self.network, "--dns-interface", self.dns_interface,
+                "--service", "supervisor"]
         if self.mode == "bridge":
             opts += ["--bridge", self.bridge]
-        else:
-            opts += ["--network", self.network]
         return opts
 
     @property
@@ -126,13 +134,15 @@ class Install:
         try:
             if self.mode == "bridge":
                 bridge.teardown_network(parse_netconf({
-                    "name": "smarter", "type": "smarter-cni", "bridge": self.bridge,
+                    "name": self.network, "type": "smarter-cni", "bridge": self.bridge,
                     "subnet": self.subnet}))
         finally:
             del os.environ["SMARTER_CNI_STATE_DIR"]
-        for device in ("smarter-dns", "lo"):
+        for device in (self.dns_interface, "lo"):
             subprocess.run(["ip", "addr", "del", f"{self.dns_ip}/32", "dev", device],
                            capture_output=True)
+        if link_exists(self.dns_interface):
+            subprocess.run(["ip", "link", "del", self.dns_interface], capture_output=True)
 
 
 def _is_our_supervisor(pid: int) -> bool:
@@ -173,6 +183,7 @@ def test_install_sh_installs_and_its_selftest_passes(inst, first_install):
     assert "Traceback" not in done.stdout + done.stderr
     # the self-test pinged and resolved by name in both directions
     assert done.stdout.count(" resolve ") == 6 and "FAILED" not in done.stdout
+    assert "Checking ping and names between the pods ... ok: 8 checks" in done.stdout
     assert f"--cluster-dns={inst.dns_ip}" in done.stdout
 
 
@@ -192,6 +203,36 @@ def test_everything_is_in_place(inst, first_install):
     assert dns_address_present(inst.dns_ip)
     assert _is_our_supervisor(inst.supervisor_pid())
     assert not list(inst.conf_dir.glob(".*tmp")), "temp files left next to the config"
+    # the settings that keep a test install off a real one
+    assert conflist["name"] == inst.network
+    record = json.loads((inst.prefix / "install.json").read_text())
+    # on our own dummy interface; `lo` on kernels without the dummy driver (as here)
+    device = subprocess.run(["ip", "-o", "addr", "show", "to", inst.dns_ip],
+                            capture_output=True, text=True).stdout.split()[1]
+    assert device in (inst.dns_interface, "lo") and record["dns_address_device"] == device
+    assert (record["network"], record["dns_interface"], record["dns_service"]) == \
+        (inst.network, inst.dns_interface, "supervisor")
+    assert "unit_path" not in record and not inst.unit_dir.exists()
+    # `smarter-cni` on PATH: a link in the link dir, recorded as the program's
+    link = inst.link_dir / "smarter-cni"
+    assert os.readlink(link) == str(inst.cli)
+    program = json.loads((inst.prefix / "program.json").read_text())
+    assert program["link"] == str(link) and program["made"] == ["docs", "share", "venv"]
+    shown = subprocess.run(["smarter-cni", "--version"], capture_output=True, text=True,
+                           env=dict(inst.env, PATH=f"{inst.link_dir}:/usr/bin:/bin"))
+    assert shown.returncode == 0 and shown.stdout.startswith("smarter-cni ")
+
+
+def test_selftest_needs_neither_ping_nor_dig(inst, first_install, tmp_path):
+    """A fresh Debian 12 has neither: the self-test probes from Python inside each pod."""
+    env = dict(inst.env, PATH=_path_without(tmp_path, "ping", "dig", "nslookup"))
+    done = subprocess.run([str(inst.cli), "selftest"], env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "self-test passed" in done.stdout and "FAILED" not in done.stdout
+    checks = [line.split()[2] for line in done.stdout.splitlines()
+              if line.strip().startswith("selftest-") and len(line.split()) > 4]
+    assert sorted(checks) == ["ping"] * 2 + ["resolve"] * 6
 
 
 def test_selftest_command(inst, first_install):
@@ -320,14 +361,32 @@ def test_uninstall_leaves_nothing_behind(inst, first_install):
     time.sleep(0.2)
     assert not _is_our_supervisor(pid)
     assert not dns_address_present(inst.dns_ip)
+    assert not link_exists(inst.dns_interface)  # our dummy interface, once empty
     assert not inst.state_dir.exists()
     assert not (inst.prefix / "install.json").exists()
     assert not inst.bin_dir.exists() and not inst.conf_dir.exists()  # install made them
     assert (inst.prefix / "venv").is_dir() and "--purge" in done.stdout
+    assert (inst.link_dir / "smarter-cni").is_symlink()  # the program (and its link) stay
     # a second uninstall has nothing left but the program: --purge takes that too
     again = inst.run("uninstall", "--purge")
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
     assert not inst.prefix.exists()
+    assert not (inst.link_dir / "smarter-cni").is_symlink()
+
+
+def test_uninstall_without_a_record_refuses_and_says_how(tmp_path):
+    from helpers.plugin import SRC
+
+    env = dict(os.environ, SMARTER_CNI_PREFIX=str(tmp_path / "nothing-here"),
+               PYTHONPATH=str(SRC), SMARTER_CNI_STATE_DIR=str(tmp_path / "state"))
+    for extra in ([], ["--purge"], ["--force"]):
+        done = subprocess.run([sys.executable, "-m", "smarter_cni", "uninstall", *extra],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert f"no install record at {tmp_path}/nothing-here/install.json" in done.stderr
+        assert "SMARTER_CNI_PREFIX=DIR smarter-cni uninstall" in done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not (tmp_path / "nothing-here").exists() and not (tmp_path / "state").exists()
 
 
 # ---------------------------------------------------------------- prerequisites
@@ -335,7 +394,6 @@ def test_uninstall_leaves_nothing_behind(inst, first_install):
 def _path_without(tmp_path: Path, *missing: str) -> str:
     """A PATH dir with every program of the usual dirs linked in, except `missing`."""
     import shutil
-    import sys
 
     bin_dir = tmp_path / "path"
     bin_dir.mkdir()
@@ -351,7 +409,8 @@ def _path_without(tmp_path: Path, *missing: str) -> str:
     if python.is_symlink():
         python.unlink()
     python.symlink_to(os.path.realpath(sys.executable))
-    assert shutil.which("ip", path=str(bin_dir)) is None
+    for name in missing:
+        assert shutil.which(name, path=str(bin_dir)) is None, name
     return str(bin_dir)
 
 

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from smarter_cni import cli, install, status
-from smarter_cni.cli import CLIError, format_table, main
-from smarter_cni.netconf import parse_netconf
+from smarter_cni import cli
+from smarter_cni.cli import main
+from smarter_cni.node.console import format_table
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -27,19 +26,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run([sys.executable, "-m", "smarter_cni", *args], env=full,
                           capture_output=True, text=True, timeout=60)
 
-
-def options(**overrides) -> install.Options:
-    args = SimpleNamespace(mode="bridge", subnet=None, gateway=None, dns_ip=None, bridge=None,
-                           network=None, domain=None, cni_bin_dir=None, cni_conf_dir=None,
-                           k3s=False, no_selftest=False, no_dns_service=False,
-                           plugin_python=None, plugin_lib=None)
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return install.Options.from_args(args)
-
-
-def plugin_of(conflist: dict) -> dict:
-    return install.plugin_config(conflist)
 
 
 # ---------------------------------------------------------------- parsing and help
@@ -79,108 +65,11 @@ def test_version():
     assert done.returncode == 0 and done.stdout.strip().startswith("smarter-cni ")
 
 
-def test_k3s_preset_selects_the_dirs_k3s_uses_without_flannel():
-    opts = options(k3s=True)
-    assert (opts.bin_dir, opts.conf_dir) == ("/opt/cni/bin", "/etc/cni/net.d")
-    explicit = options(k3s=True, cni_bin_dir="/x/bin", cni_conf_dir="rel/conf")
-    assert explicit.bin_dir == "/x/bin" and explicit.conf_dir == os.path.abspath("rel/conf")
-
-
-# ---------------------------------------------------------------- config rendering
-
-def test_default_bridge_config():
-    conf = parse_netconf(plugin_of(install.render_conflist(options())))
-    assert (conf.mode, conf.bridge, conf.cidr(), conf.gateway_text(), conf.dns_address) == \
-        ("bridge", "smarter0", "10.42.0.0/16", "10.42.0.1", "169.254.0.2")
-    assert install.our_plugin(install.render_conflist(options()))["capabilities"] == \
-        {"io.kubernetes.cri.pod-annotations": True}
-
-
-def test_options_fill_the_config():
-    conflist = install.render_conflist(options(subnet="192.168.50.0/24", dns_ip="169.254.9.9",
-                                               bridge="pods0", domain="edge.local"))
-    conf = parse_netconf(plugin_of(conflist))
-    assert conf.cidr() == "192.168.50.0/24"
-    assert conf.gateway_text() == "192.168.50.1"  # the template's gateway is not kept
-    assert (conf.dns_address, conf.bridge, conf.domain) == ("169.254.9.9", "pods0", "edge.local")
-    gateway = install.render_conflist(options(subnet="192.168.50.0/24", gateway="192.168.50.254"))
-    assert parse_netconf(plugin_of(gateway)).gateway_text() == "192.168.50.254"
-
-
-def test_docker_config_reserves_dot_two_of_its_subnet(monkeypatch):
-    monkeypatch.delenv("DOCKER_HOST", raising=False)
-    conf = parse_netconf(plugin_of(install.render_conflist(options(mode="docker"))))
-    assert (conf.mode, conf.docker_network, conf.cidr(), conf.dns_address) == \
-        ("docker", "mynet", "172.38.0.0/16", "172.38.0.2")
-    other = install.render_conflist(options(mode="docker", subnet="172.40.0.0/16",
-                                            network="edge"))
-    conf = parse_netconf(plugin_of(other))
-    assert (conf.docker_network, conf.dns_address) == ("edge", "172.40.0.2")
-
-
-def test_docker_socket_from_docker_host_goes_into_the_config(monkeypatch):
-    monkeypatch.setenv("DOCKER_HOST", "unix:///run/other/docker.sock")
-    plugin = install.our_plugin(install.render_conflist(options(mode="docker")))
-    assert plugin["dockerSocket"] == "/run/other/docker.sock"
-
-
-@pytest.mark.parametrize("field, value, words", [
-    ("subnet", "10.0.0.0/33", "subnet"),
-    ("dns_ip", "not-an-ip", "dnsAddress"),
-    ("bridge", "a-bridge-name-far-too-long", "not a valid interface name"),
-    ("gateway", "10.99.0.1", "outside subnet"),
-])
-def test_bad_options_are_errors_that_say_what(field, value, words):
-    with pytest.raises(CLIError) as caught:
-        install.render_conflist(options(**{field: value}))
-    assert words in caught.value.message and caught.value.fix
-
-
-def test_k3s_command_lines():
-    bridge = parse_netconf(plugin_of(install.render_conflist(options())))
-    server, agent = install.k3s_command_lines(bridge)
-    for flag in ("--flannel-backend=none", "--disable-network-policy", "--disable-kube-proxy",
-                 "--disable=coredns,servicelb,traefik,metrics-server",
-                 "--cluster-dns=169.254.0.2"):
-        assert flag in server
-    assert "--no-flannel" not in server and "--no-deploy" not in server  # gone since v1.26
-    assert "K3S_URL=" in agent and "--docker" not in server + agent
-    docker = parse_netconf(plugin_of(install.render_conflist(options(mode="docker"))))
-    server, agent = install.k3s_command_lines(docker)
-    assert "--docker" in server and "--docker" in agent and "--cluster-dns=172.38.0.2" in server
-
-
-def test_write_atomic_replaces_whole_files(tmp_path):
-    target = tmp_path / "10-smarter-cni.conflist"
-    install.write_atomic(str(target), "old\n")
-    install.write_atomic(str(target), "new\n", 0o644)
-    assert target.read_text() == "new\n"
-    assert oct(target.stat().st_mode & 0o777) == "0o644"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
-
-
 # ---------------------------------------------------------------- output helpers
 
 def test_tables_align():
     lines = format_table(("NAME", "ADDRESS"), [("a", "10.42.0.2"), ("longer-name", None)])
     assert lines == ["NAME         ADDRESS", "a            10.42.0.2", "longer-name"]
-
-
-def test_ages_read_like_kubectl():
-    assert [status.age(s) for s in (5, 119, 120, 7199, 7200, 172799, 172800)] == \
-        ["5s", "119s", "2m", "119m", "2h", "47h", "2d"]
-
-
-def test_dns_probe_query_is_a_standard_a_query():
-    query = status.dns_query("probe.cluster.local", 0x1234)
-    assert query[:12] == bytes.fromhex("123401000001000000000000")
-    assert query[12:] == b"\x05probe\x07cluster\x05local\x00\x00\x01\x00\x01"
-
-
-def test_dns_probe_never_sends_to_an_address_the_node_lacks():
-    # 192.0.2.53 (TEST-NET-1) is on no interface: no packet may leave for it
-    answered, why = status.dns_answers("192.0.2.53", "cluster.local", 0.2)
-    assert not answered and "not an address of this node" in why
 
 
 # ---------------------------------------------------------------- status and pods over files
@@ -280,14 +169,3 @@ def test_commands_that_change_the_node_refuse_without_root(tmp_path):
             capture_output=True, text=True, timeout=60)
         assert done.returncode == 1, command
         assert "needs root" in done.stderr and f"sudo smarter-cni {command}" in done.stderr
-
-
-def test_systemd_unit_runs_this_installation(monkeypatch):
-    monkeypatch.setenv("SMARTER_CNI_STATE_DIR", "/run/other-state")
-    argv = ["/opt/x/venv/bin/smarter-cni", "dns", "--config", "/etc/cni/net.d/10-smarter-cni.conflist"]
-    text = install._unit_text(argv)
-    exec_lines = [line for line in text.splitlines() if line.startswith("ExecStart=")]
-    assert exec_lines == ["ExecStart=" + " ".join(argv)]
-    assert "Environment=SMARTER_CNI_STATE_DIR=/run/other-state" in text.splitlines()
-    assert text.index("[Service]") < text.index("Environment=") < text.index("[Install]")
-    assert "Restart=" in text and "WantedBy=multi-user.target" in text

@@ -21,7 +21,7 @@ import yaml
 
 from smarter_cni import __version__
 from smarter_cni.cli import build_parser
-from smarter_cni.install import default_conflist
+from smarter_cni.conflist import default_conflist
 from smarter_cni.netconf import parse_netconf
 
 ROOT = Path(__file__).resolve().parents[2]

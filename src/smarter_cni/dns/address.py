@@ -10,12 +10,11 @@ the host delivers locally just the same.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import socket
 
 from ..run import run
+from .acl import host_has
 
 log = logging.getLogger("smarter-cni.dns")
 
@@ -27,17 +26,8 @@ class AddressSetupError(RuntimeError):
 
 
 def is_local(address: str) -> bool:
-    """True when a socket can bind the address here (loopback or assigned on the host)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((address, 0))
-        return True
-    except OSError as err:
-        if err.errno == errno.EADDRNOTAVAIL:
-            return False
-        raise AddressSetupError(f"cannot test address {address}: {err.strerror}") from None
-    finally:
-        sock.close()
+    """True when the address is the node's (dns.acl.host_has: the one test of that)."""
+    return host_has(address)
 
 
 def _ip(*argv: str) -> None:
@@ -65,9 +55,19 @@ def ensure_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
     return f"added to {interface}"
 
 
-def remove_address(address: str, interface: str) -> None:
-    """Take back an address `ensure_address` added; never raises."""
+def remove_address(address: str, interface: str, drop_empty_dummy: bool = False) -> None:
+    """Take back an address `ensure_address` added; never raises.
+
+    With `drop_empty_dummy` the interface goes too once it is a dummy that
+    carries no address any more (uninstall; the service leaves it for reuse).
+    """
     try:
         _ip("addr", "del", f"{address}/32", "dev", interface)
     except AddressSetupError as err:
         log.warning("could not remove %s from %s: %s", address, interface, err)
+    if drop_empty_dummy and interface != "lo":
+        kind = run(["ip", "-o", "-d", "link", "show", "dev", interface], timeout=10.0)
+        addresses = run(["ip", "-o", "addr", "show", "dev", interface], timeout=10.0)
+        if kind.returncode == 0 and b" dummy " in kind.stdout and addresses.returncode == 0 \
+                and not addresses.stdout.strip():
+            run(["ip", "link", "del", interface], timeout=10.0)

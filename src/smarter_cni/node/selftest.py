@@ -17,16 +17,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from typing import Any
 
-from .cli import CLIError, Output
+from ..conflist import netconf_of, plugin_config
+from ..dataplane.bridge import HOSTNAME_ANNOTATION
+from ..dns.acl import host_has
+from ..launcher import package_root
+from .console import CLIError, Output
+from .status import bin_dir_of, find_config
 
 NAMESPACE = "smarter-cni-selftest"
 IMAGE = "smarter-cni/selftest:busybox"
 PLUGIN_TIMEOUT = 60.0
-HOSTNAME_ANNOTATION = "smarter-cni.io/hostname"
 
 
 class Pod:
@@ -171,79 +174,36 @@ def build_busybox_image(env: dict[str, str]) -> None:
 
 # ---------------------------------------------------------------- checks
 
+def in_pod(pod: Pod, *argv: str) -> dict[str, Any]:
+    """Run node/inpod.py inside the pod's netns (this python, this package: no ping, no dig)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env["PYTHONPATH"] = package_root()
+    done = _sh(["nsenter", f"--net={pod.netns}", sys.executable, "-m", "smarter_cni.node.inpod",
+                *argv], timeout=15, env=env)
+    try:
+        result = json.loads(done.stdout)
+        if isinstance(result, dict) and "ok" in result:
+            return result
+    except ValueError:
+        pass
+    why = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+    return {"ok": False, "addresses": [], "detail": why[0][:120]}
+
+
 def ping(pod: Pod, address: str) -> tuple[bool, str]:
-    started = time.monotonic()
-    done = _sh(["nsenter", f"--net={pod.netns}", "ping", "-c1", "-W1", address], timeout=10)
-    took = (time.monotonic() - started) * 1000
-    if done.returncode == 0:
-        return True, f"{took:.0f} ms"
-    return False, (done.stdout + done.stderr).strip().splitlines()[-1:][0][:120] \
-        if (done.stdout + done.stderr).strip() else f"exit {done.returncode}"
+    result = in_pod(pod, "ping", address)
+    return bool(result["ok"]), str(result.get("detail", ""))
 
 
 def resolve(pod: Pod, server: str, name: str) -> list[str]:
-    """A records for `name` asked of `server` from inside the pod (dig, else our own query)."""
-    if shutil.which("dig"):
-        done = _sh(["nsenter", f"--net={pod.netns}", "dig", f"@{server}", name, "A", "+short",
-                    "+time=1", "+tries=2"], timeout=10)
-        return [line for line in done.stdout.split() if line[:1].isdigit()]
-    code = ("import sys; from smarter_cni.selftest import query_a; "
-            "print(' '.join(query_a(sys.argv[1], sys.argv[2])))")
-    done = _sh(["nsenter", f"--net={pod.netns}", sys.executable, "-c", code, server, name],
-               timeout=10)
-    return done.stdout.split()
-
-
-def query_a(server: str, name: str, timeout: float = 1.0) -> list[str]:
-    """A minimal UDP A lookup (used inside a pod's netns when dig is not installed)."""
-    import random
-    import socket
-    import struct
-
-    from .status import dns_query
-
-    qid = random.randrange(1, 0xFFFF)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(timeout)
-    try:
-        sock.sendto(dns_query(name, qid), (server, 53))
-        data, _ = sock.recvfrom(4096)
-    except OSError:
-        return []
-    finally:
-        sock.close()
-    qd, an = struct.unpack("!HH", data[4:8])
-    pos = 12
-    for _ in range(qd):
-        pos = _skip_name(data, pos) + 4
-    out = []
-    for _ in range(an):
-        pos = _skip_name(data, pos)
-        rtype, _cls, _ttl, length = struct.unpack("!HHIH", data[pos:pos + 10])
-        pos += 10
-        if rtype == 1 and length == 4:
-            out.append(".".join(str(b) for b in data[pos:pos + 4]))
-        pos += length
-    return out
-
-
-def _skip_name(data: bytes, pos: int) -> int:
-    while True:
-        length = data[pos]
-        if length == 0:
-            return pos + 1
-        if length & 0xC0:
-            return pos + 2
-        pos += length + 1
+    """A records for `name` asked of `server` from inside the pod."""
+    return list(in_pod(pod, "resolve", server, name).get("addresses") or [])
 
 
 # ---------------------------------------------------------------- the test
 
 def selftest(out: Output, conf_dir: str | None = None, bin_dir: str | None = None,
              nested: bool = False) -> int:
-    from .install import netconf_of, plugin_config
-    from .status import bin_dir_of, find_config
-
     path, conflist = find_config(conf_dir)
     if path is None or conflist is None:
         raise CLIError("no smarter-cni config found" if path is None else f"{path} is unreadable",
@@ -320,12 +280,10 @@ def _add_pod(runner: Runner, sandboxes: Any, pod: Pod, conf: Any, failures: list
 
 
 def _check_pods(out: Output, pods: list[Pod], conf: Any, indent: str) -> None:
-    from .status import is_node_address
-
     # pods reach the DNS address through the node; were it not the node's own,
     # their queries would be forwarded out of the node: never send them then
-    dns_here = is_node_address(conf.dns_address)
-    with out.step(f"{indent}Checking ping and names between the pods"):
+    dns_here = host_has(conf.dns_address)
+    with out.step(f"{indent}Checking ping and names between the pods") as step:
         for pod, peer in ((pods[0], pods[1]), (pods[1], pods[0])):
             ok, detail = ping(pod, peer.address)
             pod.checks.append({"check": "ping", "target": peer.address, "ok": ok, "detail": detail})
@@ -339,6 +297,12 @@ def _check_pods(out: Output, pods: list[Pod], conf: Any, indent: str) -> None:
                 ok = peer.address in addresses
                 detail = " ".join(addresses) if addresses else "no answer / no record"
                 pod.checks.append({"check": "resolve", "target": name, "ok": ok, "detail": detail})
+        checks = [check for pod in pods for check in pod.checks]
+        failed = sum(1 for check in checks if not check["ok"])
+        if failed:
+            step.fail(f"{failed} of {len(checks)} checks failed")
+        else:
+            step.detail = f"{len(checks)} checks"
 
 
 def _delete_pod(runner: Runner, sandboxes: Any, pod: Pod, failures: list[str]) -> None:

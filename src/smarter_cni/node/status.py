@@ -7,91 +7,26 @@ answers, and never change anything, so they are safe to run at any time
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import socket
-import struct
 import time
 from typing import Any
 
-from . import ipv4, paths, store
-from .cli import CLIError, Output
-from .cni.errors import CNIError
-
-# ---------------------------------------------------------------- DNS probe
-
-def dns_query(name: str, qid: int) -> bytes:
-    """A minimal recursive-desired A query for `name`."""
-    labels = b"".join(bytes([len(p)]) + p.encode("ascii") for p in name.strip(".").split("."))
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack(
-        "!HH", 1, 1)
-
-
-def is_node_address(address: str) -> bool:
-    """True when `address` is assigned on this node (a socket can bind it).
-
-    Probes go only to such addresses: a query to an address the node lacks
-    would leave by the default route.
-    """
-    from .dns.acl import host_has
-
-    return host_has(address)
-
-
-def dns_answers(address: str, domain: str, timeout: float = 1.0) -> tuple[bool, str]:
-    """Send one real query for a name under the cluster domain; (answered, what it said)."""
-    if not is_node_address(address):
-        return False, f"{address} is not an address of this node"
-    qid = random.randrange(1, 0xFFFF)
-    name = f"smarter-cni-status-probe.{domain}"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.settimeout(timeout)
-        sock.sendto(dns_query(name, qid), (address, 53))
-        deadline = time.monotonic() + timeout
-        while True:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data, _ = sock.recvfrom(4096)
-            if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid:
-                rcode = data[3] & 0x0F
-                return True, {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}.get(
-                    rcode, f"rcode {rcode}")
-    except socket.timeout:
-        return False, f"no answer within {timeout:g} s"
-    except OSError as err:
-        return False, err.strerror or str(err)
-    finally:
-        sock.close()
-
+from .. import ipv4, paths, store
+from ..cni.errors import CNIError
+from ..conflist import CONFLIST_NAME, ConfigError, find, netconf_of
+from ..dns.probe import dns_answers
+from . import service
+from .console import CLIError, Output
+from .record import LOOPBACK_MARKER, load_record, own_file
 
 # ---------------------------------------------------------------- finding the install
 
 def find_config(conf_dir: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
     """(path, conflist) of the installed config: --cni-conf-dir, the install record, defaults."""
-    from .install import K3S_FLANNEL_CONF_DIR, load_record
-
-    record = load_record()
-    candidates = [conf_dir, record.get("conf_dir"), paths.DEFAULT_CNI_CONF_DIR,
-                  K3S_FLANNEL_CONF_DIR]
-    for directory in candidates:
-        if not directory:
-            continue
-        path = os.path.join(directory, paths.CONFLIST_NAME)
-        if os.path.isfile(path):
-            try:
-                with open(path) as handle:
-                    return path, json.load(handle)
-            except (OSError, ValueError):
-                return path, None
-        if conf_dir:
-            break  # an explicit dir is the only place to look
-    return None, None
+    return find([load_record().get("conf_dir")], explicit=conf_dir)
 
 
 def bin_dir_of(bin_dir: str | None = None) -> str:
-    from .install import load_record
-
     return bin_dir or load_record().get("bin_dir") or paths.DEFAULT_CNI_BIN_DIR
 
 
@@ -107,8 +42,6 @@ class Report:
 
 
 def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
-    from .install import CONFLIST_NAME, LOOPBACK_MARKER, load_record, netconf_of, own_file
-
     report = Report()
     path, conflist = find_config(conf_dir)
     report.data["config"] = path
@@ -120,7 +53,7 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
         return report
     try:
         conf = netconf_of(conflist)
-    except CLIError as err:
+    except ConfigError as err:
         report.problem(f"{path}: {err.message}", "run `sudo smarter-cni install` to rewrite it")
         return report
     record = load_record()
@@ -152,14 +85,13 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
 
 
 def _dns_fix(record: dict[str, Any]) -> str:
-    from .install import DNS_LOG, UNIT_NAME
-
     kind = record.get("dns_service")
     if kind == "systemd":
-        return f"sudo systemctl restart {UNIT_NAME}; logs: journalctl -u {UNIT_NAME}"
+        return (f"sudo systemctl restart {service.UNIT_NAME}; "
+                f"logs: journalctl -u {service.UNIT_NAME}")
     if kind == "supervisor":
         return ("run `sudo smarter-cni install` again to restart it; logs: "
-                + os.path.join(paths.state_dir(), DNS_LOG))
+                + service.dns_log_hint("supervisor"))
     return "start it: run `sudo smarter-cni install` (or the DaemonSet runs `smarter-cni dns`)"
 
 
@@ -169,7 +101,7 @@ def _network_status(report: Report, conf: Any) -> None:
         address = f"{conf.gateway_text()}/{conf.prefix}"
         has_gateway = False
         if present:
-            from .run import run
+            from ..run import run
 
             done = run(["ip", "-o", "-4", "addr", "show", "dev", conf.bridge])
             has_gateway = f" {address} " in done.stdout.decode("utf-8", "replace")
@@ -185,7 +117,7 @@ def _network_status(report: Report, conf: Any) -> None:
                            "run `sudo smarter-cni install` to correct it")
         return
     try:
-        from .dataplane import docker_mode
+        from ..dataplane import docker_mode
 
         network = docker_mode.client(conf, 3.0).inspect_network(conf.docker_network)
     except CNIError as err:

@@ -1,0 +1,1 @@
+"""The operator side: install, uninstall, status, selftest (orchestration only)."""

@@ -1,0 +1,104 @@
+"""Checks run inside a pod's network namespace: `nsenter --net=NS python -m smarter_cni.node.inpod`.
+
+The self-test needs nothing beyond install.sh's prerequisites: no `ping`, no
+`dig`. ICMP echo goes through a raw socket (root has CAP_NET_RAW; the
+unprivileged ping socket is the fallback), names through dns/probe.
+
+    inpod ping ADDRESS        -> {"ok": bool, "detail": "3 ms" | why}
+    inpod resolve SERVER NAME -> {"ok": bool, "addresses": [...], "detail": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+import time
+
+ECHO_REQUEST, ECHO_REPLY = 8, 0
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    header = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ECHO_REQUEST, 0, checksum(header + payload), ident, seq) + payload
+
+
+def _icmp_socket() -> tuple[socket.socket, bool]:
+    """(socket, raw): a raw ICMP socket, else the kernel's ping socket."""
+    try:
+        return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), True
+    except PermissionError:
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP), False
+
+
+def ping(address: str, attempts: int = 2, timeout: float = 1.0) -> tuple[bool, str]:
+    """One echo answered within `timeout` in up to `attempts` tries; (ok, detail)."""
+    try:
+        sock, raw = _icmp_socket()
+    except OSError as err:
+        return False, f"no ICMP socket: {err.strerror}"
+    ident = os.getpid() & 0xFFFF
+    payload = b"smarter-cni-selftest"
+    try:
+        for seq in range(1, attempts + 1):
+            started = time.monotonic()
+            try:
+                sock.sendto(echo_request(ident, seq, payload), (address, 0))
+            except OSError as err:
+                return False, f"cannot send to {address}: {err.strerror}"
+            deadline = started + timeout
+            while time.monotonic() < deadline:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    data, source = sock.recvfrom(2048)
+                except socket.timeout:
+                    break
+                if raw:
+                    data = data[(data[0] & 0x0F) * 4:]  # the IP header comes along
+                if source[0] != address or len(data) < 8:
+                    continue
+                kind, _, _, reply_id, reply_seq = struct.unpack("!BBHHH", data[:8])
+                # a ping socket rewrites the id to its port, so only a raw one checks it
+                if kind == ECHO_REPLY and reply_seq == seq and (not raw or reply_id == ident):
+                    return True, f"{(time.monotonic() - started) * 1000:.0f} ms"
+        return False, f"no echo reply from {address} ({attempts} x {timeout:g} s)"
+    finally:
+        sock.close()
+
+
+def resolve(server: str, name: str) -> dict:
+    from ..dns.probe import ask_a, rcode_text
+
+    rcode, addresses, error = ask_a(server, name, timeout=1.0)
+    if rcode is None:
+        rcode, addresses, error = ask_a(server, name, timeout=1.0)  # one retry, as dig's +tries=2
+    detail = error if rcode is None else (" ".join(addresses) or rcode_text(rcode))
+    return {"ok": bool(addresses), "addresses": addresses, "detail": detail}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["ping"] and len(argv) == 2:
+        ok, detail = ping(argv[1])
+        result = {"ok": ok, "detail": detail}
+    elif argv[:1] == ["resolve"] and len(argv) == 3:
+        result = resolve(argv[1], argv[2])
+    else:
+        print("usage: inpod ping ADDRESS | inpod resolve SERVER NAME", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,316 @@
+"""`smarter-cni install`: put everything in place on a node.
+
+What it does, in order (each step idempotent, so a second run is an in-place
+upgrade that leaves running pods alone):
+
+1. the plugin launcher into the CNI bin dir as `smarter-cni` and `c2d`, and a
+   Python `loopback` when the dir has none;
+2. the network config (`10-smarter-cni.conflist`), written atomically;
+3. the network: the bridge with its gateway and NAT rules, or the Docker
+   network with the DNS address reserved;
+4. the record of what was installed (record.py), before anything that can
+   fail half-way, so uninstall can always undo it;
+5. the node DNS service (service.py) on its address (dns/address.py);
+6. the self-test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .. import __version__, conflist, launcher, loopback, paths
+from ..cni.errors import CNIError
+from ..conflist import CONFLIST_NAME, K3S_FLANNEL_CONF_DIR, netconf_of, plugin_config
+from ..dns.address import DEFAULT_INTERFACE, AddressSetupError, ensure_address
+from ..netconf import NetConf, docker_socket_from_env
+from ..run import find_program
+from . import service
+from .console import CLIError, Output
+from .record import (
+    LOOPBACK_MARKER,
+    PLUGIN_MARKER,
+    find_template,
+    load_record,
+    missing_dirs,
+    mkdir,
+    own_file,
+    save_record,
+    write_file,
+)
+
+# k3s with --flannel-backend=none writes no CNI dirs into its containerd config
+# and passes none to cri-dockerd, so both fall back to the CNI defaults.
+K3S_BIN_DIR = paths.DEFAULT_CNI_BIN_DIR
+K3S_CONF_DIR = paths.DEFAULT_CNI_CONF_DIR
+
+
+@dataclass
+class Options:
+    mode: str = "bridge"
+    subnet: str | None = None
+    gateway: str | None = None
+    dns_ip: str | None = None
+    bridge: str | None = None
+    network: str | None = None
+    domain: str | None = None
+    bin_dir: str = paths.DEFAULT_CNI_BIN_DIR
+    conf_dir: str = paths.DEFAULT_CNI_CONF_DIR
+    k3s: bool = False
+    selftest: bool = True
+    dns_service: bool = True
+    plugin_python: str | None = None
+    plugin_lib: str | None = None
+    dns_interface: str = DEFAULT_INTERFACE
+    service: str = "auto"
+
+    @classmethod
+    def from_args(cls, args: Any) -> Options:
+        bin_dir = args.cni_bin_dir or (K3S_BIN_DIR if args.k3s else paths.DEFAULT_CNI_BIN_DIR)
+        conf_dir = args.cni_conf_dir or (K3S_CONF_DIR if args.k3s else paths.DEFAULT_CNI_CONF_DIR)
+        return cls(mode=args.mode, subnet=args.subnet, gateway=args.gateway, dns_ip=args.dns_ip,
+                   bridge=args.bridge, network=args.network, domain=args.domain,
+                   bin_dir=os.path.abspath(bin_dir), conf_dir=os.path.abspath(conf_dir),
+                   k3s=args.k3s, selftest=not args.no_selftest,
+                   dns_service=not args.no_dns_service,
+                   plugin_python=getattr(args, "plugin_python", None),
+                   plugin_lib=os.path.abspath(args.plugin_lib) if getattr(args, "plugin_lib", None)
+                   else None,
+                   dns_interface=getattr(args, "dns_interface", None) or DEFAULT_INTERFACE,
+                   service=getattr(args, "service", None) or "auto")
+
+
+def render_conflist(opts: Options) -> dict[str, Any]:
+    """The shipped template for the mode with the operator's options filled in."""
+    try:
+        return conflist.render(opts, find_template(conflist.template_name(opts.mode)))
+    except conflist.ConfigError as err:
+        raise CLIError(err.message, err.fix) from None
+
+
+def missing_prerequisites(mode: str) -> list[str]:
+    """Each missing program with the package that provides it."""
+    missing = []
+    if not find_program("ip"):
+        missing.append("`ip` (apt-get install iproute2)")
+    if not find_program("nsenter"):
+        missing.append("`nsenter` (apt-get install util-linux)")
+    if mode == "bridge" and not (find_program("iptables") or find_program("nft")):
+        missing.append("`iptables` or `nft` (apt-get install iptables)")
+    if mode == "docker":
+        socket_path = docker_socket_from_env()
+        if not os.path.exists(socket_path):
+            missing.append(f"Docker (no daemon socket at {socket_path}; apt-get install docker.io "
+                           "and start it)")
+    return missing
+
+
+def plugin_python(opts: Options) -> tuple[str, str]:
+    """(python, dir holding the smarter_cni package) that the launchers will use.
+
+    By default this installation's own. A DaemonSet installs from inside a
+    container whose paths the node's runtime cannot see: it names the node's
+    python (--plugin-python) and a host dir to copy the package to (--plugin-lib).
+    """
+    python = opts.plugin_python or sys.executable
+    if opts.plugin_python and not opts.plugin_lib and not os.path.isfile(python):
+        raise CLIError(f"--plugin-python {python} does not exist", "give the node's python3 path")
+    if opts.plugin_lib:
+        copy_package(opts.plugin_lib)
+        return python, opts.plugin_lib
+    return python, launcher.package_root()
+
+
+def copy_package(lib_dir: str) -> None:
+    """Copy the smarter_cni package into lib_dir, replacing an older copy in one rename."""
+    mkdir(lib_dir)
+    source = os.path.join(launcher.package_root(), "smarter_cni")
+    final = os.path.join(lib_dir, "smarter_cni")
+    staging = os.path.join(lib_dir, f".smarter_cni.{os.getpid()}.new")
+    old = os.path.join(lib_dir, f".smarter_cni.{os.getpid()}.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if os.path.isdir(final):
+        os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def install(opts: Options, out: Output) -> int:
+    out.say(f"smarter-cni {__version__}: installing in {opts.mode} mode")
+    missing = missing_prerequisites(opts.mode)
+    if missing:
+        raise CLIError("missing prerequisite(s): " + "; ".join(missing),
+                       "install them (install.sh does this with apt-get) and run install again")
+    conflist = render_conflist(opts)
+    conf = netconf_of(conflist)
+    _check_interface_name(opts.dns_interface)
+    conf_path = os.path.join(opts.conf_dir, CONFLIST_NAME)
+    previous = load_record()
+    created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
+    for directory in (opts.bin_dir, opts.conf_dir, opts.plugin_lib):
+        created += missing_dirs(directory) if directory else []
+    python, root = plugin_python(opts)
+    summary: dict[str, Any] = {"version": __version__, "mode": opts.mode,
+                               "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir,
+                               "config": conf_path, "network": conf.name,
+                               "dns_address": conf.dns_address, "subnet": conf.cidr()}
+
+    with out.step(f"Installing the plugin into {opts.bin_dir}") as step:
+        mkdir(opts.bin_dir)
+        for name in ("smarter-cni", "c2d"):
+            dest = os.path.join(opts.bin_dir, name)
+            _refuse_foreign(dest, PLUGIN_MARKER)
+            launcher.write(dest, python, root)
+        step.detail = "smarter-cni, c2d"
+        loop_dest = os.path.join(opts.bin_dir, "loopback")
+        if not os.path.exists(loop_dest) or own_file(loop_dest, LOOPBACK_MARKER):
+            loopback.write_launcher(loop_dest, python, root)
+            summary["loopback"] = "installed (Python)"
+            step.detail += ", loopback"
+        else:
+            summary["loopback"] = "already present"
+
+    with out.step(f"Writing {conf_path}") as step:
+        mkdir(opts.conf_dir)
+        write_file(conf_path, json.dumps(conflist, indent=2) + "\n", 0o644)
+        step.detail = f"network {conf.name}, subnet {conf.cidr()}, DNS {conf.dns_address}"
+    for warning in _config_warnings(opts.conf_dir):
+        out.note(f"  warning: {warning}")
+
+    if conf.mode == "bridge":
+        with out.step(f"Creating bridge {conf.bridge} ({conf.gateway_text()}/{conf.prefix}, NAT)"):
+            from ..dataplane import bridge
+
+            paths.ensure_state_dir()
+            bridge.setup_network(conf)
+    else:
+        with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
+            from ..dataplane import docker_mode
+
+            network_id = docker_mode.ensure_network(conf)
+            step.detail = f"id {network_id[:12]}" if network_id else ""
+
+    record = {"version": __version__, "options": asdict(opts), "config": conf_path,
+              "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir, "mode": conf.mode,
+              "network": conf.name, "bridge": conf.bridge, "docker_network": conf.docker_network,
+              "dns_address": conf.dns_address, "domain": conf.domain,
+              "dns_interface": opts.dns_interface,
+              "state_dir": paths.state_dir(), "plugin_config": plugin_config(conflist),
+              "loopback_installed": summary["loopback"].startswith("installed"),
+              "dns_service": "none", "installed_at": time.time(),
+              "created_dirs": sorted(set(created))}
+    save_record(record)  # before the DNS service, so a failure there can still be uninstalled
+
+    if opts.dns_service:
+        with out.step(f"Starting the node DNS service on {conf.dns_address}") as step:
+            kind = service.service_kind(opts.service)
+            device = ensure_dns_address(conf.dns_address, opts.dns_interface)
+            if device:
+                record["dns_address_device"] = device
+            elif previous.get("dns_address") == conf.dns_address:
+                record["dns_address_device"] = previous.get("dns_address_device", "")
+            record["dns_service"] = kind
+            if kind == "systemd":
+                record["unit_path"] = service.unit_path()
+            save_record(record)
+            service.start_dns_service(kind, conf_path, conf, opts.dns_interface)
+            step.detail = kind
+            if device == "lo" and opts.dns_interface != "lo":
+                step.detail += ", DNS address on lo (this kernel has no dummy interfaces)"
+        summary["dns_service"] = kind
+    else:
+        summary["dns_service"] = "not managed (--no-dns-service)"
+
+    code = 0
+    if opts.selftest:
+        from .selftest import selftest
+
+        out.say("Self-test:")
+        code = selftest(out, conf_dir=opts.conf_dir, bin_dir=opts.bin_dir, nested=True)
+        summary["selftest"] = "passed" if code == 0 else "FAILED"
+    _print_next_steps(out, conf, opts)
+    if code == 0:
+        out.say("smarter-cni is installed.")
+    else:
+        out.say("smarter-cni is installed, but the self-test FAILED: see above, "
+                "and `smarter-cni status`.")
+    out.emit(summary)
+    return code
+
+
+def _check_interface_name(name: str) -> None:
+    from ..cni.request import validate_ifname
+
+    try:
+        validate_ifname(name)
+        valid = bool(name)
+    except CNIError:
+        valid = False
+    if not valid:
+        raise CLIError(f"--dns-interface {name[:40]!r} is not a valid interface name",
+                       "give 1-15 characters without '/', ':' or spaces")
+
+
+def _refuse_foreign(dest: str, marker: str) -> None:
+    if os.path.exists(dest) and not own_file(dest, marker):
+        raise CLIError(f"{dest} exists and was not written by smarter-cni",
+                       f"move it away (e.g. mv {dest} {dest}.orig) and run install again")
+
+
+def _config_warnings(conf_dir: str) -> list[str]:
+    """Runtimes use the first config by file name: say so if another one wins."""
+    warnings = []
+    try:
+        names = sorted(n for n in os.listdir(conf_dir)
+                       if n.endswith((".conf", ".conflist", ".json")) and not n.startswith("."))
+    except OSError:
+        return warnings
+    earlier = [n for n in names if n < CONFLIST_NAME]
+    if earlier:
+        warnings.append(f"{', '.join(earlier)} in {conf_dir} sort before {CONFLIST_NAME}, so the "
+                        "runtime uses them instead; move them away unless that is intended")
+    if os.path.isdir(K3S_FLANNEL_CONF_DIR) and os.listdir(K3S_FLANNEL_CONF_DIR):
+        warnings.append(f"k3s' own CNI config exists in {K3S_FLANNEL_CONF_DIR}: k3s still runs "
+                        "flannel; restart it with --flannel-backend=none (see docs/k3s.md)")
+    return warnings
+
+
+def k3s_command_lines(conf: NetConf) -> list[str]:
+    flags = ("--flannel-backend=none --disable-network-policy --disable-kube-proxy "
+             "--disable=coredns,servicelb,traefik,metrics-server")
+    docker = " --docker" if conf.mode == "docker" else ""
+    return [
+        f"curl -sfL https://get.k3s.io | sh -s - server {flags} "
+        f"--cluster-dns={conf.dns_address} --cluster-domain={conf.domain}{docker}",
+        "curl -sfL https://get.k3s.io | K3S_URL=https://SERVER:6443 K3S_TOKEN=TOKEN "
+        f"sh -s - agent{docker}",
+    ]
+
+
+def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
+    out.say(f"Point kubelet at the node DNS: --cluster-dns={conf.dns_address} "
+            f"--cluster-domain={conf.domain}")
+    if opts.k3s:
+        out.say("k3s, server (first node) and agents (the others):")
+        for line in k3s_command_lines(conf):
+            out.say(f"  {line}")
+        out.say("  (agents take --cluster-dns from the server; see docs/k3s.md)")
+
+
+def ensure_dns_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
+    """Put the DNS address on the node (dns/address); the device it went on, '' if present."""
+    # dns/address logs a fall-back to lo for the service's log; here the step says it
+    logging.getLogger("smarter-cni.dns").addHandler(logging.NullHandler())
+    try:
+        done = ensure_address(address, interface)
+    except AddressSetupError as err:
+        raise CLIError(f"cannot add the DNS address {address}: {err}",
+                       "choose another --dns-ip") from None
+    return "" if done == "present" else done.rsplit(" ", 1)[-1]
