@@ -194,7 +194,7 @@ def install(opts: Options, out: Output) -> int:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode
 
-            network_id = docker_mode.ensure_network(conf)
+            network_id = docker_mode.ensure_network(conf, on_change=out.note)
             step.detail = f"id {network_id[:12]}" if network_id else ""
 
     record = {"version": __version__, "options": asdict(opts), "config": conf_path,

@@ -131,6 +131,13 @@ def _network_status(report: Report, conf: Any) -> None:
     if network is None:
         report.problem(f"Docker network {conf.docker_network} does not exist",
                        "run `sudo smarter-cni install --mode docker`")
+        return
+    from ..dataplane.docker_network import install_command, unreserved_dns_error
+
+    unsafe = unreserved_dns_error(network, conf)
+    if unsafe is not None:
+        report.problem(f"Docker network {conf.docker_network} does not reserve the node DNS address "
+                       f"{conf.dns_address}: pods could be given it", f"run `{install_command(conf)}`")
 
 
 def _pool_status(report: Report, conf: Any) -> None:
