@@ -49,6 +49,7 @@ RULE_MARKERS = ('"smarter-cni smarter"', "10.42.0.0/16", '"smarter-cni mynet"',
                 "172.38.0.0/16", "docker0")
 DOCKER_CHAINS = ("DOCKER", "DOCKER-USER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2")
 DNS_ADDRESS = "169.254.0.2"
+ADDRESSES = (DNS_ADDRESS, "172.38.0.2")
 DNS_PROBE_NAME = "no-such-pod-snapshot.default.svc.cluster.local"
 
 
@@ -96,6 +97,13 @@ def link_entry(name: str) -> str:
     out = _run("ip", "-4", "-o", "addr", "show", "dev", name)
     addresses = sorted(line.split()[3] for line in out.splitlines() if len(line.split()) > 3)
     return f"{'up' if up else 'down'} {','.join(addresses) or 'no-ipv4'}"
+
+
+def address_entry(address: str) -> str:
+    """Which interface carries the address (the DNS address sits on lo without dummy links)."""
+    out = _run("ip", "-4", "-o", "addr", "show", "to", f"{address}/32")
+    devices = sorted(line.split()[1] for line in out.splitlines() if len(line.split()) > 1)
+    return f"on {','.join(devices)}" if devices else "absent"
 
 
 def path_link_entry(path: str) -> str:
@@ -212,6 +220,8 @@ def take(dns: bool = True) -> dict[str, str]:
     snap["dns service"] = service_entry()
     for name in LINKS:
         snap[f"interface {name}"] = link_entry(name)
+    for address in ADDRESSES:
+        snap[f"address {address}"] = address_entry(address)
     snap["iptables (smarter, 10.42.0.0/16, mynet, docker0)"] = rules_entry()
     if dns:
         snap[f"dns @{DNS_ADDRESS} {DNS_PROBE_NAME.split('.')[0]}"] = dns_entry()
