@@ -28,8 +28,9 @@ from helpers.plugin import SRC, PluginRunner, make_bin_dir  # noqa: E402
 sys.path.insert(0, str(SRC))
 
 IS_ROOT = os.geteuid() == 0
-# Fixtures shared by the chaining tests (host_port, portmap_chains_restored).
-pytest_plugins = ("helpers.portmap",)
+# Fixtures shared by the chaining tests (host_port, portmap_chains_restored), and the
+# tests' private dockerd (registered here first, so pytest rewrites its asserts).
+pytest_plugins = ("helpers.portmap", "helpers.dockerd")
 
 
 _GUARD: dict[str, object] = {}
