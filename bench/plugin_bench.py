@@ -298,9 +298,11 @@ class DockerSide:
         self.image = f"smarter-cni-bench/busybox:{bench.run_id}"
         self.network = f"scb-d-{bench.run_id}"
         self.subnet = subnet
-        self.socket = DEFAULT_DOCKER_SOCKET
+        host = os.environ.get("DOCKER_HOST", "")  # the tests point us at their own dockerd
+        self.socket = host[len("unix://"):] if host.startswith("unix://") else DEFAULT_DOCKER_SOCKET
         self.daemon: subprocess.Popen | None = None
         self.daemon_root = ""
+        self.daemon_bridge = ""
         self.containers: list[str] = []
         self.image_made = False
         self.network_made = False
@@ -320,15 +322,27 @@ class DockerSide:
                          env=self.env, timeout=20).returncode == 0
 
     def start_daemon(self) -> None:
-        """No dockerd on the default socket: run our own in a temp dir (no default bridge)."""
+        """No dockerd on the socket: run our own in a temp dir. Its default bridge is one
+        of ours: `--bridge none` would delete the host's docker0 (see tests/helpers/dockerd.py),
+        and iptables/ip-forward stay off so the node's DOCKER chains are never rewritten."""
         root = tempfile.mkdtemp(prefix="scb-dockerd-")
         self.daemon_root = root
         self.socket = os.path.join(root, "docker.sock")
+        self.daemon_bridge = f"scb-b{self.bench.run_id}"[:15]
+        common.sh("ip", "link", "add", self.daemon_bridge, "type", "bridge")
+        # An address of its own, or dockerd would take one from its pools (docker0's own
+        # 172.17.0.0/16 when docker0 is down).
+        gateway = common.free_subnets(1, 24, base="10.248")[0].replace(".0/24", ".1/24")
+        common.sh("ip", "addr", "add", gateway, "dev", self.daemon_bridge)
+        with open(os.path.join(root, "daemon.json"), "w") as config:  # not /etc/docker's
+            json.dump({"deprecated-key-path": f"{root}/key.json"}, config)
         with open(os.path.join(root, "dockerd.log"), "wb") as log:
             self.daemon = subprocess.Popen(
-                ["dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/exec",
+                ["dockerd", "--config-file", f"{root}/daemon.json", "--data-root", f"{root}/data",
+                 "--exec-root", f"{root}/exec",
                  "--pidfile", f"{root}/docker.pid", "-H", f"unix://{self.socket}",
-                 "--bridge", "none", "--iptables=false", "--log-level", "warn"],
+                 "--bridge", self.daemon_bridge, "--iptables=false", "--ip6tables=false",
+                 "--ip-masq=false", "--ip-forward=false", "--log-level", "warn"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         deadline = time.monotonic() + 60
@@ -385,6 +399,7 @@ class DockerSide:
             self.docker("rmi", "-f", self.image, check=False)
         if self.daemon is not None:
             problems += self._stop_daemon()
+        self._remove_bridge()
         return problems
 
     def _stop_daemon(self) -> list[str]:
@@ -405,6 +420,10 @@ class DockerSide:
                 return [f"mounts left under {self.daemon_root}; not removing it"]
         shutil.rmtree(self.daemon_root, ignore_errors=True)
         return []
+
+    def _remove_bridge(self) -> None:
+        if self.daemon_bridge:
+            common.sh("ip", "link", "del", self.daemon_bridge, check=False)
 
 
 def docker_available(src: Path) -> str:

@@ -1,6 +1,13 @@
 """Shared fixtures: real netns, a CNI bin dir with our launcher, per-test state.
 
 Root-only tests skip (with the reason) when not root; CI runs as root.
+
+Node guard: the suite may run on a node where smarter-cni is installed at
+the defaults (and Docker runs). As root, the session records that install
+and `docker0` at its start (helpers/node_snapshot.py) and compares at its
+end; any change fails the run loudly, whatever the tests said.
+SMARTER_CNI_NODE_GUARD=0 turns it off (e.g. on a shared machine where
+someone else changes docker0 during the run).
 """
 
 from __future__ import annotations
@@ -14,14 +21,48 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import node_snapshot  # noqa: E402
 from helpers.netns import NetnsFactory, unique  # noqa: E402
 from helpers.plugin import SRC, PluginRunner, make_bin_dir  # noqa: E402
 
 sys.path.insert(0, str(SRC))
 
 IS_ROOT = os.geteuid() == 0
-# Fixtures shared by the chaining tests (host_port, portmap_chains_restored).
-pytest_plugins = ("helpers.portmap",)
+# Fixtures shared by the chaining tests (host_port, portmap_chains_restored), and the
+# tests' private dockerd (registered here first, so pytest rewrites its asserts).
+pytest_plugins = ("helpers.portmap", "helpers.dockerd")
+
+
+_GUARD: dict[str, object] = {}
+
+
+def _guarding() -> bool:
+    return IS_ROOT and os.environ.get("SMARTER_CNI_NODE_GUARD", "1") != "0"
+
+
+def pytest_sessionstart(session):
+    if _guarding():
+        _GUARD["before"] = node_snapshot.take()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    before = _GUARD.get("before")
+    if before is None:
+        return
+    same, table = node_snapshot.compare(before, node_snapshot.take())
+    if not same:
+        _GUARD["report"] = table
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    report = _GUARD.get("report")
+    if report:
+        terminalreporter.section("NODE CHANGED BY THE TEST SESSION", sep="!", red=True, bold=True)
+        terminalreporter.write_line("The default smarter-cni install or docker0 differs from the "
+                                    "session start (tests/helpers/node_snapshot.py):")
+        terminalreporter.write_line(str(report))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.netns import unique
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
@@ -65,7 +67,8 @@ def free_port(address: str = "127.0.0.1") -> int:
 def write_conflist(directory: Path, subnet: str = "10.99.0.0/16", name: str = "dnstest",
                    **extra: object) -> Path:
     path = directory / "10-dnstest.conflist"
-    plugin = {"type": "smarter-cni", "subnet": subnet, **extra}
+    # Never the default bridge smarter0, should anything ever act on this config's network.
+    plugin = {"type": "smarter-cni", "subnet": subnet, "bridge": unique("sdb"), **extra}
     path.write_text(json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]}))
     return path
 
