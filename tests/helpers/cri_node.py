@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import time
 import uuid
@@ -142,11 +143,10 @@ class CriNode:
 
     # ------------------------------------------------------------ what the plugin saw
 
-    def calls(self, container_id: str = "", plugin_type: str = "smarter-cni") -> list[PluginCall]:
-        """Recorded calls of our plugin (the recorder sits only in front of it)."""
+    def calls(self, pod: Pod | None = None) -> list[PluginCall]:
+        """Recorded calls of our plugin (the recorder sits only in front of it), oldest first."""
         return [call for call in read_calls(self.records)
-                if (not container_id or call.container_id == container_id)
-                and call.stdin.get("type", plugin_type) == plugin_type]
+                if pod is None or call.container_id == pod.id]
 
     def attachments(self) -> dict[str, Any]:
         path = self.state_dir / "attachments.json"
@@ -175,5 +175,34 @@ class CriNode:
         return self.containerd.cleanup(netns)
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
+def _unrouted(address: str) -> bool:
+    routes = subprocess.run(["ip", "-4", "route", "show", "match", address],
+                            capture_output=True, text=True, timeout=30).stdout
+    return all(not line or line.startswith("default") for line in routes.splitlines())
+
+
+def free_subnet() -> str | None:
+    """An unused /24 of 10.244.0.0/16 (as tests/conftest.py's bridge_network picks)."""
+    for _ in range(50):
+        cidr = f"10.244.{random.randint(0, 255)}.0/24"
+        if _unrouted(cidr.split("/")[0]):
+            return cidr
+    return None
+
+
+def free_link_local() -> str | None:
+    """A 169.254.x.y no interface of the node has."""
+    for _ in range(50):
+        address = f"169.254.{random.randint(100, 250)}.{random.randint(2, 254)}"
+        found = subprocess.run(["ip", "-4", "-o", "addr", "show", "to", address],
+                               capture_output=True, text=True, timeout=30).stdout
+        if not found.strip():
+            return address
+    return None
+
+
+def route_device(address: str) -> str:
+    """The device the host routes `address` through ('' if none)."""
+    fields = subprocess.run(["ip", "-4", "-o", "route", "get", address], capture_output=True,
+                            text=True, timeout=30).stdout.split()
+    return fields[fields.index("dev") + 1] if "dev" in fields else ""

@@ -1,0 +1,329 @@
+"""The plugin on kubelet's path: a real containerd 1.6 CRI drives it over gRPC.
+
+One private containerd per module (its own config, root, state and socket
+under a temp dir) whose CNI dirs hold our plugin, the reference loopback and
+portmap, and a conflist for a unique bridge and subnet; the node DNS service
+runs for that network on a unique link-local address. Pods are busybox
+sandboxes from an image built in Python and imported with `ctr`. Every call
+containerd makes to our plugin is recorded (env, stdin, stdout, exit code)
+by a small sh wrapper in front of the launcher, so the tests assert what
+containerd really sends, not what we believe it sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from test_dns_helpers import DnsService, dig, needs_tools
+
+from helpers.cri_containerd import CONTAINERD, CTR
+from helpers.cri_node import CriNode, Pod, free_link_local, free_subnet, route_device
+from helpers.netns import delete_link, sh, unique
+from helpers.portmap import PORTMAP_JUMPS, PORTMAP_TOP_CHAINS, fetch
+
+pytestmark = [
+    pytest.mark.root,
+    needs_tools,
+    pytest.mark.skipif(not (os.path.exists(CONTAINERD) and os.path.exists(CTR)
+                            and os.path.exists("/bin/busybox")),
+                       reason="needs containerd (with its CRI plugin) and busybox-static"),
+]
+
+DOMAIN = "cluster.local"
+
+
+def _portmap_chains_exist() -> bool:
+    return subprocess.run(["iptables", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT"],
+                          capture_output=True).returncode == 0
+
+
+def _remove_portmap_chains() -> None:
+    for jump in PORTMAP_JUMPS:
+        subprocess.run(["iptables", "-t", "nat", "-D", *jump], capture_output=True)
+    for chain in PORTMAP_TOP_CHAINS:
+        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True)
+        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
+
+
+def _teardown_network(network: dict, state_dir: Path) -> None:
+    """As tests/conftest.py's bridge_network: the plugin's own teardown of bridge and rules."""
+    os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
+    try:
+        from smarter_cni.dataplane import bridge
+        from smarter_cni.netconf import parse_netconf
+
+        bridge.teardown_network(parse_netconf(network))
+    finally:
+        del os.environ["SMARTER_CNI_STATE_DIR"]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    subnet, dns_address = free_subnet(), free_link_local()
+    if not subnet or not dns_address:
+        pytest.skip("no free 10.244.x.0/24 or 169.254.x.y on this host")
+    base = tmp_path_factory.mktemp("cri")
+    state_dir = base / "state"
+    state_dir.mkdir(mode=0o700)
+    name = unique("c")
+    network = {"cniVersion": "1.0.0", "name": f"net-{name}", "type": "smarter-cni",
+               "bridge": f"br{name[:10]}", "subnet": subnet}
+    dns_interface = unique("sdns")
+    portmap_existed = _portmap_chains_exist()
+    cri = CriNode(base / "node", network, dns_address, state_dir)
+    dns = DnsService(base, dns_address, state_dir, cri.conf_path,
+                     extra=["--interface", dns_interface])
+    try:
+        dns.start()
+        cri.start()
+        print(f"\nCRI node: containerd {cri.client.call('Version').runtime_version}, network "
+              f"{network['name']} {subnet} on {network['bridge']}, DNS {dns_address}; "
+              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cri.timings.items()))
+        yield cri
+    finally:
+        errors = cri.cleanup()
+        dns.stop()
+        delete_link(dns_interface)
+        sh("ip", "addr", "del", f"{dns_address}/32", "dev", "lo", check=False)
+        _teardown_network(network, state_dir)
+        if not portmap_existed:
+            _remove_portmap_chains()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not errors, errors
+
+
+@pytest.fixture
+def pods(node):
+    """Pods a test makes; any the test did not remove are stopped and removed after it."""
+    made: list[Pod] = []
+    yield made
+    for pod in made:
+        for method in ("StopPodSandbox", "RemovePodSandbox"):
+            node.client.call(method, pod_sandbox_id=pod.id)
+
+
+def run_pod(node: CriNode, pods: list[Pod], name: str, **kwargs) -> Pod:
+    pod = node.run_pod(name, **kwargs)
+    pods.append(pod)
+    return pod
+
+
+def fqdn(pod_or_name: Pod | str, namespace: str = "default") -> str:
+    name = pod_or_name.name if isinstance(pod_or_name, Pod) else pod_or_name
+    return f"{name}.{namespace}.svc.{DOMAIN}"
+
+
+def nslookup_addresses(output: str) -> list[str]:
+    """The answer addresses of busybox nslookup (not the server's own)."""
+    found, answers = [], False
+    for line in output.splitlines():
+        if line.startswith("Name:"):
+            answers = True
+        elif answers and line.startswith("Address:"):
+            found.append(line.split()[-1])
+    return sorted(found)
+
+
+def assert_on_our_bridge(node: CriNode, *addresses: str) -> None:
+    """Traffic to a pod address must go through the test's bridge, never off the machine."""
+    for address in addresses:
+        assert route_device(address) == node.network["bridge"], address
+
+
+def assert_gone(node: CriNode, pod: Pod) -> None:
+    assert node.attachment_of(pod) is None, node.attachments()
+    answer = dig(node.dns_address, fqdn(pod))
+    assert answer.status == "NXDOMAIN", answer
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_two_pods_resolve_and_ping_each_other_by_name(node, pods, host_port):
+    tag = unique("", 6)
+    alpha = run_pod(node, pods, f"alpha-{tag}", hostname=f"ah-{tag}",
+                    annotation_hostname=f"ah-{tag}", host_ports={host_port: 8080})
+    beta = run_pod(node, pods, f"beta-{tag}", hostname=f"bh-{tag}",
+                   annotation_hostname=f"bh-{tag}")
+    network = node.conflist["plugins"][0]
+    prefix = network["subnet"].rsplit(".", 1)[0] + "."
+    assert alpha.ip.startswith(prefix) and beta.ip.startswith(prefix) and alpha.ip != beta.ip
+    assert_on_our_bridge(node, alpha.ip, beta.ip)
+    assert node.attachment_of(alpha)["pod"]["hostname"] == f"ah-{tag}"
+
+    # what containerd handed the plugin: capitalised runtimeConfig keys, and it coped
+    add = next(call for call in node.calls(alpha) if call.command == "ADD")
+    assert add.returncode == 0, add
+    runtime = add.runtime_config
+    assert runtime["portMappings"] == [{"HostPort": host_port, "ContainerPort": 8080,
+                                        "Protocol": "tcp", "HostIP": ""}], runtime
+    assert runtime["dns"]["Servers"] == [node.dns_address], runtime
+    assert runtime["io.kubernetes.cri.pod-annotations"] == \
+        {"smarter-cni.io/hostname": f"ah-{tag}"}, runtime
+    assert json.loads(add.stdout)["ips"][0]["address"] == f"{alpha.ip}/24", add.stdout
+
+    first = node.start_container(alpha)
+    second = node.start_container(beta)
+    code, resolv, _ = node.exec(first, "cat", "/etc/resolv.conf")
+    assert code == 0 and f"nameserver {node.dns_address}" in resolv, resolv
+    assert node.exec(first, "hostname")[1].strip() == f"ah-{tag}"
+    # containerd's cni-loopback ran beside our ADD: the pod's lo is up
+    code, lo, _ = node.exec(first, "ip", "-4", "addr", "show", "lo")
+    assert code == 0 and "127.0.0.1/8" in lo and ",UP" in lo, lo
+
+    lookups = {first: (beta, f"bh-{tag}"), second: (alpha, f"ah-{tag}")}
+    for container, (peer, hostname) in lookups.items():
+        # exact names (trailing dot: no search list), each form the node DNS serves
+        for name in (peer.name, hostname, fqdn(peer), fqdn(hostname)):
+            code, out, err = node.exec(container, "nslookup", "-type=a", name + ".")
+            assert code == 0 and nslookup_addresses(out) == [peer.ip], (name, out, err)
+        # the short name through the search list containerd wrote from dns_config
+        # (busybox nslookup asks every search form, so the others' NXDOMAIN is expected)
+        code, out, err = node.exec(container, "nslookup", "-type=a", peer.name)
+        assert f"Name:\t{fqdn(peer)}\nAddress: {peer.ip}" in out, (out, err)
+        code, out, err = node.exec(container, "ping", "-c", "2", "-W", "2", peer.ip)
+        assert code == 0 and " 0% packet loss" in out, (out, err)
+    code, out, _ = node.exec(second, "nslookup", "-type=a", fqdn(f"nobody-{tag}"))
+    assert code != 0 and "NXDOMAIN" in out, out
+
+
+def test_host_port_reaches_the_pod_from_the_host(node, pods, host_port):
+    tag = unique("", 6)
+    pod = run_pod(node, pods, f"web-{tag}", hostname=f"web-{tag}", host_ports={host_port: 8080})
+    assert_on_our_bridge(node, pod.ip)
+    # busybox nc answers each connection with the pod's hostname
+    node.start_container(pod, ["/usr/bin/nc", "-ll", "-p", "8080", "-e", "/bin/hostname"])
+    gateway = node.attachment_of(pod)["gateway"]
+    for address in ("127.0.0.1", gateway):
+        deadline, reply = time.monotonic() + 10, ""
+        while time.monotonic() < deadline:
+            try:
+                reply = fetch(address, host_port)
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert reply == f"web-{tag}", (address, reply)
+    assert fetch(pod.ip, 8080) == f"web-{tag}"  # and the pod itself, straight over the bridge
+
+
+def test_stop_then_remove_sends_two_dels_and_both_succeed(node, pods):
+    tag = unique("", 6)
+    pod = run_pod(node, pods, f"gone-{tag}")
+    node.start_container(pod)
+    record = node.attachment_of(pod)
+    assert record and record["ready"], record
+    assert dig(node.dns_address, fqdn(pod)).values() == [pod.ip]
+
+    node.stop_pod(pod)
+    calls = node.calls(pod)
+    assert [call.command for call in calls] == ["ADD", "DEL"], calls
+    first = calls[1]
+    assert first.netns and first.netns.startswith("/var/run/netns/"), first
+    assert first.stdin.get("prevResult", {}).get("ips"), first.stdin
+    assert first.returncode == 0, first
+    assert_gone(node, pod)  # released at the first DEL
+    assert record["host_ifname"] not in node.host_veths()
+
+    node.remove_pod(pod)
+    pods.remove(pod)
+    calls = node.calls(pod)
+    assert [call.command for call in calls] == ["ADD", "DEL", "DEL"], calls
+    second = calls[2]
+    assert second.env.get("CNI_NETNS", "") == "", second.env  # the netns is gone
+    assert "prevResult" not in second.stdin, second.stdin
+    assert second.returncode == 0 and second.stdout.strip() == "", second
+    assert_gone(node, pod)
+    print(f"\nDELs containerd sent: 1st CNI_NETNS={first.netns} prevResult=yes; "
+          f"2nd CNI_NETNS={second.env.get('CNI_NETNS')!r} prevResult=no; both exit 0")
+
+
+def test_pod_survives_a_containerd_restart(node, pods):
+    tag = unique("", 6)
+    pod = run_pod(node, pods, f"keep-{tag}")
+    container = node.start_container(pod)
+    before = len(node.calls(pod))
+    node.containerd.restart()
+    status = node.pod_status(pod)
+    assert status.state == 0 and status.network.ip == pod.ip, status  # SANDBOX_READY
+    assert len(node.calls(pod)) == before  # no new ADD: the pod was left as it was
+    assert dig(node.dns_address, fqdn(pod)).values() == [pod.ip]
+    code, out, _ = node.exec(container, "ip", "-4", "addr", "show", "eth0")
+    assert code == 0 and f"{pod.ip}/24" in out, out
+    code, out, _ = node.exec(container, "nslookup", "-type=a", pod.name + ".")
+    assert code == 0 and nslookup_addresses(out) == [pod.ip], out
+    node.stop_pod(pod)
+    node.remove_pod(pod)
+    pods.remove(pod)
+    assert [c.returncode for c in node.calls(pod)] == [0, 0, 0]
+    assert_gone(node, pod)
+    print(f"\ncontainerd restart: ready again in {node.containerd.starts[-1] * 1000:.0f} ms")
+
+
+def test_ten_sandboxes_in_parallel(node, pods):
+    tag = unique("", 6)
+    names = [f"par{index}-{tag}" for index in range(10)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(names)) as pool:
+        made = list(pool.map(lambda name: node.run_pod(name), names))
+    ran = time.monotonic() - started
+    pods.extend(made)
+    addresses = [pod.ip for pod in made]
+    assert len(set(addresses)) == len(made) and all(addresses), addresses
+    assert_on_our_bridge(node, *addresses)
+    for pod in made:
+        assert dig(node.dns_address, fqdn(pod)).values() == [pod.ip], pod.name
+        assert dig(node.dns_address, pod.name).values() == [pod.ip], pod.name
+    assert len(node.host_veths()) >= len(made)
+
+    def stop_and_remove(pod: Pod) -> None:
+        node.stop_pod(pod)
+        node.remove_pod(pod)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(made)) as pool:
+        list(pool.map(stop_and_remove, made))
+    removed = time.monotonic() - started
+    pods.clear()
+    for pod in made:
+        assert [c.command for c in node.calls(pod)] == ["ADD", "DEL", "DEL"], pod.name
+        assert all(c.returncode == 0 for c in node.calls(pod)), node.calls(pod)
+        assert_gone(node, pod)
+    assert node.attachments() == {}
+    assert node.host_veths() == []
+    print(f"\n10 sandboxes in parallel: run {ran * 1000:.0f} ms, stop+remove {removed * 1000:.0f} ms")
+
+
+def test_update_runtime_config_pod_cidr_and_what_the_plugin_then_receives(node, pods):
+    """kubelet sends the node's pod CIDR with UpdateRuntimeConfig. containerd 1.6 only
+    uses it to render a `conf_template` (none here); it never passes ipRanges to a
+    plugin, even one that asks for the capability. The plugin keeps its own subnet."""
+    pod_cidr = "10.88.77.0/24"
+    node.client.call("UpdateRuntimeConfig",
+                     runtime_config={"network_config": {"pod_cidr": pod_cidr}})
+    tag = unique("", 6)
+    pod = run_pod(node, pods, f"cidr-{tag}")
+    add = next(call for call in node.calls(pod) if call.command == "ADD")
+    assert add.returncode == 0, add
+    assert add.stdin["capabilities"]["ipRanges"] is True
+    assert "ipRanges" not in add.runtime_config, add.runtime_config
+    # no port mappings: no portMappings key; no annotations: a JSON null, not {}
+    assert add.runtime_config == {
+        "dns": {"Servers": [node.dns_address],
+                "Searches": ["default.svc.cluster.local", "svc.cluster.local", DOMAIN],
+                "Options": ["ndots:5"]},
+        "io.kubernetes.cri.pod-annotations": None}, add.runtime_config
+    subnet_prefix = node.conflist["plugins"][0]["subnet"].rsplit(".", 1)[0] + "."
+    assert pod.ip.startswith(subnet_prefix), pod.ip
+    cni_args = dict(part.split("=", 1) for part in add.env["CNI_ARGS"].split(";"))
+    assert cni_args["K8S_POD_NAME"] == pod.name and cni_args["K8S_POD_UID"] == pod.uid
+    assert cni_args["K8S_POD_INFRA_CONTAINER_ID"] == pod.id
+    assert "No cni config template is specified" in node.containerd.log.read_text()
+    print(f"\nafter UpdateRuntimeConfig(pod_cidr={pod_cidr}) the plugin got runtimeConfig="
+          f"{json.dumps(add.runtime_config, sort_keys=True)} CNI_ARGS={add.env['CNI_ARGS']}")
