@@ -43,11 +43,19 @@ class Pod:
 
 
 def network_conflist(network: dict[str, Any], dns_address: str) -> dict[str, Any]:
-    """The conflist containerd reads: our plugin (from a bridge_network-style dict) + portmap."""
-    ours = {key: value for key, value in network.items() if key not in ("cniVersion", "name")}
+    """The conflist containerd reads: what `smarter-cni install` writes (cniVersions list
+    and all), for the test's bridge, subnet and DNS address, then the reference portmap."""
+    from smarter_cni.install import default_conflist
+
+    conflist = default_conflist("bridge")
+    ours = conflist["plugins"][0]
+    ours.pop("gateway")  # the default: the subnet's first address
+    ours.update({key: value for key, value in network.items()
+                 if key not in ("cniVersion", "name")})
     ours.update(dnsAddress=dns_address, capabilities=CAPABILITIES)
-    return {"cniVersion": network.get("cniVersion", "1.0.0"), "name": network["name"],
-            "plugins": [ours, {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    conflist["name"] = network["name"]
+    conflist["plugins"].append({"type": "portmap", "capabilities": {"portMappings": True}})
+    return conflist
 
 
 class CriNode:
@@ -90,7 +98,7 @@ class CriNode:
 
     def sandbox_config(self, name: str, namespace: str = "default", hostname: str = "",
                        annotation_hostname: str = "", host_ports: dict[int, int] | None = None,
-                       ) -> dict[str, Any]:
+                       annotations: dict[str, str] | None = None) -> dict[str, Any]:
         uid = str(uuid.uuid4())
         config: dict[str, Any] = {
             "metadata": {"name": name, "namespace": namespace, "uid": uid, "attempt": 0},
@@ -101,7 +109,7 @@ class CriNode:
                                         "cluster.local"],
                            "options": ["ndots:5"]},
             "labels": {"app": name},
-            "annotations": {},
+            "annotations": dict(annotations or {}),
         }
         if annotation_hostname:
             config["annotations"][HOSTNAME_ANNOTATION] = annotation_hostname
