@@ -79,6 +79,10 @@ class CriNode:
         self.timings: dict[str, float] = {}
 
     @property
+    def prefix_len(self) -> int:
+        return int(self.network["subnet"].split("/")[1])
+
+    @property
     def client(self) -> CRIClient:
         assert self.containerd.client is not None
         return self.containerd.client
@@ -189,12 +193,13 @@ def _unrouted(address: str) -> bool:
     return all(not line or line.startswith("default") for line in routes.splitlines())
 
 
-def free_subnet() -> str | None:
-    """An unused /24 of 10.244.0.0/16 (as tests/conftest.py's bridge_network picks)."""
+def free_subnet(prefix_len: int = 24) -> str | None:
+    """The start of an unused /24 of 10.244.0.0/16 (as tests/conftest.py's bridge_network
+    picks), as a subnet of `prefix_len` bits."""
     for _ in range(50):
-        cidr = f"10.244.{random.randint(0, 255)}.0/24"
-        if _unrouted(cidr.split("/")[0]):
-            return cidr
+        start = f"10.244.{random.randint(0, 255)}.0"
+        if _unrouted(start):
+            return f"{start}/{prefix_len}"
     return None
 
 

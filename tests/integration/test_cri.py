@@ -12,6 +12,7 @@ containerd really sends, not what we believe it sends.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 from test_dns_helpers import DnsService, dig, needs_tools
 
+from helpers.cri import CRIError
 from helpers.cri_containerd import CONTAINERD, CTR
 from helpers.cri_node import CriNode, Pod, free_link_local, free_subnet, route_device
 from helpers.netns import delete_link, sh, unique
@@ -37,6 +39,8 @@ pytestmark = [
 ]
 
 DOMAIN = "cluster.local"
+POOL_PREFIX = 27
+POOL_SIZE = 2 ** (32 - POOL_PREFIX) - 3  # less network, gateway and broadcast
 
 
 def _portmap_chains_exist() -> bool:
@@ -66,7 +70,8 @@ def _teardown_network(network: dict, state_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    subnet, dns_address = free_subnet(), free_link_local()
+    # a /27: 29 pod addresses, so the pool can be run dry through the CRI
+    subnet, dns_address = free_subnet(POOL_PREFIX), free_link_local()
     if not subnet or not dns_address:
         pytest.skip("no free 10.244.x.0/24 or 169.254.x.y on this host")
     base = tmp_path_factory.mktemp("cri")
@@ -131,6 +136,10 @@ def nslookup_addresses(output: str) -> list[str]:
     return sorted(found)
 
 
+def in_pool(node: CriNode, address: str) -> bool:
+    return ipaddress.ip_address(address) in ipaddress.ip_network(node.network["subnet"])
+
+
 def assert_on_our_bridge(node: CriNode, *addresses: str) -> None:
     """Traffic to a pod address must go through the test's bridge, never off the machine."""
     for address in addresses:
@@ -154,9 +163,7 @@ def test_two_pods_resolve_and_ping_each_other_by_name(node, pods, host_port):
                    annotation_hostname=f"bh-{tag}",
                    annotations={"kubernetes.io/ingress-bandwidth": "10M",
                                 "kubernetes.io/egress-bandwidth": "20M"})
-    network = node.conflist["plugins"][0]
-    prefix = network["subnet"].rsplit(".", 1)[0] + "."
-    assert alpha.ip.startswith(prefix) and beta.ip.startswith(prefix) and alpha.ip != beta.ip
+    assert in_pool(node, alpha.ip) and in_pool(node, beta.ip) and alpha.ip != beta.ip
     assert_on_our_bridge(node, alpha.ip, beta.ip)
     assert node.attachment_of(alpha)["pod"]["hostname"] == f"ah-{tag}"
 
@@ -172,7 +179,7 @@ def test_two_pods_resolve_and_ping_each_other_by_name(node, pods, host_port):
     assert runtime["dns"]["Servers"] == [node.dns_address], runtime
     assert runtime["io.kubernetes.cri.pod-annotations"] == \
         {"smarter-cni.io/hostname": f"ah-{tag}"}, runtime
-    assert json.loads(add.stdout)["ips"][0]["address"] == f"{alpha.ip}/24", add.stdout
+    assert json.loads(add.stdout)["ips"][0]["address"] == f"{alpha.ip}/{node.prefix_len}"
     # bandwidth from the pod's annotations, capitalised too (and the annotations themselves)
     add = next(call for call in node.calls(beta) if call.command == "ADD")
     assert add.returncode == 0, add
@@ -277,7 +284,7 @@ def test_pod_survives_a_containerd_restart(node, pods):
     assert len(node.calls(pod)) == before  # no new ADD: the pod was left as it was
     assert dig(node.dns_address, fqdn(pod)).values() == [pod.ip]
     code, out, _ = node.exec(container, "ip", "-4", "addr", "show", "eth0")
-    assert code == 0 and f"{pod.ip}/24" in out, out
+    assert code == 0 and f"{pod.ip}/{node.prefix_len}" in out, out
     code, out, _ = node.exec(container, "nslookup", "-type=a", pod.name + ".")
     assert code == 0 and nslookup_addresses(out) == [pod.ip], out
     node.stop_pod(pod)
@@ -341,8 +348,8 @@ def test_update_runtime_config_pod_cidr_and_what_the_plugin_then_receives(node, 
                 "Searches": ["default.svc.cluster.local", "svc.cluster.local", DOMAIN],
                 "Options": ["ndots:5"]},
         "io.kubernetes.cri.pod-annotations": None}, add.runtime_config
-    subnet_prefix = node.conflist["plugins"][0]["subnet"].rsplit(".", 1)[0] + "."
-    assert pod.ip.startswith(subnet_prefix), pod.ip
+    assert in_pool(node, pod.ip) and ipaddress.ip_address(pod.ip) not in \
+        ipaddress.ip_network(pod_cidr), pod.ip
     cni_args = dict(part.split("=", 1) for part in add.env["CNI_ARGS"].split(";"))
     assert cni_args["K8S_POD_NAME"] == pod.name and cni_args["K8S_POD_UID"] == pod.uid
     assert cni_args["K8S_POD_INFRA_CONTAINER_ID"] == pod.id
@@ -351,10 +358,49 @@ def test_update_runtime_config_pod_cidr_and_what_the_plugin_then_receives(node, 
           f"{json.dumps(add.runtime_config, sort_keys=True)} CNI_ARGS={add.env['CNI_ARGS']}")
 
 
+def test_a_full_pool_fails_run_pod_sandbox_cleanly(node, pods):
+    """The pool runs dry: RunPodSandbox fails with the plugin's own message, containerd's
+    clean-up DEL succeeds, nothing of the failed sandbox stays, and the pool works again
+    as soon as one pod goes."""
+    tag = unique("", 6)
+    assert node.attachments() == {}
+    with ThreadPoolExecutor(10) as pool:
+        made = list(pool.map(lambda index: node.run_pod(f"fill{index}-{tag}"), range(POOL_SIZE)))
+    pods.extend(made)
+    assert len({pod.ip for pod in made}) == POOL_SIZE
+    veths = node.host_veths()
+    with pytest.raises(CRIError) as failed:
+        node.run_pod(f"extra-{tag}")
+    message = failed.value.details
+    assert "no free address left" in message and node.network["name"] in message, message
+    refused = [call for call in node.calls() if call.command == "ADD" and call.returncode != 0]
+    assert len(refused) == 1, refused
+    error = json.loads(refused[0].stdout)
+    assert error["code"] == 100 and error["msg"] in message, (error, message)
+    cleanup = node.calls(Pod(refused[0].container_id, "", "", "", "", {}))[1:]
+    assert cleanup and all(c.command == "DEL" and c.returncode == 0 for c in cleanup), cleanup
+    assert len(node.attachments()) == POOL_SIZE and node.host_veths() == veths
+    assert not os.path.exists(refused[0].netns)  # containerd removed the failed pod's netns
+    assert dig(node.dns_address, fqdn(f"extra-{tag}")).status == "NXDOMAIN"
+    print(f"\nfull pool through the CRI: {failed.value.code}: {message}")
+
+    node.stop_pod(made[0])
+    node.remove_pod(made[0])
+    pods.remove(made[0])
+    again = run_pod(node, pods, f"again-{tag}")
+    assert in_pool(node, again.ip)
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda pod: (node.stop_pod(pod), node.remove_pod(pod)), pods))
+    pods.clear()
+    assert node.attachments() == {} and node.host_veths() == []
+
+
 def test_containerd_logged_no_network_error(node):
-    """Last in the module: over every case above, containerd never failed a CNI call."""
+    """Last in the module: over every case above, containerd never failed a CNI call
+    (but the one ADD the full-pool test made fail on purpose)."""
     lines = node.containerd.log.read_text(errors="replace").splitlines()
-    assert any("TearDown network for sandbox" in line for line in lines)  # the log is the right one
+    assert any("TearDown network for sandbox" in line for line in lines)  # the right log
     failures = [line for line in lines if "level=error" in line
-                and ("network" in line.lower() or "cni" in line.lower())]
+                and ("network" in line.lower() or "cni" in line.lower())
+                and "no free address left" not in line]
     assert not failures, "\n".join(failures[:10])
