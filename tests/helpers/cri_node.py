@@ -124,11 +124,15 @@ class CriNode:
         return config
 
     def run_pod(self, name: str, **kwargs: Any) -> Pod:
-        config = self.sandbox_config(name, **kwargs)
-        (self.base / "logs" / config["metadata"]["uid"]).mkdir(parents=True, exist_ok=True)
+        return self.run_sandbox(self.sandbox_config(name, **kwargs))
+
+    def run_sandbox(self, config: dict[str, Any]) -> Pod:
+        """RunPodSandbox with a whole config (e.g. a pod's, attempt + 1, as kubelet retries)."""
+        metadata = config["metadata"]
+        (self.base / "logs" / metadata["uid"]).mkdir(parents=True, exist_ok=True)
         pod_id = self.client.call("RunPodSandbox", config=config).pod_sandbox_id
         status = self.client.call("PodSandboxStatus", pod_sandbox_id=pod_id).status
-        return Pod(pod_id, name, config["metadata"]["namespace"], config["metadata"]["uid"],
+        return Pod(pod_id, metadata["name"], metadata["namespace"], metadata["uid"],
                    status.network.ip, config)
 
     def pod_status(self, pod: Pod) -> Any:

@@ -295,6 +295,32 @@ def test_pod_survives_a_containerd_restart(node, pods):
     print(f"\ncontainerd restart: ready again in {node.containerd.starts[-1] * 1000:.0f} ms")
 
 
+def test_a_new_sandbox_for_the_same_pod_outlives_the_old_ones_removal(node, pods):
+    """kubelet's order when a pod's sandbox must be replaced: stop the old one, run a
+    new one (same pod, attempt 1), and only later remove the old one. That late DEL
+    (old container ID, empty CNI_NETNS) must not touch the new sandbox's record."""
+    tag = unique("", 6)
+    old = run_pod(node, pods, f"again-{tag}", annotation_hostname=f"ag-{tag}")
+    node.stop_pod(old)
+    config = json.loads(json.dumps(old.config))
+    config["metadata"]["attempt"] = 1
+    new = node.run_sandbox(config)
+    pods.append(new)
+    assert new.id != old.id and new.uid == old.uid
+    node.remove_pod(old)
+    pods.remove(old)
+    assert [c.command for c in node.calls(old)] == ["ADD", "DEL", "DEL"]
+    assert all(c.returncode == 0 for c in node.calls(old))
+    record = node.attachment_of(new)
+    assert record and record["ready"] and record["pod"]["hostname"] == f"ag-{tag}", record
+    for name in (new.name, f"ag-{tag}", fqdn(new)):
+        assert dig(node.dns_address, name).values() == [new.ip], name
+    assert_on_our_bridge(node, new.ip)
+    container = node.start_container(new)
+    code, out, err = node.exec(container, "ping", "-c", "1", "-W", "2", record["gateway"])
+    assert code == 0, (out, err)
+
+
 def test_ten_sandboxes_in_parallel(node, pods):
     tag = unique("", 6)
     names = [f"par{index}-{tag}" for index in range(10)]
