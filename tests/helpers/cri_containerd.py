@@ -94,6 +94,7 @@ class PluginCall:
     stdin: dict[str, Any]
     stdout: str
     returncode: int | None
+    seconds: float  # from the recorder's start to its exit code on disk (plugin + ~2 ms)
 
     @property
     def command(self) -> str:
@@ -129,8 +130,9 @@ def read_calls(records: Path) -> list[PluginCall]:
         except ValueError:
             stdin = {"_unparsed": text}
         code = rc_file.read_text().strip()
+        seconds = (rc_file.stat().st_mtime_ns - int(rc_file.stem.split("-")[0])) / 1e9
         calls.append(PluginCall(rc_file.stem, env, stdin, Path(f"{stem}.out").read_text(),
-                                int(code) if code.lstrip("-").isdigit() else None))
+                                int(code) if code.lstrip("-").isdigit() else None, seconds))
     return calls
 
 

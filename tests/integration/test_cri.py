@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,12 @@ def node(tmp_path_factory):
               + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cri.timings.items()))
         yield cri
     finally:
+        calls = cri.calls()
+        for command in ("ADD", "DEL"):
+            times = sorted(c.seconds * 1000 for c in calls if c.command == command)
+            if times:
+                print(f"\nplugin {command} via containerd: {len(times)} calls, median "
+                      f"{statistics.median(times):.0f} ms, max {times[-1]:.0f} ms")
         errors = cri.cleanup()
         dns.stop()
         delete_link(dns_interface)
@@ -352,7 +359,12 @@ def test_ten_sandboxes_in_parallel(node, pods):
         assert_gone(node, pod)
     assert node.attachments() == {}
     assert node.host_veths() == []
-    print(f"\n10 sandboxes in parallel: run {ran * 1000:.0f} ms, stop+remove {removed * 1000:.0f} ms")
+    calls = [call for pod in made for call in node.calls(pod)]
+    plugin = {command: statistics.median(c.seconds for c in calls if c.command == command)
+              for command in ("ADD", "DEL")}
+    print(f"\n10 sandboxes in parallel: run {ran * 1000:.0f} ms, stop+remove "
+          f"{removed * 1000:.0f} ms; the plugin's median ADD {plugin['ADD'] * 1000:.0f} ms, "
+          f"DEL {plugin['DEL'] * 1000:.0f} ms (10 at once on a shared 2-core host)")
 
 
 def test_update_runtime_config_pod_cidr_and_what_the_plugin_then_receives(node, pods):
@@ -425,7 +437,7 @@ def test_containerd_logged_no_network_error(node):
     """Last in the module: over every case above, containerd never failed a CNI call
     (but the one ADD the full-pool test made fail on purpose)."""
     lines = node.containerd.log.read_text(errors="replace").splitlines()
-    assert any("TearDown network for sandbox" in line for line in lines)  # the right log
+    assert any("containerd successfully booted" in line for line in lines)  # the right log
     failures = [line for line in lines if "level=error" in line
                 and ("network" in line.lower() or "cni" in line.lower())
                 and "no free address left" not in line]
