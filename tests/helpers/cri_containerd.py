@@ -27,9 +27,9 @@ CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 PLUGIN_LAUNCHER = "smarter-cni-launcher"
 
-# The bin dir's `smarter-cni`: keep a copy of what the runtime hands the plugin
-# (environment, stdin, stdout, exit code), then run the real launcher on the
-# same input. Plain sh, so a call costs ~2 ms more and nothing else changes.
+# The bin dir's `smarter-cni` (and `loopback`): keep a copy of what the runtime
+# hands the plugin (environment, stdin, stdout, exit code), then run the real
+# plugin on the same input. Plain sh, so a call costs ~2 ms more and nothing else changes.
 RECORDER = """#!/bin/sh
 # smarter-cni tests: record this CNI call, then run the plugin on the same input.
 record="{records}/$(date +%s%N)-$$"
@@ -94,7 +94,16 @@ class PluginCall:
     stdin: dict[str, Any]
     stdout: str
     returncode: int | None
-    seconds: float  # from the recorder's start to its exit code on disk (plugin + ~2 ms)
+    started_ns: int  # the recorder's start (CLOCK_REALTIME)
+    ended_ns: int  # its exit code on disk: the plugin's run plus ~2 ms
+
+    @property
+    def plugin(self) -> str:
+        return str(self.stdin.get("type", ""))
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended_ns - self.started_ns) / 1e9
 
     @property
     def command(self) -> str:
@@ -130,25 +139,33 @@ def read_calls(records: Path) -> list[PluginCall]:
         except ValueError:
             stdin = {"_unparsed": text}
         code = rc_file.read_text().strip()
-        seconds = (rc_file.stat().st_mtime_ns - int(rc_file.stem.split("-")[0])) / 1e9
         calls.append(PluginCall(rc_file.stem, env, stdin, Path(f"{stem}.out").read_text(),
-                                int(code) if code.lstrip("-").isdigit() else None, seconds))
+                                int(code) if code.lstrip("-").isdigit() else None,
+                                int(rc_file.stem.split("-")[0]), rc_file.stat().st_mtime_ns))
     return calls
 
 
 def make_cri_bin_dir(directory: Path, records: Path) -> Path:
-    """The test bin dir (launcher + reference plugins) with the recorder in front of our plugin."""
+    """The test bin dir (launcher + reference plugins) with the recorder in front of our
+    plugin and of the reference `loopback` (containerd's own cni-loopback network)."""
     from smarter_cni import launcher
 
     make_bin_dir(directory)
     records.mkdir(parents=True, exist_ok=True)
     real = directory / PLUGIN_LAUNCHER
     launcher.write(str(real), sys.executable, str(SRC))
-    wrapper = directory / "smarter-cni.tmp"
-    wrapper.write_text(RECORDER.format(records=records, launcher=real))
-    wrapper.chmod(0o755)
-    os.replace(wrapper, directory / "smarter-cni")
+    _put_recorder(directory / "smarter-cni", real, records)
+    loopback = directory / "loopback"
+    if loopback.is_symlink():
+        _put_recorder(loopback, loopback.resolve(), records)
     return directory
+
+
+def _put_recorder(dest: Path, real: Path, records: Path) -> None:
+    temp = dest.with_name(dest.name + ".tmp")
+    temp.write_text(RECORDER.format(records=records, launcher=real))
+    temp.chmod(0o755)
+    os.replace(temp, dest)
 
 
 @dataclass

@@ -159,10 +159,10 @@ class CriNode:
 
     # ------------------------------------------------------------ what the plugin saw
 
-    def calls(self, pod: Pod | None = None) -> list[PluginCall]:
-        """Recorded calls of our plugin (the recorder sits only in front of it), oldest first."""
+    def calls(self, pod: Pod | None = None, plugin: str = "smarter-cni") -> list[PluginCall]:
+        """Recorded calls of `plugin` (ours, or "loopback"), oldest first."""
         return [call for call in read_calls(self.records)
-                if pod is None or call.container_id == pod.id]
+                if call.plugin == plugin and (pod is None or call.container_id == pod.id)]
 
     def attachments(self) -> dict[str, Any]:
         path = self.state_dir / "attachments.json"
