@@ -122,6 +122,12 @@ class PluginCall:
     def runtime_config(self) -> dict[str, Any]:
         return self.stdin.get("runtimeConfig") or {}
 
+    @property
+    def cni_args(self) -> dict[str, str]:
+        """CNI_ARGS as a dict (containerd's order of the pairs varies)."""
+        pairs = (part.partition("=") for part in self.env.get("CNI_ARGS", "").split(";"))
+        return {key: value for key, sep, value in pairs if sep}
+
 
 def read_calls(records: Path) -> list[PluginCall]:
     """Every completed recorded call, oldest first."""
@@ -222,6 +228,13 @@ class Containerd:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL our containerd (by PID), as a crash: shims and plugin runs carry on."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
 

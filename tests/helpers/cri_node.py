@@ -164,6 +164,14 @@ class CriNode:
         return [call for call in read_calls(self.records)
                 if call.plugin == plugin and (pod is None or call.container_id == pod.id)]
 
+    def started_calls(self) -> int:
+        """Plugin runs begun so far, finished or not (the recorder writes .env first)."""
+        return sum(1 for _ in self.records.glob("*.env"))
+
+    def running_calls(self) -> int:
+        """Plugin runs begun and not finished (.rc is written last)."""
+        return self.started_calls() - sum(1 for _ in self.records.glob("*.rc"))
+
     def attachments(self) -> dict[str, Any]:
         path = self.state_dir / "attachments.json"
         if not path.exists():

@@ -343,6 +343,43 @@ def test_a_new_sandbox_for_the_same_pod_outlives_the_old_ones_removal(node, pods
     assert code == 0, (out, err)
 
 
+def test_containerd_killed_while_sandboxes_start_leaves_nothing_once_they_are_removed(node, pods):
+    """containerd SIGKILLed with 10 RunPodSandbox calls in flight (some plugin ADDs done,
+    some running, some not begun). After its restart it knows every sandbox (NOTREADY);
+    kubelet's Stop + Remove of each must leave no address, name, veth or netns behind."""
+    tag = unique("", 6)
+    begun = node.started_calls()
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(node.run_pod, f"crash{index}-{tag}") for index in range(10)]
+        deadline = time.monotonic() + 30
+        while node.started_calls() < begun + 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        node.containerd.kill()
+        failed = sum(1 for future in futures if future.exception() is not None)
+    node.containerd.start()
+    known = [item for item in node.client.call("ListPodSandbox").items
+             if item.metadata.name.endswith(f"-{tag}")]
+    ours = [c for c in node.calls() if c.cni_args.get("K8S_POD_NAME", "").endswith(f"-{tag}")]
+    print(f"\ncontainerd killed: {failed}/10 RunPodSandbox calls failed, {len(known)} sandboxes "
+          f"known after the restart, states {sorted(item.state for item in known)}")
+    assert failed >= 1 and known  # the kill really landed mid-way
+    for item in known:
+        node.client.call("StopPodSandbox", pod_sandbox_id=item.id)
+        node.client.call("RemovePodSandbox", pod_sandbox_id=item.id)
+    deadline = time.monotonic() + 20  # plugin runs orphaned by the kill finish on their own
+    while node.running_calls() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert node.running_calls() == 0
+    assert node.attachments() == {}, node.attachments()
+    assert node.host_veths() == []
+    leftover = [c.netns for c in node.calls() if c.netns and os.path.exists(c.netns)]
+    assert not leftover, leftover
+    for index in range(10):
+        assert dig(node.dns_address, fqdn(f"crash{index}-{tag}")).status == "NXDOMAIN"
+    assert any(c.command == "ADD" and c.returncode == 0 for c in ours)  # some got that far
+    assert all(c.returncode == 0 for c in ours if c.command == "DEL"), ours
+
+
 def test_ten_sandboxes_in_parallel(node, pods):
     tag = unique("", 6)
     names = [f"par{index}-{tag}" for index in range(10)]
@@ -403,7 +440,7 @@ def test_update_runtime_config_pod_cidr_and_what_the_plugin_then_receives(node, 
         "io.kubernetes.cri.pod-annotations": None}, add.runtime_config
     assert in_pool(node, pod.ip) and ipaddress.ip_address(pod.ip) not in \
         ipaddress.ip_network(pod_cidr), pod.ip
-    cni_args = dict(part.split("=", 1) for part in add.env["CNI_ARGS"].split(";"))
+    cni_args = add.cni_args
     assert cni_args["K8S_POD_NAME"] == pod.name and cni_args["K8S_POD_UID"] == pod.uid
     assert cni_args["K8S_POD_INFRA_CONTAINER_ID"] == pod.id
     assert "No cni config template is specified" in node.containerd.log.read_text()
