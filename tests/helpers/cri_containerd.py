@@ -67,6 +67,9 @@ state = "{state}"
   enable_selinux = false
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # pod netns under our state dir, not /var/run/netns: a containerd killed between
+  # making a netns and recording its sandbox leaks that netns, and the tests kill it
+  netns_mounts_under_state_dir = true
 
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin_dir}"

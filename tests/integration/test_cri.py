@@ -274,7 +274,7 @@ def test_stop_then_remove_sends_two_dels_and_both_succeed(node, pods):
     calls = node.calls(pod)
     assert [call.command for call in calls] == ["ADD", "DEL"], calls
     first = calls[1]
-    assert first.netns and first.netns.startswith("/var/run/netns/"), first
+    assert first.netns and first.netns.startswith(f"{node.containerd.state}/"), first
     assert first.stdin.get("prevResult", {}).get("ips"), first.stdin
     assert first.returncode == 0, first
     assert_gone(node, pod)  # released at the first DEL
@@ -373,7 +373,11 @@ def test_containerd_killed_while_sandboxes_start_leaves_nothing_once_they_are_re
     assert node.attachments() == {}, node.attachments()
     assert node.host_veths() == []
     leftover = [c.netns for c in node.calls() if c.netns and os.path.exists(c.netns)]
-    assert not leftover, leftover
+    assert not leftover, leftover  # no netns a plugin ever saw
+    # containerd 1.6 itself may leak a netns it made just before the kill, for a sandbox
+    # it never recorded and never called a plugin for (it lies under our state dir)
+    orphans = list((node.containerd.state / "io.containerd.grpc.v1.cri" / "netns").glob("*"))
+    print(f"netns containerd left without any CNI call: {len(orphans)}")
     for index in range(10):
         assert dig(node.dns_address, fqdn(f"crash{index}-{tag}")).status == "NXDOMAIN"
     assert any(c.command == "ADD" and c.returncode == 0 for c in ours)  # some got that far
