@@ -27,7 +27,7 @@ START=$(date +%s)
 
 APT_PACKAGES=(
     iproute2 iptables docker.io containernetworking-plugins
-    golang-go golang-github-appc-cni-dev dnsutils dnsmasq-base
+    golang-go golang-github-appc-cni-dev dnsutils dnsmasq-base containerd
     busybox-static python3-venv procps iputils-ping openssl util-linux time
 )
 VENV="$REPO/.venv"
