@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,11 +25,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import node_snapshot  # noqa: E402
 from helpers.netns import NetnsFactory, unique  # noqa: E402
-from helpers.plugin import SRC, PluginRunner, make_bin_dir  # noqa: E402
+from helpers.plugin import SRC, PluginRunner, make_bin_dir, teardown_bridge_network  # noqa: E402
 
 sys.path.insert(0, str(SRC))
 
 IS_ROOT = os.geteuid() == 0
+# Plugin code run in-process (dispatch tests, teardowns, stores) must never fall
+# back to the node's /run/smarter-cni: the whole session gets a private default.
+_SESSION_STATE = tempfile.mkdtemp(prefix="smarter-cni-test-state.")
+os.environ["SMARTER_CNI_STATE_DIR"] = _SESSION_STATE
 # Fixtures shared by the chaining tests (host_port, portmap_chains_restored), and the
 # tests' private dockerd (registered here first, so pytest rewrites its asserts).
 pytest_plugins = ("helpers.portmap", "helpers.dockerd")
@@ -47,6 +53,7 @@ def pytest_sessionstart(session):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_STATE, ignore_errors=True)
     before = _GUARD.get("before")
     if before is None:
         return
@@ -130,11 +137,4 @@ def bridge_network(state_dir: Path):
     try:
         yield config
     finally:
-        os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
-        try:
-            from smarter_cni.dataplane import bridge
-            from smarter_cni.netconf import parse_netconf
-
-            bridge.teardown_network(parse_netconf(config))
-        finally:
-            del os.environ["SMARTER_CNI_STATE_DIR"]
+        teardown_bridge_network(config, state_dir)

@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -28,6 +29,32 @@ def make_bin_dir(directory: Path, python: str = sys.executable) -> Path:
             if not target.exists():
                 target.symlink_to(plugin)
     return directory
+
+
+STATE_DIR_ENV = "SMARTER_CNI_STATE_DIR"
+
+
+@contextmanager
+def state_dir_env(state_dir: Path | str) -> Iterator[None]:
+    """In-process plugin code (teardown, stores) sees `state_dir`; the previous value comes back."""
+    previous = os.environ.get(STATE_DIR_ENV)
+    os.environ[STATE_DIR_ENV] = str(state_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(STATE_DIR_ENV, None)
+        else:
+            os.environ[STATE_DIR_ENV] = previous
+
+
+def teardown_bridge_network(config: dict, state_dir: Path | str) -> None:
+    """The plugin's own teardown of a test network's bridge and rules, under the test's state dir."""
+    from smarter_cni.dataplane import bridge
+    from smarter_cni.netconf import parse_netconf
+
+    with state_dir_env(state_dir):
+        bridge.teardown_network(parse_netconf(config))
 
 
 class Invocation:

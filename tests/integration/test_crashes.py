@@ -38,7 +38,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.netns import link_exists, sh, unique  # noqa: E402
-from helpers.plugin import SRC, PluginRunner, pod_args  # noqa: E402
+from helpers.plugin import SRC, PluginRunner, pod_args, state_dir_env  # noqa: E402
 
 sys.path.insert(0, str(SRC))
 from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
@@ -330,11 +330,8 @@ def test_kill_first_add_of_a_network(plugin, bridge_network, netns, state_dir, w
     name, path = netns.create("kfirst")
     conf = parse_netconf(config)
     for i in range(FIRST_ADD_KILLS):
-        os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
-        try:
+        with state_dir_env(state_dir):
             bridge.teardown_network(conf)
-        finally:
-            del os.environ["SMARTER_CNI_STATE_DIR"]
         assert not link_exists(config["bridge"])
         cid = f"kfirst{i}-{unique('', 8)}"
         env = plugin.env("ADD", cid, path, "eth0")

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from test_dns_helpers import DnsService, dig, needs_tools
@@ -29,6 +28,7 @@ from helpers.cri import CRIError
 from helpers.cri_containerd import CONTAINERD, CTR
 from helpers.cri_node import CriNode, Pod, free_link_local, free_subnet, route_device
 from helpers.netns import delete_link, sh, unique
+from helpers.plugin import teardown_bridge_network
 from helpers.portmap import PORTMAP_JUMPS, PORTMAP_TOP_CHAINS, fetch, nat_rules
 
 pytestmark = [
@@ -56,17 +56,6 @@ def _remove_portmap_chains() -> None:
         subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True)
         subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True)
 
-
-def _teardown_network(network: dict, state_dir: Path) -> None:
-    """As tests/conftest.py's bridge_network: the plugin's own teardown of bridge and rules."""
-    os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
-    try:
-        from smarter_cni.dataplane import bridge
-        from smarter_cni.netconf import parse_netconf
-
-        bridge.teardown_network(parse_netconf(network))
-    finally:
-        del os.environ["SMARTER_CNI_STATE_DIR"]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +93,7 @@ def node(tmp_path_factory):
         dns.stop()
         delete_link(dns_interface)
         sh("ip", "addr", "del", f"{dns_address}/32", "dev", "lo", check=False)
-        _teardown_network(network, state_dir)
+        teardown_bridge_network(network, state_dir)
         if not portmap_existed:
             _remove_portmap_chains()
         shutil.rmtree(base, ignore_errors=True)

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.netns import NetnsFactory, sh, unique  # noqa: E402
-from helpers.plugin import SRC, PluginRunner, pod_args  # noqa: E402
+from helpers.plugin import SRC, PluginRunner, pod_args, teardown_bridge_network  # noqa: E402
 
 sys.path.insert(0, str(SRC))
 from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
@@ -109,14 +109,7 @@ def node(bin_dir: Path, tmp_path_factory) -> Node:
         yield Node(runner, config, resident, resident_ns, target_ns, target_path)
     finally:
         factory.cleanup()
-        os.environ["SMARTER_CNI_STATE_DIR"] = str(state)
-        try:
-            from smarter_cni.dataplane import bridge
-            from smarter_cni.netconf import parse_netconf
-
-            bridge.teardown_network(parse_netconf(config))
-        finally:
-            del os.environ["SMARTER_CNI_STATE_DIR"]
+        teardown_bridge_network(config, state)
 
 
 def _wait_settled(bridge: str, resident: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from helpers.netns import link_exists, unique
-from helpers.plugin import ROOT, PluginRunner, pod_args
+from helpers.plugin import ROOT, PluginRunner, pod_args, teardown_bridge_network
 
 pytestmark = pytest.mark.root
 
@@ -127,17 +127,9 @@ class Install:
         pid = self.supervisor_pid()
         if pid and _is_our_supervisor(pid):
             os.kill(pid, signal.SIGTERM)
-        from smarter_cni.dataplane import bridge
-        from smarter_cni.netconf import parse_netconf
-
-        os.environ["SMARTER_CNI_STATE_DIR"] = str(self.state_dir)
-        try:
-            if self.mode == "bridge":
-                bridge.teardown_network(parse_netconf({
-                    "name": self.network, "type": "smarter-cni", "bridge": self.bridge,
-                    "subnet": self.subnet}))
-        finally:
-            del os.environ["SMARTER_CNI_STATE_DIR"]
+        if self.mode == "bridge":
+            teardown_bridge_network({"name": self.network, "type": "smarter-cni", "bridge": self.bridge,
+                                     "subnet": self.subnet}, self.state_dir)
         for device in (self.dns_interface, "lo"):
             subprocess.run(["ip", "addr", "del", f"{self.dns_ip}/32", "dev", device],
                            capture_output=True)

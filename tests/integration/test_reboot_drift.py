@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.netns import delete_link, link_exists, sh, unique  # noqa: E402
-from helpers.plugin import SRC, pod_args  # noqa: E402
+from helpers.plugin import SRC, pod_args, teardown_bridge_network  # noqa: E402
 
 sys.path.insert(0, str(SRC))
 from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
@@ -230,15 +230,8 @@ def test_gc_removes_exactly_the_others(plugin, bridge_network, netns, state_dir,
             assert plugin("DEL", other, cid, path).ok
         assert records(state_dir) == {}
     finally:
-        os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
-        try:
-            from smarter_cni.dataplane import bridge
-            from smarter_cni.netconf import parse_netconf
-
-            for conf in (config, other):
-                bridge.teardown_network(parse_netconf(conf))
-        finally:
-            del os.environ["SMARTER_CNI_STATE_DIR"]
+        for conf in (config, other):
+            teardown_bridge_network(conf, state_dir)
 
 
 @pytest.mark.parametrize("version,code", [("1.1.0", None), ("1.0.0", 1), ("0.4.0", 1), ("0.3.1", 1)])

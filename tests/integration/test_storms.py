@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.netns import link_exists, sh, unique  # noqa: E402
-from helpers.plugin import SRC, pod_args  # noqa: E402
+from helpers.plugin import SRC, pod_args, teardown_bridge_network  # noqa: E402
 
 sys.path.insert(0, str(SRC))
 from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
@@ -56,14 +56,7 @@ def firewall_lines(config: dict) -> list[str]:
 
 
 def teardown(config: dict, state_dir: Path) -> None:
-    os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
-    try:
-        from smarter_cni.dataplane import bridge
-        from smarter_cni.netconf import parse_netconf
-
-        bridge.teardown_network(parse_netconf(config))
-    finally:
-        del os.environ["SMARTER_CNI_STATE_DIR"]
+    teardown_bridge_network(config, state_dir)
 
 
 def _timed(plugin, *args, **kwargs):
