@@ -142,12 +142,55 @@ def add(request: Request, conf: NetConf) -> Result:
     except BaseException:
         _undo_add(request, conf, key, host, last_before)
         raise
+    _pause_between_phases()
     with store.Transaction() as tx:
-        record["ready"] = True
-        record["mac"] = result.interfaces[-1].mac
-        tx.attachments[key] = record
-        tx.dirty = True
+        current = tx.attachments.get(key)
+        # Only our own record, still there: a DEL or GC that removed it since the first
+        # transaction must not be undone (address, name and link would come back).
+        mine = current is not None and current.get("created") == record["created"] \
+            and current.get("host_ifname") == host
+        if mine:
+            record["ready"] = True
+            record["mac"] = result.interfaces[-1].mac
+            tx.attachments[key] = record
+            tx.dirty = True
+    if not mine:
+        _abandon_add(request, conf, host)
+        raise CNIError(UNKNOWN_CONTAINER,
+                       f"container {request.container_id[:12]}/{request.ifname} on {conf.name} "
+                       "was deleted (DEL or GC) while its ADD was running; its interface and "
+                       "address were released, nothing is left to clean up")
     return result
+
+
+# Tests only: the path of a FIFO the plugin opens (blocking until the test opens it for
+# writing) and reads to EOF between ADD's two store transactions, so a test can run a DEL
+# or GC exactly there. Unset in production: costs one environment lookup.
+PAUSE_ENV = "SMARTER_CNI_TEST_PAUSE_FIFO"
+
+
+def _pause_between_phases() -> None:
+    path = os.environ.get(PAUSE_ENV)
+    if path:
+        try:
+            with open(path, "rb") as fifo:
+                fifo.read()
+        except OSError:
+            pass
+
+
+def _abandon_add(request: Request, conf: NetConf, host: str) -> None:
+    """Release what an ADD made after its record was removed; the record is not ours to touch."""
+    try:
+        links.delete(host)
+    except CNIError:
+        pass
+    if conf.delegated_ipam:
+        try:
+            # the DEL may have come before our IPAM ADD, so its release freed nothing
+            _delegate().delete(request, conf.delegated_ipam)
+        except CNIError:
+            pass
 
 
 def _adopt_survivors(tx: store.Transaction, conf: NetConf) -> None:
