@@ -163,6 +163,17 @@ def _correct_bridge_address(conf: NetConf) -> None:
         links.batch(lines, what=f"set address {wanted} on {conf.bridge}")
 
 
+def claim_network(conf: NetConf, directory: str | None = None) -> None:
+    """For the installer, after setup_network: note in the state that this node set the
+    network up, so the DNS service's reconciler keeps it whole from now on, not only after
+    the first pod's ADD. Pods that survived a lost state are adopted first, as ADD does."""
+    with store.Transaction(directory) as tx:
+        if conf.name not in tx.networks:
+            _adopt_survivors(tx, conf)
+        tx.networks[conf.name] = network_marker(conf)
+        tx.dirty = True
+
+
 def teardown_network(conf: NetConf) -> None:
     """Remove the bridge, its rules and the network's records (for uninstall and tests)."""
     _firewall().teardown(conf)
