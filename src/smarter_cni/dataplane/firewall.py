@@ -74,13 +74,16 @@ def ensure(conf: NetConf) -> None:
         return
     _drop_stale("filter", "FORWARD", conf, _forward_rules(conf))
     _drop_stale("nat", "POSTROUTING", conf, [_masq_jump(conf)] if conf.ip_masq else [])
-    for rule in _forward_rules(conf):
-        _ensure_rule("filter", "FORWARD", rule, insert=True)
+    # NAT before the FORWARD accepts: a packet forwarded while the masquerade is missing
+    # leaves a conntrack entry without NAT that a steady flow (a ping, a UDP stream) keeps
+    # alive, so that flow would stay broken after the repair.
     chain = chain_name(conf.name)
     if conf.ip_masq:
         _iptables("-t", "nat", "-N", chain)  # exists already: fine
         _ensure_chain("nat", chain, _masq_chain_rules(conf))
         _ensure_rule("nat", "POSTROUTING", _masq_jump(conf), insert=False)
+    for rule in _forward_rules(conf):
+        _ensure_rule("filter", "FORWARD", rule, insert=True)
 
 
 def _ensure_chain(table: str, chain: str, wanted: list[list[str]]) -> None:
