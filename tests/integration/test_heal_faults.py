@@ -181,6 +181,8 @@ def _fault(node: Node, fault: str) -> None:
     if fault == "rules flushed":
         node.run("iptables", "-F")
         node.run("iptables", "-t", "nat", "-F")
+    elif fault == "NAT rules flushed":
+        node.run("iptables", "-t", "nat", "-F")
     elif fault == "bridge deleted":
         sh("ip", "-n", node.ns, "link", "del", node.bridge)
     elif fault == "bridge down":
@@ -202,7 +204,7 @@ def _fault(node: Node, fault: str) -> None:
         raise AssertionError(fault)
 
 
-FAULTS = ["rules flushed", "bridge deleted", "bridge down", "bridge address removed",
+FAULTS = ["rules flushed", "NAT rules flushed", "bridge deleted", "bridge down", "bridge address removed",
           "forwarding off", "DNS address removed", "DNS service SIGKILLed"]
 
 
