@@ -175,12 +175,19 @@ def claim_network(conf: NetConf, directory: str | None = None) -> None:
 
 
 def teardown_network(conf: NetConf) -> None:
-    """Remove the bridge, its rules and the network's records (for uninstall and tests)."""
-    _firewall().teardown(conf)
-    links.delete(conf.bridge)
+    """Remove the bridge, its rules and the network's records (for uninstall and tests).
+
+    The marker goes first: a reconciler rebuilds only a network that has one.
+    """
     with store.Transaction() as tx:
         if tx.networks.pop(conf.name, None) is not None:
             tx.dirty = True
+        try:
+            os.unlink(verified_path(conf, tx.directory))  # the reconciler's word no longer holds
+        except OSError:
+            pass
+    _firewall().teardown(conf)
+    links.delete(conf.bridge)
 
 
 # ---------------------------------------------------------------- ADD
