@@ -44,7 +44,7 @@ REPAIRS_FILE = "repairs.json"
 MAX_REPAIRS = 100
 DEFAULT_INTERVAL = 2.0
 INTERVAL_ENV = "SMARTER_CNI_RECONCILE_INTERVAL"  # seconds; 0 turns the reconciler off
-LISTENER_FAILURES_BEFORE_EXIT = 3
+LISTENER_FAILURES_BEFORE_REPORT = 2
 
 
 # ---------------------------------------------------------------- the repairs file
@@ -298,19 +298,19 @@ class Reconciler(threading.Thread):
         else:
             self._report("dns", [])
         queries = self._queries()
-        if dns_answers(self.dns_address, self.dns_port, self.conf.domain):
+        if dns_answers(self.dns_address, self.dns_port, self.conf.domain) or \
+                self._queries() > queries >= 0:  # busy: our probe dropped, but the loop runs
+            if self.listener_failures:
+                log.warning("DNS listener on %s:%d answers again", self.dns_address,
+                            self.dns_port)
             self.listener_failures = 0
             return repairs
-        if self._queries() > queries >= 0:
-            return repairs  # busy (our probe dropped under load), but the loop is alive
         self.listener_failures += 1
-        log.error("DNS listener on %s:%d did not answer (%d in a row)", self.dns_address,
-                  self.dns_port, self.listener_failures)
-        if self.listener_failures >= LISTENER_FAILURES_BEFORE_EXIT and not self.stopping():
-            # The loop is wedged or its sockets are gone: exit, and let the supervisor
-            # (systemd, supervise-dns, the DaemonSet) start a fresh one.
-            log.error("exiting so the supervisor restarts the DNS service")
-            os._exit(70)
+        if self.listener_failures == LISTENER_FAILURES_BEFORE_REPORT:
+            # Reported, not acted on: exiting for the supervisor to restart us would turn a
+            # host firewall that drops only this probe into a restart loop.
+            log.error("DNS listener on %s:%d did not answer %d checks in a row",
+                      self.dns_address, self.dns_port, self.listener_failures)
         return repairs
 
 

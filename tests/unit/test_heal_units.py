@@ -77,3 +77,31 @@ def test_netlink_attribute_runs_split_back():
     data = _attr(2, b"\x0a\x00\x00\x01") + _attr(3, b"eth0\0") + _attr(1, b"")
     assert _attrs(data) == [(2, b"\x0a\x00\x00\x01"), (3, b"eth0\0"), (1, b"")]
     assert _attrs(data + b"\x02\x00") == _attrs(data)  # a torn tail is ignored
+
+
+def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp_path):
+    """Nobody serves the port: logged once as an error, no exit, no repair claimed."""
+    import logging
+    import socket
+
+    from smarter_cni.netconf import parse_netconf
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free again once closed: nothing answers there
+    conf = parse_netconf({"name": "silent", "type": "smarter-cni", "mode": "docker",
+                          "dockerSocket": str(tmp_path / "none.sock")})
+    reconciler = reconcile.Reconciler(conf, str(tmp_path), "127.0.0.1", port)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    reconcile.log.addHandler(handler)
+    try:
+        for _ in range(4):
+            assert reconciler._dns() == []
+    finally:
+        reconcile.log.removeHandler(handler)
+    said = [r.getMessage() for r in records]
+    assert said == [f"DNS listener on 127.0.0.1:{port} did not answer 2 checks in a row"]
+    assert reconcile.check(conf, str(tmp_path), "127.0.0.1", port)[-1] == \
+        f"DNS service does not answer on 127.0.0.1:{port}"
