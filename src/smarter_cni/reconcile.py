@@ -158,6 +158,14 @@ def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
     return problems
 
 
+def summary(conf: NetConf, directory: str | None = None, dns_address: str = "",
+            dns_port: int = 53, last: int = 10) -> dict[str, Any]:
+    """For `smarter-cni status`: {"drift": check()'s list, "repairs": the last `last`
+    repairs, oldest first}. Drift is a problem (exit 1); repairs are history."""
+    return {"drift": check(conf, directory, dns_address, dns_port),
+            "repairs": recent_repairs(directory)[-last:] if last > 0 else []}
+
+
 def _docker_problems(conf: NetConf) -> list[str]:
     from .dataplane.docker_mode import client, network_conflicts
 

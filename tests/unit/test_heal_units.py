@@ -105,3 +105,15 @@ def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp
     assert said == [f"DNS listener on 127.0.0.1:{port} did not answer 2 checks in a row"]
     assert reconcile.check(conf, str(tmp_path), "127.0.0.1", port)[-1] == \
         f"DNS service does not answer on 127.0.0.1:{port}"
+
+
+def test_summary_for_status(tmp_path):
+    from smarter_cni.netconf import parse_netconf
+
+    conf = parse_netconf({"name": "net", "type": "smarter-cni", "mode": "docker",
+                          "dockerSocket": str(tmp_path / "none.sock")})
+    for index in range(15):
+        reconcile.note_repairs("net", [f"fix {index}"], "reconciler", str(tmp_path))
+    report = reconcile.summary(conf, str(tmp_path), last=3)
+    assert [r["what"] for r in report["repairs"]] == ["fix 12", "fix 13", "fix 14"]
+    assert len(report["drift"]) == 1 and "dockerd does not answer" in report["drift"][0]
