@@ -197,6 +197,7 @@ class Reconciler(threading.Thread):
         self.halt = threading.Event()
         self.listener_failures = 0
         self.reported: dict[str, set[str]] = {}  # unrepairable problems, logged once each
+        self.loose: set[str] = set()  # pod veths off the bridge at the last look
         self.ticks = 0
 
     def run(self) -> None:
@@ -248,8 +249,12 @@ class Reconciler(threading.Thread):
             return []
         if self.conf.name not in state["networks"]:
             return []  # never set up here: not ours to build
-        problems = bridge.network_problems(self.conf, state["attachments"])
-        if not problems:
+        problems = bridge.network_problems(self.conf)
+        # A port seen off the bridge on two looks in a row: a pod's veth is briefly
+        # without a master while its ADD or DEL runs, and that is no drift.
+        loose = set(bridge.detached_ports(self.conf, state["attachments"]))
+        steady, self.loose = loose & self.loose, loose
+        if not problems and not steady:
             self._vouch(bridge.verified_path(self.conf, self.directory))
             return []
         started = time.monotonic()
@@ -257,7 +262,11 @@ class Reconciler(threading.Thread):
             if self.conf.name not in tx.networks:
                 return []
             # again under the lock: an ADD may have repaired it meanwhile
-            problems = bridge.network_problems(self.conf, tx.attachments)
+            problems = bridge.network_problems(self.conf)
+            steady &= set(bridge.detached_ports(self.conf, tx.attachments))
+            if steady:
+                problems.append(f"{len(steady)} pod veth(s) not on {self.conf.bridge}: "
+                                + ", ".join(sorted(steady)[:5]))
             if not problems or self.stopping():
                 return []
             try:

@@ -123,7 +123,8 @@ def detached_ports(conf: NetConf, attachments: dict[str, Any]) -> list[str]:
     for record in attachments.values():
         host = record.get("host_ifname") or ""
         if record.get("network") == conf.name and record.get("mode", "bridge") == "bridge" \
-                and links.exists(host) and links.master_of(host) != conf.bridge:
+                and record.get("ready") and links.exists(host) \
+                and links.master_of(host) != conf.bridge:
             loose.append(host)
     return loose
 
@@ -143,7 +144,10 @@ def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> N
     links.batch([f"link set {conf.bridge} up"], what=f"bring {conf.bridge} up")
     if attachments:
         for host in detached_ports(conf, attachments):
-            links.attach(host, conf.bridge, conf.hairpin)
+            try:
+                links.attach(host, conf.bridge, conf.hairpin)
+            except CNIError:
+                pass  # deleted meanwhile (a DEL in flight): nothing to put back
     _firewall().ensure(conf)
 
 
