@@ -79,14 +79,17 @@ def run(
     os.close(out_w)
     os.close(err_w)
     deadline = time.monotonic() + timeout
+    # Each fd is closed exactly once: in a threaded process (the DNS service runs this
+    # from its reconciler thread) a second close could hit another thread's new socket.
+    still_open = [in_w, out_r, err_r]
     try:
-        out, err = _communicate(in_w, out_r, err_r, stdin, deadline)
+        out, err = _communicate(in_w, out_r, err_r, stdin, deadline, still_open)
     except TimeoutError:
         _kill(pid)
         raise CNIError(DATAPLANE_FAILURE,
                        f"{os.path.basename(argv[0])} did not finish within {timeout:g} s") from None
     finally:
-        for fd in (in_w, out_r, err_r):
+        for fd in still_open:
             try:
                 os.close(fd)
             except OSError:
@@ -95,12 +98,13 @@ def run(
     return Completed(argv, os.waitstatus_to_exitcode(status), out, err)
 
 
-def _communicate(in_w: int, out_r: int, err_r: int, data: bytes, deadline: float
-                 ) -> tuple[bytes, bytes]:
+def _communicate(in_w: int, out_r: int, err_r: int, data: bytes, deadline: float,
+                 still_open: list[int]) -> tuple[bytes, bytes]:
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     readers = [out_r, err_r]
     writers = [in_w] if data else []
     if not data:
+        still_open.remove(in_w)
         os.close(in_w)
     view = memoryview(data)
     while readers or writers:
@@ -116,6 +120,7 @@ def _communicate(in_w: int, out_r: int, err_r: int, data: bytes, deadline: float
             view = view[written:]
             if not view:
                 writers.remove(fd)
+                still_open.remove(fd)
                 os.close(fd)
         for fd in ready_r:
             chunk = os.read(fd, 65536)

@@ -74,16 +74,30 @@ def ensure(conf: NetConf) -> None:
         return
     _drop_stale("filter", "FORWARD", conf, _forward_rules(conf))
     _drop_stale("nat", "POSTROUTING", conf, [_masq_jump(conf)] if conf.ip_masq else [])
-    for rule in _forward_rules(conf):
-        _ensure_rule("filter", "FORWARD", rule, insert=True)
+    # NAT before the FORWARD accepts: nothing is forwarded un-NATed while a repair is half
+    # done (with the other order a pod's steady ping stayed broken after a repair in about
+    # 1 of 9 fault-test runs; a NAT-less conntrack entry is the suspected cause).
     chain = chain_name(conf.name)
     if conf.ip_masq:
         _iptables("-t", "nat", "-N", chain)  # exists already: fine
-        wanted = [["-d", conf.cidr(), "-j", "RETURN"], ["-d", MULTICAST, "-j", "RETURN"],
-                  ["-j", "MASQUERADE"]]
-        for rule in wanted:
-            _ensure_rule("nat", chain, rule, insert=False)
+        _ensure_chain("nat", chain, _masq_chain_rules(conf))
         _ensure_rule("nat", "POSTROUTING", _masq_jump(conf), insert=False)
+    for rule in _forward_rules(conf):
+        _ensure_rule("filter", "FORWARD", rule, insert=True)
+
+
+def _ensure_chain(table: str, chain: str, wanted: list[list[str]]) -> None:
+    """Make our own chain hold exactly `wanted`, in order (the RETURNs before MASQUERADE)."""
+    listing = run(["iptables", "-w", "5", "-t", table, "-S", chain])
+    have = [split_words(line)[2:] for line in listing.stdout.decode(errors="replace").splitlines()
+            if line.startswith("-A ")]
+    if listing.returncode == 0 and have == wanted:
+        return
+    _iptables("-t", table, "-F", chain)
+    for rule in wanted:
+        done = run(["iptables", "-w", "5", "-t", table, "-A", chain, *rule])
+        if done.returncode != 0:
+            raise CNIError(DATAPLANE_FAILURE, f"iptables -t {table} {chain} failed: {done.error_text}")
 
 
 def _drop_stale(table: str, chain: str, conf: NetConf, wanted: list[list[str]]) -> None:
@@ -114,11 +128,89 @@ def teardown(conf: NetConf) -> None:
     _iptables("-t", "nat", "-X", chain)
 
 
+def forwarding_enabled() -> bool:
+    try:
+        with open("/proc/sys/net/ipv4/ip_forward") as handle:
+            return handle.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def present(conf: NetConf) -> list[str]:
-    """What is missing (for CHECK and `status`): empty when all rules are there."""
+    """What is missing (for ADD, CHECK, the reconciler and `status`): [] when all is there.
+
+    One exec: `iptables-save` read whole (~2 ms), instead of one `iptables -C`
+    exec per rule. The NAT chain's own rules are checked too: a flushed chain
+    masquerades nothing even with its jump in place.
+    """
     if backend() == "nft":
         ok = run(["nft", "list", "table", "ip", _nft_table(conf)]).returncode == 0
         return [] if ok else [f"nft table ip {_nft_table(conf)}"]
+    save = find_program("iptables-save")
+    if save is None:
+        return _present_one_by_one(conf)
+    done = run([save])
+    if done.returncode != 0:
+        return _present_one_by_one(conf)
+    rules = parse_save(done.stdout.decode("utf-8", "replace"))
+    missing = []
+    for rule in _forward_rules(conf):
+        if ("filter", "FORWARD", tuple(rule)) not in rules:
+            missing.append(f"FORWARD accept {' '.join(rule[:2])}")
+    if conf.ip_masq:
+        chain = chain_name(conf.name)
+        if ("nat", "POSTROUTING", tuple(_masq_jump(conf))) not in rules:
+            missing.append(f"nat POSTROUTING jump to {chain} for {conf.cidr()}")
+        if not all(("nat", chain, tuple(rule)) in rules for rule in _masq_chain_rules(conf)):
+            missing.append(f"nat chain {chain} (masquerade for {conf.cidr()})")
+    return missing
+
+
+def parse_save(text: str) -> set[tuple[str, str, tuple[str, ...]]]:
+    """`iptables-save` output as {(table, chain, rule words)}; quoting as iptables-save writes it."""
+    rules = set()
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            words = split_words(line)
+            if len(words) >= 2:
+                rules.add((table, words[1], tuple(words[2:])))
+    return rules
+
+
+def split_words(line: str) -> list[str]:
+    """Split on spaces, honouring "..." with backslash escapes (no `shlex` on the hot path)."""
+    words: list[str] = []
+    word: list[str] = []
+    quoted = escaped = started = False
+    for char in line:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+            started = True
+        elif char == " " and not quoted:
+            if word or started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(char)
+    if word or started:
+        words.append("".join(word))
+    return words
+
+
+def _masq_chain_rules(conf: NetConf) -> list[list[str]]:
+    return [["-d", conf.cidr(), "-j", "RETURN"], ["-d", MULTICAST, "-j", "RETURN"],
+            ["-j", "MASQUERADE"]]
+
+
+def _present_one_by_one(conf: NetConf) -> list[str]:
     missing = []
     for rule in _forward_rules(conf):
         if _iptables("-t", "filter", "-C", "FORWARD", *rule) != 0:

@@ -35,6 +35,53 @@ def master_of(name: str) -> str:
         return ""
 
 
+def is_up(name: str) -> bool:
+    """The administrative IFF_UP flag, from sysfs."""
+    try:
+        with open(f"/sys/class/net/{name}/flags") as handle:
+            return bool(int(handle.read(), 16) & 1)
+    except (OSError, ValueError):
+        return False
+
+
+def ipv4_addresses(name: str) -> list[tuple[str, int]]:
+    """(address, prefix) of each IPv4 address on `name`: one netlink dump, else one `ip`."""
+    if not os.environ.get(FORCE_IPROUTE2):
+        try:
+            sock = netlink.host_socket()
+            try:
+                return sock.ipv4_addresses(ifindex(name))
+            finally:
+                sock.close()
+        except (netlink.NetlinkUnavailable, OSError):
+            pass
+    try:
+        entries = show_json(["-4", "addr", "show", "dev", name])
+    except CNIError:
+        return []
+    return [(i.get("local"), i.get("prefixlen")) for e in entries for i in e.get("addr_info", [])]
+
+
+def attach(name: str, bridge: str, hairpin: bool) -> None:
+    """Make `name` a port of `bridge` again (a rebuilt bridge), up, hairpin as configured."""
+    if not os.environ.get(FORCE_IPROUTE2):
+        try:
+            sock = netlink.host_socket()
+            try:
+                sock.set_master(ifindex(name), ifindex(bridge))
+                if hairpin:
+                    sock.set_hairpin(ifindex(name))
+                return
+            finally:
+                sock.close()
+        except (netlink.NetlinkUnavailable, OSError):
+            pass
+    lines = [f"link set {name} master {bridge} up"]
+    if hairpin:
+        lines.append(f"link set {name} type bridge_slave hairpin on")
+    batch(lines, what=f"attach {name} to {bridge}")
+
+
 NAMED_NETNS_DIRS = ("/var/run/netns", "/run/netns")
 # Set (to anything) to do without rtnetlink: tests run both paths.
 FORCE_IPROUTE2 = "SMARTER_CNI_USE_IPROUTE2"

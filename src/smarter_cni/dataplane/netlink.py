@@ -29,10 +29,12 @@ NLM_F_ACK = 0x4
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_DUMP = 0x300
 NLA_F_NESTED = 0x8000
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR = 20
+RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
@@ -55,6 +57,20 @@ def _attr(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
     return (length.to_bytes(2, "little") + kind.to_bytes(2, "little") + payload
             + b"\0" * (-length % 4))
+
+
+def _attrs(data: bytes) -> list[tuple[int, bytes]]:
+    """Split a run of netlink attributes into (type, payload) pairs."""
+    found = []
+    offset = 0
+    while offset + 4 <= len(data):
+        length = int.from_bytes(data[offset:offset + 2], "little")
+        if length < 4:
+            break
+        kind = int.from_bytes(data[offset + 2:offset + 4], "little") & 0x3FFF
+        found.append((kind, data[offset + 4:offset + length]))
+        offset += length + (-length % 4)
+    return found
 
 
 def _u32(value: int) -> bytes:
@@ -114,7 +130,55 @@ class Socket:
                     return reply
                 reply = payload
 
+    def dump(self, kind: int, body: bytes) -> list[bytes]:
+        """Every payload of a dump request (NLM_F_DUMP), in the kernel's order."""
+        self.seq += 1
+        header = ((16 + len(body)).to_bytes(4, "little") + kind.to_bytes(2, "little")
+                  + (NLM_F_REQUEST | NLM_F_DUMP).to_bytes(2, "little")
+                  + _u32(self.seq) + _u32(0))
+        self.sock.send(header + body)
+        payloads = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length = int.from_bytes(data[offset:offset + 4], "little")
+                kind_in = int.from_bytes(data[offset + 4:offset + 6], "little")
+                seq = int.from_bytes(data[offset + 8:offset + 12], "little")
+                payload = data[offset + 16:offset + length]
+                offset += max(length + (-length % 4), 16)
+                if seq != self.seq:
+                    continue
+                if kind_in == NLMSG_DONE:
+                    return payloads
+                if kind_in == NLMSG_ERROR:
+                    errno = -int.from_bytes(payload[:4], "little", signed=True)
+                    raise OSError(errno, os.strerror(errno))
+                payloads.append(payload)
+
+    def ipv4_addresses(self, index: int) -> list[tuple[str, int]]:
+        """(address, prefix) of every IPv4 address on link `index` (one dump, no exec)."""
+        found = []
+        for payload in self.dump(RTM_GETADDR, bytes((AF_INET, 0, 0, 0)) + _u32(0)):
+            if payload[0] != AF_INET or int.from_bytes(payload[4:8], "little") != index:
+                continue
+            local = address = b""
+            for kind, value in _attrs(payload[8:]):
+                if kind == IFA_LOCAL:
+                    local = value
+                elif kind == IFA_ADDRESS:
+                    address = value
+            raw = local or address
+            if len(raw) == 4:
+                found.append((".".join(str(b) for b in raw), payload[1]))
+        return found
+
     # -- links
+
+    def set_master(self, index: int, master: int) -> None:
+        """Enslave link `index` to bridge `master` and bring it up."""
+        self.request(RTM_NEWLINK, _ifinfomsg(index, IFF_UP, IFF_UP)
+                     + _attr(IFLA_MASTER, _u32(master)))
 
     def ifindex(self, name: str) -> int:
         reply = self.request(RTM_GETLINK, _ifinfomsg() + _attr(IFLA_IFNAME, _name(name)))

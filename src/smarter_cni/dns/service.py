@@ -232,6 +232,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, on_usr1)
+    from ..reconcile import start as start_reconciler  # keeps the network whole (issue 11)
+
+    start_reconciler(conf, state_dir, listen, args.port,
+                     None if args.no_address_setup else args.interface, server)
     log.info("serving %s mode network %s (%s) on %s:%d udp+tcp; domain %s; pods %s; "
              "registry %s; upstreams %s", conf.mode, conf.name, path, listen, args.port,
              conf.domain, conf.cidr(), state_dir,

@@ -1,0 +1,355 @@
+"""Keep the node's network whole: look every few seconds, restore what is missing.
+
+The per-network pieces (bridge, its address, the pods' ports on it,
+forwarding, the FORWARD accepts and the NAT rules, the DNS address and the
+DNS listener) are set up once, so a firewall reload, another tool's flush or
+an operator's `ip link del` would otherwise break the node silently. The
+node DNS service runs `Reconciler` in a thread; each repair is logged on
+one line and kept in `repairs.json` in the state directory for `status`.
+
+Cost while all is well, per tick: a few sysfs reads, one netlink address
+dump, one `iptables-save` exec, one bind test and one DNS query to itself.
+
+Only a network this node has set up (a marker in the state file, written by
+the plugin's ADD) is rebuilt: a service pointed at a config whose network
+was never created here must not create bridges or rules by itself.
+Docker mode is checked and reported, never recreated (see `check`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import socket
+import struct
+import threading
+import time
+
+from . import store
+from .cni.errors import CNIError
+from .paths import state_dir as default_state_dir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .netconf import NetConf
+
+log = logging.getLogger("smarter-cni.dns.reconcile")
+
+REPAIRS_FILE = "repairs.json"
+MAX_REPAIRS = 100
+DEFAULT_INTERVAL = 2.0
+INTERVAL_ENV = "SMARTER_CNI_RECONCILE_INTERVAL"  # seconds; 0 turns the reconciler off
+LISTENER_FAILURES_BEFORE_REPORT = 2
+
+
+# ---------------------------------------------------------------- the repairs file
+
+def repairs_path(directory: str | None = None) -> str:
+    return os.path.join(directory or default_state_dir(), REPAIRS_FILE)
+
+
+def recent_repairs(directory: str | None = None) -> list[dict[str, Any]]:
+    """The last repairs, oldest first: [{"time", "network", "by", "what"}]; [] if none."""
+    try:
+        with open(repairs_path(directory), "rb") as handle:
+            data = json.loads(handle.read())
+    except (OSError, ValueError):
+        return []
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def note_repairs(network: str, problems: list[str], by: str,
+                 directory: str | None = None) -> None:
+    """Append repairs (bounded to MAX_REPAIRS) by temp file + rename. Never raises.
+
+    Callers hold the state lock (ADD and the reconciler repair under it), so
+    one fixed temp name is safe, as in store.save.
+    """
+    directory = directory or default_state_dir()
+    now = round(time.time(), 3)
+    entries = recent_repairs(directory)
+    entries += [{"time": now, "network": network, "by": by, "what": p} for p in problems]
+    entries = entries[-MAX_REPAIRS:]
+    final = repairs_path(directory)
+    temp = os.path.join(directory, f".{REPAIRS_FILE}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(entries, handle)
+        os.replace(temp, final)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- checks
+
+def is_node_address(address: str) -> bool:
+    """Whether a socket can bind the address here (no packet is sent)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((address, 0))
+        return True
+    except OSError as err:
+        return err.errno != errno.EADDRNOTAVAIL
+    finally:
+        sock.close()
+
+
+def dns_answers(address: str, port: int, domain: str, timeout: float = 1.0) -> bool:
+    """One SOA query for the cluster domain (answered locally, never forwarded)."""
+    qid = random.randint(1, 0xFFFF)
+    name = b"".join(bytes((len(p),)) + p.encode() for p in domain.split(".")) + b"\0"
+    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 6, 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    try:
+        sock.sendto(packet, (address, port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = sock.recv(4096)
+            if data[:2] == packet[:2]:
+                return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return False
+
+
+def network_is_ours(conf: NetConf, directory: str | None = None) -> bool:
+    """Set up on this node by smarter-cni (the marker ADD writes), so ours to keep whole."""
+    try:
+        return conf.name in store.load(directory)["networks"]
+    except CNIError:
+        return False
+
+
+def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
+          dns_port: int = 53) -> list[str]:
+    """What is wrong with the network and the node DNS, one sentence each ([] = whole).
+
+    For `smarter-cni status`; the reconciler repairs these. Bridge mode: the
+    bridge, its address and ports, forwarding, FORWARD and NAT rules. Docker
+    mode: dockerd answers and the Docker network exists. Both: the DNS
+    address is the node's and the service answers on it (pass `dns_address=""`
+    to skip the DNS part).
+    """
+    problems = []
+    if conf.mode == "bridge":
+        from .dataplane import bridge
+
+        try:
+            attachments = store.load(directory)["attachments"]
+        except CNIError as err:
+            attachments = {}
+            problems.append(err.msg)
+        problems += bridge.network_problems(conf, attachments)
+    else:
+        problems += _docker_problems(conf)
+    if dns_address:
+        if not is_node_address(dns_address):
+            problems.append(f"DNS address {dns_address} is not on the node")
+        elif not dns_answers(dns_address, dns_port, conf.domain):
+            problems.append(f"DNS service does not answer on {dns_address}:{dns_port}")
+    return problems
+
+
+def summary(conf: NetConf, directory: str | None = None, dns_address: str = "",
+            dns_port: int = 53, last: int = 10) -> dict[str, Any]:
+    """For `smarter-cni status`: {"drift": check()'s list, "repairs": the last `last`
+    repairs, oldest first}. Drift is a problem (exit 1); repairs are history."""
+    return {"drift": check(conf, directory, dns_address, dns_port),
+            "repairs": recent_repairs(directory)[-last:] if last > 0 else []}
+
+
+def _docker_problems(conf: NetConf) -> list[str]:
+    from .dataplane.docker_mode import client, network_conflicts
+
+    try:
+        network = client(conf, 2.0).inspect_network(conf.docker_network)
+    except CNIError as err:
+        return [f"dockerd does not answer on {conf.docker_socket}: {err.msg}"]
+    if network is None:
+        return [f"docker network {conf.docker_network} is missing"]
+    return [f"docker network {conf.docker_network}: {p}" for p in network_conflicts(network, conf)]
+
+
+# ---------------------------------------------------------------- the loop
+
+class Reconciler(threading.Thread):
+    """Checks every `interval` seconds and repairs; one log line per repair."""
+
+    def __init__(self, conf: NetConf, directory: str, dns_address: str = "", dns_port: int = 53,
+                 dns_interface: str | None = None, interval: float = DEFAULT_INTERVAL,
+                 server: Any = None) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self.conf = conf
+        self.directory = directory
+        self.dns_address = dns_address
+        self.dns_port = dns_port
+        self.dns_interface = dns_interface  # None: the address is not ours to add
+        self.interval = interval
+        self.server = server  # the DNS Server: its .stop flag and query counter
+        self.halt = threading.Event()
+        self.listener_failures = 0
+        self.reported: dict[str, set[str]] = {}  # unrepairable problems, logged once each
+        self.loose: set[str] = set()  # pod veths off the bridge at the last look
+        self.ticks = 0
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            if self.stopping():
+                return
+            try:
+                self.tick()
+            except Exception as err:  # a bug here must never take the DNS service down
+                log.error("reconciler: unexpected error: %r", err)
+
+    def stop(self) -> None:
+        self.halt.set()
+
+    def stopping(self) -> bool:
+        return self.halt.is_set() or bool(getattr(self.server, "stop", False))
+
+    def _queries(self) -> int:
+        stats = getattr(self.server, "stats", None)
+        return int(getattr(stats, "queries", -1))
+
+    def tick(self) -> list[str]:
+        """One look; returns the repairs made."""
+        self.ticks += 1
+        repairs = []
+        if self.conf.mode == "bridge":
+            repairs += self._bridge()
+        else:
+            self._report("docker", _docker_problems(self.conf))
+        if self.dns_address:
+            repairs += self._dns()
+        return repairs
+
+    def _report(self, kind: str, problems: list[str]) -> None:
+        seen = self.reported.get(kind, set())
+        for problem in problems:
+            if problem not in seen:
+                log.warning("network %s: %s (not repaired by the reconciler)", self.conf.name,
+                            problem)
+        self.reported[kind] = set(problems)
+
+    def _bridge(self) -> list[str]:
+        from .dataplane import bridge
+
+        try:
+            state = store.load(self.directory)
+        except CNIError as err:
+            self._report("state", [err.msg])
+            return []
+        if self.conf.name not in state["networks"]:
+            return []  # never set up here: not ours to build
+        problems = bridge.network_problems(self.conf)
+        # A port seen off the bridge on two looks in a row: a pod's veth is briefly
+        # without a master while its ADD or DEL runs, and that is no drift.
+        loose = set(bridge.detached_ports(self.conf, state["attachments"]))
+        steady, self.loose = loose & self.loose, loose
+        if not problems and not steady:
+            self._vouch(bridge.verified_path(self.conf, self.directory))
+            return []
+        started = time.monotonic()
+        with store.Transaction(self.directory) as tx:
+            if self.conf.name not in tx.networks:
+                return []
+            # again under the lock: an ADD may have repaired it meanwhile
+            problems = bridge.network_problems(self.conf)
+            steady &= set(bridge.detached_ports(self.conf, tx.attachments))
+            if steady:
+                problems.append(f"{len(steady)} pod veth(s) not on {self.conf.bridge}: "
+                                + ", ".join(sorted(steady)[:5]))
+            if not problems or self.stopping():
+                return []
+            try:
+                bridge.setup_network(self.conf, tx.attachments)
+            except CNIError as err:
+                log.error("network %s: cannot repair (%s): %s", self.conf.name,
+                          "; ".join(problems), err.msg)
+                return []
+            tx.networks[self.conf.name] = bridge.network_marker(self.conf)
+            tx.dirty = True
+            note_repairs(self.conf.name, problems, "reconciler", self.directory)
+        took = (time.monotonic() - started) * 1000
+        for problem in problems:
+            log.warning("repaired network %s: %s (%.0f ms)", self.conf.name, problem, took)
+        return problems
+
+    def _vouch(self, path: str) -> None:
+        """Tell ADD the rules were whole just now (valid for two intervals; see
+        bridge.rules_verified), so a pod's ADD needs no iptables exec of its own."""
+        temp = f"{path}.tmp"
+        try:
+            with open(temp, "w") as handle:
+                handle.write(f"{time.time() + 2 * self.interval + 1:.3f}")
+            os.replace(temp, path)
+        except OSError:
+            pass
+
+    def _dns(self) -> list[str]:
+        repairs = []
+        if not is_node_address(self.dns_address):
+            if self.dns_interface is None or self.stopping():
+                self._report("dns", [f"DNS address {self.dns_address} is not on the node"])
+                return []
+            from .dns.address import AddressSetupError, ensure_address
+
+            try:
+                where = ensure_address(self.dns_address, self.dns_interface)
+            except AddressSetupError as err:
+                log.error("DNS address %s is missing and cannot be restored: %s",
+                          self.dns_address, err)
+                return []
+            problem = f"DNS address {self.dns_address} was missing ({where})"
+            log.warning("repaired %s", problem)
+            note_repairs(self.conf.name, [problem], "reconciler", self.directory)
+            repairs.append(problem)
+        else:
+            self._report("dns", [])
+        queries = self._queries()
+        if dns_answers(self.dns_address, self.dns_port, self.conf.domain) or \
+                self._queries() > queries >= 0:  # busy: our probe dropped, but the loop runs
+            if self.listener_failures:
+                log.warning("DNS listener on %s:%d answers again", self.dns_address,
+                            self.dns_port)
+            self.listener_failures = 0
+            return repairs
+        self.listener_failures += 1
+        if self.listener_failures == LISTENER_FAILURES_BEFORE_REPORT:
+            # Reported, not acted on: exiting for the supervisor to restart us would turn a
+            # host firewall that drops only this probe into a restart loop.
+            log.error("DNS listener on %s:%d did not answer %d checks in a row",
+                      self.dns_address, self.dns_port, self.listener_failures)
+        return repairs
+
+
+def interval_from_env(default: float = DEFAULT_INTERVAL) -> float:
+    text = os.environ.get(INTERVAL_ENV, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %g", INTERVAL_ENV, text, default)
+        return default
+    return max(value, 0.0)
+
+
+def start(conf: NetConf, directory: str, dns_address: str, dns_port: int,
+          dns_interface: str | None, server: Any = None) -> Reconciler | None:
+    """The DNS service's hook: start the thread (unless the interval is 0)."""
+    interval = interval_from_env()
+    if interval <= 0:
+        log.info("reconciler off (%s=0)", INTERVAL_ENV)
+        return None
+    reconciler = Reconciler(conf, directory, dns_address, dns_port, dns_interface, interval,
+                            server)
+    reconciler.start()
+    log.info("reconciler: checking network %s every %g s", conf.name, interval)
+    return reconciler
