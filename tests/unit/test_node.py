@@ -47,7 +47,7 @@ def test_default_bridge_config():
     assert (conf.mode, conf.bridge, conf.cidr(), conf.gateway_text(), conf.dns_address) == \
         ("bridge", "smarter0", "10.42.0.0/16", "10.42.0.1", "169.254.0.2")
     assert conflist.our_plugin(install.render_conflist(options()))["capabilities"] == \
-        {"io.kubernetes.cri.pod-annotations": True}
+        {"io.kubernetes.cri.pod-annotations": True, "ipRanges": True}
 
 
 def test_options_fill_the_config():
