@@ -42,7 +42,9 @@ def test_k3s_preset_selects_the_dirs_k3s_uses_without_flannel():
 
 # ---------------------------------------------------------------- config rendering
 
-def test_default_bridge_config():
+def test_default_bridge_config(monkeypatch, tmp_path):
+    # the source checkout's deploy/ template, not the one an install on this node copied
+    monkeypatch.setenv("SMARTER_CNI_PREFIX", str(tmp_path))
     conf = parse_netconf(plugin_of(install.render_conflist(options())))
     assert (conf.mode, conf.bridge, conf.cidr(), conf.gateway_text(), conf.dns_address) == \
         ("bridge", "smarter0", "10.42.0.0/16", "10.42.0.1", "169.254.0.2")
