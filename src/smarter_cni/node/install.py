@@ -69,6 +69,9 @@ class Options:
     plugin_lib: str | None = None
     dns_interface: str = DEFAULT_INTERFACE
     service: str = "auto"
+    kubeconfig: str | None = None
+    pod_cidr_from_node: bool = False
+    node_name: str | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> Options:
@@ -83,7 +86,15 @@ class Options:
                    plugin_lib=os.path.abspath(args.plugin_lib) if getattr(args, "plugin_lib", None)
                    else None,
                    dns_interface=getattr(args, "dns_interface", None) or DEFAULT_INTERFACE,
-                   service=getattr(args, "service", None) or "auto")
+                   service=getattr(args, "service", None) or "auto",
+                   **kube_options(args))
+
+
+def kube_options(args: Any) -> dict[str, Any]:
+    """--kubeconfig, --pod-cidr-from-node, --node-name (node/kube.py checks and uses them)."""
+    from .kube import options_from_args
+
+    return options_from_args(args)
 
 
 def render_conflist(opts: Options) -> dict[str, Any]:
@@ -148,6 +159,13 @@ def install(opts: Options, out: Output) -> int:
     if missing:
         raise CLIError("missing prerequisite(s): " + "; ".join(missing),
                        "install them (install.sh does this with apt-get) and run install again")
+    if opts.pod_cidr_from_node:
+        from .kube import subnet_from_node
+
+        with out.step(f"Reading the pod CIDR of node {opts.node_name} from the API server") \
+                as step:
+            opts.subnet = subnet_from_node(opts)
+            step.detail = opts.subnet
     conflist = render_conflist(opts)
     conf = netconf_of(conflist)
     _check_interface_name(opts.dns_interface)
