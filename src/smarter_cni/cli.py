@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the node's spec.podCIDR(s) from the API server as the subnet")
     kube.add_argument("--node-name", metavar="NAME",
                       help="the node's name in Kubernetes (default: this host's name)")
+    kube.add_argument("--containerd-template", metavar="PATH", nargs="?", const="auto",
+                      help="also write a containerd CNI conf_template, so containerd puts the "
+                           "node's pod CIDR ({{.PodCIDRRanges}}) into the config itself "
+                           "(default path: smarter-cni-containerd.conflist.tmpl next to the "
+                           "conf dir), and print the containerd/k3s setting that uses it")
     _add_dir_options(inst)
     inst.add_argument("--no-selftest", action="store_true", help="skip the final self-test")
     inst.add_argument("--no-dns-service", action="store_true",

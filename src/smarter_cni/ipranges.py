@@ -33,7 +33,7 @@ _FORMAT = ("runtimeConfig.ipRanges must be a list of range sets, each a list of 
 
 
 def _fail(message: str) -> CNIError:
-    return CNIError(INVALID_NETWORK_CONFIG, f"invalid {SOURCE}: {message}")
+    return CNIError(INVALID_NETWORK_CONFIG, f"invalid pod range ({SOURCE} or podCIDRs): {message}")
 
 
 def _key(mapping: dict, name: str) -> Any:
@@ -113,6 +113,18 @@ def _address(entry: dict, key: str, found: Range, default: int) -> int:
     return value
 
 
+def node_cidrs(config: dict) -> list[list[dict]]:
+    """The config's own `podCIDRs` (a containerd conf_template renders the node's ranges
+    there, node/containerd.py) as range sets; [] when absent."""
+    cidrs = config.get("podCIDRs")
+    if cidrs is None:
+        return []
+    if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+        raise CNIError(INVALID_NETWORK_CONFIG, "invalid network config: podCIDRs must be a "
+                       "list of CIDRs such as [\"10.42.1.0/24\"]")
+    return [[{"subnet": cidr}] for cidr in cidrs]
+
+
 def choose(config: dict) -> tuple[Range | None, list[str]]:
     """The IPv4 range to use (None: keep the configured subnet) and what was left out.
 
@@ -122,7 +134,7 @@ def choose(config: dict) -> tuple[Range | None, list[str]]:
     """
     chosen = None
     ignored = []
-    for range_set in runtime_ranges(config):
+    for range_set in runtime_ranges(config) or node_cidrs(config):
         for entry in range_set:
             found = parse_range(entry)
             if found is None:
@@ -136,16 +148,17 @@ def choose(config: dict) -> tuple[Range | None, list[str]]:
 
 def apply(conf: NetConf, config: dict) -> None:
     """Narrow `conf` to the runtime's range, when there is one (bridge mode only)."""
-    if conf.mode != "bridge" or "runtimeConfig" not in config:
+    if conf.mode != "bridge":
         return
     found, ignored = choose(config)
+    source = SOURCE if runtime_ranges(config) else "podCIDRs"
     if found is None:
         if ignored:
-            _log("warning", f"network {conf.name}: {SOURCE} has no IPv4 range ("
+            _log("warning", f"network {conf.name}: {source} has no IPv4 range ("
                  f"{'; '.join(ignored)}); pods keep the configured subnet {conf.cidr()}")
         return
     if ignored:
-        _log("info", f"network {conf.name}: {SOURCE} uses {found.cidr()}, leaves out "
+        _log("info", f"network {conf.name}: {source} uses {found.cidr()}, leaves out "
              + "; ".join(ignored))
     inside = found.prefix >= conf.net_prefix and \
         ipv4.contains(conf.net_subnet, conf.net_prefix, found.subnet)
@@ -155,7 +168,7 @@ def apply(conf: NetConf, config: dict) -> None:
         conf.net_subnet, conf.net_prefix = found.subnet, found.prefix
     conf.subnet, conf.prefix, conf.gateway = found.subnet, found.prefix, found.gateway
     conf.range_start, conf.range_end = found.start, found.end
-    conf.range_source = SOURCE
+    conf.range_source = source
 
 
 def kept_gateways(conf: NetConf, wanted: str, directory: str | None = None) -> set[str]:

@@ -140,7 +140,7 @@ def parse_netconf(config: dict) -> NetConf:
                     "(a letter or digit, then letters, digits, '_', '.' or '-')")
     conf.docker_socket = _get(config, "dockerSocket", str, docker_socket_from_env())
     conf.kubeconfig = _get(config, "kubeconfig", str, "")
-    if "runtimeConfig" in config:  # the node's own pod range, when the runtime passes it
+    if "runtimeConfig" in config or "podCIDRs" in config:  # the node's own pod range
         from .ipranges import apply
 
         apply(conf, config)

@@ -242,3 +242,15 @@ def test_libcni_passes_ranges_only_to_a_plugin_that_declares_them(
     assert deleted.ok, deleted
     store = json.loads((state_dir / "attachments.json").read_text())
     assert store["attachments"] == {}
+
+
+@pytest.mark.parametrize("cidrs, words", [
+    ("10.1.0.0/24", "podCIDRs must be a list"),
+    ([7], "podCIDRs must be a list"),
+    (["10.1.0.1/24"], "has host bits set"),
+])
+def test_bad_pod_cidrs_from_a_template_are_code_7(plugin, bridge_network, netns, cidrs, words):
+    ns, path = netns.create()
+    done = plugin("ADD", {**bridge_network, "podCIDRs": cidrs}, container_id=unique("c", 20),
+                  netns=path, args=pod_args("bad"))
+    assert done.code == 7 and words in done.json["msg"], done

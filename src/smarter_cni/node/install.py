@@ -72,6 +72,7 @@ class Options:
     kubeconfig: str | None = None
     pod_cidr_from_node: bool = False
     node_name: str | None = None
+    containerd_template: str | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> Options:
@@ -199,6 +200,7 @@ def install(opts: Options, out: Output) -> int:
         mkdir(opts.conf_dir)
         write_file(conf_path, json.dumps(conflist, indent=2) + "\n", 0o644)
         step.detail = f"network {conf.name}, subnet {conf.cidr()}, DNS {conf.dns_address}"
+    template_path = write_containerd_template(opts, conflist, out)
     for warning in _config_warnings(opts.conf_dir):
         out.note(f"  warning: {warning}")
 
@@ -224,6 +226,8 @@ def install(opts: Options, out: Output) -> int:
               "loopback_installed": summary["loopback"].startswith("installed"),
               "dns_service": "none", "installed_at": time.time(),
               "created_dirs": sorted(set(created))}
+    if template_path:
+        record["containerd_template"] = template_path
     save_record(record)  # before the DNS service, so a failure there can still be uninstalled
 
     if opts.dns_service:
@@ -261,6 +265,30 @@ def install(opts: Options, out: Output) -> int:
                 "and `smarter-cni status`.")
     out.emit(summary)
     return code
+
+
+def write_containerd_template(opts: Options, conflist: dict[str, Any], out: Output) -> str:
+    """--containerd-template: the conf_template file (node/containerd.py); its path or ''."""
+    if not opts.containerd_template:
+        return ""
+    if opts.mode != "bridge":
+        raise CLIError("--containerd-template is for bridge mode (containerd); docker mode "
+                       "takes its addresses from the Docker network",
+                       "drop --containerd-template, or install with --mode bridge")
+    from . import containerd
+
+    path = opts.containerd_template
+    if path == "auto":
+        path = containerd.default_path(opts.conf_dir)
+    with out.step(f"Writing the containerd CNI template {path}"):
+        if os.path.exists(path) and not containerd.is_ours(path):
+            raise CLIError(f"{path} exists and was not written by smarter-cni",
+                           "move it away or give another --containerd-template PATH")
+        mkdir(os.path.dirname(path))
+        write_file(path, containerd.template_text(conflist), 0o644)
+    for line in containerd.config_lines(path, opts.k3s):
+        out.say(line)
+    return path
 
 
 def _check_interface_name(name: str) -> None:

@@ -37,7 +37,11 @@ def options_from_args(args: Any) -> dict[str, Any]:
                        "give one of them")
     if kubeconfig and not os.path.isfile(kubeconfig):
         raise CLIError(f"--kubeconfig {kubeconfig} does not exist", "give the kubeconfig's path")
+    template = getattr(args, "containerd_template", None)
+    if template and template != "auto":
+        template = os.path.abspath(template)
     return {"kubeconfig": os.path.abspath(kubeconfig) if kubeconfig else None,
+            "containerd_template": template,
             "pod_cidr_from_node": from_node,
             "node_name": getattr(args, "node_name", None) or default_node_name()}
 

@@ -88,6 +88,17 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
         else:
             step.detail = "not there"
 
+    if record.get("containerd_template"):
+        from .containerd import RENDERED_NAME, is_ours
+
+        # the template, and the config containerd rendered from it (it would call the
+        # plugin removed below)
+        for path in (record["containerd_template"],
+                     os.path.join(os.path.dirname(conf_path), RENDERED_NAME)):
+            if is_ours(path):
+                os.unlink(path)
+                removed.append(path)
+
     with out.step(f"Removing the plugin from {bin_dir}") as step:
         gone = []
         for name, marker in (("smarter-cni", PLUGIN_MARKER), ("c2d", PLUGIN_MARKER),
