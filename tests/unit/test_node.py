@@ -104,6 +104,11 @@ def test_k3s_command_lines():
     docker = parse_netconf(plugin_of(install.render_conflist(options(mode="docker"))))
     server, agent = install.k3s_command_lines(docker)
     assert "--docker" in server and "--docker" in agent and "--cluster-dns=172.38.0.2" in server
+    kept, _ = install.k3s_command_lines(bridge, keep_kube_proxy=True)
+    assert "--disable-kube-proxy" not in kept
+    for flag in ("--flannel-backend=none", "--disable-network-policy",
+                 "--disable=coredns,servicelb,traefik,metrics-server", "--cluster-dns=169.254.0.2"):
+        assert flag in kept
 
 
 def test_write_atomic_replaces_whole_files(tmp_path):

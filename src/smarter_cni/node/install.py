@@ -328,9 +328,14 @@ def _config_warnings(conf_dir: str) -> list[str]:
     return warnings
 
 
-def k3s_command_lines(conf: NetConf) -> list[str]:
-    flags = ("--flannel-backend=none --disable-network-policy --disable-kube-proxy "
-             "--disable=coredns,servicelb,traefik,metrics-server")
+def k3s_command_lines(conf: NetConf, keep_kube_proxy: bool = False) -> list[str]:
+    """k3s server and agent command lines for the node-local default, or for the variant
+    that keeps kube-proxy (pods reach the API server and ClusterIP services whose endpoints
+    are on the same node or on node addresses; docs/k3s.md)."""
+    flags = "--flannel-backend=none --disable-network-policy"
+    if not keep_kube_proxy:
+        flags += " --disable-kube-proxy"
+    flags += " --disable=coredns,servicelb,traefik,metrics-server"
     docker = " --docker" if conf.mode == "docker" else ""
     return [
         f"curl -sfL https://get.k3s.io | sh -s - server {flags} "
@@ -344,10 +349,18 @@ def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
     out.say(f"Point kubelet at the node DNS: --cluster-dns={conf.dns_address} "
             f"--cluster-domain={conf.domain}")
     if opts.k3s:
-        out.say("k3s, server (first node) and agents (the others):")
+        out.say("k3s, node-local (default: no kube-proxy, pods use names), server (first "
+                "node) and agents (the others):")
         for line in k3s_command_lines(conf):
             out.say(f"  {line}")
-        out.say("  (agents take --cluster-dns from the server; see docs/k3s.md)")
+        out.say("k3s keeping kube-proxy (pods reach the API server and ClusterIP services "
+                "with endpoints on their node; not pods on other nodes):")
+        for line in k3s_command_lines(conf, keep_kube_proxy=True):
+            out.say(f"  {line}")
+        out.say("  (agents take --cluster-dns from the server; install every node with "
+                "--pod-cidr-from-node or --containerd-template so pod addresses differ "
+                "between nodes, and give the DNS service --kubeconfig for Service names; "
+                "see docs/k3s.md)")
 
 
 def ensure_dns_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
