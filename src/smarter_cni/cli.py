@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     kube = inst.add_argument_group(
         "Kubernetes", "the node's own pod CIDR (docs/k3s.md); Service names in the node DNS")
     kube.add_argument("--kubeconfig", metavar="PATH",
-                      help="kubeconfig for the API server (default with --k3s: "
-                           "/etc/rancher/k3s/k3s.yaml)")
+                      help="kubeconfig for the API server (default with --k3s and "
+                           "--pod-cidr-from-node: /etc/rancher/k3s/k3s.yaml); also handed to "
+                           "the DNS service, which then answers Service names")
     kube.add_argument("--pod-cidr-from-node", action="store_true",
                       help="use the node's spec.podCIDR(s) from the API server as the subnet")
     kube.add_argument("--node-name", metavar="NAME",

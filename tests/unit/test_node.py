@@ -223,6 +223,8 @@ def test_install_options_for_a_private_install(monkeypatch, tmp_path):
     assert service.unit_path() == str(tmp_path / "smarter-cni-dns.service")
     assert service.dns_arguments("/c", None, "dnstest0") == ["--config", "/c", "--interface",
                                                              "dnstest0"]
+    assert service.dns_arguments("/c", None, "dnstest0", "/k.yaml")[-2:] == \
+        ["--kubeconfig", "/k.yaml"]
     with pytest.raises(CLIError):
         service.service_kind("systemd") if not service.systemd_running() else \
             service.service_kind("bogus")

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not add the address to the node; it must already exist")
     parser.add_argument("--allow", action="append", default=[], metavar="CIDR",
                         help="also answer clients in this IPv4 range (repeatable)")
+    parser.add_argument("--kubeconfig", metavar="FILE",
+                        help="answer Service names from one list+watch of Services "
+                             "(dns/services.py)")
+    parser.add_argument("--service-cidr", default="10.43.0.0/16", metavar="CIDR",
+                        help="its first address answers kubernetes.default until the "
+                             "Services are listed (k3s' default 10.43.0.0/16)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -210,6 +216,13 @@ def run(args: argparse.Namespace) -> int:
             log.info("address %s %s", listen, done)
             added_to = done.rsplit(" ", 1)[-1]
     raise_file_limit()
+    if args.kubeconfig:
+        from .services import start as start_services
+
+        try:
+            start_services(args.kubeconfig, conf.domain, args.service_cidr)
+        except (OSError, ValueError) as err:
+            raise SettingsError(f"Service names: {err}") from None
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,

@@ -242,7 +242,8 @@ def install(opts: Options, out: Output) -> int:
             if kind == "systemd":
                 record["unit_path"] = service.unit_path()
             save_record(record)
-            service.start_dns_service(kind, conf_path, conf, opts.dns_interface)
+            service.start_dns_service(kind, conf_path, conf, opts.dns_interface,
+                                      opts.kubeconfig or "")
             step.detail = kind
             if device == "lo" and opts.dns_interface != "lo":
                 step.detail += ", DNS address on lo (this kernel has no dummy interfaces)"
