@@ -77,6 +77,13 @@ def test_containerd_renders_the_template_and_pods_use_the_node_range(
         assert done.returncode == 0, done.stdout + done.stderr
         template = tmp_path / "etc-cni" / "smarter-cni-containerd.conflist.tmpl"
         assert template.is_file(), "default path: next to the conf dir, not in it"
+        # containerd renders the template only while its conf dir holds no CNI config
+        # ("Network plugin is ready, skip generating cni config from template"): ours
+        # lives beside the template, where the DNS service, status and selftest read it
+        assert list(conf_dir.iterdir()) == []
+        assert (tmp_path / "etc-cni" / "10-smarter-cni.conflist").is_file()
+        status = cli("status", "--json")
+        assert str(tmp_path / "etc-cni" / "10-smarter-cni.conflist") in status.stdout
         assert '[plugins."io.containerd.grpc.v1.cri".cni]' in done.stdout
         assert f'conf_template = "{template}"' in done.stdout
         assert "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl" in done.stdout
@@ -121,6 +128,7 @@ def test_containerd_renders_the_template_and_pods_use_the_node_range(
         gone = cli("uninstall", "--force", "--cni-bin-dir", str(bin_dir), "--cni-conf-dir",
                    str(conf_dir))
         assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not (tmp_path / "etc-cni" / "10-smarter-cni.conflist").exists()
         assert not template.exists() and not target.exists(), \
             "the template and containerd's rendering of it go with the plugin"
         assert not link_exists(bridge)

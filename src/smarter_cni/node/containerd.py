@@ -4,8 +4,10 @@ containerd does not pass the node's podCIDR to plugins (no `ipRanges` from
 its CRI), but when kubelet tells it the CIDR (CRI UpdateRuntimeConfig) it
 renders `[plugins."io.containerd.grpc.v1.cri".cni] conf_template` with Go's
 text/template (fields PodCIDR, PodCIDRRanges, Routes; no extra functions) into
-`conf_dir/10-containerd-net.conflist`. That name sorts before ours, so the
-rendered config is the one containerd uses from then on.
+`conf_dir/10-containerd-net.conflist` -- but only while no CNI config is
+loaded from conf_dir ("Network plugin is ready, skip generating cni config
+from template"): so with a template the installer keeps its own conflist
+beside the template, outside conf_dir.
 
 The template is the installed conflist with `"podCIDRs": [{{range}}...]`
 added to our plugin entry: the network keeps the configured subnet (the
@@ -67,3 +69,25 @@ def is_ours(path: str) -> bool:
     except OSError:
         return False
     return '"type": "smarter-cni"' in head and '"podCIDRs"' in head
+
+
+def is_plain_ours(path: str) -> bool:
+    """The installer's own conflist (no template in it)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            data = json.load(handle)
+        return any(isinstance(p, dict) and p.get("type") in ("smarter-cni", "c2d")
+                   for p in data.get("plugins") or [])
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def other_configs(conf_dir: str) -> list[str]:
+    """CNI configs in conf_dir other than containerd's rendering of our template."""
+    try:
+        names = sorted(os.listdir(conf_dir))
+    except OSError:
+        return []
+    return [n for n in names if n.endswith((".conf", ".conflist", ".json"))
+            and not n.startswith(".") and not (n == RENDERED_NAME
+                                                and is_ours(os.path.join(conf_dir, n)))]

@@ -170,7 +170,11 @@ def install(opts: Options, out: Output) -> int:
     conflist = render_conflist(opts)
     conf = netconf_of(conflist)
     _check_interface_name(opts.dns_interface)
-    conf_path = os.path.join(opts.conf_dir, CONFLIST_NAME)
+    template_path = containerd_template_path(opts)
+    # containerd renders its conf_template only while its conf dir holds no CNI config, so
+    # with a template our conflist (for the DNS service, status, selftest) lives beside it
+    config_dir = os.path.dirname(template_path) if template_path else opts.conf_dir
+    conf_path = os.path.join(config_dir, CONFLIST_NAME)
     previous = load_record()
     created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
     for directory in (opts.bin_dir, opts.conf_dir, opts.plugin_lib):
@@ -197,10 +201,11 @@ def install(opts: Options, out: Output) -> int:
             summary["loopback"] = "already present"
 
     with out.step(f"Writing {conf_path}") as step:
-        mkdir(opts.conf_dir)
+        mkdir(config_dir)
         write_file(conf_path, json.dumps(conflist, indent=2) + "\n", 0o644)
         step.detail = f"network {conf.name}, subnet {conf.cidr()}, DNS {conf.dns_address}"
-    template_path = write_containerd_template(opts, conflist, out)
+    if template_path:
+        write_containerd_template(opts, template_path, conflist, out)
     for warning in _config_warnings(opts.conf_dir):
         out.note(f"  warning: {warning}")
 
@@ -218,7 +223,8 @@ def install(opts: Options, out: Output) -> int:
             step.detail = f"id {network_id[:12]}" if network_id else ""
 
     record = {"version": __version__, "options": asdict(opts), "config": conf_path,
-              "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir, "mode": conf.mode,
+              "bin_dir": opts.bin_dir, "conf_dir": config_dir, "cni_conf_dir": opts.conf_dir,
+              "mode": conf.mode,
               "network": conf.name, "bridge": conf.bridge, "docker_network": conf.docker_network,
               "dns_address": conf.dns_address, "domain": conf.domain,
               "dns_interface": opts.dns_interface,
@@ -256,7 +262,7 @@ def install(opts: Options, out: Output) -> int:
         from .selftest import selftest
 
         out.say("Self-test:")
-        code = selftest(out, conf_dir=opts.conf_dir, bin_dir=opts.bin_dir, nested=True)
+        code = selftest(out, conf_dir=config_dir, bin_dir=opts.bin_dir, nested=True)
         summary["selftest"] = "passed" if code == 0 else "FAILED"
     _print_next_steps(out, conf, opts)
     if code == 0:
@@ -268,8 +274,8 @@ def install(opts: Options, out: Output) -> int:
     return code
 
 
-def write_containerd_template(opts: Options, conflist: dict[str, Any], out: Output) -> str:
-    """--containerd-template: the conf_template file (node/containerd.py); its path or ''."""
+def containerd_template_path(opts: Options) -> str:
+    """Where --containerd-template writes the template ('' without the option)."""
     if not opts.containerd_template:
         return ""
     if opts.mode != "bridge":
@@ -281,15 +287,34 @@ def write_containerd_template(opts: Options, conflist: dict[str, Any], out: Outp
     path = opts.containerd_template
     if path == "auto":
         path = containerd.default_path(opts.conf_dir)
-    with out.step(f"Writing the containerd CNI template {path}"):
-        if os.path.exists(path) and not containerd.is_ours(path):
-            raise CLIError(f"{path} exists and was not written by smarter-cni",
-                           "move it away or give another --containerd-template PATH")
+    if os.path.dirname(path) == opts.conf_dir.rstrip("/"):
+        raise CLIError(f"the template {path} must not be in the CNI conf dir {opts.conf_dir}",
+                       "give a path outside it (the default is next to it)")
+    if os.path.exists(path) and not containerd.is_ours(path):
+        raise CLIError(f"{path} exists and was not written by smarter-cni",
+                       "move it away or give another --containerd-template PATH")
+    return path
+
+
+def write_containerd_template(opts: Options, path: str, conflist: dict[str, Any],
+                              out: Output) -> None:
+    """The conf_template file (node/containerd.py), and the containerd setting to print."""
+    from . import containerd
+
+    with out.step(f"Writing the containerd CNI template {path}") as step:
         mkdir(os.path.dirname(path))
+        mkdir(opts.conf_dir)  # where containerd writes its rendering
         write_file(path, containerd.template_text(conflist), 0o644)
+        stale = os.path.join(opts.conf_dir, CONFLIST_NAME)
+        if containerd.is_plain_ours(stale):  # an earlier install's: it would stop the template
+            os.unlink(stale)
+            step.detail = f"removed {stale}"
+    others = containerd.other_configs(opts.conf_dir)
+    if others:
+        out.note(f"  warning: {', '.join(others)} in {opts.conf_dir}: containerd renders the "
+                 "template only while that dir holds no CNI config; move them away")
     for line in containerd.config_lines(path, opts.k3s):
         out.say(line)
-    return path
 
 
 def _check_interface_name(name: str) -> None:
