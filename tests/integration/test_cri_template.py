@@ -18,7 +18,9 @@ import pytest
 
 from helpers.netns import unique
 
-cri_node = pytest.importorskip("helpers.cri_node", reason="the CRI helpers (branch cri)")
+cri_node = pytest.importorskip(
+    "helpers.cri_node", reason="tests/helpers/cri_node.py comes with branch cri (on main): "
+    "this test runs once both branches are merged")
 cri = pytest.importorskip("helpers.cri")
 
 pytestmark = pytest.mark.root
