@@ -100,6 +100,24 @@ def test_install_takes_the_subnet_from_the_node(pki, node_dirs, tmp_path):
     assert (plugin["subnet"], plugin.get("gateway", gateway)) == (cidr, gateway)
     assert plugin["capabilities"]["ipRanges"] is True
     assert _bridge_addresses(node_dirs.bridge) == [f"{gateway}/24"]
+    # a pod through the installed plugin and config gets its address from the node's CIDR
+    ns = unique("pcn-", 20)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        config = dict(plugin, name=node_dirs.conflist()["name"], cniVersion="1.0.0")
+        added = subprocess.run(
+            [str(tmp_path / "bin" / "smarter-cni")], input=json.dumps(config).encode(),
+            capture_output=True, timeout=60,
+            env={"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": ns,
+                 "CNI_NETNS": f"/var/run/netns/{ns}", "CNI_IFNAME": "eth0",
+                 "CNI_PATH": str(tmp_path / "bin"), "CNI_ARGS": "K8S_POD_NAME=p1",
+                 "SMARTER_CNI_STATE_DIR": str(tmp_path / "state")})
+        assert added.returncode == 0, added.stdout
+        ip = json.loads(added.stdout)["ips"][0]
+        assert (ip["address"], ip["gateway"]) == (cidr.replace(".0/24", ".2/24"), gateway)
+        print(f"\n--pod-cidr-from-node {cidr}: the pod got {ip['address']} via {ip['gateway']}")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     record = json.loads((tmp_path / "prefix" / "install.json").read_text())
     assert record["options"]["pod_cidr_from_node"] is True
     assert record["options"]["node_name"] == "gw-7"
