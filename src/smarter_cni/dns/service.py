@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise SettingsError(f"--port {args.port} is out of range")
     state_dir = args.state_dir or os.environ.get("SMARTER_CNI_STATE_DIR") or DEFAULT_STATE_DIR
-    subnets = [(conf.subnet, (0xFFFFFFFF << (32 - conf.prefix)) & 0xFFFFFFFF)]
+    subnets = [(conf.net_subnet, (0xFFFFFFFF << (32 - conf.net_prefix)) & 0xFFFFFFFF)]
     for cidr in args.allow:
         try:
             subnets.append(acl_module.parse_cidr(cidr))
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             raise SettingsError(f"Service names: {err}") from None
     try:
-        server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
+        server = Server(listen, args.port, state_dir, conf.domain, conf.net_subnet, conf.net_prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,
                         None if args.upstream else args.resolv_conf)
     except OSError as err:
