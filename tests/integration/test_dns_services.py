@@ -194,6 +194,23 @@ def test_known_services_keep_answering_while_the_api_is_unreachable(env):
     assert "answers again" in env.dns.log_path.read_text()
 
 
+def test_a_restart_while_the_api_is_away_answers_the_last_known_services(env):
+    env.api.put_service(service("kept", "apps", cluster_ip="10.43.3.3"))
+    env.wait_for(f"kept.apps.{D}", ["10.43.3.3"])
+    cache = env.registry.state_dir / "services.json"
+    assert cache.is_file() and oct(cache.stat().st_mode & 0o777) == "0o600"
+    env.dns.stop()
+    env.api.refuse = True
+    env.dns.start()
+    assert env.dig(f"kept.apps.{D}").values() == ["10.43.3.3"]
+    assert env.dig(f"_http._tcp.web.default.{D}", "SRV").status == "NOERROR"
+    assert "answering from" in env.dns.log_path.read_text()
+    env.api.delete_service("apps", "kept")   # gone while we were away
+    env.api.refuse = False
+    env.wait_for(f"kept.apps.{D}", [], timeout=30)  # the restart's list replaces the cache
+    assert env.api.count("get") == 2
+
+
 def test_kubernetes_default_answers_before_any_list(tmp_path, state_dir, pki):
     with StandinAPI(pki) as api:
         api.refuse = True

@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         from .services import start as start_services
 
         try:
-            start_services(args.kubeconfig, conf.domain, args.service_cidr)
+            start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
         except (OSError, ValueError) as err:
             raise SettingsError(f"Service names: {err}") from None
     try:

@@ -27,14 +27,17 @@ with allowWatchBookmarks and a server-side timeout of 5-10 min; a watch that
 ends is resumed from the last resourceVersion (a bookmark's included), a
 410 Gone (or an ERROR event with code 410) forces a relist, and errors back
 off from 1 s to 60 s with jitter. The last known Services keep answering
-while the API server is unreachable. At steady state that is one watch
-request per 7.5 min on average: ~8 requests per node per hour.
+while the API server is unreachable, also across a restart of the DNS
+service (services.json in the state dir; a restart still lists first thing).
+At steady state that is one watch request per 7.5 min on average: ~8
+requests per node per hour.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import socket
 import struct
@@ -179,6 +182,11 @@ class Services:
             parsed = parse_service(obj)
             if parsed is not None:
                 specs[(parsed[0], parsed[1])] = parsed[2]
+        self.replace_specs(specs)
+        self.synced = True
+
+    def replace_specs(self, specs: dict[tuple[str, str], tuple]) -> None:
+        """The table from compact specs (the cache file); `synced` stays as it was."""
         names: dict[bytes, Rec] = {}
         owned: dict[tuple[str, str], tuple[bytes, ...]] = {}
         nonterminals: dict[bytes, int] = {}
@@ -191,8 +199,26 @@ class Services:
                 nonterminals[parent] = nonterminals.get(parent, 0) + 1
         with self.lock:
             self.specs, self.names, self.owned, self.nonterminals = specs, names, owned, nonterminals
-            self.synced = True
             self.generation += 1
+
+    def save(self, path: str) -> None:
+        """The known Services, so a restart while the API server is away still answers."""
+        from ..files import write_atomic
+
+        with self.lock:
+            rows = [[ns, name, spec] for (ns, name), spec in self.specs.items()]
+        write_atomic(path, json.dumps({"version": 1, "services": rows}), 0o600)
+
+    def load(self, path: str) -> int:
+        """Answer from the cache file until the first list lands; the count loaded."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                rows = json.load(handle).get("services") or []
+            specs = {(str(ns), str(name)): _tuples(spec) for ns, name, spec in rows}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0
+        self.replace_specs(specs)
+        return len(specs)
 
     def apply(self, kind: str, obj: Any) -> bool:
         """One watch event (ADDED, MODIFIED, DELETED); True when answers changed."""
@@ -282,6 +308,11 @@ class Services:
         return len(self.specs)
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists back into the tuples specs are compared as."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def _is_v4(text: str) -> bool:
     try:
         socket.inet_aton(text)
@@ -314,9 +345,10 @@ class ServiceWatch:
 
     def __init__(self, kubeconfig_path: str, services: Services,
                  backoff: tuple[float, float] = BACKOFF,
-                 watch_timeout: tuple[int, int] = WATCH_TIMEOUT) -> None:
+                 watch_timeout: tuple[int, int] = WATCH_TIMEOUT, cache_path: str = "") -> None:
         self.kubeconfig_path = kubeconfig_path
         self.services = services
+        self.cache_path = cache_path
         self.backoff = backoff
         self.watch_timeout = watch_timeout
         self.stop = threading.Event()
@@ -408,6 +440,7 @@ class ServiceWatch:
                 break
             query = {"limit": str(LIST_PAGE), "continue": token}
         self.services.replace_all(items)
+        self._save()
         self.resource_version = str(meta.get("resourceVersion") or "")
         log.info("services: %d listed (resourceVersion %s)", self.services.count,
                  self.resource_version)
@@ -432,6 +465,13 @@ class ServiceWatch:
             connection.close()
             self.connection = None
 
+    def _save(self) -> None:
+        if self.cache_path:
+            try:
+                self.services.save(self.cache_path)
+            except OSError as err:
+                log.warning("services: cannot write %s: %s", self.cache_path, err)
+
     def _event(self, event: Any) -> None:
         kind = event.get("type") if isinstance(event, dict) else None
         obj = event.get("object") if isinstance(event, dict) else None
@@ -447,13 +487,17 @@ class ServiceWatch:
             self.counts["bookmarks"] += 1
         elif kind in ("ADDED", "MODIFIED", "DELETED"):
             self.counts["events"] += 1
-            self.services.apply(kind, obj)
+            if self.services.apply(kind, obj):
+                self._save()
         if isinstance(version, str) and version:
             self.resource_version = version
 
 
-def start(kubeconfig_path: str, domain: str, service_cidr: str) -> ServiceWatch:
-    """Service names for the DNS service: answers.Names consults them from now on."""
+def start(kubeconfig_path: str, domain: str, service_cidr: str,
+          state_dir: str = "") -> ServiceWatch:
+    """Service names for the DNS service: answers.Names consults them from now on. With a
+    state dir, the last known Services are kept there and answer at once after a restart
+    (until the first list replaces them: a restart always lists)."""
     from .answers import Names
 
     try:
@@ -464,8 +508,17 @@ def start(kubeconfig_path: str, domain: str, service_cidr: str) -> ServiceWatch:
     # a kubeconfig that is missing (k3s not up yet) or broken is retried by the watch with
     # backoff and logged: pod names must never wait for the API server
     services = Services(domain, kubernetes_ip)
+    cache = ""
+    if state_dir:
+        from ..paths import SERVICES_CACHE
+
+        cache = os.path.join(state_dir, SERVICES_CACHE)
+        loaded = services.load(cache)
+        if loaded:
+            log.info("services: %d answering from %s until the API server lists them",
+                     loaded, cache)
     Names.services = services
-    return ServiceWatch(kubeconfig_path, services).start()
+    return ServiceWatch(kubeconfig_path, services, cache_path=cache).start()
 
 
 def wait_synced(services: Services, timeout: float) -> bool:
