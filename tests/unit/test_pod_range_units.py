@@ -60,3 +60,20 @@ def test_bad_keys_are_code_7():
     with pytest.raises(CNIError) as caught:
         parse_netconf({**BASE, "runtimeConfig": {"IPRANGES": [[{"SUBNET": "10.42.0.5/24"}]]}})
     assert caught.value.code == 7 and "did you mean 10.42.0.0/24" in caught.value.msg
+
+
+def test_as_recorded_gives_the_reconciler_the_range_add_set_up():
+    from smarter_cni.ipranges import as_recorded
+
+    configured = parse_netconf(dict(BASE))
+    ranged = parse_netconf({**BASE, "runtimeConfig": {"ipRanges": [[{"subnet": "10.42.7.0/24"}]]}})
+    marker = {"bridge": "smarter0", "cidr": ranged.cidr(), "gateway": ranged.gateway_text(),
+              "pods": ranged.subnet_text()}
+    got = as_recorded(configured, marker)
+    assert (got.cidr(), got.subnet_text(), got.gateway_text()) == \
+        ("10.42.0.0/16", "10.42.7.0/24", "10.42.7.1")
+    assert configured.subnet_text() == "10.42.0.0/16", "the original is untouched"
+    assert as_recorded(configured, {**marker, "cidr": "10.9.0.0/16"}) is configured
+    assert as_recorded(configured, None) is configured
+    plain = {"cidr": "10.42.0.0/16", "gateway": "10.42.0.1", "pods": "10.42.0.0/16"}
+    assert as_recorded(configured, plain) is configured
