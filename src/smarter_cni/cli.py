@@ -116,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--k3s", action="store_true",
                       help="use the dirs k3s uses with --flannel-backend=none and print the "
                            "k3s server/agent command lines")
+    kube = inst.add_argument_group(
+        "Kubernetes", "the node's own pod CIDR (docs/k3s.md); Service names in the node DNS")
+    kube.add_argument("--kubeconfig", metavar="PATH",
+                      help="kubeconfig for the API server (default with --k3s and "
+                           "--pod-cidr-from-node: /etc/rancher/k3s/k3s.yaml); also handed to "
+                           "the DNS service, which then answers Service names")
+    kube.add_argument("--pod-cidr-from-node", action="store_true",
+                      help="use the node's spec.podCIDR(s) from the API server as the subnet")
+    kube.add_argument("--node-name", metavar="NAME",
+                      help="the node's name in Kubernetes (default: this host's name)")
+    kube.add_argument("--containerd-template", metavar="PATH", nargs="?", const="auto",
+                      help="also write a containerd CNI conf_template, so containerd puts the "
+                           "node's pod CIDR ({{.PodCIDRRanges}}) into the config itself "
+                           "(default path: smarter-cni-containerd.conflist.tmpl next to the "
+                           "conf dir), and print the containerd/k3s setting that uses it")
     _add_dir_options(inst)
     inst.add_argument("--no-selftest", action="store_true", help="skip the final self-test")
     inst.add_argument("--no-dns-service", action="store_true",

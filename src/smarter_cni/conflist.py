@@ -59,6 +59,10 @@ def default_conflist(mode: str) -> dict[str, Any]:
                    "dnsAddress": DEFAULTS[mode]["dnsAddress"], "clusterDomain": DEFAULT_DOMAIN})
     # containerd/CRI-O pass pod annotations (smarter-cni.io/hostname) only when asked to
     plugin["capabilities"] = {"io.kubernetes.cri.pod-annotations": True}
+    if mode == "bridge":
+        # kubelet/cri-dockerd pass the node's podCIDR as runtimeConfig.ipRanges (ipranges.py);
+        # in docker mode Docker's IPAM hands out the addresses, so it is not declared there
+        plugin["capabilities"]["ipRanges"] = True
     return {"cniVersion": "1.0.0", "cniVersions": list(CNI_VERSIONS),
             "name": DEFAULT_NETWORK_NAMES[mode], "plugins": [plugin]}
 

@@ -35,10 +35,16 @@ class NetConf:
     __slots__ = (
         "name", "type", "mode", "bridge", "subnet", "prefix", "gateway", "range_start",
         "range_end", "mtu", "ip_masq", "hairpin", "ipam", "dns_address", "domain",
-        "docker_network", "docker_socket", "kubeconfig", "raw",
+        "docker_network", "docker_socket", "kubeconfig", "raw", "net_subnet", "net_prefix",
+        "range_source",
     )
 
     def cidr(self) -> str:
+        """The network's CIDR: what forwarding, NAT and the node DNS cover."""
+        return f"{ipv4.to_text(self.net_subnet)}/{self.net_prefix}"
+
+    def subnet_text(self) -> str:
+        """The pods' own subnet: the network's, or the runtime's narrower range (ipranges)."""
         return f"{ipv4.to_text(self.subnet)}/{self.prefix}"
 
     def gateway_text(self) -> str:
@@ -96,6 +102,7 @@ def parse_netconf(config: dict) -> NetConf:
         conf.subnet, conf.prefix = ipv4.parse_cidr(_get(config, "subnet", str, defaults["subnet"]))
     except ipv4.AddressError as err:
         raise _fail(f"subnet: {err}") from None
+    conf.net_subnet, conf.net_prefix, conf.range_source = conf.subnet, conf.prefix, ""
     if conf.prefix > 30:
         raise _fail(f"subnet /{conf.prefix} is too small for a gateway and pods; use /30 or larger")
     first_host = conf.subnet + 1
@@ -133,6 +140,10 @@ def parse_netconf(config: dict) -> NetConf:
                     "(a letter or digit, then letters, digits, '_', '.' or '-')")
     conf.docker_socket = _get(config, "dockerSocket", str, docker_socket_from_env())
     conf.kubeconfig = _get(config, "kubeconfig", str, "")
+    if "runtimeConfig" in config or "podCIDRs" in config:  # the node's own pod range
+        from .ipranges import apply
+
+        apply(conf, config)
     return conf
 
 

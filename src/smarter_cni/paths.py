@@ -15,8 +15,9 @@ ATTACHMENTS_FILE = "attachments.json"
 LOCK_FILE = "lock"
 PLUGIN_LOG = "smarter-cni.log"
 DNS_LOG = "dns.log"
+SERVICES_CACHE = "services.json"  # the DNS service's last known Services (dns/services.py)
 SUPERVISOR_PIDFILE = "dns-supervisor.pid"
-STATE_FILES = (ATTACHMENTS_FILE, LOCK_FILE, PLUGIN_LOG, PLUGIN_LOG + ".1", DNS_LOG,
+STATE_FILES = (ATTACHMENTS_FILE, LOCK_FILE, PLUGIN_LOG, PLUGIN_LOG + ".1", DNS_LOG, SERVICES_CACHE,
                SUPERVISOR_PIDFILE)
 
 

@@ -42,12 +42,14 @@ def test_k3s_preset_selects_the_dirs_k3s_uses_without_flannel():
 
 # ---------------------------------------------------------------- config rendering
 
-def test_default_bridge_config():
+def test_default_bridge_config(monkeypatch, tmp_path):
+    # the source checkout's deploy/ template, not the one an install on this node copied
+    monkeypatch.setenv("SMARTER_CNI_PREFIX", str(tmp_path))
     conf = parse_netconf(plugin_of(install.render_conflist(options())))
     assert (conf.mode, conf.bridge, conf.cidr(), conf.gateway_text(), conf.dns_address) == \
         ("bridge", "smarter0", "10.42.0.0/16", "10.42.0.1", "169.254.0.2")
     assert conflist.our_plugin(install.render_conflist(options()))["capabilities"] == \
-        {"io.kubernetes.cri.pod-annotations": True}
+        {"io.kubernetes.cri.pod-annotations": True, "ipRanges": True}
 
 
 def test_options_fill_the_config():
@@ -102,6 +104,11 @@ def test_k3s_command_lines():
     docker = parse_netconf(plugin_of(install.render_conflist(options(mode="docker"))))
     server, agent = install.k3s_command_lines(docker)
     assert "--docker" in server and "--docker" in agent and "--cluster-dns=172.38.0.2" in server
+    kept, _ = install.k3s_command_lines(bridge, keep_kube_proxy=True)
+    assert "--disable-kube-proxy" not in kept
+    for flag in ("--flannel-backend=none", "--disable-network-policy",
+                 "--disable=coredns,servicelb,traefik,metrics-server", "--cluster-dns=169.254.0.2"):
+        assert flag in kept
 
 
 def test_write_atomic_replaces_whole_files(tmp_path):
@@ -216,6 +223,8 @@ def test_install_options_for_a_private_install(monkeypatch, tmp_path):
     assert service.unit_path() == str(tmp_path / "smarter-cni-dns.service")
     assert service.dns_arguments("/c", None, "dnstest0") == ["--config", "/c", "--interface",
                                                              "dnstest0"]
+    assert service.dns_arguments("/c", None, "dnstest0", "/k.yaml")[-2:] == \
+        ["--kubeconfig", "/k.yaml"]
     with pytest.raises(CLIError):
         service.service_kind("systemd") if not service.systemd_running() else \
             service.service_kind("bogus")

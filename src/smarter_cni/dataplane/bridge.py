@@ -54,7 +54,8 @@ def _delegate() -> Any:
 
 def network_marker(conf: NetConf) -> dict[str, Any]:
     return {"bridge": conf.bridge, "cidr": conf.cidr(), "gateway": conf.gateway_text(),
-            "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge)}
+            "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge),
+            "pods": conf.subnet_text()}
 
 
 def network_ready(conf: NetConf, networks: dict[str, Any]) -> bool:
@@ -158,7 +159,11 @@ def _correct_bridge_address(conf: NetConf) -> None:
     for entry in links.show_json(["-4", "addr", "show", "dev", conf.bridge]):
         for info in entry.get("addr_info", []):
             current.append(f"{info.get('local')}/{info.get('prefixlen')}")
-    lines = [f"addr del {cidr} dev {conf.bridge}" for cidr in current if cidr != wanted]
+    from ..ipranges import kept_gateways  # running pods' gateways stay when the range moves
+
+    keep = kept_gateways(conf, wanted)
+    lines = [f"addr del {cidr} dev {conf.bridge}" for cidr in current
+             if cidr != wanted and cidr not in keep]
     if lines or wanted not in current:
         # `replace`, not `add`: deleting a primary address also drops the secondaries of
         # its subnet, so a wanted address that was there as a secondary is gone by now.

@@ -141,6 +141,8 @@ class Contribution:
 class Names:
     """Everything the server answers authoritatively, pre-encoded."""
 
+    services: Any = None  # dns/services.Services when the DNS service has a kubeconfig
+
     @classmethod
     def from_records(cls, records: dict[str, Any], domain: str, subnet: int, prefix: int,
                      serial: int, memo: dict[str, tuple[Any, Contribution]]) -> Names:
@@ -243,6 +245,10 @@ class Names:
             if qtype in (wire.PTR, wire.ANY):
                 return Answer(wire.NOERROR, records, [])
             return Answer(wire.NOERROR, [], self._negative(key, True))
+        if self.services is not None:  # Service names, not pods' (dns/services.py)
+            found = self.services.answer(key, qtype, in_class, self)
+            if found is not None:
+                return found
         offset = suffix_offset(key, self.domain)
         if offset >= 0:
             if not in_class:

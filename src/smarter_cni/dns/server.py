@@ -130,6 +130,8 @@ class Server:
             signature = None
         except OSError as err:
             signature = ("error", err.errno)
+        if Names.services is not None:  # a changed Service clears the answer caches too
+            signature = (signature, Names.services.generation)
         if signature == self.signature:
             return
         started = time.perf_counter()

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not add the address to the node; it must already exist")
     parser.add_argument("--allow", action="append", default=[], metavar="CIDR",
                         help="also answer clients in this IPv4 range (repeatable)")
+    parser.add_argument("--kubeconfig", metavar="FILE",
+                        help="answer Service names from one list+watch of Services "
+                             "(dns/services.py)")
+    parser.add_argument("--service-cidr", default="10.43.0.0/16", metavar="CIDR",
+                        help="its first address answers kubernetes.default until the "
+                             "Services are listed (k3s' default 10.43.0.0/16)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -190,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise SettingsError(f"--port {args.port} is out of range")
     state_dir = args.state_dir or os.environ.get("SMARTER_CNI_STATE_DIR") or DEFAULT_STATE_DIR
-    subnets = [(conf.subnet, (0xFFFFFFFF << (32 - conf.prefix)) & 0xFFFFFFFF)]
+    subnets = [(conf.net_subnet, (0xFFFFFFFF << (32 - conf.net_prefix)) & 0xFFFFFFFF)]
     for cidr in args.allow:
         try:
             subnets.append(acl_module.parse_cidr(cidr))
@@ -210,8 +216,15 @@ def run(args: argparse.Namespace) -> int:
             log.info("address %s %s", listen, done)
             added_to = done.rsplit(" ", 1)[-1]
     raise_file_limit()
+    if args.kubeconfig:
+        from .services import start as start_services
+
+        try:
+            start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
+        except (OSError, ValueError) as err:
+            raise SettingsError(f"Service names: {err}") from None
     try:
-        server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
+        server = Server(listen, args.port, state_dir, conf.domain, conf.net_subnet, conf.net_prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,
                         None if args.upstream else args.resolv_conf)
     except OSError as err:

@@ -69,6 +69,10 @@ class Options:
     plugin_lib: str | None = None
     dns_interface: str = DEFAULT_INTERFACE
     service: str = "auto"
+    kubeconfig: str | None = None
+    pod_cidr_from_node: bool = False
+    node_name: str | None = None
+    containerd_template: str | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> Options:
@@ -83,7 +87,15 @@ class Options:
                    plugin_lib=os.path.abspath(args.plugin_lib) if getattr(args, "plugin_lib", None)
                    else None,
                    dns_interface=getattr(args, "dns_interface", None) or DEFAULT_INTERFACE,
-                   service=getattr(args, "service", None) or "auto")
+                   service=getattr(args, "service", None) or "auto",
+                   **kube_options(args))
+
+
+def kube_options(args: Any) -> dict[str, Any]:
+    """--kubeconfig, --pod-cidr-from-node, --node-name (node/kube.py checks and uses them)."""
+    from .kube import options_from_args
+
+    return options_from_args(args)
 
 
 def render_conflist(opts: Options) -> dict[str, Any]:
@@ -148,10 +160,21 @@ def install(opts: Options, out: Output) -> int:
     if missing:
         raise CLIError("missing prerequisite(s): " + "; ".join(missing),
                        "install them (install.sh does this with apt-get) and run install again")
+    if opts.pod_cidr_from_node:
+        from .kube import subnet_from_node
+
+        with out.step(f"Reading the pod CIDR of node {opts.node_name} from the API server") \
+                as step:
+            opts.subnet = subnet_from_node(opts)
+            step.detail = opts.subnet
     conflist = render_conflist(opts)
     conf = netconf_of(conflist)
     _check_interface_name(opts.dns_interface)
-    conf_path = os.path.join(opts.conf_dir, CONFLIST_NAME)
+    template_path = containerd_template_path(opts)
+    # containerd renders its conf_template only while its conf dir holds no CNI config, so
+    # with a template our conflist (for the DNS service, status, selftest) lives beside it
+    config_dir = os.path.dirname(template_path) if template_path else opts.conf_dir
+    conf_path = os.path.join(config_dir, CONFLIST_NAME)
     previous = load_record()
     created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
     for directory in (opts.bin_dir, opts.conf_dir, opts.plugin_lib):
@@ -178,9 +201,11 @@ def install(opts: Options, out: Output) -> int:
             summary["loopback"] = "already present"
 
     with out.step(f"Writing {conf_path}") as step:
-        mkdir(opts.conf_dir)
+        mkdir(config_dir)
         write_file(conf_path, json.dumps(conflist, indent=2) + "\n", 0o644)
         step.detail = f"network {conf.name}, subnet {conf.cidr()}, DNS {conf.dns_address}"
+    if template_path:
+        write_containerd_template(opts, template_path, conflist, out)
     for warning in _config_warnings(opts.conf_dir):
         out.note(f"  warning: {warning}")
 
@@ -198,7 +223,8 @@ def install(opts: Options, out: Output) -> int:
             step.detail = f"id {network_id[:12]}" if network_id else ""
 
     record = {"version": __version__, "options": asdict(opts), "config": conf_path,
-              "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir, "mode": conf.mode,
+              "bin_dir": opts.bin_dir, "conf_dir": config_dir, "cni_conf_dir": opts.conf_dir,
+              "mode": conf.mode,
               "network": conf.name, "bridge": conf.bridge, "docker_network": conf.docker_network,
               "dns_address": conf.dns_address, "domain": conf.domain,
               "dns_interface": opts.dns_interface,
@@ -206,6 +232,8 @@ def install(opts: Options, out: Output) -> int:
               "loopback_installed": summary["loopback"].startswith("installed"),
               "dns_service": "none", "installed_at": time.time(),
               "created_dirs": sorted(set(created))}
+    if template_path:
+        record["containerd_template"] = template_path
     save_record(record)  # before the DNS service, so a failure there can still be uninstalled
 
     if opts.dns_service:
@@ -220,7 +248,8 @@ def install(opts: Options, out: Output) -> int:
             if kind == "systemd":
                 record["unit_path"] = service.unit_path()
             save_record(record)
-            service.start_dns_service(kind, conf_path, conf, opts.dns_interface)
+            service.start_dns_service(kind, conf_path, conf, opts.dns_interface,
+                                      opts.kubeconfig or "")
             step.detail = kind
             if device == "lo" and opts.dns_interface != "lo":
                 step.detail += ", DNS address on lo (this kernel has no dummy interfaces)"
@@ -233,7 +262,7 @@ def install(opts: Options, out: Output) -> int:
         from .selftest import selftest
 
         out.say("Self-test:")
-        code = selftest(out, conf_dir=opts.conf_dir, bin_dir=opts.bin_dir, nested=True)
+        code = selftest(out, conf_dir=config_dir, bin_dir=opts.bin_dir, nested=True)
         summary["selftest"] = "passed" if code == 0 else "FAILED"
     _print_next_steps(out, conf, opts)
     if code == 0:
@@ -243,6 +272,49 @@ def install(opts: Options, out: Output) -> int:
                 "and `smarter-cni status`.")
     out.emit(summary)
     return code
+
+
+def containerd_template_path(opts: Options) -> str:
+    """Where --containerd-template writes the template ('' without the option)."""
+    if not opts.containerd_template:
+        return ""
+    if opts.mode != "bridge":
+        raise CLIError("--containerd-template is for bridge mode (containerd); docker mode "
+                       "takes its addresses from the Docker network",
+                       "drop --containerd-template, or install with --mode bridge")
+    from . import containerd
+
+    path = opts.containerd_template
+    if path == "auto":
+        path = containerd.default_path(opts.conf_dir)
+    if os.path.dirname(path) == opts.conf_dir.rstrip("/"):
+        raise CLIError(f"the template {path} must not be in the CNI conf dir {opts.conf_dir}",
+                       "give a path outside it (the default is next to it)")
+    if os.path.exists(path) and not containerd.is_ours(path):
+        raise CLIError(f"{path} exists and was not written by smarter-cni",
+                       "move it away or give another --containerd-template PATH")
+    return path
+
+
+def write_containerd_template(opts: Options, path: str, conflist: dict[str, Any],
+                              out: Output) -> None:
+    """The conf_template file (node/containerd.py), and the containerd setting to print."""
+    from . import containerd
+
+    with out.step(f"Writing the containerd CNI template {path}") as step:
+        mkdir(os.path.dirname(path))
+        mkdir(opts.conf_dir)  # where containerd writes its rendering
+        write_file(path, containerd.template_text(conflist), 0o644)
+        stale = os.path.join(opts.conf_dir, CONFLIST_NAME)
+        if containerd.is_plain_ours(stale):  # an earlier install's: it would stop the template
+            os.unlink(stale)
+            step.detail = f"removed {stale}"
+    others = containerd.other_configs(opts.conf_dir)
+    if others:
+        out.note(f"  warning: {', '.join(others)} in {opts.conf_dir}: containerd renders the "
+                 "template only while that dir holds no CNI config; move them away")
+    for line in containerd.config_lines(path, opts.k3s):
+        out.say(line)
 
 
 def _check_interface_name(name: str) -> None:
@@ -282,9 +354,14 @@ def _config_warnings(conf_dir: str) -> list[str]:
     return warnings
 
 
-def k3s_command_lines(conf: NetConf) -> list[str]:
-    flags = ("--flannel-backend=none --disable-network-policy --disable-kube-proxy "
-             "--disable=coredns,servicelb,traefik,metrics-server")
+def k3s_command_lines(conf: NetConf, keep_kube_proxy: bool = False) -> list[str]:
+    """k3s server and agent command lines for the node-local default, or for the variant
+    that keeps kube-proxy (pods reach the API server and ClusterIP services whose endpoints
+    are on the same node or on node addresses; docs/k3s.md)."""
+    flags = "--flannel-backend=none --disable-network-policy"
+    if not keep_kube_proxy:
+        flags += " --disable-kube-proxy"
+    flags += " --disable=coredns,servicelb,traefik,metrics-server"
     docker = " --docker" if conf.mode == "docker" else ""
     return [
         f"curl -sfL https://get.k3s.io | sh -s - server {flags} "
@@ -298,10 +375,18 @@ def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
     out.say(f"Point kubelet at the node DNS: --cluster-dns={conf.dns_address} "
             f"--cluster-domain={conf.domain}")
     if opts.k3s:
-        out.say("k3s, server (first node) and agents (the others):")
+        out.say("k3s, node-local (default: no kube-proxy, pods use names), server (first "
+                "node) and agents (the others):")
         for line in k3s_command_lines(conf):
             out.say(f"  {line}")
-        out.say("  (agents take --cluster-dns from the server; see docs/k3s.md)")
+        out.say("k3s keeping kube-proxy (pods reach the API server and ClusterIP services "
+                "with endpoints on their node; not pods on other nodes):")
+        for line in k3s_command_lines(conf, keep_kube_proxy=True):
+            out.say(f"  {line}")
+        out.say("  (agents take --cluster-dns from the server; install every node with "
+                "--pod-cidr-from-node or --containerd-template so pod addresses differ "
+                "between nodes, and give the DNS service --kubeconfig for Service names; "
+                "see docs/k3s.md)")
 
 
 def ensure_dns_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:

@@ -58,15 +58,18 @@ def unit_path() -> str:
     return os.path.join(os.environ.get(UNIT_DIR_ENV) or DEFAULT_UNIT_DIR, UNIT_NAME)
 
 
-def dns_arguments(conf_path: str, conf: NetConf, interface: str = DEFAULT_INTERFACE
-                  ) -> list[str]:
-    return ["--config", conf_path, "--interface", interface]
+def dns_arguments(conf_path: str, conf: NetConf, interface: str = DEFAULT_INTERFACE,
+                  kubeconfig: str = "") -> list[str]:
+    argv = ["--config", conf_path, "--interface", interface]
+    if kubeconfig:  # Service names (dns/services.py)
+        argv += ["--kubeconfig", kubeconfig]
+    return argv
 
 
 def start_dns_service(kind: str, conf_path: str, conf: NetConf,
-                      interface: str = DEFAULT_INTERFACE) -> str:
+                      interface: str = DEFAULT_INTERFACE, kubeconfig: str = "") -> str:
     """(Re)start the DNS service so it runs this version with this config; returns its kind."""
-    argv = cli_executable() + ["dns"] + dns_arguments(conf_path, conf, interface)
+    argv = cli_executable() + ["dns"] + dns_arguments(conf_path, conf, interface, kubeconfig)
     if kind == "systemd":
         install_unit(argv)
     else:

@@ -58,6 +58,8 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
     bin_dir = os.path.abspath(bin_dir or record.get("bin_dir") or "")
     conf_path = os.path.join(os.path.abspath(conf_dir), CONFLIST_NAME) if conf_dir \
         else str(record.get("config") or "")
+    if record.get("containerd_template") and record.get("config"):
+        conf_path = str(record["config"])  # beside the template, not in the CNI conf dir
     conf = _conf_for_uninstall(conf_path, record)
     attached = _attached(conf)
     if attached and not force:
@@ -87,6 +89,17 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
             removed.append(conf_path)
         else:
             step.detail = "not there"
+
+    if record.get("containerd_template"):
+        from .containerd import RENDERED_NAME, is_ours
+
+        # the template, and the config containerd rendered from it (it would call the
+        # plugin removed below)
+        rendered_dir = str(record.get("cni_conf_dir") or os.path.dirname(conf_path))
+        for path in (record["containerd_template"], os.path.join(rendered_dir, RENDERED_NAME)):
+            if is_ours(path):
+                os.unlink(path)
+                removed.append(path)
 
     with out.step(f"Removing the plugin from {bin_dir}") as step:
         gone = []
