@@ -5,7 +5,7 @@ forwarding, the FORWARD accepts and the NAT rules, the DNS address and the
 DNS listener) are set up once, so a firewall reload, another tool's flush or
 an operator's `ip link del` would otherwise break the node silently. The
 node DNS service runs `Reconciler` in a thread; each repair is logged on
-one line and kept in `repairs.json` in the state directory for `status`.
+one line and kept in `repairs.json` (repairs.py) for `status`.
 
 Cost while all is well, per tick: a few sysfs reads, one netlink address
 dump, one `iptables-save` exec, one bind test and one DNS query to itself.
@@ -19,7 +19,6 @@ Docker mode is checked and reported, never recreated (see `check`).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import random
@@ -30,7 +29,7 @@ import time
 
 from . import store
 from .cni.errors import CNIError
-from .paths import state_dir as default_state_dir
+from .repairs import note_repairs, recent_repairs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,49 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smarter-cni.dns.reconcile")
 
-REPAIRS_FILE = "repairs.json"
-MAX_REPAIRS = 100
 DEFAULT_INTERVAL = 2.0
 INTERVAL_ENV = "SMARTER_CNI_RECONCILE_INTERVAL"  # seconds; 0 turns the reconciler off
 LISTENER_FAILURES_BEFORE_REPORT = 2
-
-
-# ---------------------------------------------------------------- the repairs file
-
-def repairs_path(directory: str | None = None) -> str:
-    return os.path.join(directory or default_state_dir(), REPAIRS_FILE)
-
-
-def recent_repairs(directory: str | None = None) -> list[dict[str, Any]]:
-    """The last repairs, oldest first: [{"time", "network", "by", "what"}]; [] if none."""
-    try:
-        with open(repairs_path(directory), "rb") as handle:
-            data = json.loads(handle.read())
-    except (OSError, ValueError):
-        return []
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
-
-
-def note_repairs(network: str, problems: list[str], by: str,
-                 directory: str | None = None) -> None:
-    """Append repairs (bounded to MAX_REPAIRS) by temp file + rename. Never raises.
-
-    Callers hold the state lock (ADD and the reconciler repair under it), so
-    one fixed temp name is safe, as in store.save.
-    """
-    directory = directory or default_state_dir()
-    now = round(time.time(), 3)
-    entries = recent_repairs(directory)
-    entries += [{"time": now, "network": network, "by": by, "what": p} for p in problems]
-    entries = entries[-MAX_REPAIRS:]
-    final = repairs_path(directory)
-    temp = os.path.join(directory, f".{REPAIRS_FILE}.tmp")
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(entries, handle)
-        os.replace(temp, final)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------- checks

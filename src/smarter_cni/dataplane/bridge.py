@@ -294,7 +294,7 @@ def _abandon_add(request: Request, conf: NetConf, host: str) -> None:
 
 def _note_repairs(conf: NetConf, problems: list[str], who: str) -> None:
     from .. import logs
-    from ..reconcile import note_repairs  # only when something was repaired
+    from ..repairs import note_repairs  # only when something was repaired
 
     for problem in problems:
         logs.log("WARN", f"{who} repaired network {conf.name}: {problem}")
