@@ -99,14 +99,14 @@ def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
     """
     problems = []
     if conf.mode == "bridge":
-        from .dataplane import bridge
+        from .dataplane import bridge_network
 
         try:
             attachments = store.load(directory)["attachments"]
         except CNIError as err:
             attachments = {}
             problems.append(err.msg)
-        problems += bridge.network_problems(conf, attachments)
+        problems += bridge_network.network_problems(conf, attachments)
     else:
         problems += _docker_problems(conf)
     if dns_address:
@@ -199,7 +199,7 @@ class Reconciler(threading.Thread):
         self.reported[kind] = set(problems)
 
     def _bridge(self) -> list[str]:
-        from .dataplane import bridge
+        from .dataplane import bridge_network
 
         try:
             state = store.load(self.directory)
@@ -208,33 +208,33 @@ class Reconciler(threading.Thread):
             return []
         if self.conf.name not in state["networks"]:
             return []  # never set up here: not ours to build
-        problems = bridge.network_problems(self.conf)
+        problems = bridge_network.network_problems(self.conf)
         # A port seen off the bridge on two looks in a row: a pod's veth is briefly
         # without a master while its ADD or DEL runs, and that is no drift.
-        loose = set(bridge.detached_ports(self.conf, state["attachments"]))
+        loose = set(bridge_network.detached_ports(self.conf, state["attachments"]))
         steady, self.loose = loose & self.loose, loose
         if not problems and not steady:
-            self._vouch(bridge.verified_path(self.conf, self.directory))
+            self._vouch(bridge_network.verified_path(self.conf, self.directory))
             return []
         started = time.monotonic()
         with store.Transaction(self.directory) as tx:
             if self.conf.name not in tx.networks:
                 return []
             # again under the lock: an ADD may have repaired it meanwhile
-            problems = bridge.network_problems(self.conf)
-            steady &= set(bridge.detached_ports(self.conf, tx.attachments))
+            problems = bridge_network.network_problems(self.conf)
+            steady &= set(bridge_network.detached_ports(self.conf, tx.attachments))
             if steady:
                 problems.append(f"{len(steady)} pod veth(s) not on {self.conf.bridge}: "
                                 + ", ".join(sorted(steady)[:5]))
             if not problems or self.stopping():
                 return []
             try:
-                bridge.setup_network(self.conf, tx.attachments)
+                bridge_network.setup_network(self.conf, tx.attachments)
             except CNIError as err:
                 log.error("network %s: cannot repair (%s): %s", self.conf.name,
                           "; ".join(problems), err.msg)
                 return []
-            tx.networks[self.conf.name] = bridge.network_marker(self.conf)
+            tx.networks[self.conf.name] = bridge_network.network_marker(self.conf)
             tx.dirty = True
             note_repairs(self.conf.name, problems, "reconciler", self.directory)
         took = (time.monotonic() - started) * 1000
@@ -244,7 +244,7 @@ class Reconciler(threading.Thread):
 
     def _vouch(self, path: str) -> None:
         """Tell ADD the rules were whole just now (valid for two intervals; see
-        bridge.rules_verified), so a pod's ADD needs no iptables exec of its own."""
+        bridge_network.rules_verified), so a pod's ADD needs no iptables exec of its own."""
         temp = f"{path}.tmp"
         try:
             with open(temp, "w") as handle:

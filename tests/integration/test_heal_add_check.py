@@ -157,12 +157,12 @@ def test_a_network_claimed_by_the_installer_is_kept_before_any_pod(bridge_networ
                                                                     monkeypatch):
     """What `smarter-cni install` should do: setup_network, then claim_network."""
     from smarter_cni import reconcile, repairs
-    from smarter_cni.dataplane import bridge
+    from smarter_cni.dataplane.bridge_network import claim_network, setup_network
 
     monkeypatch.setenv("SMARTER_CNI_STATE_DIR", str(state_dir))
     conf = parse_netconf(bridge_network)
-    bridge.setup_network(conf)
-    bridge.claim_network(conf, str(state_dir))
+    setup_network(conf)
+    claim_network(conf, str(state_dir))
     rules = _our_rules(conf)
     _delete_rules(conf, "nat-jump")
     sh("ip", "addr", "flush", "dev", conf.bridge)
