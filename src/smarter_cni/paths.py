@@ -16,8 +16,9 @@ LOCK_FILE = "lock"
 PLUGIN_LOG = "smarter-cni.log"
 DNS_LOG = "dns.log"
 SUPERVISOR_PIDFILE = "dns-supervisor.pid"
+REPAIRS_FILE = "repairs.json"
 STATE_FILES = (ATTACHMENTS_FILE, LOCK_FILE, PLUGIN_LOG, PLUGIN_LOG + ".1", DNS_LOG,
-               SUPERVISOR_PIDFILE)
+               SUPERVISOR_PIDFILE, REPAIRS_FILE)
 
 
 def is_state_file(name: str) -> bool:

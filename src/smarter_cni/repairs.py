@@ -12,13 +12,13 @@ import json
 import os
 import time
 
+from .paths import REPAIRS_FILE
 from .paths import state_dir as default_state_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-REPAIRS_FILE = "repairs.json"
 MAX_REPAIRS = 100
 
 
