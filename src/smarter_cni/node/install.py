@@ -190,6 +190,7 @@ def install(opts: Options, out: Output) -> int:
 
             paths.ensure_state_dir()
             bridge_network.setup_network(conf)
+            bridge_network.claim_network(conf)  # the reconciler keeps it whole from now on
     else:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode
