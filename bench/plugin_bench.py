@@ -154,10 +154,10 @@ class Bench:
         for state_dir, conf, name in networks:
             os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
             try:
-                from smarter_cni.dataplane import bridge
+                from smarter_cni.dataplane.bridge_network import teardown_network
                 from smarter_cni.netconf import parse_netconf
 
-                bridge.teardown_network(parse_netconf(dict(conf, name=name, cniVersion="1.0.0")))
+                teardown_network(parse_netconf(dict(conf, name=name, cniVersion="1.0.0")))
             except Exception as err:
                 problems.append(f"smarter-cni teardown_network {name}: {err}")
             finally:

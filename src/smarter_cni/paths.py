@@ -17,8 +17,9 @@ PLUGIN_LOG = "smarter-cni.log"
 DNS_LOG = "dns.log"
 SERVICES_CACHE = "services.json"  # the DNS service's last known Services (dns/services.py)
 SUPERVISOR_PIDFILE = "dns-supervisor.pid"
+REPAIRS_FILE = "repairs.json"
 STATE_FILES = (ATTACHMENTS_FILE, LOCK_FILE, PLUGIN_LOG, PLUGIN_LOG + ".1", DNS_LOG, SERVICES_CACHE,
-               SUPERVISOR_PIDFILE)
+               SUPERVISOR_PIDFILE, REPAIRS_FILE)
 
 
 def is_state_file(name: str) -> bool:

@@ -5,7 +5,7 @@ forwarding, the FORWARD accepts and the NAT rules, the DNS address and the
 DNS listener) are set up once, so a firewall reload, another tool's flush or
 an operator's `ip link del` would otherwise break the node silently. The
 node DNS service runs `Reconciler` in a thread; each repair is logged on
-one line and kept in `repairs.json` in the state directory for `status`.
+one line and kept in `repairs.json` (repairs.py) for `status`.
 
 Cost while all is well, per tick: a few sysfs reads, one netlink address
 dump, one `iptables-save` exec, one bind test and one DNS query to itself.
@@ -19,7 +19,6 @@ Docker mode is checked and reported, never recreated (see `check`).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import random
@@ -30,7 +29,8 @@ import time
 
 from . import store
 from .cni.errors import CNIError
-from .paths import state_dir as default_state_dir
+from .ipranges import as_recorded
+from .repairs import note_repairs, recent_repairs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,49 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smarter-cni.dns.reconcile")
 
-REPAIRS_FILE = "repairs.json"
-MAX_REPAIRS = 100
 DEFAULT_INTERVAL = 2.0
 INTERVAL_ENV = "SMARTER_CNI_RECONCILE_INTERVAL"  # seconds; 0 turns the reconciler off
 LISTENER_FAILURES_BEFORE_REPORT = 2
-
-
-# ---------------------------------------------------------------- the repairs file
-
-def repairs_path(directory: str | None = None) -> str:
-    return os.path.join(directory or default_state_dir(), REPAIRS_FILE)
-
-
-def recent_repairs(directory: str | None = None) -> list[dict[str, Any]]:
-    """The last repairs, oldest first: [{"time", "network", "by", "what"}]; [] if none."""
-    try:
-        with open(repairs_path(directory), "rb") as handle:
-            data = json.loads(handle.read())
-    except (OSError, ValueError):
-        return []
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
-
-
-def note_repairs(network: str, problems: list[str], by: str,
-                 directory: str | None = None) -> None:
-    """Append repairs (bounded to MAX_REPAIRS) by temp file + rename. Never raises.
-
-    Callers hold the state lock (ADD and the reconciler repair under it), so
-    one fixed temp name is safe, as in store.save.
-    """
-    directory = directory or default_state_dir()
-    now = round(time.time(), 3)
-    entries = recent_repairs(directory)
-    entries += [{"time": now, "network": network, "by": by, "what": p} for p in problems]
-    entries = entries[-MAX_REPAIRS:]
-    final = repairs_path(directory)
-    temp = os.path.join(directory, f".{REPAIRS_FILE}.tmp")
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(entries, handle)
-        os.replace(temp, final)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------- checks
@@ -140,14 +100,15 @@ def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
     """
     problems = []
     if conf.mode == "bridge":
-        from .dataplane import bridge
+        from .dataplane import bridge_network
 
         try:
-            attachments = store.load(directory)["attachments"]
+            state = store.load(directory)
         except CNIError as err:
-            attachments = {}
+            state = {"attachments": {}, "networks": {}}
             problems.append(err.msg)
-        problems += bridge.network_problems(conf, attachments)
+        conf = as_recorded(conf, state["networks"].get(conf.name))
+        problems += bridge_network.network_problems(conf, state["attachments"])
     else:
         problems += _docker_problems(conf)
     if dns_address:
@@ -240,7 +201,7 @@ class Reconciler(threading.Thread):
         self.reported[kind] = set(problems)
 
     def _bridge(self) -> list[str]:
-        from .dataplane import bridge
+        from .dataplane import bridge_network
 
         try:
             state = store.load(self.directory)
@@ -249,43 +210,46 @@ class Reconciler(threading.Thread):
             return []
         if self.conf.name not in state["networks"]:
             return []  # never set up here: not ours to build
-        problems = bridge.network_problems(self.conf)
+        # the range the last ADD set the network up with (ipRanges, podCIDRs), not the file's
+        conf = as_recorded(self.conf, state["networks"][self.conf.name])
+        problems = bridge_network.network_problems(conf)
         # A port seen off the bridge on two looks in a row: a pod's veth is briefly
         # without a master while its ADD or DEL runs, and that is no drift.
-        loose = set(bridge.detached_ports(self.conf, state["attachments"]))
+        loose = set(bridge_network.detached_ports(conf, state["attachments"]))
         steady, self.loose = loose & self.loose, loose
         if not problems and not steady:
-            self._vouch(bridge.verified_path(self.conf, self.directory))
+            self._vouch(bridge_network.verified_path(conf, self.directory))
             return []
         started = time.monotonic()
         with store.Transaction(self.directory) as tx:
             if self.conf.name not in tx.networks:
                 return []
+            conf = as_recorded(self.conf, tx.networks[self.conf.name])
             # again under the lock: an ADD may have repaired it meanwhile
-            problems = bridge.network_problems(self.conf)
-            steady &= set(bridge.detached_ports(self.conf, tx.attachments))
+            problems = bridge_network.network_problems(conf)
+            steady &= set(bridge_network.detached_ports(conf, tx.attachments))
             if steady:
-                problems.append(f"{len(steady)} pod veth(s) not on {self.conf.bridge}: "
+                problems.append(f"{len(steady)} pod veth(s) not on {conf.bridge}: "
                                 + ", ".join(sorted(steady)[:5]))
             if not problems or self.stopping():
                 return []
             try:
-                bridge.setup_network(self.conf, tx.attachments)
+                bridge_network.setup_network(conf, tx.attachments)
             except CNIError as err:
-                log.error("network %s: cannot repair (%s): %s", self.conf.name,
+                log.error("network %s: cannot repair (%s): %s", conf.name,
                           "; ".join(problems), err.msg)
                 return []
-            tx.networks[self.conf.name] = bridge.network_marker(self.conf)
+            tx.networks[conf.name] = bridge_network.network_marker(conf)
             tx.dirty = True
-            note_repairs(self.conf.name, problems, "reconciler", self.directory)
+            note_repairs(conf.name, problems, "reconciler", self.directory)
         took = (time.monotonic() - started) * 1000
         for problem in problems:
-            log.warning("repaired network %s: %s (%.0f ms)", self.conf.name, problem, took)
+            log.warning("repaired network %s: %s (%.0f ms)", conf.name, problem, took)
         return problems
 
     def _vouch(self, path: str) -> None:
         """Tell ADD the rules were whole just now (valid for two intervals; see
-        bridge.rules_verified), so a pod's ADD needs no iptables exec of its own."""
+        bridge_network.rules_verified), so a pod's ADD needs no iptables exec of its own."""
         temp = f"{path}.tmp"
         try:
             with open(temp, "w") as handle:

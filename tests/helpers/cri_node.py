@@ -45,10 +45,7 @@ class Pod:
 def network_conflist(network: dict[str, Any], dns_address: str) -> dict[str, Any]:
     """The conflist containerd reads: what `smarter-cni install` writes (cniVersions list
     and all), for the test's bridge, subnet and DNS address, then the reference portmap."""
-    try:
-        from smarter_cni.conflist import default_conflist
-    except ImportError:  # before the node/ + conflist.py layout
-        from smarter_cni.install import default_conflist
+    from smarter_cni.conflist import default_conflist
 
     conflist = default_conflist("bridge")
     ours = conflist["plugins"][0]

@@ -50,11 +50,11 @@ def state_dir_env(state_dir: Path | str) -> Iterator[None]:
 
 def teardown_bridge_network(config: dict, state_dir: Path | str) -> None:
     """The plugin's own teardown of a test network's bridge and rules, under the test's state dir."""
-    from smarter_cni.dataplane import bridge
+    from smarter_cni.dataplane.bridge_network import teardown_network
     from smarter_cni.netconf import parse_netconf
 
     with state_dir_env(state_dir):
-        bridge.teardown_network(parse_netconf(config))
+        teardown_network(parse_netconf(config))
 
 
 class Invocation:

@@ -322,7 +322,7 @@ def test_kill_del_at_random_points(plugin, bridge_network, netns, state_dir, wat
 
 def test_kill_first_add_of_a_network(plugin, bridge_network, netns, state_dir, watched) -> None:
     """Killed while creating the bridge and its rules: the next ADD completes the set-up, once."""
-    from smarter_cni.dataplane import bridge
+    from smarter_cni.dataplane.bridge_network import teardown_network
     from smarter_cni.netconf import parse_netconf
 
     config = bridge_network
@@ -331,7 +331,7 @@ def test_kill_first_add_of_a_network(plugin, bridge_network, netns, state_dir, w
     conf = parse_netconf(config)
     for i in range(FIRST_ADD_KILLS):
         with state_dir_env(state_dir):
-            bridge.teardown_network(conf)
+            teardown_network(conf)
         assert not link_exists(config["bridge"])
         cid = f"kfirst{i}-{unique('', 8)}"
         env = plugin.env("ADD", cid, path, "eth0")

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from helpers.netns import unique
+from helpers.plugin import teardown_bridge_network
 
 cri_node = pytest.importorskip(
     "helpers.cri_node", reason="tests/helpers/cri_node.py comes with branch cri (on main): "
@@ -89,14 +90,5 @@ def test_update_runtime_config_renders_the_template_and_the_pod_gets_the_node_ra
                 except cri.CRIError:
                     pass
         left = node.cleanup()
-        import os
-
-        os.environ["SMARTER_CNI_STATE_DIR"] = str(state_dir)
-        try:
-            from smarter_cni.dataplane import bridge
-            from smarter_cni.netconf import parse_netconf
-
-            bridge.teardown_network(parse_netconf(network))
-        finally:
-            del os.environ["SMARTER_CNI_STATE_DIR"]
+        teardown_bridge_network(network, state_dir)
         assert not left, left

@@ -156,13 +156,13 @@ def test_the_reconciler_never_builds_a_network_this_node_did_not_set_up(bridge_n
 def test_a_network_claimed_by_the_installer_is_kept_before_any_pod(bridge_network, state_dir,
                                                                     monkeypatch):
     """What `smarter-cni install` should do: setup_network, then claim_network."""
-    from smarter_cni import reconcile
-    from smarter_cni.dataplane import bridge
+    from smarter_cni import reconcile, repairs
+    from smarter_cni.dataplane.bridge_network import claim_network, setup_network
 
     monkeypatch.setenv("SMARTER_CNI_STATE_DIR", str(state_dir))
     conf = parse_netconf(bridge_network)
-    bridge.setup_network(conf)
-    bridge.claim_network(conf, str(state_dir))
+    setup_network(conf)
+    claim_network(conf, str(state_dir))
     rules = _our_rules(conf)
     _delete_rules(conf, "nat-jump")
     sh("ip", "addr", "flush", "dev", conf.bridge)
@@ -170,7 +170,7 @@ def test_a_network_claimed_by_the_installer_is_kept_before_any_pod(bridge_networ
     repaired = reconcile.Reconciler(conf, str(state_dir)).tick()
     assert len(repaired) == 2, repaired
     assert _our_rules(conf) == rules and reconcile.check(conf, str(state_dir)) == []
-    assert [r["by"] for r in reconcile.recent_repairs(str(state_dir))] == ["reconciler"] * 2
+    assert [r["by"] for r in repairs.recent_repairs(str(state_dir))] == ["reconciler"] * 2
     assert (state_dir / f"verified-{conf.name}").exists() is False  # vouched on the next look
     assert reconcile.Reconciler(conf, str(state_dir)).tick() == []
     assert float((state_dir / f"verified-{conf.name}").read_text()) > time.time()

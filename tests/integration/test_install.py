@@ -339,6 +339,68 @@ def test_rerunning_install_is_harmless_to_running_pods(inst, first_install, netn
         pod.delete()
 
 
+def _forward_rules(inst) -> list[list[str]]:
+    """This installation's own FORWARD accepts (found by the network's rule comment)."""
+    from smarter_cni.dataplane.firewall import comment, split_words
+    from smarter_cni.netconf import parse_netconf
+
+    mark = comment(parse_netconf(inst.plugin_config()))
+    text = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True,
+                          check=True).stdout
+    return [split_words(line)[1:] for line in text.splitlines()
+            if line.startswith("-A FORWARD ") and mark in line]
+
+
+def _delete_forward_rules(inst) -> None:
+    rules = _forward_rules(inst)
+    assert rules, "the installation has no FORWARD accepts to delete"
+    for words in rules:
+        subprocess.run(["iptables", "-t", "filter", "-D", *words], check=True)
+
+
+def test_status_shows_drift_and_the_installer_claims_the_network(inst, first_install):
+    """Drift is a problem (exit 1); once install has claimed the network, the installed DNS
+    service's reconciler repairs it before any pod runs, and status lists that repair."""
+    from smarter_cni import store
+
+    rules = _forward_rules(inst)
+    assert len(rules) == 2, rules  # in and out of the bridge
+    # As on a node installed with --no-selftest: no pod ever ran, so no ADD marked the
+    # network (the self-test's pods did here; the marker is taken away to be like it).
+    with store.Transaction(str(inst.state_dir)) as tx:
+        assert tx.networks.pop(inst.network, None) is not None
+        tx.dirty = True
+    _delete_forward_rules(inst)  # not this node's to keep now: the reconciler leaves it
+    code, report = inst.json("status")
+    assert code == 1, report
+    drift = [d for d in report["drift"] if "FORWARD accept" in d]
+    assert len(drift) == len(rules) and all(inst.bridge in d for d in drift), report["drift"]
+    said = {p["problem"]: p["fix"] for p in report["problems"]}
+    assert all("start a pod" in said.get(d, "") for d in drift), report["problems"]
+    human = inst.run("status")
+    assert human.returncode == 1 and all(d in human.stdout for d in drift), human.stdout
+    assert f"drift     {len(report['drift'])} (listed below)" in human.stdout
+
+    done = inst.run("install", *inst.options, "--no-selftest")
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = json.loads((inst.state_dir / "attachments.json").read_text())
+    assert inst.network in state["networks"]  # claimed by the installer, no pod ADDed
+    assert _forward_rules(inst) == rules  # install's own set-up restored them
+    _delete_forward_rules(inst)
+    deadline = time.monotonic() + 10
+    while _forward_rules(inst) != rules and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _forward_rules(inst) == rules, "the reconciler did not restore the FORWARD accepts"
+    code, report = inst.json("status")
+    assert code == 0 and report["drift"] == [], report
+    repaired = [r for r in report["repairs"] if "FORWARD accept" in r["what"]]
+    assert repaired and repaired[-1]["by"] == "reconciler", report["repairs"]
+    assert repaired[-1]["network"] == inst.network
+    human = inst.run("status")
+    assert human.returncode == 0 and "last repairs:" in human.stdout
+    assert repaired[-1]["what"] in human.stdout and "no problems found" in human.stdout
+
+
 def test_uninstall_leaves_nothing_behind(inst, first_install):
     pid = inst.supervisor_pid()
     assert pid

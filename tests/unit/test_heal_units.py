@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from smarter_cni import reconcile  # noqa: E402
+from smarter_cni import reconcile, repairs  # noqa: E402
 from smarter_cni.dataplane import firewall  # noqa: E402
 from smarter_cni.dataplane.netlink import _attr, _attrs  # noqa: E402
 
@@ -48,11 +48,11 @@ def test_parse_save_keys_rules_by_table_and_chain():
 
 
 def test_repairs_file_is_bounded_and_atomic(tmp_path):
-    for index in range(reconcile.MAX_REPAIRS + 30):
-        reconcile.note_repairs("net", [f"fix {index}"], "reconciler", str(tmp_path))
-    entries = reconcile.recent_repairs(str(tmp_path))
-    assert len(entries) == reconcile.MAX_REPAIRS
-    assert entries[-1]["what"] == f"fix {reconcile.MAX_REPAIRS + 29}"
+    for index in range(repairs.MAX_REPAIRS + 30):
+        repairs.note_repairs("net", [f"fix {index}"], "reconciler", str(tmp_path))
+    entries = repairs.recent_repairs(str(tmp_path))
+    assert len(entries) == repairs.MAX_REPAIRS
+    assert entries[-1]["what"] == f"fix {repairs.MAX_REPAIRS + 29}"
     assert entries[0]["what"] == "fix 30" and entries[0]["by"] == "reconciler"
     assert sorted(os.listdir(tmp_path)) == ["repairs.json"]  # no temp file left behind
 
@@ -60,9 +60,9 @@ def test_repairs_file_is_bounded_and_atomic(tmp_path):
 @pytest.mark.parametrize("content", [b"", b"{", b'{"a": 1}', b'[1, "x", {"what": "ok"}]'])
 def test_a_damaged_repairs_file_reads_as_what_is_usable(tmp_path, content):
     (tmp_path / "repairs.json").write_bytes(content)
-    entries = reconcile.recent_repairs(str(tmp_path))
+    entries = repairs.recent_repairs(str(tmp_path))
     assert entries == ([{"what": "ok"}] if content.startswith(b"[") else [])
-    reconcile.note_repairs("net", ["again"], "ADD", str(tmp_path))
+    repairs.note_repairs("net", ["again"], "ADD", str(tmp_path))
     assert json.loads((tmp_path / "repairs.json").read_text())[-1]["what"] == "again"
 
 
@@ -113,7 +113,7 @@ def test_summary_for_status(tmp_path):
     conf = parse_netconf({"name": "net", "type": "smarter-cni", "mode": "docker",
                           "dockerSocket": str(tmp_path / "none.sock")})
     for index in range(15):
-        reconcile.note_repairs("net", [f"fix {index}"], "reconciler", str(tmp_path))
+        repairs.note_repairs("net", [f"fix {index}"], "reconciler", str(tmp_path))
     report = reconcile.summary(conf, str(tmp_path), last=3)
     assert [r["what"] for r in report["repairs"]] == ["fix 12", "fix 13", "fix 14"]
     assert len(report["drift"]) == 1 and "dockerd does not answer" in report["drift"][0]

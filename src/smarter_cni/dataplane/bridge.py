@@ -1,8 +1,10 @@
 """Bridge mode: a Linux bridge per network, a veth pair per pod.
 
-The per-network work (bridge, gateway address, forwarding, NAT) is done
-once and remembered in the state file; a pod's ADD then costs two `ip`
-execs: one on the host, one inside the pod's netns.
+A pod's ADD, DEL, CHECK, STATUS and GC. The network itself (bridge,
+gateway address, forwarding, NAT) is bridge_network.py's: set up once and
+remembered in the state file. A pod's own steps run over rtnetlink
+(links.plumb_pod), no `ip` exec; ADD's look at the network adds one
+`iptables-save` only when the reconciler has not vouched for the rules.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from ..cni.errors import (
 )
 from ..cni.result import Interface, IPConfig, Result, Route, from_dict
 from ..ipam.allocator import next_free
-from ..paths import state_dir
-from ..run import find_program, run
+from ..run import find_program
 from . import links
+from .bridge_network import ensure_network, network_problems, rules_verified
 from .names import address_text, host_ifname, pod_mac, random_mac
 
 TYPE_CHECKING = False
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 
 def _firewall() -> Any:
-    """Imported on first use: a pod's ADD on a ready network never needs it."""
+    """Imported on first use: only STATUS needs it here."""
     from . import firewall
 
     return firewall
@@ -48,155 +50,6 @@ def _delegate() -> Any:
     from ..ipam import delegate
 
     return delegate
-
-
-# ---------------------------------------------------------------- the network
-
-def network_marker(conf: NetConf) -> dict[str, Any]:
-    return {"bridge": conf.bridge, "cidr": conf.cidr(), "gateway": conf.gateway_text(),
-            "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge),
-            "pods": conf.subnet_text()}
-
-
-def network_ready(conf: NetConf, networks: dict[str, Any]) -> bool:
-    marker = networks.get(conf.name)
-    return bool(marker) and links.exists(conf.bridge) and marker == network_marker(conf)
-
-
-def bridge_mac(conf: NetConf) -> str:
-    """The bridge's MAC: fixed per gateway address (never a pod's, see pod_mac), so a bridge
-    rebuilt after a deletion keeps the MAC the running pods have in their ARP caches."""
-    return pod_mac(conf.gateway)
-
-
-VERIFIED_PREFIX = "verified-"
-
-
-def verified_path(conf: NetConf, directory: str | None = None) -> str:
-    return os.path.join(directory or state_dir(), VERIFIED_PREFIX + conf.name)
-
-
-def rules_verified(conf: NetConf) -> bool:
-    """The reconciler of the node DNS service found the rules whole moments ago.
-
-    It writes a "valid until" time (two of its intervals ahead) after each
-    clean look, so while it runs ADD needs no `iptables-save` of its own;
-    when it is not running the stamp goes stale and ADD looks itself.
-    """
-    try:
-        with open(verified_path(conf), "rb") as handle:
-            return float(handle.read()) > time.time()
-    except (OSError, ValueError):
-        return False
-
-
-def network_problems(conf: NetConf, attachments: dict[str, Any] | None = None,
-                     rules: bool = True) -> list[str]:
-    """What is missing from the network, [] when whole: a few sysfs reads, one netlink
-    dump and (with `rules`) one `iptables-save`: ~0.1 ms, ~2 ms with the rules. With
-    `attachments`, also the pods' host veths that are no longer ports of the bridge."""
-    problems = []
-    if not links.exists(conf.bridge):
-        problems.append(f"bridge {conf.bridge} is missing")
-    elif not os.path.exists(f"/sys/class/net/{conf.bridge}/bridge"):
-        problems.append(f"{conf.bridge} is not a bridge")
-    else:
-        if not links.is_up(conf.bridge):
-            problems.append(f"bridge {conf.bridge} is down")
-        wanted = (conf.gateway_text(), conf.prefix)
-        if wanted not in links.ipv4_addresses(conf.bridge):
-            problems.append(f"bridge {conf.bridge} lacks its address {address_text(conf.gateway, conf.prefix)}")
-        if attachments:
-            loose = detached_ports(conf, attachments)
-            if loose:
-                problems.append(f"{len(loose)} pod veth(s) not on {conf.bridge}: {', '.join(loose[:5])}")
-    firewall = _firewall()
-    if not firewall.forwarding_enabled():
-        problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0)")
-    if rules:
-        problems += firewall.present(conf)
-    return problems
-
-
-def detached_ports(conf: NetConf, attachments: dict[str, Any]) -> list[str]:
-    """Host veths of this network's pods that exist but hang on no bridge (or another)."""
-    loose = []
-    for record in attachments.values():
-        host = record.get("host_ifname") or ""
-        if record.get("network") == conf.name and record.get("mode", "bridge") == "bridge" \
-                and record.get("ready") and links.exists(host) \
-                and links.master_of(host) != conf.bridge:
-            loose.append(host)
-    return loose
-
-
-def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> None:
-    """Create or correct the bridge, its gateway address, forwarding and NAT; put the pods'
-    host veths back on a rebuilt bridge."""
-    if not links.exists(conf.bridge):
-        done = run(["ip", "link", "add", conf.bridge, "address", bridge_mac(conf), "type", "bridge"])
-        if done.returncode != 0 and not links.exists(conf.bridge):
-            raise CNIError(DATAPLANE_FAILURE,
-                           f"cannot create bridge {conf.bridge}: {done.error_text}")
-    elif not os.path.exists(f"/sys/class/net/{conf.bridge}/bridge"):
-        raise CNIError(INVALID_NETWORK_CONFIG,
-                       f"{conf.bridge} exists but is not a bridge; choose another \"bridge\" name")
-    _correct_bridge_address(conf)
-    links.batch([f"link set {conf.bridge} up"], what=f"bring {conf.bridge} up")
-    if attachments:
-        for host in detached_ports(conf, attachments):
-            try:
-                links.attach(host, conf.bridge, conf.hairpin)
-            except CNIError:
-                pass  # deleted meanwhile (a DEL in flight): nothing to put back
-    _firewall().ensure(conf)
-
-
-def _correct_bridge_address(conf: NetConf) -> None:
-    """Give the bridge exactly the gateway address (a stale one is replaced, not tripped over)."""
-    wanted = address_text(conf.gateway, conf.prefix)
-    current = []
-    for entry in links.show_json(["-4", "addr", "show", "dev", conf.bridge]):
-        for info in entry.get("addr_info", []):
-            current.append(f"{info.get('local')}/{info.get('prefixlen')}")
-    from ..ipranges import kept_gateways  # running pods' gateways stay when the range moves
-
-    keep = kept_gateways(conf, wanted)
-    lines = [f"addr del {cidr} dev {conf.bridge}" for cidr in current
-             if cidr != wanted and cidr not in keep]
-    if lines or wanted not in current:
-        # `replace`, not `add`: deleting a primary address also drops the secondaries of
-        # its subnet, so a wanted address that was there as a secondary is gone by now.
-        lines.append(f"addr replace {wanted} dev {conf.bridge}")
-    if lines:
-        links.batch(lines, what=f"set address {wanted} on {conf.bridge}")
-
-
-def claim_network(conf: NetConf, directory: str | None = None) -> None:
-    """For the installer, after setup_network: note in the state that this node set the
-    network up, so the DNS service's reconciler keeps it whole from now on, not only after
-    the first pod's ADD. Pods that survived a lost state are adopted first, as ADD does."""
-    with store.Transaction(directory) as tx:
-        if conf.name not in tx.networks:
-            _adopt_survivors(tx, conf)
-        tx.networks[conf.name] = network_marker(conf)
-        tx.dirty = True
-
-
-def teardown_network(conf: NetConf) -> None:
-    """Remove the bridge, its rules and the network's records (for uninstall and tests).
-
-    The marker goes first: a reconciler rebuilds only a network that has one.
-    """
-    with store.Transaction() as tx:
-        if tx.networks.pop(conf.name, None) is not None:
-            tx.dirty = True
-        try:
-            os.unlink(verified_path(conf, tx.directory))  # the reconciler's word no longer holds
-        except OSError:
-            pass
-    _firewall().teardown(conf)
-    links.delete(conf.bridge)
 
 
 # ---------------------------------------------------------------- ADD
@@ -218,15 +71,7 @@ def add(request: Request, conf: NetConf) -> Result:
                 INTERFACE_EXISTS,
                 f"container {request.container_id[:12]} already has {request.ifname} on "
                 f"{conf.name}; DEL it before adding it again")
-        if problems or not network_ready(conf, tx.networks):
-            first = conf.name not in tx.networks
-            if first:
-                _adopt_survivors(tx, conf)
-            setup_network(conf, tx.attachments)
-            tx.networks[conf.name] = network_marker(conf)
-            tx.dirty = True
-            if problems and not first:
-                _note_repairs(conf, problems, "ADD")
+        ensure_network(tx, conf, problems)
         last_before = tx.state.get("last_reserved", {}).get(conf.name)
         if conf.delegated_ipam:
             address, prefix, gateway = 0, 0, conf.gateway
@@ -295,53 +140,6 @@ def _abandon_add(request: Request, conf: NetConf, host: str) -> None:
             _delegate().delete(request, conf.delegated_ipam)
         except CNIError:
             pass
-
-
-def _note_repairs(conf: NetConf, problems: list[str], who: str) -> None:
-    from .. import logs
-    from ..reconcile import note_repairs  # only when something was repaired
-
-    for problem in problems:
-        logs.log("WARN", f"{who} repaired network {conf.name}: {problem}")
-    note_repairs(conf.name, problems, who)
-
-
-def _adopt_survivors(tx: store.Transaction, conf: NetConf) -> None:
-    """After the state was lost (not a reboot: /run/smarter-cni removed by hand), pods may
-    still sit on the bridge. Note their addresses, keyed by host veth, so new pods do not
-    get them; each is free again once its veth is gone (the runtime's DEL removes it).
-    Costs two `ip` execs per unknown port, only on the first ADD after the loss."""
-    try:
-        ports = os.listdir(f"/sys/class/net/{conf.bridge}/brif")
-    except OSError:
-        return
-    known = {r.get("host_ifname") for r in tx.attachments.values()}
-    ports = [p for p in ports if p.startswith("sm") and p not in known]
-    if not ports:
-        return
-    try:
-        # `ip netns list` (not `list-id`, whose dump stops after ~130 entries) gives each
-        # named netns with the id the host's veths use as link_netnsid
-        names = {e.get("id"): e.get("name") for e in links.show_json(["netns", "list"])
-                 if "id" in e}
-        found = {}
-        for port in ports:
-            info = (links.show_json(["-d", "link", "show", "dev", port]) or [{}])[0]
-            netns = names.get(info.get("link_netnsid"))
-            if not netns:
-                continue
-            for entry in links.show_json(["-n", netns, "-4", "addr", "show"]):
-                if entry.get("ifindex") != info.get("link_index"):
-                    continue
-                for addr in entry.get("addr_info", []):
-                    local = addr.get("local", "")
-                    if ipv4.contains(conf.subnet, conf.prefix, ipv4.to_int(local)):
-                        found[port] = local
-    except (CNIError, ipv4.AddressError):
-        return  # best effort: never fail an ADD over this
-    if found:
-        tx.state.setdefault("adopted", {})[conf.name] = found
-        tx.dirty = True
 
 
 def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | None) -> int:

@@ -1,4 +1,5 @@
-"""Link, address and route operations through iproute2, batched to save execs."""
+"""Link, address and route operations: over rtnetlink (netlink.py) where the plugin's
+pod path and its checks need speed, else through `ip` (iproute2), batched to save execs."""
 
 from __future__ import annotations
 

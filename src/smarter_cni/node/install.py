@@ -211,10 +211,11 @@ def install(opts: Options, out: Output) -> int:
 
     if conf.mode == "bridge":
         with out.step(f"Creating bridge {conf.bridge} ({conf.gateway_text()}/{conf.prefix}, NAT)"):
-            from ..dataplane import bridge
+            from ..dataplane import bridge_network
 
             paths.ensure_state_dir()
-            bridge.setup_network(conf)
+            bridge_network.setup_network(conf)
+            bridge_network.claim_network(conf)  # the reconciler keeps it whole from now on
     else:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode

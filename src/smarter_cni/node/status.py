@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from .. import ipv4, paths, store
+from .. import ipv4, paths, reconcile, store
 from ..cni.errors import CNIError
 from ..conflist import CONFLIST_NAME, ConfigError, find, netconf_of
 from ..dns.probe import dns_answers
@@ -81,7 +81,37 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
         report.problem(f"the node DNS service does not answer on {conf.dns_address}:53 ({said})",
                        _dns_fix(record))
     _pool_status(report, conf)
+    _heal_status(report, conf, record)
     return report
+
+
+def _heal_status(report: Report, conf: Any, record: dict[str, Any]) -> None:
+    """Drift (what is not whole now: each one a problem) and the last repairs (history)."""
+    heal = reconcile.summary(conf, paths.state_dir(), conf.dns_address)
+    report.data["drift"], report.data["repairs"] = heal["drift"], heal["repairs"]
+    if conf.mode == "docker":
+        fix = ("the reconciler does not recreate Docker networks: run "
+               "`sudo smarter-cni install --mode docker`")
+    elif reconcile.network_is_ours(conf, paths.state_dir()):
+        fix = ("the node DNS service's reconciler restores this within seconds "
+               f"({reconcile.INTERVAL_ENV}); if it stays, see its log: "
+               + service.dns_log_hint(record.get("dns_service", "")))
+    else:
+        fix = ("nothing set this network up since the last boot (normal until the first pod "
+               "starts): start a pod, or run `sudo smarter-cni install`")
+    for item in heal["drift"]:
+        if not _said_already(report, item):
+            report.problem(item, fix)
+
+
+def _said_already(report: Report, item: str) -> bool:
+    """Drift that a check above reported with a more specific fix: the DNS service's
+    answer, Docker's answer, the Docker network's presence and DNS reservation."""
+    if item.startswith("DNS "):
+        return not report.data["dns"]["answering"]
+    if item.startswith(("dockerd ", "docker network")):
+        return report.data.get("network_present") is not True or "is not reserved" in item
+    return False
 
 
 def _dns_fix(record: dict[str, Any]) -> str:
@@ -108,14 +138,7 @@ def _network_status(report: Report, conf: Any) -> None:
         report.data["network_present"] = present
         report.data["bridge"] = {"name": conf.bridge, "present": present,
                                  "gateway_address": has_gateway}
-        if not present:
-            report.problem(f"bridge {conf.bridge} does not exist (after a reboot this is normal "
-                           "until the first pod starts)",
-                           "run `sudo smarter-cni install`, or start a pod: the plugin creates it")
-        elif not has_gateway:
-            report.problem(f"bridge {conf.bridge} lacks its gateway address {address}",
-                           "run `sudo smarter-cni install` to correct it")
-        return
+        return  # a missing bridge or address is drift, reported by _heal_status
     try:
         from ..dataplane import docker_mode
 
@@ -190,9 +213,19 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
         pool = data.get("pool")
         if pool:
             rows.append(("pool", f"{pool['used']}/{pool['size']} addresses used ({pool['percent']}%)"))
+        if "drift" in data:
+            rows.append(("drift", f"{len(data['drift'])} (listed below)" if data["drift"]
+                         else "none: the network is whole"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.say(f"{key.ljust(width)}  {value}")
+    if data.get("repairs"):
+        out.say("")
+        out.say("last repairs:")
+        for entry in data["repairs"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.get("time") or 0))
+            out.say(f"  {when}  {entry.get('by', '?'):<10}  {entry.get('network', '?')}: "
+                    f"{entry.get('what', '?')}")
     if report.problems:
         out.say("")
         out.say(f"{len(report.problems)} problem(s):")

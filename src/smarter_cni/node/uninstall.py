@@ -116,9 +116,9 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
         if conf.mode == "bridge":
             with out.step(f"Removing bridge {conf.bridge} and its rules"):
                 _remove_pod_links(attached)
-                from ..dataplane import bridge
+                from ..dataplane import bridge_network
 
-                bridge.teardown_network(conf)
+                bridge_network.teardown_network(conf)
         else:
             with out.step(f"Removing Docker network {conf.docker_network}") as step:
                 step.detail = _remove_docker_network(conf)
