@@ -254,3 +254,26 @@ def test_bad_pod_cidrs_from_a_template_are_code_7(plugin, bridge_network, netns,
     done = plugin("ADD", {**bridge_network, "podCIDRs": cidrs}, container_id=unique("c", 20),
                   netns=path, args=pod_args("bad"))
     assert done.code == 7 and words in done.json["msg"], done
+
+
+def test_the_reconciler_keeps_the_range_an_add_set_up(plugin, bridge_network, netns, state_dir,
+                                                      monkeypatch):
+    """The DNS service's reconciler reads the installed conflist (no ipRanges there): it must
+    check the range the last ADD set the network up with, not put the file's gateway back
+    (the next ADD would swap it again) and not report the range's gateway as drift."""
+    from smarter_cni import reconcile
+    from smarter_cni.netconf import parse_netconf
+
+    base, _ = _base(bridge_network)
+    ranged = {**bridge_network, **_ranges(f"{base}64/26")}
+    ns, path = netns.create()
+    assert plugin("ADD", ranged, container_id=unique("c", 20), netns=path, args=pod_args("kept")).ok
+    monkeypatch.setenv("SMARTER_CNI_STATE_DIR", str(state_dir))
+    file_conf = parse_netconf(bridge_network)
+    bridge_before = _bridge_addresses(bridge_network["bridge"])
+    assert reconcile.check(file_conf, str(state_dir)) == []
+    for _ in range(2):  # two looks: a port seen off the bridge twice would count
+        assert reconcile.Reconciler(file_conf, str(state_dir)).tick() == []
+    assert _bridge_addresses(bridge_network["bridge"]) == bridge_before
+    assert f"{base}65/26" in bridge_before
+    assert _ping(ns, f"{base}65")
