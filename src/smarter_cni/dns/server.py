@@ -21,7 +21,8 @@ import time
 from .. import store
 from . import wire
 from .answers import Names
-from .forwarder import Client, Forwarder, Pending, TcpFetch
+from .cache import DEFAULT_STALE_FOR
+from .forwarder import DEFAULT_TIMEOUT, Client, Forwarder, Pending, TcpFetch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ class Stats:
 class Server:
     def __init__(self, listen: str, port: int, state_dir: str, domain: str,
                  subnet: int, prefix: int, acl: Acl, upstreams: list[tuple[str, int]],
-                 upstream_timeout: float = 2.0, resolv_conf: str | None = None) -> None:
+                 upstream_timeout: float = DEFAULT_TIMEOUT, resolv_conf: str | None = None,
+                 stale_for: float = DEFAULT_STALE_FOR) -> None:
         self.listen = listen
         self.port = port
         self.state_dir = state_dir
@@ -91,7 +93,7 @@ class Server:
         self.conns: dict[int, Conn] = {}
         self.selector = selectors.DefaultSelector()
         self.forwarder = Forwarder(upstreams, self._deliver, self.selector, upstream_timeout,
-                                   resolv_conf, {(listen, port), (listen, 53)})
+                                   resolv_conf, {(listen, port), (listen, 53)}, stale_for)
         self.udp = self._bind(socket.SOCK_DGRAM)
         self.tcp = self._bind(socket.SOCK_STREAM)
         self.tcp.listen(TCP_BACKLOG)
@@ -244,7 +246,7 @@ class Server:
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._sweep_idle(now)
-                self.forwarder.check_resolv_conf()
+                self.forwarder.housekeeping(now)
                 if self.log_stats:
                     self.log_stats = False
                     log.info("stats: %s; %d names; %d TCP clients; %d cached upstream answers",
@@ -304,10 +306,11 @@ class Server:
         self.stats.forwarded += 1
         response, valid = self.forwarder.cached(query, limit, now)
         if response is not None:
-            cache[data[2:]] = (response[2:], now + min(valid, FORWARDED_FAST_TTL))
+            if valid > 0:
+                cache[data[2:]] = (response[2:], now + min(valid, FORWARDED_FAST_TTL))
             self._send(where, response)
             return
-        self.forwarder.ask(query, (transport, address, query, limit), now)
+        self.forwarder.ask(query, (transport, address, query, limit, now), now)
 
     def _deliver(self, client: Client, response: bytes) -> None:
         self._send((client[0], client[1]), response)

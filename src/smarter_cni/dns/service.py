@@ -21,6 +21,7 @@ from .address import (
     is_local,
     remove_address,
 )
+from .cache import DEFAULT_STALE_FOR
 from .forwarder import DEFAULT_TIMEOUT, parse_upstream, resolv_conf_upstreams
 
 TYPE_CHECKING = False
@@ -59,7 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "--resolv-conf)")
     parser.add_argument("--resolv-conf", default=RESOLV_CONF, metavar="FILE")
     parser.add_argument("--upstream-timeout", type=float, default=DEFAULT_TIMEOUT,
-                        metavar="SECONDS")
+                        metavar="SECONDS",
+                        help="one attempt at one upstream (default %(default)s); a client "
+                             "gets SERVFAIL or a stale answer within 3 s in all")
+    parser.add_argument("--serve-stale", type=float, default=DEFAULT_STALE_FOR,
+                        metavar="SECONDS",
+                        help="when no upstream answers, serve expired cached answers up to "
+                             "this long after they expired (RFC 8767; default %(default)g, "
+                             "0 = never)")
     parser.add_argument("--interface", default=DEFAULT_INTERFACE,
                         help="dummy interface that carries the address (default %(default)s)")
     parser.add_argument("--no-address-setup", action="store_true",
@@ -189,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"--listen {listen!r} is not an IPv4 address") from None
     if not 0 < args.port < 65536:
         raise SettingsError(f"--port {args.port} is out of range")
+    if not 0 < args.upstream_timeout <= 30:
+        raise SettingsError("--upstream-timeout must be more than 0 and at most 30 seconds")
+    if not 0 <= args.serve_stale <= 7 * 86400:
+        raise SettingsError("--serve-stale must be 0 to 604800 seconds")
     state_dir = args.state_dir or os.environ.get("SMARTER_CNI_STATE_DIR") or DEFAULT_STATE_DIR
     subnets = [(conf.subnet, (0xFFFFFFFF << (32 - conf.prefix)) & 0xFFFFFFFF)]
     for cidr in args.allow:
@@ -213,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,
-                        None if args.upstream else args.resolv_conf)
+                        None if args.upstream else args.resolv_conf, args.serve_stale)
     except OSError as err:
         raise SettingsError(f"cannot listen on {listen}:{args.port}: {err.strerror}") from None
 
