@@ -90,6 +90,7 @@ class Server:
         self.signature: Any = ()
         self.udp_cache: dict[bytes, tuple[bytes, float]] = {}
         self.tcp_cache: dict[bytes, tuple[bytes, float]] = {}
+        self.turns: dict[bytes, int] = {}  # name -> answers given, for rotating several A records
         self.conns: dict[int, Conn] = {}
         self.selector = selectors.DefaultSelector()
         self.forwarder = Forwarder(upstreams, self._deliver, self.selector, upstream_timeout,
@@ -147,6 +148,7 @@ class Server:
         self.names = names
         self.udp_cache.clear()
         self.tcp_cache.clear()
+        self.turns.clear()
         self.stats.reloads += 1
         # The tables are long-lived and acyclic: keep the cyclic collector from
         # rescanning them while it chases the loop's short-lived tuples.
@@ -298,9 +300,18 @@ class Server:
             return
         answer = self.names.answer(query)
         if answer is not None:
-            response = wire.build_response(query, answer.rcode, answer.answers,
+            records = answer.answers
+            if len(records) > 1:
+                # Several pods with one name: rotate one step per answer, so
+                # clients that take the first address spread over them.
+                turn = self.turns.get(query.key, 0)
+                self.turns[query.key] = turn + 1
+                shift = turn % len(records)
+                records = records[shift:] + records[:shift]
+            response = wire.build_response(query, answer.rcode, records,
                                            answer.authority, True, limit)
-            cache[data[2:]] = (response[2:], FOREVER)
+            if len(records) <= 1:
+                cache[data[2:]] = (response[2:], FOREVER)
             self._send(where, response)
             return
         self.stats.forwarded += 1
