@@ -270,7 +270,9 @@ class NetnsUpstream:
                 return
         raise RuntimeError("no free /30 in 198.18.0.0/15")
 
-    def start(self) -> NetnsUpstream:
+    def start(self, serve: bool = True) -> NetnsUpstream:
+        """Namespace, veth, addresses; and dnsmasq in it unless `serve` is False
+        (then the namespace is an off-node client: `exec` runs commands there)."""
         self._pick_subnet()
         self._ip("route", "add", "blackhole", self.subnet, "metric", "4000")
         self.made.append("route")
@@ -284,6 +286,8 @@ class NetnsUpstream:
         self._ip("-n", self.ns, "link", "set", self.ns_if, "up")
         self._ip("addr", "add", f"{self.host_address}/30", "dev", self.host_if)
         self._ip("link", "set", self.host_if, "up")
+        if not serve:
+            return self
         argv = ["ip", "netns", "exec", self.ns, DNSMASQ, "--keep-in-foreground",
                 "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
                 f"--listen-address={self.address}", "--port=53", "--pid-file=", "--user=root",
@@ -304,6 +308,10 @@ class NetnsUpstream:
     @property
     def upstream(self) -> str:
         return f"{self.address}:53"
+
+    def exec(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
+                              text=True, timeout=timeout)
 
     def cut(self) -> None:
         self._ip("-n", self.ns, "link", "set", self.ns_if, "down")

@@ -164,6 +164,8 @@ class Names:
             fresh[key] = (fingerprint, contribution)
             if not contribution.names and not contribution.ptrs:
                 continue
+            if contribution.a_records:
+                names.pods += 1
             for name, parents in (contribution.names if contribution.a_records else ()):
                 bucket = a_records.get(name)
                 if bucket is None:
@@ -191,6 +193,7 @@ class Names:
         self.a_records: dict[bytes, list[bytes]] = {}
         self.ptr_records: dict[bytes, list[bytes]] = {}
         self.nonterminals: set[bytes] = set()
+        self.pods = len(forward)  # attachments served (from_records counts them)
         a_records = self.a_records
         nonterminals = self.nonterminals
         for name, addresses in forward.items():
@@ -218,6 +221,10 @@ class Names:
     @property
     def count(self) -> int:
         return len(self.a_records)
+
+    def probe_name(self) -> bytes | None:
+        """A name that must answer (for the readiness check), or None without pods."""
+        return next(iter(self.a_records), None)
 
     def _soa(self, offset: int) -> bytes:
         """The zone's SOA, its owner a pointer into the question name at `offset`."""

@@ -23,6 +23,7 @@ from .address import (
 )
 from .cache import DEFAULT_STALE_FOR
 from .forwarder import DEFAULT_TIMEOUT, parse_upstream, resolv_conf_upstreams
+from .metrics import DEFAULT_PORT as DEFAULT_METRICS_PORT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not add the address to the node; it must already exist")
     parser.add_argument("--allow", action="append", default=[], metavar="CIDR",
                         help="also answer clients in this IPv4 range (repeatable)")
+    parser.add_argument("--metrics", metavar="[ADDR:]PORT|off",
+                        help="serve Prometheus /metrics, /healthz and /readyz here (default: "
+                             f"the DNS address, port {DEFAULT_METRICS_PORT}); 'off' for none")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -149,6 +153,26 @@ def choose_upstreams(args: argparse.Namespace, listen: str, port: int
     return upstreams
 
 
+def metrics_address(text: str | None, listen: str) -> tuple[str, int] | None:
+    """--metrics: None for 'off'; else (address, port), the DNS address by default."""
+    if text is None:
+        return listen, DEFAULT_METRICS_PORT
+    if text.strip().lower() in ("off", "none", "no", "0"):
+        return None
+    address, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        address, port_text = ("", text.strip()) if text.strip().isdigit() else (text.strip(), "")
+    address = address or listen
+    try:
+        socket.inet_aton(address)
+        port = int(port_text) if port_text else DEFAULT_METRICS_PORT
+    except (OSError, ValueError):
+        raise SettingsError(f"--metrics {text!r} is not [ADDR:]PORT or off") from None
+    if not 0 < port < 65536:
+        raise SettingsError(f"--metrics port {port} is out of range")
+    return address, port
+
+
 def raise_file_limit(wanted: int = 4096) -> None:
     """Room for a socket per query in flight upstream plus the TCP clients."""
     import resource
@@ -208,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
             subnets.append(acl_module.parse_cidr(cidr))
         except ValueError as err:
             raise SettingsError(f"--allow: {err}") from None
+    metrics_at = metrics_address(args.metrics, listen)
+    if metrics_at == (listen, args.port):
+        raise SettingsError("--metrics cannot share the DNS port")
     upstreams = choose_upstreams(args, listen, args.port)
     if not upstreams:
         log.warning("no upstream resolvers (from %s or --upstream): names outside the "
@@ -225,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.subnet, conf.prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,
-                        None if args.upstream else args.resolv_conf, args.serve_stale)
+                        None if args.upstream else args.resolv_conf, args.serve_stale,
+                        metrics_at)
     except OSError as err:
         raise SettingsError(f"cannot listen on {listen}:{args.port}: {err.strerror}") from None
 
@@ -245,9 +273,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, on_usr1)
     log.info("serving %s mode network %s (%s) on %s:%d udp+tcp; domain %s; pods %s; "
-             "registry %s; upstreams %s", conf.mode, conf.name, path, listen, args.port,
-             conf.domain, conf.cidr(), state_dir,
-             ", ".join(f"{h}:{p}" for h, p in upstreams) or "none")
+             "registry %s; upstreams %s; metrics %s", conf.mode, conf.name, path, listen,
+             args.port, conf.domain, conf.cidr(), state_dir,
+             ", ".join(f"{h}:{p}" for h, p in upstreams) or "none",
+             f"http://{metrics_at[0]}:{metrics_at[1]}/metrics" if server.http else "off")
     try:
         server.serve_forever()
     finally:
