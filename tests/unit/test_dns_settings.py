@@ -79,3 +79,9 @@ def test_metrics_address_defaults_to_the_dns_address_port_9153():
     for bad in ("nonsense:1", "1.2.3.4:99999", "1.2.3.4:x"):
         with pytest.raises(service.SettingsError):
             service.metrics_address(bad, "169.254.0.2")
+
+
+def test_the_default_interface_is_the_address_modules():
+    from smarter_cni.dns import address
+
+    assert service.DEFAULT_INTERFACE == address.DEFAULT_INTERFACE

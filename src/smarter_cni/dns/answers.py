@@ -13,7 +13,6 @@ reload after one ADD costs little more than parsing the file.
 
 from __future__ import annotations
 
-import functools
 import socket
 import struct
 
@@ -38,25 +37,22 @@ class Answer:
         self.authority = authority
 
 
-@functools.lru_cache(maxsize=16384)
 def encode_cached(name: str) -> bytes:
-    """Pod names barely change between reloads: encode each one once."""
+    """(Unchanged records keep their encoded names through `Names.from_records`' memo;
+    no cache here: lru_caches cost ~1 KB per pod of resident memory.)"""
     return wire.encode_name(name)
 
 
-@functools.lru_cache(maxsize=8192)
 def a_record(address: str) -> bytes:
     """An A record whose owner points at the question name (any name can share it)."""
     return (wire.QUESTION_POINTER + struct.pack("!HHIH", wire.A, wire.CLASS_IN, POD_TTL, 4)
             + socket.inet_aton(address))
 
 
-@functools.lru_cache(maxsize=8192)
 def ptr_record(target: str) -> bytes:
     return wire.record(wire.QUESTION_POINTER, wire.PTR, POD_TTL, encode_cached(target))
 
 
-@functools.lru_cache(maxsize=16384)
 def ancestors(key: bytes, zone: bytes) -> tuple[bytes, ...]:
     """The names between `key` and its zone apex (both included when inside the zone)."""
     start = suffix_offset(key, zone)
@@ -65,7 +61,6 @@ def ancestors(key: bytes, zone: bytes) -> tuple[bytes, ...]:
     return tuple(key[offset:] for offset in label_offsets(key)[1:] if offset <= start)
 
 
-@functools.lru_cache(maxsize=8192)
 def reverse_name(address: str) -> bytes:
     """'10.42.0.5' -> wire '5.0.42.10.in-addr.arpa' (OSError if not an address)."""
     socket.inet_aton(address)
@@ -153,9 +148,10 @@ class Names:
         nonterminals = names.nonterminals
         fresh: dict[str, tuple[Any, Contribution]] = {}
         for key, record in records.items():
-            # only these fields shape a record's names (not created, netns, mac, ...)
-            fingerprint = (record.get("ready"), record.get("ips"), record.get("pod")) \
-                if isinstance(record, dict) else record
+            # only these fields shape a record's names (not created, netns, mac, ...);
+            # kept as one string, not the parsed dicts and lists (a third of the memory)
+            fingerprint = repr((record.get("ready"), record.get("ips"), record.get("pod"))) \
+                if isinstance(record, dict) else repr(record)
             seen = memo.get(key)
             if seen is not None and seen[0] == fingerprint:
                 contribution = seen[1]

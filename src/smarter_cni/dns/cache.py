@@ -58,7 +58,8 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return len(self.data) + 64 * len(self.parsed.records) + 200
+        """Resident bytes, about (measured: 835 for a one-record A answer of 63 bytes)."""
+        return len(self.data) + 160 * len(self.parsed.records) + 520
 
 
 def rotation_run(data: bytes, records: list) -> tuple[int, int] | None:

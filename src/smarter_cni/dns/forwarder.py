@@ -19,20 +19,18 @@ once when every upstream is known to be down.
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import random
 import selectors
 import socket
 
 from . import wire
 from .cache import DEFAULT_STALE_FOR, Cache, Entry, Key, cache_key, cache_ttl, relay
+from .log import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-log = logging.getLogger("smarter-cni.dns")
 
 DEFAULT_TIMEOUT = 1.5    # one attempt at one upstream
 QUERY_BUDGET = 3.0       # all attempts for one client query (glibc waits 5 s)
@@ -266,9 +264,11 @@ class Forwarder:
         self._send_next(pending, now)
 
     def _new_id(self) -> int:
-        qid = random.getrandbits(16)
+        # os.urandom: unpredictable IDs (spoofing), and no `random` module (and the
+        # hashlib it imports) resident in the service
+        qid = int.from_bytes(os.urandom(2), "big")
         while qid in self.pending:
-            qid = random.getrandbits(16)
+            qid = int.from_bytes(os.urandom(2), "big")
         return qid
 
     def _choose(self, pending: Pending, now: float) -> Upstream | None:

@@ -16,20 +16,19 @@ else gets 403.
 from __future__ import annotations
 
 import errno
-import logging
-import random
+import os
 import selectors
 import socket
 import struct
 
 from . import metrics, wire
 from .acl import host_has
+from .log import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-log = logging.getLogger("smarter-cni.dns")
 
 MAX_CONNECTIONS = 16
 MAX_REQUEST = 4096
@@ -235,7 +234,7 @@ class ReadyProbe:
         qname = name if name is not None else server.names.domain
         qtype = wire.A if name is not None else wire.SOA
         self.name = wire.decode_name(qname) or "."
-        self.qid = random.getrandbits(16)
+        self.qid = int.from_bytes(os.urandom(2), "big")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         endpoint.probes.append(self)
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import logging
 import os
 import selectors
 import socket
@@ -23,6 +22,7 @@ from . import wire
 from .answers import Names
 from .cache import DEFAULT_STALE_FOR
 from .forwarder import DEFAULT_TIMEOUT, Client, Forwarder, Pending, TcpFetch
+from .log import log
 from .metrics import Counts, Histogram
 
 TYPE_CHECKING = False
@@ -31,10 +31,9 @@ if TYPE_CHECKING:
 
     from .acl import Acl
 
-log = logging.getLogger("smarter-cni.dns")
 
 UDP_BATCH = 64
-FAST_CACHE_LIMIT = 8192
+FAST_CACHE_LIMIT = 4096      # complete answers kept per transport (~300 B each), then cleared
 FORWARDED_FAST_TTL = 1.0     # how stale a byte-cached forwarded answer's TTLs may get
 TCP_MAX_CONNECTIONS = 64
 TCP_IDLE_TIMEOUT = 10.0
