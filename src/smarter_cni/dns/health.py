@@ -70,16 +70,12 @@ class Endpoint:
                     log.warning("out of file descriptors accepting HTTP connections")
                 return
             sock.setblocking(False)
-            if not self.server.acl.allows(peer[0], now):
-                try:
-                    sock.send(response(403, "only the node and its pods may ask\n"))
-                except OSError:
-                    pass
-                sock.close()
-                continue
             if len(self.conns) >= MAX_CONNECTIONS:
                 min(self.conns.values(), key=lambda c: c.started).close()
             conn = HttpConn(self, sock, now)
+            # Refused after reading the request: closing with it unread would
+            # reset the connection and lose the 403.
+            conn.allowed = self.server.acl.allows(peer[0], now)
             self.conns[sock.fileno()] = conn
             self.server.selector.register(sock, selectors.EVENT_READ, conn)
 
@@ -124,7 +120,8 @@ def response(status: int, body: str | bytes, content_type: str = "text/plain; ch
 class HttpConn:
     """One client: read one request, write one response, close."""
 
-    __slots__ = ("endpoint", "sock", "inbuf", "outbuf", "started", "closed", "head")
+    __slots__ = ("endpoint", "sock", "inbuf", "outbuf", "started", "closed", "head",
+                 "allowed")
 
     def __init__(self, endpoint: Endpoint, sock: socket.socket, now: float) -> None:
         self.endpoint = endpoint
@@ -134,6 +131,7 @@ class HttpConn:
         self.started = now
         self.closed = False
         self.head = False  # HEAD: headers only
+        self.allowed = False
 
     def on_event(self, mask: int, now: float) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -157,6 +155,9 @@ class HttpConn:
 
     def _handle(self, now: float) -> None:
         server = self.endpoint.server
+        if not self.allowed:
+            self.reply(403, "only the node and its pods may ask\n")
+            return
         line = self.inbuf.split(b"\n", 1)[0].decode("latin-1").split()
         if len(line) < 2:
             self.reply(400, "bad request\n")
