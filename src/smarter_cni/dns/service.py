@@ -234,7 +234,11 @@ def reexec_lean(args: argparse.Namespace) -> None:
     # can be, so the lean process only loads bytecode.
     from . import health, server  # noqa: F401
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+    # The parent's module path as it is (site-packages included: whatever runs
+    # in the service may import what it could import here), without `site`
+    # running its .pth hooks again; this package's own copy first.
+    path = [package_parent] + [p for p in sys.path if p and p != package_parent]
+    boot = (f"import sys; sys.path[:] = {path!r}; "
             "from smarter_cni.dns.service import main; sys.exit(main(sys.argv[1:]))")
     argv = [LEAN_ARG, jsonfast.dumps(vars(args), compact=True)]
     env = dict(os.environ, **{LEAN_ENV: "1"})
