@@ -198,6 +198,11 @@ def test_a_large_forwarded_answer_is_fetched_over_tcp_from_upstream(env, tmp_pat
         assert answer.status == "NOERROR" and len(answer.values()) == 100, (args, answer)
     truncated = env.dig("many.test", "+noedns", "+ignore")
     assert "tc" in truncated.flags, truncated
+    from smarter_cni.dns import metrics
+
+    status, text = metrics.fetch(env.listen, path="/metrics")
+    retries = metrics.parse_text(text)["smarter_cni_dns_forward_tcp_retries_total"]
+    assert status == 200 and retries[0][1] >= 1, retries  # dnsmasq's 1232-byte UDP answer had TC
 
 
 def test_upstreams_follow_changes_of_resolv_conf(env, tmp_path):
