@@ -11,8 +11,11 @@ names to a third server (a dnsmasq on loopback answering from TEST-NET-1
 with TTL 300), so forwarded names are served from each one's cache.
 
 Sections:
-  throughput   queries/s for pod names, cluster NXDOMAIN and forwarded names
-               (dnsperf when installed, else the built-in UDP generator)
+  throughput   queries/s for pod names, unknown cluster names (NXDOMAIN) and
+               forwarded names (dnsperf when installed, else the built-in UDP
+               generator), in interleaved rounds: the servers alternate
+               (ours first in odd rounds, dnsmasq first in even ones), every
+               figure is the median of the rounds with the min-max spread
   latency      p50/p99 at a paced 1000 queries/s, one query at a time
   memory       RSS idle (no pods) and with the pods registered and asked
   freshness    time from a record being written (store.save returned, as when
@@ -277,6 +280,7 @@ class Bench:
         self.state_dir = workdir / "state"
         self.state_dir.mkdir()
         self.results: dict[str, Any] = {"pods": args.pods, "seconds": args.seconds,
+                                        "rounds": args.rounds,
                                         "loadavg": round(os.getloadavg()[0], 1),
                                         "generator": "dnsperf" if shutil.which("dnsperf")
                                         and not args.builtin else "builtin"}
@@ -293,13 +297,20 @@ class Bench:
         return port
 
     def start_ours(self, upstream: int) -> tuple[int, subprocess.Popen]:
+        # Bytecode in place, as `pip install` leaves it: compiling from source
+        # would add ~1.8 MB to the service's memory (PYTHONDONTWRITEBYTECODE in
+        # the caller's environment would otherwise keep it from being written).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(SRC / "smarter_cni")],
+                       env=env, stdout=subprocess.DEVNULL, check=False, timeout=120)
         port = free_port()
         conf = self.workdir / "bench.conflist"
         conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": "bench", "plugins": [
             {"type": "smarter-cni", "subnet": "10.99.0.0/16"}]}))
         argv = [sys.executable, "-m", "smarter_cni.dns", "--config", str(conf), "--listen",
                 "127.0.0.1", "--port", str(port), "--state-dir", str(self.state_dir),
-                "--upstream", f"127.0.0.1:{upstream}", "--no-address-setup"]
+                "--upstream", f"127.0.0.1:{upstream}", "--no-address-setup",
+                "--metrics", f"127.0.0.1:{free_port()}"]  # as deployed: metrics on
         proc = self.procs.start(argv, dict(os.environ, PYTHONPATH=str(SRC)))
         wait_answering(port, proc, "smarter-cni dns")
         return port, proc
@@ -343,6 +354,8 @@ class Bench:
         self.results["rss_idle_kib"] = {"smarter-cni": rss_kib(ours_proc.pid)}
 
         write_registry(self.state_dir, pods)
+        time.sleep(1.0)  # the idle tick reloads the registry: idle with the pods
+        self.results["rss_idle_pods_kib"] = {"smarter-cni": rss_kib(ours_proc.pid)}
         hosts = self.workdir / "pods.hosts"
         hosts.write_text(hosts_lines(pods))
         hostsdir = self.workdir / "hostsdir"
@@ -351,7 +364,7 @@ class Bench:
 
         pod_queries = [n for i in range(pods) for n in pod_names(i)]
         nx_queries = [f"nope-{i}.default.svc.{DOMAIN}" for i in range(min(pods, 250))]
-        sets = {"pod names": (pod_queries, "A"), "cluster NXDOMAIN": (nx_queries, "A"),
+        sets = {"pod names": (pod_queries, "A"), "unknown names (NXDOMAIN)": (nx_queries, "A"),
                 "forwarded (cached)": (forwarded, "A")}
         for label, (names, _) in sets.items():
             for body in [query_body(n) for n in names]:
@@ -360,28 +373,36 @@ class Bench:
                     raise SystemExit(f"smarter-cni dns gave no good answer for {label}")
 
         self.results["throughput_qps"] = {}
+        self.results["throughput_rounds"] = {}
         self.results["queries_per_cpu_second"] = {}
+        self.results["cpu_rounds"] = {}
         self.results["latency_1k_qps"] = {}
-        servers = (("smarter-cni", ours, ours_proc.pid), ("dnsmasq", theirs, theirs_proc.pid))
+        servers = [("smarter-cni", ours, ours_proc.pid), ("dnsmasq", theirs, theirs_proc.pid)]
         for label, (names, rtype) in sets.items():
-            row, per_cpu = {}, {}
-            for server, port, pid in servers:
-                cpu = cpu_seconds(pid)
-                wall = time.perf_counter()
-                qps = self.throughput(port, label, names, rtype)
-                wall = time.perf_counter() - wall
-                used = cpu_seconds(pid) - cpu
-                row[server] = round(qps)
-                # answers per second of the server's own CPU: holds up on a busy machine
-                per_cpu[server] = round(qps * self.args.seconds / used) if used > 0 else None
-            self.results["throughput_qps"][label] = row
-            self.results["queries_per_cpu_second"][label] = per_cpu
+            rounds: dict[str, list[float]] = {"smarter-cni": [], "dnsmasq": []}
+            cpu_rounds: dict[str, list[float]] = {"smarter-cni": [], "dnsmasq": []}
+            for index in range(self.args.rounds):
+                # alternate who goes first: drift in the machine's load hits both alike
+                for server, port, pid in (servers if index % 2 == 0 else servers[::-1]):
+                    cpu = cpu_seconds(pid)
+                    qps = self.throughput(port, label, names, rtype)
+                    used = cpu_seconds(pid) - cpu
+                    rounds[server].append(round(qps))
+                    # answers per second of the server's own CPU: holds up on a busy machine
+                    if used > 0:
+                        cpu_rounds[server].append(round(qps * self.args.seconds / used))
+            self.results["throughput_rounds"][label] = rounds
+            self.results["cpu_rounds"][label] = cpu_rounds
+            self.results["throughput_qps"][label] = {s: median(v) for s, v in rounds.items()}
+            self.results["queries_per_cpu_second"][label] = {
+                s: (median(v) if v else None) for s, v in cpu_rounds.items()}
             lat = {}
             bodies = [query_body(n) for n in names]
             for server, port in (("smarter-cni", ours), ("dnsmasq", theirs)):
                 lat[server] = paced_latency(port, bodies, 1000, self.args.latency_queries)
             self.results["latency_1k_qps"][label] = lat
 
+        self.results["loadavg_end"] = round(os.getloadavg()[0], 1)
         self.results["rss_idle_kib"]["dnsmasq"] = None  # dnsmasq started with its hosts file
         self.results["rss_pods_kib"] = {"smarter-cni": rss_kib(ours_proc.pid),
                                         "dnsmasq": rss_kib(theirs_proc.pid)}
@@ -428,6 +449,21 @@ class Bench:
         return out
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return round((ordered[middle - 1] + ordered[middle]) / 2)
+
+
+def spread(values: list[float]) -> str:
+    """'median (min-max)'."""
+    if not values:
+        return "-"
+    return f"{median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
 def until_answered(port: int, name: str, start: float, limit: float = 5.0
                    ) -> tuple[float, int]:
     """Ask until NOERROR with an answer: (ms since `start`, queries it took)."""
@@ -446,16 +482,20 @@ def until_answered(port: int, name: str, start: float, limit: float = 5.0
 
 def report(results: dict[str, Any], out: Callable[[str], None] = print) -> None:
     out(f"\nsmarter-cni dns vs dnsmasq: {results['pods']} pods, "
-        f"{results['seconds']} s per throughput run, load: {results['generator']}, "
-        f"machine load average {results['loadavg']}")
-    out(f"{'':28}{'smarter-cni':>14}{'dnsmasq':>14}")
-    out("throughput (queries/s)")
-    for label, row in results["throughput_qps"].items():
-        out(f"  {label:26}{row['smarter-cni']:>14,}{row['dnsmasq']:>14,}")
-    out("answers per CPU-second of the server (load-independent)")
-    for label, row in results["queries_per_cpu_second"].items():
-        cells = [f"{row[s]:,}" if row[s] else "-" for s in ("smarter-cni", "dnsmasq")]
-        out(f"  {label:26}{cells[0]:>14}{cells[1]:>14}")
+        f"{results['rounds']} interleaved rounds of {results['seconds']} s per server and "
+        f"query set, load: {results['generator']}, machine load average "
+        f"{results['loadavg']} at the start, {results.get('loadavg_end', '-')} at the end")
+    out(f"{'':28}{'smarter-cni':>26}{'dnsmasq':>26}{'ratio':>8}")
+    out("throughput (queries/s): median (min-max) of the rounds")
+    for label, rounds in results["throughput_rounds"].items():
+        ours, theirs = rounds["smarter-cni"], rounds["dnsmasq"]
+        ratio = median(ours) / median(theirs) if theirs and median(theirs) else 0
+        out(f"  {label:26}{spread(ours):>26}{spread(theirs):>26}{ratio:>7.2f}x")
+    out("answers per CPU-second of the server (~ queries/s per core; load-independent)")
+    for label, rounds in results["cpu_rounds"].items():
+        ours, theirs = rounds["smarter-cni"], rounds["dnsmasq"]
+        ratio = median(ours) / median(theirs) if ours and theirs else 0
+        out(f"  {label:26}{spread(ours):>26}{spread(theirs):>26}{ratio:>7.2f}x")
     out("latency at 1000 q/s: p50 / p99 (us)")
     for label, row in results["latency_1k_qps"].items():
         cells = [f"{row[s]['p50_us']:.0f} / {row[s]['p99_us']:.0f}" for s in
@@ -463,6 +503,8 @@ def report(results: dict[str, Any], out: Callable[[str], None] = print) -> None:
         out(f"  {label:26}{cells[0]:>14}{cells[1]:>14}")
     out("memory (RSS, KiB)")
     out(f"  {'idle, no pods':26}{results['rss_idle_kib']['smarter-cni']:>14,}{'-':>14}")
+    out(f"  {'idle, with the pods':26}{results['rss_idle_pods_kib']['smarter-cni']:>14,}"
+        f"{'-':>14}")
     out(f"  {'with the pods, after load':26}{results['rss_pods_kib']['smarter-cni']:>14,}"
         f"{results['rss_pods_kib']['dnsmasq']:>14,}")
     out("record written -> first successful answer (ms): median / max, answered by 1st query")
@@ -475,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pods", type=int, default=250)
     parser.add_argument("--seconds", type=int, default=5, help="per throughput run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds per query set (at least 3 for a published "
+                             "figure; default %(default)s)")
     parser.add_argument("--latency-queries", type=int, default=3000)
     parser.add_argument("--fresh-rounds", type=int, default=20)
     parser.add_argument("--builtin", action="store_true",
@@ -484,10 +529,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.pods, args.seconds, args.latency_queries, args.fresh_rounds = 20, 1, 200, 3
+        args.rounds = min(args.rounds, 2)
     if not 1 <= args.pods <= MAX_PODS or not 1 <= args.seconds <= MAX_SECONDS:
         parser.error(f"--pods must be 1..{MAX_PODS} and --seconds 1..{MAX_SECONDS}")
     args.latency_queries = max(10, min(args.latency_queries, 20000))
     args.fresh_rounds = max(1, min(args.fresh_rounds, 100))
+    args.rounds = max(1, min(args.rounds, 20))
     if not os.path.exists(DNSMASQ):
         print("needs dnsmasq: apt-get install -y dnsmasq-base", file=sys.stderr)
         return 2

@@ -19,7 +19,6 @@ Docker mode is checked and reported, never recreated (see `check`).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import random
 import socket
@@ -29,6 +28,7 @@ import time
 
 from . import store
 from .cni.errors import CNIError
+from .dns.log import log  # the DNS service's own logger: `logging` costs ~1.3 MB there
 from .ipranges import as_recorded
 from .repairs import note_repairs, recent_repairs
 
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .netconf import NetConf
-
-log = logging.getLogger("smarter-cni.dns.reconcile")
 
 DEFAULT_INTERVAL = 2.0
 INTERVAL_ENV = "SMARTER_CNI_RECONCILE_INTERVAL"  # seconds; 0 turns the reconciler off
@@ -242,6 +240,7 @@ class Reconciler(threading.Thread):
             tx.networks[conf.name] = bridge_network.network_marker(conf)
             tx.dirty = True
             note_repairs(conf.name, problems, "reconciler", self.directory)
+            _count_repairs("network", len(problems))
         took = (time.monotonic() - started) * 1000
         for problem in problems:
             log.warning("repaired network %s: %s (%.0f ms)", conf.name, problem, took)
@@ -275,6 +274,7 @@ class Reconciler(threading.Thread):
             problem = f"DNS address {self.dns_address} was missing ({where})"
             log.warning("repaired %s", problem)
             note_repairs(self.conf.name, [problem], "reconciler", self.directory)
+            _count_repairs("dns", 1)
             repairs.append(problem)
         else:
             self._report("dns", [])
@@ -293,6 +293,14 @@ class Reconciler(threading.Thread):
             log.error("DNS listener on %s:%d did not answer %d checks in a row",
                       self.dns_address, self.dns_port, self.listener_failures)
         return repairs
+
+
+def _count_repairs(kind: str, count: int) -> None:
+    """Into the DNS service's metrics (smarter_cni_node_repairs_total{kind})."""
+    from .dns import metrics
+
+    for _ in range(count):
+        metrics.count_repair(kind)
 
 
 def interval_from_env(default: float = DEFAULT_INTERVAL) -> float:

@@ -230,16 +230,126 @@ class Dnsmasq:
         self.proc = None
 
 
+class NetnsUpstream:
+    """A real dnsmasq in a network namespace of its own, reached from the host over a
+    veth pair (198.18.x.y/30, the benchmarking range).
+
+    `cut()` takes the namespace's end of the link down: the upstream stops answering
+    and no ICMP comes back, as when a gateway's uplink dies. A blackhole route for
+    the /30 (behind the link's own route) makes sure no packet for it can ever leave
+    by the default route, whatever state the link is in. `stop()` removes it all.
+    """
+
+    def __init__(self, records: dict[str, str], extra: list[str] = ()) -> None:
+        from helpers.netns import unique
+
+        self.ns = unique("scdns-", 20)
+        self.host_if = unique("vdh")
+        self.ns_if = unique("vdn")
+        self.records = records
+        self.extra = list(extra)
+        self.proc: subprocess.Popen | None = None
+        self.subnet = ""
+        self.address = ""
+        self.host_address = ""
+        self.made: list[str] = []
+
+    def _ip(self, *argv: str) -> None:
+        subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+
+    def _pick_subnet(self) -> None:
+        taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True,
+                               timeout=30).stdout + \
+            subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
+                           timeout=30).stdout
+        for _ in range(100):
+            base = f"198.{random.randint(18, 19)}.{random.randint(0, 255)}"
+            last = random.randrange(0, 256, 4)
+            if f"{base}.{last}/30" not in taken and f"{base}.{last + 1}/" not in taken \
+                    and f"{base}.{last + 2}/" not in taken:
+                self.subnet = f"{base}.{last}/30"
+                self.host_address = f"{base}.{last + 1}"
+                self.address = f"{base}.{last + 2}"
+                return
+        raise RuntimeError("no free /30 in 198.18.0.0/15")
+
+    def start(self, serve: bool = True) -> NetnsUpstream:
+        """Namespace, veth, addresses; and dnsmasq in it unless `serve` is False
+        (then the namespace is an off-node client: `exec` runs commands there)."""
+        self._pick_subnet()
+        self._ip("route", "add", "blackhole", self.subnet, "metric", "4000")
+        self.made.append("route")
+        self._ip("netns", "add", self.ns)
+        self.made.append("netns")
+        self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if,
+                 "netns", self.ns)
+        self.made.append("link")
+        self._ip("-n", self.ns, "link", "set", "lo", "up")
+        self._ip("-n", self.ns, "addr", "add", f"{self.address}/30", "dev", self.ns_if)
+        self._ip("-n", self.ns, "link", "set", self.ns_if, "up")
+        self._ip("addr", "add", f"{self.host_address}/30", "dev", self.host_if)
+        self._ip("link", "set", self.host_if, "up")
+        if not serve:
+            return self
+        argv = ["ip", "netns", "exec", self.ns, DNSMASQ, "--keep-in-foreground",
+                "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
+                f"--listen-address={self.address}", "--port=53", "--pid-file=", "--user=root",
+                "--cache-size=0"]
+        argv += [f"--host-record={name},{ip}" for name, ip in self.records.items()]
+        argv += [arg.replace("{IF}", self.ns_if) for arg in self.extra]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # `ip netns exec` execs dnsmasq
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dnsmasq in {self.ns} exited {self.proc.returncode}")
+            if dig(self.address, "anything.invalid", timeout=1).status:
+                return self
+            time.sleep(0.05)
+        raise AssertionError("dnsmasq in the namespace never answered")
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.address}:53"
+
+    def exec(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def cut(self) -> None:
+        self._ip("-n", self.ns, "link", "set", self.ns_if, "down")
+
+    def restore(self) -> None:
+        self._ip("-n", self.ns, "link", "set", self.ns_if, "up")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+        if "link" in self.made:
+            subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=30)
+        if "netns" in self.made:
+            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
+        if "route" in self.made:
+            subprocess.run(["ip", "route", "del", "blackhole", self.subnet, "metric", "4000"],
+                           capture_output=True, timeout=30)
+        self.made.clear()
+
+
 class DigResult:
     def __init__(self, proc: subprocess.CompletedProcess) -> None:
         self.returncode = proc.returncode
         self.stdout = proc.stdout
         self.status = ""
+        self.query_ms: int | None = None  # dig's own measure of the round trip
         self.flags: set[str] = set()
         self.answers: list[tuple[str, str, str]] = []
         self.counts: dict[str, int] = {}
         for line in proc.stdout.splitlines():
-            if "status:" in line:
+            if line.startswith(";; Query time:"):
+                self.query_ms = int(line.split()[3])
+            elif "status:" in line:
                 self.status = line.split("status:")[1].split(",")[0].strip()
             elif line.startswith(";; flags:"):
                 flags, _, counts = line[len(";; flags:"):].partition(";")
@@ -257,13 +367,21 @@ class DigResult:
     def values(self, rtype: str = "A") -> list[str]:
         return sorted(v for _, t, v in self.answers if t == rtype)
 
+    def ttls(self, rtype: str = "A") -> list[int]:
+        ttls = []
+        for line in self.stdout.splitlines():
+            fields = line.split()
+            if line and not line.startswith(";") and len(fields) >= 5 and fields[3] == rtype:
+                ttls.append(int(fields[1]))
+        return ttls
+
     def __repr__(self) -> str:
         return f"<dig rc={self.returncode} {self.stdout!r}>"
 
 
 def dig(server: str, *args: str, port: int = 53, netns: str = "", timeout: int = 2) -> DigResult:
     argv = [DIG, f"@{server}", "-p", str(port), f"+time={timeout}", "+tries=1",
-            "+noall", "+comments", "+answer", *args]
+            "+noall", "+comments", "+answer", "+stats", *args]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)

@@ -22,6 +22,7 @@ import yaml
 from smarter_cni import __version__
 from smarter_cni.cli import build_parser
 from smarter_cni.conflist import default_conflist
+from smarter_cni.dns.service import build_parser as dns_parser
 from smarter_cni.netconf import parse_netconf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,6 +180,14 @@ def _install_args(container: dict[str, Any]) -> tuple[list[str], list[str]]:
     return install_argv[2:], dns_argv[3:]
 
 
+def _check_probes(container: dict[str, Any], host: str, port: int = 9153) -> None:
+    """Liveness and readiness ask the node DNS's own endpoint (dns/health.py)."""
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert (get["host"], get["port"], get["path"]) == (host, port, path), (probe, get)
+        assert container[probe]["timeoutSeconds"] >= 2  # /readyz waits up to 1 s for a query
+
+
 def _parses(argv: list[str]) -> Any:
     """The installer's own parser must accept exactly these options."""
     return build_parser().parse_args(["install", *argv])
@@ -197,8 +206,10 @@ def test_daemonset_manifest():
     assert args.cni_bin_dir == mounts["cni-bin"] == "/opt/cni/bin"
     assert args.cni_conf_dir == mounts["cni-conf"] == "/etc/cni/net.d"
     assert args.plugin_lib.startswith(mounts["lib"] + "/")
-    assert dns == ["--config", "/etc/cni/net.d/10-smarter-cni.conflist"]
+    assert dns == ["--config", "/etc/cni/net.d/10-smarter-cni.conflist", "--metrics", "9153"]
+    assert dns_parser().parse_args(dns).metrics == "9153"  # the service's own parser takes it
     assert container["image"].endswith(":" + __version__)
+    _check_probes(container, args.dns_ip)
 
 
 # ---------------------------------------------------------------- the chart
@@ -230,10 +241,22 @@ def test_chart_renders_like_the_manifest_by_default():
     assert args.mode == "bridge" and args.bridge == "smarter0" and args.subnet is None
     assert container["image"] == f"smarter-cni:{__version__}"
     assert "docker-socket" not in {v["name"] for v in doc["spec"]["template"]["spec"]["volumes"]}
-    assert dns == ["--config", "/etc/cni/net.d/10-smarter-cni.conflist"]
+    assert dns == ["--config", "/etc/cni/net.d/10-smarter-cni.conflist", "--metrics", "9153"]
     plain = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
     assert plain["spec"]["template"]["spec"]["volumes"] == \
         doc["spec"]["template"]["spec"]["volumes"]
+    _check_probes(container, "169.254.0.2")
+    plain_container = plain["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert plain_container[probe] == container[probe]
+
+
+def test_chart_probes_follow_the_dns_address_and_metrics_port():
+    container = _check_daemonset(render_chart(mode="docker"))
+    _check_probes(container, "172.38.0.2")  # docker mode's default DNS address
+    container = _check_daemonset(render_chart(dnsIp="169.254.20.10", metricsPort=9253))
+    _check_probes(container, "169.254.20.10", 9253)
+    assert _install_args(container)[1][-2:] == ["--metrics", "9253"]
 
 
 def test_chart_values_reach_the_installer():
@@ -252,6 +275,7 @@ def test_chart_values_reach_the_installer():
     assert volumes["docker-socket"] == {"path": "/var/run/docker.sock", "type": "Socket"}
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+    _check_probes(container, "172.40.0.2")
 
 
 # ---------------------------------------------------------------- image and configs

@@ -8,13 +8,9 @@ import struct
 import pytest
 
 from smarter_cni.dns import acl, wire
-from smarter_cni.dns.forwarder import (
-    CacheEntry,
-    cache_ttl,
-    parse_upstream,
-    relay,
-    resolv_conf_upstreams,
-)
+from smarter_cni.dns.cache import Entry as CacheEntry
+from smarter_cni.dns.cache import cache_ttl, relay
+from smarter_cni.dns.forwarder import parse_upstream, resolv_conf_upstreams
 
 
 def upstream_answer(qname: str, ttls: list[int], rcode: int = wire.NOERROR,
@@ -56,11 +52,15 @@ def test_resolv_conf_skips_ourselves_and_junk(tmp_path):
     assert resolv_conf_upstreams(str(tmp_path / "missing"), set()) == []
 
 
+def ttl_of(data: bytes) -> tuple[int, bool]:
+    return cache_ttl(wire.parse_response(data), data)
+
+
 def test_cache_ttl_rules():
-    assert cache_ttl(wire.parse_response(upstream_answer("a.test", [30, 10]))) == 10
-    assert cache_ttl(wire.parse_response(upstream_answer("a.test", [99999]))) == 300
-    assert cache_ttl(wire.parse_response(upstream_answer("a.test", [30], wire.SERVFAIL))) == 0
-    assert cache_ttl(wire.parse_response(upstream_answer("a.test", []))) == 0
+    assert ttl_of(upstream_answer("a.test", [30, 10])) == (10, False)
+    assert ttl_of(upstream_answer("a.test", [99999])) == (300, False)
+    assert ttl_of(upstream_answer("a.test", [30], wire.SERVFAIL))[0] == 0
+    assert ttl_of(upstream_answer("a.test", [])) == (0, True)  # negative without SOA
 
 
 def test_relay_rewrites_id_case_ttl_and_edns():

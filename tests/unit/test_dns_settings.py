@@ -68,3 +68,20 @@ def test_upstreams_from_options_or_resolv_conf(tmp_path):
     args = service.build_parser().parse_args(["--upstream", "169.254.0.2"])
     with pytest.raises(service.SettingsError, match="itself"):
         service.choose_upstreams(args, "169.254.0.2", 53)
+
+
+def test_metrics_address_defaults_to_the_dns_address_port_9153():
+    assert service.metrics_address(None, "169.254.0.2") == ("169.254.0.2", 9153)
+    assert service.metrics_address("9253", "169.254.0.2") == ("169.254.0.2", 9253)
+    assert service.metrics_address("127.0.0.1:9100", "169.254.0.2") == ("127.0.0.1", 9100)
+    assert service.metrics_address("127.0.0.1", "169.254.0.2") == ("127.0.0.1", 9153)
+    assert service.metrics_address("off", "169.254.0.2") is None
+    for bad in ("nonsense:1", "1.2.3.4:99999", "1.2.3.4:x"):
+        with pytest.raises(service.SettingsError):
+            service.metrics_address(bad, "169.254.0.2")
+
+
+def test_the_default_interface_is_the_address_modules():
+    from smarter_cni.dns import address
+
+    assert service.DEFAULT_INTERFACE == address.DEFAULT_INTERFACE

@@ -13,7 +13,6 @@ reload after one ADD costs little more than parsing the file.
 
 from __future__ import annotations
 
-import functools
 import socket
 import struct
 
@@ -38,25 +37,22 @@ class Answer:
         self.authority = authority
 
 
-@functools.lru_cache(maxsize=16384)
 def encode_cached(name: str) -> bytes:
-    """Pod names barely change between reloads: encode each one once."""
+    """(Unchanged records keep their encoded names through `Names.from_records`' memo;
+    no cache here: lru_caches cost ~1 KB per pod of resident memory.)"""
     return wire.encode_name(name)
 
 
-@functools.lru_cache(maxsize=8192)
 def a_record(address: str) -> bytes:
     """An A record whose owner points at the question name (any name can share it)."""
     return (wire.QUESTION_POINTER + struct.pack("!HHIH", wire.A, wire.CLASS_IN, POD_TTL, 4)
             + socket.inet_aton(address))
 
 
-@functools.lru_cache(maxsize=8192)
 def ptr_record(target: str) -> bytes:
     return wire.record(wire.QUESTION_POINTER, wire.PTR, POD_TTL, encode_cached(target))
 
 
-@functools.lru_cache(maxsize=16384)
 def ancestors(key: bytes, zone: bytes) -> tuple[bytes, ...]:
     """The names between `key` and its zone apex (both included when inside the zone)."""
     start = suffix_offset(key, zone)
@@ -65,7 +61,6 @@ def ancestors(key: bytes, zone: bytes) -> tuple[bytes, ...]:
     return tuple(key[offset:] for offset in label_offsets(key)[1:] if offset <= start)
 
 
-@functools.lru_cache(maxsize=8192)
 def reverse_name(address: str) -> bytes:
     """'10.42.0.5' -> wire '5.0.42.10.in-addr.arpa' (OSError if not an address)."""
     socket.inet_aton(address)
@@ -155,9 +150,10 @@ class Names:
         nonterminals = names.nonterminals
         fresh: dict[str, tuple[Any, Contribution]] = {}
         for key, record in records.items():
-            # only these fields shape a record's names (not created, netns, mac, ...)
-            fingerprint = (record.get("ready"), record.get("ips"), record.get("pod")) \
-                if isinstance(record, dict) else record
+            # only these fields shape a record's names (not created, netns, mac, ...);
+            # kept as one string, not the parsed dicts and lists (a third of the memory)
+            fingerprint = repr((record.get("ready"), record.get("ips"), record.get("pod"))) \
+                if isinstance(record, dict) else repr(record)
             seen = memo.get(key)
             if seen is not None and seen[0] == fingerprint:
                 contribution = seen[1]
@@ -166,6 +162,8 @@ class Names:
             fresh[key] = (fingerprint, contribution)
             if not contribution.names and not contribution.ptrs:
                 continue
+            if contribution.a_records:
+                names.pods += 1
             for name, parents in (contribution.names if contribution.a_records else ()):
                 bucket = a_records.get(name)
                 if bucket is None:
@@ -193,6 +191,7 @@ class Names:
         self.a_records: dict[bytes, list[bytes]] = {}
         self.ptr_records: dict[bytes, list[bytes]] = {}
         self.nonterminals: set[bytes] = set()
+        self.pods = len(forward)  # attachments served (from_records counts them)
         a_records = self.a_records
         nonterminals = self.nonterminals
         for name, addresses in forward.items():
@@ -220,6 +219,10 @@ class Names:
     @property
     def count(self) -> int:
         return len(self.a_records)
+
+    def probe_name(self) -> bytes | None:
+        """A name that must answer (for the readiness check), or None without pods."""
+        return next(iter(self.a_records), None)
 
     def _soa(self, offset: int) -> bytes:
         """The zone's SOA, its owner a pointer into the question name at `offset`."""

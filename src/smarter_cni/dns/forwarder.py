@@ -1,41 +1,49 @@
-"""Forwarding to the node's upstream resolvers, with a small TTL-respecting cache.
+"""Forwarding to the node's upstream resolvers: health, fail-over, serve-stale.
 
 Never blocks: queries go out on non-blocking UDP sockets the server loop
 watches; `on_udp_event` and `on_timer` finish them. Each relayed query gets
 a fresh random ID and its own socket (a fresh ephemeral port), connected to
 the upstream, so the kernel drops packets from anyone else and reports an
 upstream that is down (ICMP unreachable) at once; an answer is accepted only
-with that ID and the same question. A query that gets no answer within `timeout` moves to the
-next upstream; when all have failed the clients get SERVFAIL.
+with that ID and the same question.
+
+Working offline: an upstream that times out or is unreachable is marked
+down and gets no client queries; when its back-off (1 s, doubling up to
+10 s) has run out, a probe (". NS", as CoreDNS' forward plugin sends) goes
+to it in the background, and any answer brings it back. A client query gets
+at most `QUERY_BUDGET` seconds of attempts; when no upstream is left to try
+it gets the cached answer served stale (see cache.py) or SERVFAIL - at
+once when every upstream is known to be down.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import random
 import selectors
 import socket
-import struct
 
 from . import wire
+from .cache import DEFAULT_STALE_FOR, Cache, Entry, Key, cache_key, cache_ttl, relay
+from .log import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-log = logging.getLogger("smarter-cni.dns")
 
-DEFAULT_TIMEOUT = 2.0
-MAX_PENDING = 512   # each holds a socket; the service raises RLIMIT_NOFILE to fit
+DEFAULT_TIMEOUT = 1.5    # one attempt at one upstream
+QUERY_BUDGET = 3.0       # all attempts for one client query (glibc waits 5 s)
+MAX_PENDING = 512        # each holds a socket; the service raises RLIMIT_NOFILE to fit
 MAX_WAITERS = 64
-CACHE_ENTRIES = 2048
-MAX_TTL = 300
-MAX_NEGATIVE_TTL = 60
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 10.0
 RETRY_RCODES = (wire.SERVFAIL, wire.REFUSED, wire.NOTIMP)
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
+               5: "REFUSED", 16: "BADVERS"}
 
-# A client waiting for an answer: (transport handle, address, query, UDP limit or None)
+# A client waiting for an answer:
+# (transport handle, address, query, UDP limit or None, monotonic time it asked)
 Client = tuple
 
 
@@ -80,28 +88,52 @@ def resolv_conf_upstreams(path: str, exclude: set[tuple[str, int]]) -> list[tupl
     return found
 
 
-class CacheEntry:
-    __slots__ = ("data", "parsed", "stored", "expires")
+class Upstream:
+    """Health of one upstream: down after a failure, probed in the background until it answers."""
 
-    def __init__(self, data: bytes, parsed: wire.Parsed, stored: float, expires: float) -> None:
-        self.data = data
-        self.parsed = parsed
-        self.stored = stored
-        self.expires = expires
+    __slots__ = ("target", "label", "failures", "down_until", "trial")
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        host, port = target
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.failures = 0
+        self.down_until = 0.0
+        self.trial = False
+
+
+class Stats:
+    """Forwarding counters, read by the metrics endpoint."""
+
+    __slots__ = ("requests", "responses", "failures", "cache_hits", "cache_misses", "stale",
+                 "servfail", "fast_fail", "tcp_retries")
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}                 # upstream -> queries sent
+        self.responses: dict[tuple[str, str], int] = {}    # (upstream, rcode) -> answers
+        self.failures: dict[tuple[str, str], int] = {}     # (upstream, timeout|unreachable|tcp)
+        self.cache_hits = {"success": 0, "denial": 0}
+        self.cache_misses = 0
+        self.stale = 0        # answers served stale
+        self.servfail = 0     # client queries no upstream answered (SERVFAIL sent)
+        self.fast_fail = 0    # ... of which failed at once: every upstream known down
+        self.tcp_retries = 0  # truncated UDP answers fetched again over TCP
 
 
 class Pending:
     """One question in flight upstream, and the clients waiting for it."""
 
-    __slots__ = ("qid", "key", "packet", "upstream", "target", "deadline", "clients",
-                 "socket", "tcp")
+    __slots__ = ("qid", "key", "packet", "target", "tried", "started", "deadline", "clients",
+                 "socket", "tcp", "probe")
 
-    def __init__(self, qid: int, key: tuple[bytes, int, int], packet: bytes) -> None:
+    def __init__(self, qid: int, key: Key, packet: bytes, now: float) -> None:
+        self.probe = False
         self.qid = qid
         self.key = key
         self.packet = packet
-        self.upstream = -1
-        self.target: tuple[str, int] = ("", 0)
+        self.target: Upstream | None = None
+        self.tried: list[Upstream] = []
+        self.started = now
         self.deadline = 0.0
         self.clients: list[Client] = []
         self.socket: Any = None
@@ -120,51 +152,6 @@ class TcpFetch:
         self.inbuf = bytearray()
 
 
-def cache_ttl(parsed: wire.Parsed) -> int:
-    """Seconds an upstream answer may be kept (0: do not cache)."""
-    if parsed.flags & wire.TC or parsed.rcode not in (wire.NOERROR, wire.NXDOMAIN):
-        return 0
-    ttls = [ttl for section, _, _, rtype, ttl, _, _ in parsed.records
-            if section < 2 and rtype != wire.OPT]
-    if not ttls:
-        return 0
-    negative = parsed.rcode == wire.NXDOMAIN or not any(r[0] == 0 for r in parsed.records)
-    return min(min(ttls), MAX_NEGATIVE_TTL if negative else MAX_TTL)
-
-
-def relay(entry: CacheEntry, query: wire.Query, limit: int | None, now: float) -> bytes:
-    """The cached upstream answer re-addressed to `query`: its ID, its question's
-    case, its EDNS; TTLs reduced by the time spent in the cache."""
-    data, parsed = entry.data, entry.parsed
-    elapsed = int(now - entry.stored)
-    counts = [0, 0, 0]
-    parts = []
-    for section, start, end, rtype, ttl, ttl_at, _ in parsed.records:
-        if rtype == wire.OPT:
-            break  # OPT is ours to add; whatever follows it would shift offsets
-        counts[section] += 1
-        if elapsed:
-            parts.append(data[start:ttl_at])
-            parts.append(struct.pack("!I", max(0, ttl - elapsed)))
-            parts.append(data[ttl_at + 4:end])
-        else:
-            parts.append(data[start:end])
-    question = query.question if len(query.question) == parsed.qend - 12 else data[12:parsed.qend]
-    # Not authoritative for what we relay: AA goes.
-    flags = (parsed.flags & ~(wire.AA | wire.RD | wire.TC | wire.CD | 0xF)) \
-        | (query.flags & (wire.RD | wire.CD))
-    flags |= parsed.rcode & 0xF
-    extra = wire.opt_record(query.edns_do, parsed.rcode >> 4) if query.edns else b""
-    body = b"".join(parts)
-    arcount = counts[2] + (1 if extra else 0)
-    if limit is not None and 12 + len(question) + len(body) + len(extra) > limit:
-        header = wire.HEADER.pack(query.id, flags | wire.TC, 1, 0, 0, 1 if extra else 0)
-        return header + question + extra
-    header = wire.HEADER.pack(query.id, flags | (parsed.flags & wire.TC), 1, counts[0],
-                              counts[1], arcount)
-    return header + question + body + extra
-
-
 class Forwarder:
     """Relays queries upstream; `send(client, response)` is called when done.
 
@@ -175,22 +162,28 @@ class Forwarder:
     def __init__(self, upstreams: list[tuple[str, int]], send: Callable[[Client, bytes], None],
                  selector: selectors.BaseSelector, timeout: float = DEFAULT_TIMEOUT,
                  resolv_conf: str | None = None,
-                 exclude: set[tuple[str, int]] | None = None) -> None:
+                 exclude: set[tuple[str, int]] | None = None,
+                 stale_for: float = DEFAULT_STALE_FOR, budget: float = QUERY_BUDGET) -> None:
         self.send = send
         self.selector = selector
         self.timeout = timeout
-        self.cache: dict[tuple[bytes, int, int], CacheEntry] = {}
+        self.budget = max(budget, timeout)
+        self.cache = Cache(stale_for=stale_for)
         self.pending: dict[int, Pending] = {}
-        self.by_key: dict[tuple[bytes, int, int], Pending] = {}
-        self.failures = 0
+        self.by_key: dict[Key, Pending] = {}
+        self.stats = Stats()
         self.resolv_conf = resolv_conf
         self.exclude = exclude or set()
         self.resolv_signature: Any = self._resolv_signature()
         self.upstreams: list[tuple[str, int]] = []
+        self.health: list[Upstream] = []
+        self.next_sweep = 0.0
         self.set_upstreams(upstreams)
 
     def set_upstreams(self, upstreams: list[tuple[str, int]]) -> None:
+        known = {u.target: u for u in self.health}
         self.upstreams = list(upstreams)
+        self.health = [known.get(t) or Upstream(t) for t in self.upstreams]
 
     def _resolv_signature(self) -> Any:
         if not self.resolv_conf:
@@ -213,8 +206,16 @@ class Forwarder:
         if found and found != self.upstreams:
             log.info("upstreams from %s: %s", self.resolv_conf,
                      ", ".join(f"{h}:{p}" for h, p in found))
+            # The cache stays: its answers are as good from one uplink as from another.
             self.set_upstreams(found)
-            self.cache.clear()
+
+    def housekeeping(self, now: float) -> None:
+        """Once a second: resolv.conf changes; now and then, entries past their stale window."""
+        self.check_resolv_conf()
+        self._probe_down_upstreams(now)
+        if now >= self.next_sweep:
+            self.next_sweep = now + 30.0
+            self.cache.sweep(now)
 
     def close(self) -> None:
         for pending in list(self.pending.values()):
@@ -232,75 +233,151 @@ class Forwarder:
 
     def cached(self, query: wire.Query, limit: int | None, now: float
                ) -> tuple[bytes | None, float]:
-        """(relayed answer, seconds it stays valid) from the cache, or (None, 0)."""
-        key = (query.qname.lower(), query.qtype, query.qclass)
-        entry = self.cache.get(key)
+        """(relayed answer, seconds the bytes may be reused: 0 when they must not)
+        from the cache, or (None, 0)."""
+        entry = self.cache.fresh(cache_key(query), now)
         if entry is None:
+            self.stats.cache_misses += 1
             return None, 0.0
-        if entry.expires <= now:
-            del self.cache[key]
-            return None, 0.0
-        return relay(entry, query, limit, now), entry.expires - now
+        self.stats.cache_hits["denial" if entry.negative else "success"] += 1
+        reuse = 0.0 if entry.run is not None else entry.expires - now  # rotating: never reused
+        return relay(entry, query, limit, now), reuse
 
     def ask(self, query: wire.Query, client: Client, now: float) -> None:
         """Send the query upstream (or join one already in flight for the same question)."""
-        key = (query.qname.lower(), query.qtype, query.qclass)
+        key = cache_key(query)
         pending = self.by_key.get(key)
         if pending is not None and len(pending.clients) < MAX_WAITERS:
             pending.clients.append(client)
             return
-        if not self.upstreams or len(self.pending) >= MAX_PENDING:
-            self._fail_client(client)
+        if len(self.pending) >= MAX_PENDING or not any(u.failures == 0 for u in self.health):
+            self._give_up_clients(key, [client], now)  # offline: stale or SERVFAIL at once
             return
-        qid = random.getrandbits(16)
-        while qid in self.pending:
-            qid = random.getrandbits(16)
+        qid = self._new_id()
         packet = wire.make_query(qid, query.qname, query.qtype, query.qclass,
-                                 flags=wire.RD | (query.flags & wire.CD))
-        pending = Pending(qid, key, packet)
+                                 flags=wire.RD | (query.flags & wire.CD),
+                                 do_bit=query.edns_do, options=key[5])
+        pending = Pending(qid, key, packet, now)
         pending.clients.append(client)
         self.pending[qid] = pending
         self.by_key[key] = pending
         self._send_next(pending, now)
 
+    def _new_id(self) -> int:
+        # os.urandom: unpredictable IDs (spoofing), and no `random` module (and the
+        # hashlib it imports) resident in the service
+        qid = int.from_bytes(os.urandom(2), "big")
+        while qid in self.pending:
+            qid = int.from_bytes(os.urandom(2), "big")
+        return qid
+
+    def _choose(self, pending: Pending, now: float) -> Upstream | None:
+        """The first upstream not yet tried for this query and not known to be down."""
+        if pending.probe:
+            return None if pending.tried else pending.target
+        for upstream in self.health:
+            if upstream.failures == 0 and upstream not in pending.tried:
+                return upstream
+        return None
+
+    def _probe_down_upstreams(self, now: float) -> None:
+        """A background query to each down upstream whose back-off has run out."""
+        for upstream in self.health:
+            if upstream.failures and not upstream.trial and upstream.down_until <= now \
+                    and len(self.pending) < MAX_PENDING:
+                upstream.trial = True
+                qid = self._new_id()
+                packet = wire.make_query(qid, b"\x00", wire.NS, wire.CLASS_IN, flags=0)
+                pending = Pending(qid, (b"\x00", wire.NS, wire.CLASS_IN), packet, now)
+                pending.probe = True
+                pending.target = upstream
+                self.pending[qid] = pending
+                self._send_next(pending, now)
+
     def _send_next(self, pending: Pending, now: float) -> None:
-        """Try the next upstream; when none is left, SERVFAIL every waiting client."""
+        """Try the next upstream; when none is left, stale answers or SERVFAIL."""
         self._close_sockets(pending)
-        while True:
-            pending.upstream += 1
-            if pending.upstream >= len(self.upstreams):
-                self._finish(pending)
-                self.failures += 1
-                if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
-                    log.warning("no upstream answered %s (%d such failures so far)",
-                                wire.decode_name(pending.key[0]) or ".", self.failures)
-                for client in pending.clients:
-                    self._fail_client(client)
-                return
-            pending.target = self.upstreams[pending.upstream]
-            family = socket.AF_INET6 if ":" in pending.target[0] else socket.AF_INET
+        end = pending.started + self.budget
+        while now < end:
+            upstream = self._choose(pending, now)
+            if upstream is None:
+                break
+            pending.tried.append(upstream)
+            target = upstream.target
+            family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
             try:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
             except OSError as err:  # out of descriptors: this query fails, the loop lives
                 log.warning("cannot open an upstream socket: %s", err.strerror)
-                continue
+                upstream.trial = False
+                break
             try:
                 sock.setblocking(False)
-                sock.connect(pending.target)
+                sock.connect(target)
                 sock.send(pending.packet)
             except OSError:
                 sock.close()
+                self._failed(upstream, now, "unreachable")
                 continue  # unreachable right now: the next upstream
+            requests = self.stats.requests
+            requests[upstream.label] = requests.get(upstream.label, 0) + 1
             self.selector.register(sock, selectors.EVENT_READ, pending)
             pending.socket = sock
-            pending.deadline = now + self.timeout
+            pending.target = upstream
+            pending.deadline = min(now + self.timeout, end)
             return
+        self._finish(pending)
+        if not pending.probe:
+            self._give_up_clients(pending.key, pending.clients, now, bool(pending.tried))
+
+    def _give_up_clients(self, key: Key, clients: list[Client], now: float,
+                         tried: bool = False) -> None:
+        """No upstream answered: serve the stale answer if there is one, else SERVFAIL."""
+        stats = self.stats
+        entry = self.cache.stale(key, now)
+        if entry is not None:
+            stats.stale += len(clients)
+            for client in clients:
+                self.send(client, relay(entry, client[2], client[3], now, stale=True))
+            return
+        stats.servfail += len(clients)
+        if not tried:
+            stats.fast_fail += len(clients)
+        if stats.servfail in (1, 10, 100) or stats.servfail % 1000 == 0:
+            log.warning("no upstream answered %s (%d such failures so far)",
+                        wire.decode_name(key[0]) or ".", stats.servfail)
+        for client in clients:
+            self._fail_client(client)
+
+    def _failed(self, upstream: Upstream, now: float, reason: str) -> None:
+        """An upstream timed out or is unreachable: skip it for a while."""
+        key = (upstream.label, reason)
+        self.stats.failures[key] = self.stats.failures.get(key, 0) + 1
+        upstream.trial = False
+        upstream.failures += 1
+        backoff = min(BACKOFF_MIN * 2 ** (upstream.failures - 1), BACKOFF_MAX)
+        upstream.down_until = now + backoff
+        if upstream.failures == 1:
+            log.warning("upstream %s %s: skipped, tried again in %.0f s and then backing off",
+                        upstream.label, "does not answer" if reason == "timeout"
+                        else "is unreachable", backoff)
+
+    def _answered(self, upstream: Upstream, rcode: int) -> None:
+        key = (upstream.label, RCODE_NAMES.get(rcode, str(rcode)))
+        self.stats.responses[key] = self.stats.responses.get(key, 0) + 1
+        upstream.trial = False
+        if upstream.failures:
+            log.info("upstream %s answers again", upstream.label)
+            upstream.failures = 0
+            upstream.down_until = 0.0
 
     def _finish(self, pending: Pending) -> None:
         self._close_sockets(pending)
         self.pending.pop(pending.qid, None)
         if self.by_key.get(pending.key) is pending:
             del self.by_key[pending.key]
+        if pending.probe and pending.target is not None:
+            pending.target.trial = False  # a probe that ended without a verdict
 
     def _close_sockets(self, pending: Pending) -> None:
         sock, pending.socket = pending.socket, None
@@ -325,12 +402,14 @@ class Forwarder:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # ICMP unreachable: this upstream is down, try the next now
+                if pending.target is not None:
+                    self._failed(pending.target, now, "unreachable")
                 self._send_next(pending, now)
                 return
             parsed = self._check(pending, data)
             if parsed is None:
                 continue  # not an answer to this question: keep waiting
-            if parsed.flags & wire.TC:
+            if parsed.flags & wire.TC and not pending.probe:
                 self._start_tcp(pending, now)
             else:
                 self._complete(pending, data, parsed, now)
@@ -343,22 +422,27 @@ class Forwarder:
         except wire.FormatError:
             return None
         if parsed.id != pending.qid or \
-                (parsed.qname.lower(), parsed.qtype, parsed.qclass) != pending.key:
+                (parsed.qname.lower(), parsed.qtype, parsed.qclass) != pending.key[:3]:
             return None
         return parsed
 
     def _complete(self, pending: Pending, data: bytes, parsed: wire.Parsed, now: float) -> None:
-        if parsed.rcode in RETRY_RCODES and pending.upstream + 1 < len(self.upstreams):
+        if pending.target is not None:
+            self._answered(pending.target, parsed.rcode)
+        if pending.probe:
+            self._finish(pending)
+            return
+        # Another upstream may do better; failing that, a stale answer beats SERVFAIL.
+        if parsed.rcode in RETRY_RCODES and (
+                any(u not in pending.tried and u.failures == 0 for u in self.health)
+                or self.cache.stale(pending.key, now) is not None):
             self._send_next(pending, now)
             return
         self._finish(pending)
-        entry = CacheEntry(data, parsed, now, now)
-        ttl = cache_ttl(parsed)
+        ttl, negative = cache_ttl(parsed, data)
+        entry = Entry(data, parsed, now, now + ttl, negative)
         if ttl > 0:
-            entry.expires = now + ttl
-            if len(self.cache) >= CACHE_ENTRIES:
-                self._evict(now)
-            self.cache[pending.key] = entry
+            self.cache.put(pending.key, entry)
         for client in pending.clients:
             self.send(client, relay(entry, client[2], client[3], now))
 
@@ -366,17 +450,26 @@ class Forwarder:
 
     def _start_tcp(self, pending: Pending, now: float) -> None:
         self._close_sockets(pending)
-        family = socket.AF_INET6 if ":" in pending.target[0] else socket.AF_INET
+        self.stats.tcp_retries += 1
+        target = pending.target
+        assert target is not None
+        family = socket.AF_INET6 if ":" in target.target[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
-        err = sock.connect_ex(pending.target)
+        err = sock.connect_ex(target.target)
         if err not in (0, errno.EINPROGRESS):
             sock.close()
-            self._send_next(pending, now)
+            self._tcp_failed(pending, now)
             return
         pending.tcp = TcpFetch(pending, sock)
-        pending.deadline = now + self.timeout
+        pending.deadline = min(now + self.timeout, pending.started + self.budget)
         self.selector.register(sock, selectors.EVENT_WRITE, pending.tcp)
+
+    def _tcp_failed(self, pending: Pending, now: float) -> None:
+        if pending.target is not None:
+            key = (pending.target.label, "tcp")
+            self.stats.failures[key] = self.stats.failures.get(key, 0) + 1
+        self._send_next(pending, now)
 
     def on_tcp_event(self, fetch: TcpFetch, mask: int, now: float) -> None:
         pending = fetch.pending
@@ -396,10 +489,10 @@ class Forwarder:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._send_next(pending, now)
+            self._tcp_failed(pending, now)
             return
         if not chunk:
-            self._send_next(pending, now)
+            self._tcp_failed(pending, now)
             return
         fetch.inbuf += chunk
         if len(fetch.inbuf) < 2:
@@ -410,7 +503,7 @@ class Forwarder:
         data = bytes(fetch.inbuf[2:2 + size])
         parsed = self._check(pending, data)
         if parsed is None:
-            self._send_next(pending, now)
+            self._tcp_failed(pending, now)
             return
         self._close_sockets(pending)
         self._complete(pending, data, parsed, now)
@@ -421,13 +514,7 @@ class Forwarder:
             self._unregister(fetch.sock)
             fetch.sock.close()
 
-    # -- housekeeping
-
-    def _evict(self, now: float) -> None:
-        for key in [k for k, e in self.cache.items() if e.expires <= now]:
-            del self.cache[key]
-        while len(self.cache) >= CACHE_ENTRIES:
-            del self.cache[next(iter(self.cache))]  # the oldest insertion
+    # -- time
 
     def next_deadline(self) -> float | None:
         if not self.pending:
@@ -436,4 +523,9 @@ class Forwarder:
 
     def on_timer(self, now: float) -> None:
         for pending in [p for p in self.pending.values() if p.deadline <= now]:
+            if pending.tcp is not None:
+                self._tcp_failed(pending, now)
+                continue
+            if pending.target is not None:
+                self._failed(pending.target, now, "timeout")
             self._send_next(pending, now)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import logging
 import os
 import selectors
 import socket
@@ -21,7 +20,10 @@ import time
 from .. import store
 from . import wire
 from .answers import Names
-from .forwarder import Client, Forwarder, Pending, TcpFetch
+from .cache import DEFAULT_STALE_FOR
+from .forwarder import DEFAULT_TIMEOUT, Client, Forwarder, Pending, TcpFetch
+from .log import log
+from .metrics import Counts, Histogram
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,10 +31,9 @@ if TYPE_CHECKING:
 
     from .acl import Acl
 
-log = logging.getLogger("smarter-cni.dns")
 
 UDP_BATCH = 64
-FAST_CACHE_LIMIT = 8192
+FAST_CACHE_LIMIT = 4096      # complete answers kept per transport (~300 B each), then cleared
 FORWARDED_FAST_TTL = 1.0     # how stale a byte-cached forwarded answer's TTLs may get
 TCP_MAX_CONNECTIONS = 64
 TCP_IDLE_TIMEOUT = 10.0
@@ -58,11 +59,12 @@ class Conn:
 
 
 class Stats:
-    __slots__ = ("queries", "cached", "forwarded", "refused", "malformed", "reloads", "errors")
+    __slots__ = ("queries", "cached", "misses", "forwarded", "refused", "malformed", "reloads",
+                 "registry_errors", "errors")
 
     def __init__(self) -> None:
-        self.queries = self.cached = self.forwarded = 0
-        self.refused = self.malformed = self.reloads = self.errors = 0
+        self.queries = self.cached = self.misses = self.forwarded = 0
+        self.refused = self.malformed = self.reloads = self.registry_errors = self.errors = 0
 
     def __str__(self) -> str:
         return " ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
@@ -71,7 +73,9 @@ class Stats:
 class Server:
     def __init__(self, listen: str, port: int, state_dir: str, domain: str,
                  subnet: int, prefix: int, acl: Acl, upstreams: list[tuple[str, int]],
-                 upstream_timeout: float = 2.0, resolv_conf: str | None = None) -> None:
+                 upstream_timeout: float = DEFAULT_TIMEOUT, resolv_conf: str | None = None,
+                 stale_for: float = DEFAULT_STALE_FOR,
+                 metrics_at: tuple[str, int] | None = None) -> None:
         self.listen = listen
         self.port = port
         self.state_dir = state_dir
@@ -81,24 +85,46 @@ class Server:
         self.prefix = prefix
         self.acl = acl
         self.stats = Stats()
+        self.counts = Counts()        # answers by (proto, qtype, rcode), for /metrics
+        self.latency = Histogram()    # time from reading a query to its answer
+        self.server_label = f"dns://{listen}:{port}"
+        self.deferred = 0             # queries handed to the forwarder (answered later)
         self.stop = False
         self.log_stats = False  # set by SIGUSR1
         self.names = Names({}, {}, domain, subnet, prefix)
         self.memo: dict[str, Any] = {}  # attachment key -> (record, encoded contribution)
         self.signature: Any = ()
-        self.udp_cache: dict[bytes, tuple[bytes, float]] = {}
-        self.tcp_cache: dict[bytes, tuple[bytes, float]] = {}
+        # query minus ID -> (response minus ID, valid until, Counts slot)
+        self.udp_cache: dict[bytes, tuple[bytes, float, int]] = {}
+        self.tcp_cache: dict[bytes, tuple[bytes, float, int]] = {}
+        self.turns: dict[bytes, int] = {}  # name -> answers given, for rotating several A records
         self.conns: dict[int, Conn] = {}
         self.selector = selectors.DefaultSelector()
         self.forwarder = Forwarder(upstreams, self._deliver, self.selector, upstream_timeout,
-                                   resolv_conf, {(listen, port), (listen, 53)})
+                                   resolv_conf, {(listen, port), (listen, 53)}, stale_for)
         self.udp = self._bind(socket.SOCK_DGRAM)
         self.tcp = self._bind(socket.SOCK_STREAM)
         self.tcp.listen(TCP_BACKLOG)
         self.selector.register(self.udp, selectors.EVENT_READ, "udp")
         self.selector.register(self.tcp, selectors.EVENT_READ, "accept")
         self.wake_fd = -1
+        self.http: Any = None
+        if metrics_at is not None:
+            self.start_http(*metrics_at)
         self.refresh_registry()
+
+    def start_http(self, address: str, port: int) -> bool:
+        """Serve /metrics, /healthz, /readyz; a port in use costs the metrics, not the DNS."""
+        from .health import Endpoint
+
+        try:
+            self.http = Endpoint(self, address, port)
+        except OSError as err:
+            log.error("cannot serve metrics and health on %s:%d: %s (DNS is served "
+                      "regardless; set --metrics ADDR:PORT or --metrics off)",
+                      address, port, err.strerror)
+            return False
+        return True
 
     def _bind(self, kind: int) -> socket.socket:
         sock = socket.socket(socket.AF_INET, kind)
@@ -142,11 +168,13 @@ class Server:
         except Exception as err:  # a bad file keeps the last good names
             log.warning("cannot read the registry %s: %s", self.registry_path, err)
             self.signature = signature
+            self.stats.registry_errors += 1
             return
         self.signature = signature
         self.names = names
         self.udp_cache.clear()
         self.tcp_cache.clear()
+        self.turns.clear()
         self.stats.reloads += 1
         # The tables are long-lived and acyclic: keep the cyclic collector from
         # rescanning them while it chases the loop's short-lived tuples.
@@ -164,6 +192,8 @@ class Server:
         udp_cache = self.udp_cache
         allowed = self.acl.allowed
         stats = self.stats
+        counts = self.counts.values
+        monotonic = time.monotonic
         next_sweep = time.monotonic() + 1.0
         while not self.stop:
             # Waking now and then while idle reloads a changed registry before
@@ -202,19 +232,26 @@ class Server:
                         self.forwarder.on_tcp_event(what, mask, now)
                     except Exception as err:
                         self._bug(err)
-                else:
+                elif isinstance(what, Conn):
                     try:
                         self._on_conn_event(what, mask, now, frames)
+                    except Exception as err:
+                        self._bug(err)
+                else:  # the HTTP endpoint, its clients, readiness probes
+                    try:
+                        what.on_event(mask, now)
                     except Exception as err:
                         self._bug(err)
             # Read first, then check the registry: nothing read above predates this stat.
             self.refresh_registry()
             hits = 0
+            deferred = self.deferred
             for data, address in batch:
                 if address[0] in allowed:
                     hit = udp_cache.get(data[2:])
                     if hit is not None and hit[1] > now:
                         hits += 1
+                        counts[hit[2]] += 1
                         try:
                             sendto(data[:2] + hit[0], address)
                         except OSError:
@@ -233,6 +270,10 @@ class Server:
                         self._answer(frame, (conn, None), now)
                     except Exception as err:
                         self._bug(err)
+            answered = len(batch) + len(frames) - (self.deferred - deferred)
+            if answered:
+                # Each query's time is at most the batch's: read at `now`, all sent by now.
+                self.latency.observe(monotonic() - now, answered)
             for pending in upstream:
                 try:
                     self.forwarder.on_udp_event(pending, now)
@@ -243,10 +284,15 @@ class Server:
                     self.forwarder.on_timer(now)
                 except Exception as err:
                     self._bug(err)
+            http = self.http
+            if http is not None and http.probes:
+                http.tick(now)
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._sweep_idle(now)
-                self.forwarder.check_resolv_conf()
+                if http is not None:
+                    http.tick(now)
+                self.forwarder.housekeeping(now)
                 if self.log_stats:
                     self.log_stats = False
                     log.info("stats: %s; %d names; %d TCP clients; %d cached upstream answers",
@@ -260,6 +306,8 @@ class Server:
             log.debug("details", exc_info=err)
 
     def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
         for conn in list(self.conns.values()):
             self._close_conn(conn)
         self.forwarder.close()
@@ -273,45 +321,82 @@ class Server:
         """Slow path: parse, ACL, answer or forward; cache what can be cached."""
         transport, address = where
         is_udp = address is not None
+        proto = "udp" if is_udp else "tcp"
         source = address[0] if is_udp else transport.source
         if not self.acl.allows(source, now):
             self.stats.refused += 1
-            self._send(where, wire.error_response(data, wire.REFUSED))
+            self._reply(where, proto, -1, wire.REFUSED, wire.error_response(data, wire.REFUSED))
             return
+        cache = self.udp_cache if is_udp else self.tcp_cache
+        if not is_udp:
+            hit = cache.get(data[2:])
+            if hit is not None and hit[1] > now:
+                self.stats.cached += 1
+                self.counts.values[hit[2]] += 1
+                self._send(where, data[:2] + hit[0])
+                return
+        self.stats.misses += 1
         try:
             query = wire.parse_query(data)
         except wire.FormatError:
             self.stats.malformed += 1
-            self._send(where, wire.error_response(data, wire.FORMERR))
+            self._reply(where, proto, -1, wire.FORMERR, wire.error_response(data, wire.FORMERR))
             return
         if query.flags & wire.QR:
             return  # never answer a response
         if query.opcode != 0:
-            self._send(where, wire.error_response(data, wire.NOTIMP))
+            self._reply(where, proto, query.qtype, wire.NOTIMP,
+                        wire.error_response(data, wire.NOTIMP))
             return
         limit = query.udp_limit() if is_udp else None
-        cache = self.udp_cache if is_udp else self.tcp_cache
         if len(cache) >= FAST_CACHE_LIMIT:
             cache.clear()  # e.g. a stream of queries with random EDNS cookies
         if query.edns and query.edns_version > 0:
-            self._send(where, wire.build_response(query, wire.BADVERS, authoritative=False))
+            self._reply(where, proto, query.qtype, wire.BADVERS,
+                        wire.build_response(query, wire.BADVERS, authoritative=False))
             return
         answer = self.names.answer(query)
         if answer is not None:
-            response = wire.build_response(query, answer.rcode, answer.answers,
+            records = answer.answers
+            if len(records) > 1:
+                # Several pods with one name: rotate one step per answer, so
+                # clients that take the first address spread over them.
+                turn = self.turns.get(query.key, 0)
+                self.turns[query.key] = turn + 1
+                shift = turn % len(records)
+                records = records[shift:] + records[:shift]
+            response = wire.build_response(query, answer.rcode, records,
                                            answer.authority, True, limit)
-            cache[data[2:]] = (response[2:], FOREVER)
+            slot = self.counts.slot(proto, query.qtype, answer.rcode)
+            self.counts.values[slot] += 1
+            if len(records) <= 1:
+                cache[data[2:]] = (response[2:], FOREVER, slot)
             self._send(where, response)
             return
         self.stats.forwarded += 1
         response, valid = self.forwarder.cached(query, limit, now)
         if response is not None:
-            cache[data[2:]] = (response[2:], now + min(valid, FORWARDED_FAST_TTL))
+            slot = self.counts.slot(proto, query.qtype, response[3] & 0xF)
+            self.counts.values[slot] += 1
+            if valid > 0:
+                cache[data[2:]] = (response[2:], now + min(valid, FORWARDED_FAST_TTL), slot)
             self._send(where, response)
             return
-        self.forwarder.ask(query, (transport, address, query, limit), now)
+        self.deferred += 1
+        self.forwarder.ask(query, (transport, address, query, limit, now), now)
+
+    def _reply(self, where: tuple[Any, Any], proto: str, qtype: int, rcode: int,
+               response: bytes | None) -> None:
+        """An error answer, counted (none is sent for packets too short to answer)."""
+        if response is not None:
+            self.counts.add(proto, qtype, rcode)
+        self._send(where, response)
 
     def _deliver(self, client: Client, response: bytes) -> None:
+        """A forwarded query's answer (or SERVFAIL, or a stale answer) is ready."""
+        self.counts.add("udp" if client[1] is not None else "tcp", client[2].qtype,
+                        response[3] & 0xF)
+        self.latency.observe(time.monotonic() - client[4])
         self._send((client[0], client[1]), response)
 
     def _send(self, where: tuple[Any, Any], response: bytes | None) -> None:

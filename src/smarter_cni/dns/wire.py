@@ -52,7 +52,7 @@ class Query:
     """One parsed query. `qname` keeps the client's case; `key` is lowercased."""
 
     __slots__ = ("id", "flags", "qname", "qtype", "qclass", "question", "edns",
-                 "edns_payload", "edns_version", "edns_do")
+                 "edns_payload", "edns_version", "edns_do", "edns_options")
 
     def __init__(self) -> None:
         self.id = 0
@@ -65,6 +65,7 @@ class Query:
         self.edns_payload = CLASSIC_UDP_LIMIT
         self.edns_version = 0
         self.edns_do = False
+        self.edns_options = b""  # the OPT record's RDATA: option TLVs, as sent
 
     @property
     def key(self) -> bytes:
@@ -154,7 +155,7 @@ def parse_query(data: bytes) -> Query:
         offset = skip_record(data, offset)[4]
     for _ in range(arcount):
         start = offset
-        rtype, rclass, ttl, _, offset = skip_record(data, offset)
+        rtype, rclass, ttl, rdata, offset = skip_record(data, offset)
         if rtype == OPT:
             if query.edns or data[start] != 0:
                 raise FormatError("more than one OPT record, or one not at the root")
@@ -162,6 +163,7 @@ def parse_query(data: bytes) -> Query:
             query.edns_payload = rclass
             query.edns_version = (ttl >> 16) & 0xFF
             query.edns_do = bool(ttl & EDNS_DO)
+            query.edns_options = data[rdata:offset]
     return query
 
 
@@ -191,10 +193,41 @@ def decode_name(wire: bytes) -> str:
     return ".".join(labels)
 
 
-def opt_record(do_bit: bool = False, ext_rcode: int = 0) -> bytes:
-    """Our OPT pseudo-record: root name, advertised payload, no options."""
+def opt_record(do_bit: bool = False, ext_rcode: int = 0, options: bytes = b"") -> bytes:
+    """Our OPT pseudo-record: root name, advertised payload, `options` (TLVs)."""
     ttl = (ext_rcode << 24) | (EDNS_DO if do_bit else 0)
-    return b"\x00" + RR_FIXED.pack(OPT, OUR_EDNS_PAYLOAD, ttl, 0)
+    return b"\x00" + RR_FIXED.pack(OPT, OUR_EDNS_PAYLOAD, ttl, len(options)) + options
+
+
+# EDNS options that belong to one hop (RFC 7873 cookie, RFC 7828 keepalive,
+# RFC 7830 padding): never relayed between client and upstream.
+HOP_BY_HOP_OPTIONS = frozenset((10, 11, 12))
+OPTION_EDE = 15             # RFC 8914 extended DNS error
+EDE_STALE_ANSWER = 3
+
+
+def end_to_end_options(rdata: bytes) -> bytes:
+    """The option TLVs of an OPT RDATA minus the hop-by-hop ones ('' if malformed)."""
+    if not rdata:
+        return b""
+    kept = []
+    offset = 0
+    size = len(rdata)
+    while offset < size:
+        if offset + 4 > size:
+            return b""
+        code, length = TYPE_CLASS.unpack_from(rdata, offset)
+        end = offset + 4 + length
+        if end > size:
+            return b""
+        if code not in HOP_BY_HOP_OPTIONS:
+            kept.append(rdata[offset:end])
+        offset = end
+    return b"".join(kept)
+
+
+def ede_option(info_code: int) -> bytes:
+    return TYPE_CLASS.pack(OPTION_EDE, 2) + info_code.to_bytes(2, "big")
 
 
 def record(owner: bytes, rtype: int, ttl: int, rdata: bytes, rclass: int = CLASS_IN) -> bytes:
@@ -252,10 +285,13 @@ def error_response(data: bytes, rcode: int) -> bytes | None:
 
 
 def make_query(qid: int, qname: bytes, qtype: int, qclass: int, flags: int = RD,
-               payload: int = OUR_EDNS_PAYLOAD) -> bytes:
-    """A query as we send it upstream (one question, an OPT record)."""
+               payload: int = OUR_EDNS_PAYLOAD, do_bit: bool = False,
+               options: bytes = b"") -> bytes:
+    """A query as we send it upstream (one question, an OPT record with the
+    client's DO bit and its end-to-end options)."""
     return (HEADER.pack(qid, flags, 1, 0, 0, 1) + qname + TYPE_CLASS.pack(qtype, qclass)
-            + b"\x00" + RR_FIXED.pack(OPT, payload, 0, 0))
+            + b"\x00" + RR_FIXED.pack(OPT, payload, EDNS_DO if do_bit else 0, len(options))
+            + options)
 
 
 class Parsed:
@@ -306,3 +342,12 @@ def parse_response(data: bytes) -> Parsed:
 
 def soa_rdata(mname: bytes, rname: bytes, serial: int, minimum: int) -> bytes:
     return mname + rname + struct.pack("!IIIII", serial, 3600, 600, 86400, minimum)
+
+
+def soa_minimum(data: bytes, rdata: int) -> int:
+    """The MINIMUM field of the SOA whose RDATA starts at `rdata` (RFC 2308 negative TTL)."""
+    _, offset = read_name(data, rdata)
+    _, offset = read_name(data, offset)
+    if offset + 20 > len(data):
+        raise FormatError("truncated SOA")
+    return struct.unpack_from("!I", data, offset + 16)[0]
