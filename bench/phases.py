@@ -153,6 +153,24 @@ def fmt(stat: dict[str, float]) -> str:
     return f"{stat['median']:.2f} ({stat['p10']:.2f}-{stat['p90']:.2f})"
 
 
+def fs_type(path: str) -> str:
+    """The file system type of the mount holding `path` (from /proc/self/mounts)."""
+    best, kind = "", "?"
+    try:
+        with open("/proc/self/mounts") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 2 and path.startswith(fields[1]) and len(fields[1]) > len(best):
+                    best, kind = fields[1], fields[2]
+    except OSError:
+        pass
+    return kind
+
+
+def tmpfs_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and fs_type("/dev/shm") == "tmpfs" else ""
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -166,10 +184,15 @@ class Run:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="smarter-cni-phases-"))
         self.run_id = common.token(6)
-        self.state_dir = self.tmp / "state"
+        # A node's state dir (/run) is tmpfs; here /run may be on disk, so use /dev/shm
+        self.shm = Path(tempfile.mkdtemp(prefix="smarter-cni-phases-", dir=tmpfs_dir())) \
+            if tmpfs_dir() else None
+        self.state_dir = (self.shm or self.tmp) / "state"
         self.state_dir.mkdir(mode=0o700)
-        self.scratch = self.tmp / "scratch-state"
-        self.scratch.mkdir(mode=0o700)
+        self.scratch = {"tmpfs": self.shm / "scratch"} if self.shm else {}
+        self.scratch[f"disk ({fs_type(str(self.tmp))} {self.tmp.parent})"] = self.tmp / "scratch"
+        for directory in self.scratch.values():
+            directory.mkdir(mode=0o700)
         self.src = Path(args.src).resolve()
         self.bin_dir = common.make_bin_dir(self.tmp / "bin", args.python, self.src)
         self.netns = common.Namespaces(f"scp{self.run_id}")
@@ -177,6 +200,8 @@ class Run:
             subnets = common.free_subnets(3, 24)
         except RuntimeError:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.shm:
+                shutil.rmtree(self.shm, ignore_errors=True)
             raise
         self.network = f"scp-s-{self.run_id}"
         self.bridge = f"scpS{self.run_id}"
@@ -247,6 +272,8 @@ class Run:
         if leftover:
             problems.append(f"removed {leftover} leftover iptables rules")
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.shm:
+            shutil.rmtree(self.shm, ignore_errors=True)
         return problems
 
 
@@ -527,31 +554,44 @@ class InProcess:
             os.close(fd)
             os.close(home)
 
-    def state_io(self, records: int, repeats: int) -> dict[str, Any]:
-        """One transaction (lock, read, write, unlock) with `records` attachments in the file."""
+    def state_io_all(self, sizes: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+        out = []
+        for where, directory in self.run.scratch.items():
+            for row in self.state_io(directory, sizes, repeats):
+                out.append(dict(row, where=where))
+        return out
+
+    def state_io(self, scratch: Path, sizes: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+        """One transaction (lock, read, write, unlock) with N attachments in the file, the
+        sizes interleaved round by round (each in its own scratch dir)."""
         store = self.store
-        directory = str(self.run.scratch)
-        state = store.empty_state()
-        for i in range(records):
-            cid = f"{i:064x}"
-            state["attachments"][f"net/{cid}/eth0"] = {
-                "network": "net", "mode": "bridge", "container_id": cid, "ifname": "eth0",
-                "netns": f"/var/run/netns/cni-{i:08x}-aaaa-bbbb-cccc-dddddddddddd",
-                "host_ifname": f"sm{i:013x}", "ips": [f"10.42.{i // 250}.{i % 250 + 2}/16"],
-                "gateway": "10.42.0.1", "mac": "0a:58:0a:2a:00:05",
-                "pod": {"name": f"pod-{i}", "namespace": "default", "uid": f"{i:032x}",
-                        "hostname": ""}, "domain": "cluster.local", "ready": True,
-                "created": 1732790000.0 + i}
         self.clock = None
-        store.save(state, directory)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            with store.Transaction(directory) as tx:
-                tx.dirty = True
-            times.append(time.perf_counter() - start)
-        return {"records": records, "bytes": os.path.getsize(store.records_path(directory)),
-                "tx": stats(times)}
+        dirs = {}
+        for records in sizes:
+            directory = scratch / str(records)
+            directory.mkdir(mode=0o700)
+            state = store.empty_state()
+            for i in range(records):
+                cid = f"{i:064x}"
+                state["attachments"][f"net/{cid}/eth0"] = {
+                    "network": "net", "mode": "bridge", "container_id": cid, "ifname": "eth0",
+                    "netns": f"/var/run/netns/cni-{i:08x}-aaaa-bbbb-cccc-dddddddddddd",
+                    "host_ifname": f"sm{i:013x}", "ips": [f"10.42.{i // 250}.{i % 250 + 2}/16"],
+                    "gateway": "10.42.0.1", "mac": "0a:58:0a:2a:00:05",
+                    "pod": {"name": f"pod-{i}", "namespace": "default", "uid": f"{i:032x}",
+                            "hostname": ""}, "domain": "cluster.local", "ready": True,
+                    "created": 1732790000.0 + i}
+            store.save(state, str(directory))
+            dirs[records] = str(directory)
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for r in range(repeats):
+            for records in (sizes if r % 2 == 0 else sizes[::-1]):
+                start = time.perf_counter()
+                with store.Transaction(dirs[records]) as tx:
+                    tx.dirty = True
+                times[records].append(time.perf_counter() - start)
+        return [{"records": n, "bytes": os.path.getsize(store.records_path(dirs[n])),
+                 "tx": stats(times[n])} for n in sizes]
 
 
 # ---------------------------------------------------------------- 2. execs
@@ -850,8 +890,9 @@ def measure(run: Run) -> dict[str, Any]:
                             "setns pair (into the pod netns and back)": stats(setns)}
     results["execs"] = {name: {"wall": stats(v), "cpu": stats(execs.cpu[name])}
                         for name, v in execs.samples.items()}
-    results["importtime"] = importtime(run, spaces[0], max(1, min(5, rounds)))
-    results["state_io"] = [inproc.state_io(n, max(5, rounds)) for n in (0, 120, 250)]
+    results["importtime"] = importtime(run, spaces[0], max(1, min(9, rounds)))
+    results["state_io"] = inproc.state_io_all((0, 120, 250), max(9, rounds))
+    results["state_dir"] = f"{run.state_dir} ({fs_type(str(run.state_dir))})"
     results["load"]["end"] = loadavg()
     results["pi_factors"] = parse_factors(args.pi_factors)
     return results
@@ -914,7 +955,8 @@ def report(results: dict[str, Any]) -> str:
     lines = [f"smarter-cni phase bench — {m['date_utc']}, nproc {m['nproc']}, kernel {m['kernel']}, "
              f"{m['cpu']}, plugin python {results['python']}, bench python {m['python']}, "
              f"{results['rounds']} rounds",
-             f"plugin from {results['src']} (checkout at {results['git_head']})",
+             f"plugin from {results['src']} (checkout at {results['git_head']}); "
+             f"state dir {results['state_dir']}",
              "load average: " + ", ".join(f"{k} {v}" for k, v in results["load"].items()),
              "All times ms: median (p10-p90) over interleaved rounds.", ""]
     factors = results["pi_factors"]
@@ -960,8 +1002,9 @@ def report(results: dict[str, Any]) -> str:
         top = [r for r in data["modules"] if not r["at_interpreter_start"]][:14]
         lines.append("  " + ", ".join(f"{r['module']} {r['self_ms']:.2f}" for r in top))
     lines.append("\n4. State I/O: one transaction (lock, read, write, unlock) by records in the file")
-    lines.append(common.table(["records", "bytes", "tx ms"],
-                              [[s["records"], s["bytes"], fmt(s["tx"])] for s in results["state_io"]]))
+    lines.append(common.table(["where", "records", "bytes", "tx ms"],
+                              [[s["where"], s["records"], s["bytes"], fmt(s["tx"])]
+                               for s in results["state_io"]]))
     return "\n".join(lines)
 
 
