@@ -81,7 +81,10 @@ def test_phases_quick(tmp_path: Path) -> None:
     assert execs["ADD smarter-cni, stale stamp"]["wall"]["median"] > \
         execs["floor: python3 -I -S -c pass (the launcher's flags)"]["wall"]["min"]
     assert data["importtime"]["ADD"]["smarter_cni_count"] >= 5
-    assert [s["records"] for s in data["state_io"]] == [0, 120, 250]
+    tmpfs = [s for s in data["state_io"] if s["where"] == "tmpfs"]
+    assert [s["records"] for s in tmpfs] == [0, 120, 250], data["state_io"]
+    assert tmpfs[0]["bytes"] < tmpfs[1]["bytes"] < tmpfs[2]["bytes"]
+    assert data["state_dir"].endswith("(tmpfs)"), data["state_dir"]
 
     assert not {n for n in _netns() - before_ns if n.startswith("scp")}
     assert not {n for n in set(os.listdir("/sys/class/net")) - before_links if n.startswith("scp")}
