@@ -68,8 +68,12 @@ _out = __import__("os").environ.get("SCB_PHASES_OUT")
 if _out:
     with open(_out, "a") as _handle:
         _handle.write(f"{{_start}} {{_imported}} {{_done}}\\n")
-sys.exit(_code)
+{ending}
 """
+# how the timing launcher ends: as the real launcher does, or (a prototype of a leaner exec)
+# flushing stdout and leaving through os._exit, which skips the interpreter's teardown
+ENDINGS = {"": "sys.exit(_code)",
+           "-exit": "sys.stdout.flush()\nsys.stderr.flush()\n__import__('os')._exit(_code)"}
 
 DISCOVER_LAUNCHER = """#!{python} -IS
 import sys
@@ -638,8 +642,21 @@ class Execs:
         self.timing_bin = run.tmp / "bin-timing"
         self.timing_bin.mkdir()
         for command in ("ADD", "DEL"):
-            write_script(self.timing_bin / f"smarter-cni-{command}", TIMING_LAUNCHER.format(
-                python=run.args.python, root=str(run.src), preimport=preimport[command]))
+            for suffix, ending in ENDINGS.items():
+                write_script(self.timing_bin / f"smarter-cni-{command}{suffix}", TIMING_LAUNCHER.format(
+                    python=run.args.python, root=str(run.src), preimport=preimport[command],
+                    ending=ending))
+        # the per-module cost of an import: 24 empty modules against 1
+        self.modules = run.tmp / "empty-modules"
+        self.modules.mkdir()
+        for i in range(24):
+            (self.modules / f"scpempty{i}.py").write_text("")
+        self.import_lines = {
+            "1": f"import sys; sys.path.insert(0, {str(self.modules)!r}); import scpempty0",
+            "24": f"import sys; sys.path.insert(0, {str(self.modules)!r}); "
+                  + "; ".join(f"import scpempty{i}" for i in range(24))}
+        for line in self.import_lines.values():  # writes the bytecode caches
+            subprocess.run([run.args.python, "-I", "-S", "-c", line], check=True)
         self.clients = {
             how: write_script(run.tmp / f"thin-client-{n}", THIN_CLIENT.format(
                 python=run.args.python, path=str(run.tmp / "service.sock"), exit=line))
@@ -666,7 +683,7 @@ class Execs:
                               self.run.pod_args(container_id), extra)
 
     def smarter(self, label: str, command: str, container_id: str, netns: str,
-                fresh: bool, timing: bool) -> None:
+                fresh: bool, timing: bool, ending: str = "") -> None:
         """loopback (ADD first / DEL last) + smarter-cni, as a runtime calls them."""
         run = self.run
         stamp = run.state_dir / f"verified-{run.network}"
@@ -677,7 +694,7 @@ class Execs:
                 stamp.unlink()
         conf = dict(run.conf, cniVersion="1.0.0", name=run.network)
         loop_conf = {"type": "loopback", "cniVersion": "1.0.0", "name": run.network}
-        program = str(self.timing_bin / f"smarter-cni-{command}") if timing \
+        program = str(self.timing_bin / f"smarter-cni-{command}{ending}") if timing \
             else str(run.bin_dir / "smarter-cni")
         extra = dict(run.env, SCB_PHASES_OUT=str(self.timing_out)) if timing else dict(run.env)
         loop = None
@@ -705,7 +722,7 @@ class Execs:
         assert loop is not None and loop.ok, loop.describe() if loop else "no loopback"
         self.note(f"{command} {label}", done.wall, done.cpu)
         self.note(f"{command} {label} + loopback", done.wall + loop.wall, done.cpu + loop.cpu)
-        if timing:
+        if timing and not ending:
             start, imported, finished = (float(x) for x in self.timing_out.read_text().split())
             self.note(f"{command} exec: interpreter start (spawn -> launcher's first line)",
                       start - spawned)
@@ -735,6 +752,10 @@ class Execs:
                              [python, "-I", "-S", "-c", "import posix; posix._exit(0)"])):
             done = common.exec_plugin(python, {"PATH": "/usr/bin:/bin"}, b"", argv=argv)
             self.note(f"floor: {label}", done.wall, done.cpu)
+        for count, line in self.import_lines.items():
+            done = common.exec_plugin(python, {"PATH": "/usr/bin:/bin"}, b"",
+                                      argv=[python, "-I", "-S", "-c", line])
+            self.note(f"floor: python3 -I -S importing {count} empty module(s)", done.wall, done.cpu)
         env = common.cni_env("VERSION", self.run.bin_dir)
         done = common.exec_plugin(str(self.run.bin_dir / "bridge"), env,
                                   b'{"cniVersion": "1.0.0"}')
@@ -816,7 +837,7 @@ def measure(run: Run) -> dict[str, Any]:
                                "git_head": common.sh("git", "-C", str(common.ROOT), "rev-parse",
                                                      "--short", "HEAD", check=False).stdout.decode().strip(),
                                "load": {"start": loadavg()}}
-    spaces = run.netns.create(8)
+    spaces = run.netns.create(9)
     # warm-up: creates every chain's bridge and rules (the cold first ADD, reported)
     first = {}
     for key in ("S", "B", "C"):
@@ -842,18 +863,20 @@ def measure(run: Run) -> dict[str, Any]:
     inproc.del_steps(f"ipw{run.run_id}", spaces[7])
     results["load"]["after_setup"] = loadavg()
     for r in range(rounds):
-        ids = {k: f"r{r}{k}{run.run_id}" for k in ("S", "F", "T", "B", "C", "I", "J", "W")}
-        ns = dict(zip(("S", "F", "T", "B", "C", "I", "J", "W"), spaces))
-        order = ["S", "F", "T", "B", "C", "I", "J", "W"]
+        order = ["S", "F", "T", "X", "B", "C", "I", "J", "W"]
+        ids = {k: f"r{r}{k}{run.run_id}" for k in order}
+        ns = dict(zip(order, spaces))
         if r % 2:
             order.reverse()
 
         def op(key: str, command: str) -> None:
             cid, space = ids[key], ns[key]  # noqa: B023 (called within this round only)
-            if key in "SFT":
+            if key in "SFTX":
                 label = {"S": "smarter-cni, stale stamp", "F": "smarter-cni, fresh stamp",
-                         "T": "smarter-cni via timing launcher, stale stamp"}[key]
-                execs.smarter(label, command, cid, space, key == "F", key == "T")
+                         "T": "smarter-cni via timing launcher, stale stamp",
+                         "X": "smarter-cni, launcher ending in os._exit (prototype), stale stamp"}[key]
+                execs.smarter(label, command, cid, space, key == "F", key in "TX",
+                              "-exit" if key == "X" else "")
             elif key in "BC":
                 execs.reference(key, command, cid, space)
             elif key in "IJ" and command == "ADD":
