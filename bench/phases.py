@@ -913,12 +913,35 @@ def measure(run: Run) -> dict[str, Any]:
                             "setns pair (into the pod netns and back)": stats(setns)}
     results["execs"] = {name: {"wall": stats(v), "cpu": stats(execs.cpu[name])}
                         for name, v in execs.samples.items()}
+    results["ratios"] = paired_ratios(execs.samples)
     results["importtime"] = importtime(run, spaces[0], max(1, min(9, rounds)))
     results["state_io"] = inproc.state_io_all((0, 120, 250), max(9, rounds))
     results["state_dir"] = f"{run.state_dir} ({fs_type(str(run.state_dir))})"
     results["load"]["end"] = loadavg()
     results["pi_factors"] = parse_factors(args.pi_factors)
     return results
+
+
+RATIOS = [
+    (f"{op} smarter-cni {variant} / reference {ref} (both incl. loopback)",
+     f"{op} smarter-cni, {variant} + loopback", f"{op} reference, {ref} (incl. loopback)")
+    for op, variants in (("ADD", ("stale stamp", "fresh stamp",
+                                  "launcher ending in os._exit (prototype), stale stamp")),
+                         ("DEL", ("stale stamp", "launcher ending in os._exit (prototype), stale stamp")))
+    for variant in variants for ref in ("no ipMasq", "ipMasq")]
+
+
+def paired_ratios(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Round-by-round ratios (each round ran every variant once, interleaved)."""
+    out = {}
+    for label, ours, theirs in RATIOS:
+        a, b = samples.get(ours, []), samples.get(theirs, [])
+        values = [x / y for x, y in zip(a, b) if y > 0]
+        if values:
+            out[label] = {"n": len(values), "median": percentile(values, 50),
+                          "p10": percentile(values, 10), "p90": percentile(values, 90),
+                          "ratio_of_medians": percentile(a, 50) / percentile(b, 50)}
+    return out
 
 
 def parse_factors(text: str) -> dict[str, dict[str, float]]:
@@ -1014,6 +1037,10 @@ def report(results: dict[str, Any]) -> str:
                      f"{cpu.get('median', 0):.1f}", *ests])
     lines.append(common.table(["exec", "wall", "min-max", "cpu", *pi_heads], rows))
     lines.append("(Pi estimate of a whole exec: its CPU time x the python factor, the rest x the kernel factor)")
+    lines.append("\nRatios, round by round: median (p10-p90); and the ratio of the medians")
+    lines.append(common.table(["ratio", "per round", "of medians"], [
+        [name, f"{r['median']:.2f}x ({r['p10']:.2f}-{r['p90']:.2f})", f"{r['ratio_of_medians']:.2f}x"]
+        for name, r in results["ratios"].items()]))
     lines.append("first ADD (creates the network), ms: " + ", ".join(
         f"{k} {v:.1f}" for k, v in results["first_add_ms"].items()))
 
