@@ -258,13 +258,13 @@ class Run:
         os.environ["SMARTER_CNI_STATE_DIR"] = str(self.state_dir)
         try:
             sys.path.insert(0, str(self.src))
-            from smarter_cni.dataplane import bridge, links
+            from smarter_cni.dataplane import links, names
             from smarter_cni.netconf import parse_netconf
 
             for container_id in list(self.inprocess_live):
-                links.delete(bridge.host_ifname(container_id, "eth0"))
-            bridge.teardown_network(parse_netconf(dict(self.conf, name=self.network,
-                                                       cniVersion="1.0.0")))
+                links.delete(names.host_ifname(container_id, "eth0"))
+            dataplane_function("teardown_network")(parse_netconf(dict(
+                self.conf, name=self.network, cniVersion="1.0.0")))
         except Exception as err:
             problems.append(f"teardown_network {self.network}: {err}")
         problems += self.netns.cleanup()
@@ -321,6 +321,27 @@ class Clock:
         self.add(f"{name}: write state + unlock", end - logic)
 
 
+def dataplane_function(name: str) -> Any:
+    """A bridge-mode function by name, wherever the data plane keeps it (bridge.py, or the
+    module it was split into), so the bench survives moves between modules."""
+    import importlib
+    import pkgutil
+
+    from smarter_cni.dataplane import bridge
+
+    if hasattr(bridge, name):
+        return getattr(bridge, name)
+    import smarter_cni.dataplane as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("docker"):
+            continue
+        module = importlib.import_module(f"smarter_cni.dataplane.{info.name}")
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"no {name} in smarter_cni.dataplane")
+
+
 class InProcess:
     """The plugin's functions imported from the checkout, driven step by step."""
 
@@ -360,19 +381,7 @@ class InProcess:
         store.load, store.save = timed_load, timed_save  # a timing wrapper, same behaviour
 
     def fn(self, name: str) -> Any:
-        """A bridge-mode function by name, wherever the data plane keeps it."""
-        if hasattr(self.bridge, name):
-            return getattr(self.bridge, name)
-        import importlib
-        import pkgutil
-
-        import smarter_cni.dataplane as package
-
-        for info in pkgutil.iter_modules(package.__path__):
-            module = importlib.import_module(f"smarter_cni.dataplane.{info.name}")
-            if hasattr(module, name):
-                return getattr(module, name)
-        raise AttributeError(f"no {name} in smarter_cni.dataplane")
+        return dataplane_function(name)
 
     def _request(self, command: str, container_id: str, netns: str) -> tuple[dict[str, str], bytes]:
         env = common.cni_env(command, self.run.bin_dir, container_id, netns, "eth0",
