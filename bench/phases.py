@@ -102,7 +102,16 @@ while True:
 env = b"\\0".join(k + b"=" + v for k, v in posix.environ.items() if k.startswith(b"CNI_"))
 sock = _socket.socket(1, 1)
 sock.settimeout(0.05)
-sock.connect({path!r})
+try:
+    sock.connect({path!r})
+except OSError:  # no service: do the work in-process, as the plugin does today
+    import sys
+    sys.path.insert(0, {root!r})
+    from smarter_cni import plugin
+    from smarter_cni.cni import dispatch
+    code = dispatch.run(plugin.HANDLERS, stdin=data)
+    sys.stdout.flush()
+    posix._exit(code)
 sock.sendall(len(env).to_bytes(4, "little") + env + data)
 sock.shutdown(1)
 reply = b""
@@ -668,9 +677,14 @@ class Execs:
             subprocess.run([run.args.python, "-I", "-S", "-c", line], check=True)
         self.clients = {
             how: write_script(run.tmp / f"thin-client-{n}", THIN_CLIENT.format(
-                python=run.args.python, path=str(run.tmp / "service.sock"), exit=line))
+                python=run.args.python, path=str(run.tmp / "service.sock"), exit=line,
+                root=str(run.src)))
             for n, (how, line) in enumerate((("raise SystemExit", "raise SystemExit(reply[0])"),
                                               ("posix._exit, no teardown", "posix._exit(reply[0])")))}
+        # the same client with its service down (no socket): the in-process fallback
+        self.fallback_client = write_script(run.tmp / "thin-client-fallback", THIN_CLIENT.format(
+            python=run.args.python, path=str(run.tmp / "no-service.sock"),
+            exit="posix._exit(reply[0])", root=str(run.src)))
         self.setns_probe = write_script(run.tmp / "setns-probe", SETNS_PROBE.format(
             python=run.args.python, root=str(run.src)))
         reply = json.dumps({"cniVersion": "1.0.0", "interfaces": [], "ips": [], "dns": {}}).encode()
@@ -692,7 +706,7 @@ class Execs:
                               self.run.pod_args(container_id), extra)
 
     def smarter(self, label: str, command: str, container_id: str, netns: str,
-                fresh: bool, timing: bool, ending: str = "") -> None:
+                fresh: bool, timing: bool, ending: str = "", program: str = "") -> None:
         """loopback (ADD first / DEL last) + smarter-cni, as a runtime calls them."""
         run = self.run
         stamp = run.state_dir / f"verified-{run.network}"
@@ -703,8 +717,8 @@ class Execs:
                 stamp.unlink()
         conf = dict(run.conf, cniVersion="1.0.0", name=run.network)
         loop_conf = {"type": "loopback", "cniVersion": "1.0.0", "name": run.network}
-        program = str(self.timing_bin / f"smarter-cni-{command}{ending}") if timing \
-            else str(run.bin_dir / "smarter-cni")
+        program = program or (str(self.timing_bin / f"smarter-cni-{command}{ending}") if timing
+                              else str(run.bin_dir / "smarter-cni"))
         extra = dict(run.env, SCB_PHASES_OUT=str(self.timing_out)) if timing else dict(run.env)
         loop = None
         if command == "ADD":
@@ -751,6 +765,15 @@ class Execs:
             wall, cpu, runs = chain.delete(container_id, netns, prev, run.pod_args(container_id))
             run.live.pop(container_id, None)
         self.note(f"{command} {chain.label} (incl. loopback)", wall, cpu)
+
+    def footprint(self) -> dict[str, int]:
+        """Peak RSS (GNU time) of the thin client and of smarter-cni VERSION; 0 without time."""
+        env = self._env("ADD", f"rss{self.run.run_id}", "/var/run/netns/none", {})
+        conf = json.dumps(dict(self.run.conf, cniVersion="1.0.0", name=self.run.network)).encode()
+        client, _ = common.peak_rss_kb(str(self.clients["posix._exit, no teardown"]), env, conf)
+        version, _ = common.peak_rss_kb(str(self.run.bin_dir / "smarter-cni"), common.cni_env(
+            "VERSION", self.run.bin_dir, extra=self.run.env), b'{"cniVersion": "1.0.0"}')
+        return {"thin client": client, "smarter-cni VERSION": version}
 
     def floors(self) -> None:
         python = self.run.args.python
@@ -846,7 +869,7 @@ def measure(run: Run) -> dict[str, Any]:
                                "git_head": common.sh("git", "-C", str(common.ROOT), "rev-parse",
                                                      "--short", "HEAD", check=False).stdout.decode().strip(),
                                "load": {"start": loadavg()}}
-    spaces = run.netns.create(9)
+    spaces = run.netns.create(10)
     # warm-up: creates every chain's bridge and rules (the cold first ADD, reported)
     first = {}
     for key in ("S", "B", "C"):
@@ -872,7 +895,7 @@ def measure(run: Run) -> dict[str, Any]:
     inproc.del_steps(f"ipw{run.run_id}", spaces[7])
     results["load"]["after_setup"] = loadavg()
     for r in range(rounds):
-        order = ["S", "F", "T", "X", "B", "C", "I", "J", "W"]
+        order = ["S", "F", "T", "X", "D", "B", "C", "I", "J", "W"]
         ids = {k: f"r{r}{k}{run.run_id}" for k in order}
         ns = dict(zip(order, spaces))
         if r % 2:
@@ -880,7 +903,11 @@ def measure(run: Run) -> dict[str, Any]:
 
         def op(key: str, command: str) -> None:
             cid, space = ids[key], ns[key]  # noqa: B023 (called within this round only)
-            if key in "SFTX":
+            if key == "D":
+                execs.smarter("smarter-cni, thin client, service down (in-process fallback), "
+                              "stale stamp", command, cid, space, False, False,
+                              program=str(execs.fallback_client))
+            elif key in "SFTX":
                 label = {"S": "smarter-cni, stale stamp", "F": "smarter-cni, fresh stamp",
                          "T": "smarter-cni via timing launcher, stale stamp",
                          "X": "smarter-cni, launcher ending in os._exit (prototype), stale stamp"}[key]
@@ -924,6 +951,7 @@ def measure(run: Run) -> dict[str, Any]:
                         for name, v in execs.samples.items()}
     results["ratios"] = paired_ratios(execs.samples)
     results["importtime"] = importtime(run, spaces[0], max(1, min(9, rounds)))
+    results["peak_rss_kb"] = execs.footprint()
     results["state_io"] = inproc.state_io_all((0, 120, 250), max(9, rounds))
     results["state_dir"] = f"{run.state_dir} ({fs_type(str(run.state_dir))})"
     results["load"]["end"] = loadavg()
@@ -935,8 +963,10 @@ RATIOS = [
     (f"{op} smarter-cni {variant} / reference {ref} (both incl. loopback)",
      f"{op} smarter-cni, {variant} + loopback", f"{op} reference, {ref} (incl. loopback)")
     for op, variants in (("ADD", ("stale stamp", "fresh stamp",
-                                  "launcher ending in os._exit (prototype), stale stamp")),
-                         ("DEL", ("stale stamp", "launcher ending in os._exit (prototype), stale stamp")))
+                                  "launcher ending in os._exit (prototype), stale stamp",
+                                  "thin client, service down (in-process fallback), stale stamp")),
+                         ("DEL", ("stale stamp", "launcher ending in os._exit (prototype), stale stamp",
+                                  "thin client, service down (in-process fallback), stale stamp")))
     for variant in variants for ref in ("no ipMasq", "ipMasq")]
 
 
@@ -1050,6 +1080,8 @@ def report(results: dict[str, Any]) -> str:
     lines.append(common.table(["ratio", "per round", "of medians"], [
         [name, f"{r['median']:.2f}x ({r['p10']:.2f}-{r['p90']:.2f})", f"{r['ratio_of_medians']:.2f}x"]
         for name, r in results["ratios"].items()]))
+    lines.append("peak RSS (GNU time), MB: " + ", ".join(
+        f"{k} {v / 1024:.1f}" for k, v in results.get("peak_rss_kb", {}).items()))
     lines.append("first ADD (creates the network), ms: " + ", ".join(
         f"{k} {v:.1f}" for k, v in results["first_add_ms"].items()))
 

@@ -75,12 +75,19 @@ def test_phases_quick(tmp_path: Path) -> None:
                  "floor: python3 -I -S -c pass (the launcher's flags)",
                  "floor: thin client -> Unix socket -> trivial server -> reply (raise SystemExit)",
                  "ADD exec: interpreter start (spawn -> launcher's first line)",
-                 "ADD exec: imports (launcher's imports + the plugin's)"):
+                 "ADD exec: imports (launcher's imports + the plugin's)",
+                 # the thin client with no service behind it did the work itself
+                 "ADD smarter-cni, thin client, service down (in-process fallback), stale stamp",
+                 "DEL smarter-cni, thin client, service down (in-process fallback), stale stamp"):
         assert execs[name]["wall"]["n"] == 3 and execs[name]["wall"]["median"] > 0, name
     # a whole exec includes the interpreter: it cannot be cheaper than a bare one
     assert execs["ADD smarter-cni, stale stamp"]["wall"]["median"] > \
         execs["floor: python3 -I -S -c pass (the launcher's flags)"]["wall"]["min"]
     assert data["importtime"]["ADD"]["smarter_cni_count"] >= 5
+    ratios = data["ratios"]
+    assert len(ratios) == 14 and all(r["n"] == 3 and r["median"] > 0 for r in ratios.values()), ratios
+    if os.path.exists("/usr/bin/time"):
+        assert data["peak_rss_kb"]["thin client"] > 1000, data["peak_rss_kb"]
     tmpfs = [s for s in data["state_io"] if s["where"] == "tmpfs"]
     assert [s["records"] for s in tmpfs] == [0, 120, 250], data["state_io"]
     assert tmpfs[0]["bytes"] < tmpfs[1]["bytes"] < tmpfs[2]["bytes"]
