@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -81,7 +82,6 @@ def test_netlink_attribute_runs_split_back():
 
 def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp_path):
     """Nobody serves the port: logged once as an error, no exit, no repair claimed."""
-    import logging
     import socket
 
     from smarter_cni.netconf import parse_netconf
@@ -92,17 +92,14 @@ def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp
     conf = parse_netconf({"name": "silent", "type": "smarter-cni", "mode": "docker",
                           "dockerSocket": str(tmp_path / "none.sock")})
     reconciler = reconcile.Reconciler(conf, str(tmp_path), "127.0.0.1", port)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = records.append  # type: ignore[method-assign]
-    reconcile.log.addHandler(handler)
+    logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
     try:
         for _ in range(4):
             assert reconciler._dns() == []
     finally:
-        reconcile.log.removeHandler(handler)
-    said = [r.getMessage() for r in records]
-    assert said == [f"DNS listener on 127.0.0.1:{port} did not answer 2 checks in a row"]
+        logged, reconcile.log.stream = reconcile.log.stream, logged
+    said = logged.getvalue().splitlines()
+    assert said == [f"ERROR DNS listener on 127.0.0.1:{port} did not answer 2 checks in a row"]
     assert reconcile.check(conf, str(tmp_path), "127.0.0.1", port)[-1] == \
         f"DNS service does not answer on 127.0.0.1:{port}"
 
