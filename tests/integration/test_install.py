@@ -250,8 +250,11 @@ def test_status_reports_a_healthy_node(inst, first_install):
     assert report["mode"] == "bridge" and report["network_present"] is True
     assert report["dns"]["answering"] is True and report["dns"]["answer"] == "NXDOMAIN"
     assert report["pool"] == {"used": 0, "size": 253, "percent": 0.0}
+    counters = report["dns"]["metrics"]  # from the service's own metrics endpoint
+    assert counters["queries"] >= 1 and counters["nxdomain"] >= 1, counters  # status' own probe
     human = inst.run("status")
     assert human.returncode == 0 and "no problems found" in human.stdout
+    assert "counters" in human.stdout and " queries (" in human.stdout
 
 
 class Added:

@@ -80,6 +80,8 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
     if not answered:
         report.problem(f"the node DNS service does not answer on {conf.dns_address}:53 ({said})",
                        _dns_fix(record))
+    else:
+        report.data["dns"]["metrics"] = _dns_counters(conf.dns_address)
     _pool_status(report, conf)
     _heal_status(report, conf, record)
     return report
@@ -112,6 +114,16 @@ def _said_already(report: Report, item: str) -> bool:
     if item.startswith(("dockerd ", "docker network")):
         return report.data.get("network_present") is not True or "is not reserved" in item
     return False
+
+
+def _dns_counters(address: str) -> dict[str, float] | None:
+    """The DNS service's main counters from its metrics endpoint (None: not served there)."""
+    from ..dns import metrics
+
+    try:
+        return metrics.fetch_counters(address, timeout=1.0)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _dns_fix(record: dict[str, Any]) -> str:
@@ -210,6 +222,11 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
         if dns:
             state = f"answering ({dns['answer']})" if dns["answering"] else f"NOT answering: {dns['answer']}"
             rows.append(("dns", f"{dns['address']}:53 {state}, service: {dns['service']}"))
+            if dns.get("metrics"):
+                from ..dns.metrics import DEFAULT_PORT, summary
+
+                rows.append(("counters", summary(dns["metrics"])))
+                rows.append(("metrics", f"http://{dns['address']}:{DEFAULT_PORT}/metrics"))
         pool = data.get("pool")
         if pool:
             rows.append(("pool", f"{pool['used']}/{pool['size']} addresses used ({pool['percent']}%)"))
