@@ -81,7 +81,10 @@ def dir_entry(path: str) -> str:
         return "absent"
     except OSError as err:
         return f"unreadable ({err.strerror})"
-    # The DNS service's own log grows on its own; its presence is what counts.
+    # The DNS service's own log grows on its own; its presence is what counts. Its
+    # reconciler rewrites `verified-<network>` after every clean look (a stamp, not
+    # a change of the node); `repairs.json` appearing does count: something broke.
+    names = [name for name in names if not name.startswith("verified-")]
     return " ".join(names) if names else "(empty)"
 
 
