@@ -123,3 +123,22 @@ def test_a_docker_network_that_does_not_match_is_reported_not_replaced(docker_ne
         assert _tick_twice(reconciler) == ([], [])
     assert dockerd.network_inspect(docker_network["network"])["Id"] == made
     assert len(logged.lines("subnet is")) == 1, logged.text
+
+
+@pytest.mark.docker
+def test_dockerd_back_after_an_outage_is_said_once(docker_network, dockerd, state_dir, tmp_path):
+    """The socket path is a symlink the test points at nothing, then at the dockerd."""
+    link = tmp_path / "docker.sock"
+    link.symlink_to(tmp_path / "nothing.sock")
+    conf = parse_netconf(dict(docker_network, dockerSocket=str(link)))
+    docker_mode.ensure_network(parse_netconf(docker_network))
+    reconciler = reconcile.Reconciler(conf, str(state_dir))
+    with Logged() as logged:
+        assert _tick_twice(reconciler) == ([], [])
+        link.unlink()
+        link.symlink_to(dockerd.socket)
+        assert _tick_twice(reconciler) == ([], [])
+    assert len(logged.lines("does not answer")) == 2, logged.text  # the report, then its end
+    back = logged.lines("no longer: dockerd does not answer")
+    assert len(back) == 1 and "INFO" in back[0], logged.text
+    assert reconcile.check(conf, str(state_dir)) == []
