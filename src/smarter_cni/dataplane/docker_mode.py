@@ -141,13 +141,15 @@ def add(request: Request, conf: NetConf) -> Result:
         # A newer ADD of the same sandbox owns the record (and the endpoint) now.
         newer = current is not None and not mine and current.get("docker_id") == docker_id
     if not mine:
-        if not newer:
+        if newer:
+            left = "a newer ADD of the same sandbox holds the attachment now"
+        else:
             _abandon_add(docker, conf, docker_id)
+            left = (f"it was disconnected from docker network {conf.docker_network} again, "
+                    "nothing is left to clean up")
         raise CNIError(UNKNOWN_CONTAINER,
                        f"container {request.container_id[:12]}/{request.ifname} on {conf.name} "
-                       "was deleted (DEL or GC) while its ADD was running; it was disconnected "
-                       f"from docker network {conf.docker_network} again, nothing is left to "
-                       "clean up")
+                       f"was deleted (DEL or GC) while its ADD was running; {left}")
     return result
 
 
