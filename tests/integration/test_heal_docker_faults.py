@@ -170,6 +170,7 @@ def _restart(node: DockerNode, how: str) -> None:
         node.own.stop()
     else:
         _kill_dockerd(node)
+        time.sleep(0.1)  # systemd restarts docker.service (Restart=on-failure) after 100 ms
     node.own.start()
 
 
