@@ -13,7 +13,9 @@ dump, one `iptables-save` exec, one bind test and one DNS query to itself.
 Only a network this node has set up (a marker in the state file, written by
 the plugin's ADD) is rebuilt: a service pointed at a config whose network
 was never created here must not create bridges or rules by itself.
-Docker mode is checked and reported, never recreated (see `check`).
+Docker mode: a missing Docker network is recreated (with the DNS address
+reserved) only when this node claimed it (install or a pod's ADD wrote the
+marker); anything else about it is reported once, never changed.
 """
 
 from __future__ import annotations
@@ -84,6 +86,16 @@ def network_is_ours(conf: NetConf, directory: str | None = None) -> bool:
         return conf.name in store.load(directory)["networks"]
     except CNIError:
         return False
+
+
+def docker_network_is_ours(conf: NetConf, directory: str | None = None) -> bool:
+    """Claimed by this node for this Docker network (docker_mode.claim_network or an ADD)."""
+    try:
+        marker = store.load(directory)["networks"].get(conf.name)
+    except CNIError:
+        return False
+    return isinstance(marker, dict) and marker.get("mode") == "docker" and \
+        marker.get("docker_network") == conf.docker_network
 
 
 def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
@@ -157,6 +169,7 @@ class Reconciler(threading.Thread):
         self.listener_failures = 0
         self.reported: dict[str, set[str]] = {}  # unrepairable problems, logged once each
         self.loose: set[str] = set()  # pod veths off the bridge at the last look
+        self.network_missing = False  # the Docker network was missing at the last look
         self.ticks = 0
 
     def run(self) -> None:
@@ -185,7 +198,7 @@ class Reconciler(threading.Thread):
         if self.conf.mode == "bridge":
             repairs += self._bridge()
         else:
-            self._report("docker", _docker_problems(self.conf))
+            repairs += self._docker()
         if self.dns_address:
             repairs += self._dns()
         return repairs
@@ -196,7 +209,46 @@ class Reconciler(threading.Thread):
             if problem not in seen:
                 log.warning("network %s: %s (not repaired by the reconciler)", self.conf.name,
                             problem)
+        gone = seen - set(problems)
+        if gone:  # so a log reader sees when an outage (e.g. a dockerd restart) ended
+            log.info("network %s: no longer: %s", self.conf.name, "; ".join(sorted(gone)))
         self.reported[kind] = set(problems)
+
+    def _docker(self) -> list[str]:
+        """Recreate the Docker network if it is gone and ours; report anything else.
+
+        Docker refuses to remove a network with endpoints, so a missing one has
+        nothing attached: recreating it with the config's subnet, gateway and the
+        reserved DNS address (ensure_network, the installer's call) loses nothing.
+        """
+        problems = _docker_problems(self.conf)
+        missing = f"docker network {self.conf.docker_network} is missing"
+        # Missing at two looks in a row: the installer's migration (remove, then create
+        # with the reservation) or an operator's rm-and-create is never raced.
+        seen_missing, self.network_missing = self.network_missing, problems == [missing]
+        if not (seen_missing and self.network_missing) or self.stopping() \
+                or not docker_network_is_ours(self.conf, self.directory):
+            self._report("docker", [p for p in problems if p != missing or seen_missing])
+            return []
+        from .dataplane.docker_network import ensure_network
+
+        started = time.monotonic()
+        try:
+            network_id = ensure_network(self.conf)
+        except CNIError as err:
+            log.error("network %s: %s and cannot be recreated: %s", self.conf.name, missing,
+                      err.msg)
+            self.reported["docker"] = {missing}
+            return []
+        took = (time.monotonic() - started) * 1000
+        problem = f"{missing}" + (f" (recreated as {network_id[:12]}, DNS address "
+                                  f"{self.conf.dns_address} reserved)")
+        log.warning("repaired network %s: %s (%.0f ms)", self.conf.name, problem, took)
+        note_repairs(self.conf.name, [problem], "reconciler", self.directory)
+        _count_repairs("docker-network", 1)
+        self.reported["docker"] = set()
+        self.network_missing = False
+        return [problem]
 
     def _bridge(self) -> list[str]:
         from .dataplane import bridge_network
@@ -206,8 +258,9 @@ class Reconciler(threading.Thread):
         except CNIError as err:
             self._report("state", [err.msg])
             return []
-        if self.conf.name not in state["networks"]:
-            return []  # never set up here: not ours to build
+        marker = state["networks"].get(self.conf.name)
+        if not marker or marker.get("mode") == "docker":
+            return []  # never set up here (or set up as a Docker network): not ours to build
         # the range the last ADD set the network up with (ipRanges, podCIDRs), not the file's
         conf = as_recorded(self.conf, state["networks"][self.conf.name])
         problems = bridge_network.network_problems(conf)

@@ -50,6 +50,7 @@ from .docker_sandbox import (
     running_pid,
     same_inode,
 )
+from .phases import pause_between_phases
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,9 +102,13 @@ def add(request: Request, conf: NetConf) -> Result:
     endpoint = _endpoint(container, conf.docker_network)
     if endpoint is None:
         require_network(docker, conf)
-        with store.Transaction() as tx:
-            tx.attachments[key] = record
-            tx.dirty = True
+    # Recorded (not ready) before anything changes in Docker, and on a re-ADD of a
+    # connected sandbox too: the completion below then knows the record is its own.
+    with store.Transaction() as tx:
+        tx.attachments[key] = record
+        _claim(tx, conf)
+        tx.dirty = True
+    if endpoint is None:
         try:
             docker.extend(connect_budget)  # dockerd is alive: let the connect queue
             endpoint = _connect(docker, conf, container, aliases)
@@ -115,17 +120,66 @@ def add(request: Request, conf: NetConf) -> Result:
     except BaseException:
         _undo_add(docker, conf, key, docker_id)
         raise
+    pause_between_phases()
     with store.Transaction() as tx:
-        record["ips"] = [result.ips[0].address]
-        record["gateway"] = result.ips[0].gateway
-        pod_iface = result.interfaces[-1]
-        record["mac"] = pod_iface.mac
-        record["pod_ifname"] = pod_iface.name
-        record["host_ifname"] = result.interfaces[-2].name if len(result.interfaces) > 1 else ""
-        record["ready"] = True
-        tx.attachments[key] = record
-        tx.dirty = True
+        current = tx.attachments.get(key)
+        # Only our own record, still there: a DEL or GC that removed it since the first
+        # transaction must not be undone (its address and names would come back).
+        mine = current is not None and current.get("created") == record["created"] \
+            and current.get("docker_id") == docker_id
+        if mine:
+            record["ips"] = [result.ips[0].address]
+            record["gateway"] = result.ips[0].gateway
+            pod_iface = result.interfaces[-1]
+            record["mac"] = pod_iface.mac
+            record["pod_ifname"] = pod_iface.name
+            record["host_ifname"] = result.interfaces[-2].name if len(result.interfaces) > 1 \
+                else ""
+            record["ready"] = True
+            tx.attachments[key] = record
+            tx.dirty = True
+        # A newer ADD of the same sandbox owns the record (and the endpoint) now.
+        newer = current is not None and not mine and current.get("docker_id") == docker_id
+    if not mine:
+        if newer:
+            left = "a newer ADD of the same sandbox holds the attachment now"
+        else:
+            _abandon_add(docker, conf, docker_id)
+            left = (f"it was disconnected from docker network {conf.docker_network} again, "
+                    "nothing is left to clean up")
+        raise CNIError(UNKNOWN_CONTAINER,
+                       f"container {request.container_id[:12]}/{request.ifname} on {conf.name} "
+                       f"was deleted (DEL or GC) while its ADD was running; {left}")
     return result
+
+
+def _abandon_add(docker: DockerClient, conf: NetConf, docker_id: str) -> None:
+    """Disconnect what an ADD connected after its record was removed (not ours to touch)."""
+    docker.extend(CLEANUP_TIMEOUT)
+    try:
+        disconnect(docker, conf.docker_network, docker_id)
+    except CNIError:
+        pass  # the DEL or GC that removed the record disconnected it, or will on retry
+
+
+def _claim(tx: store.Transaction, conf: NetConf) -> None:
+    """Note that this node uses the Docker network (see claim_network)."""
+    marker = network_marker(conf)
+    if tx.networks.get(conf.name) != marker:
+        tx.networks[conf.name] = marker
+
+
+def network_marker(conf: NetConf) -> dict[str, Any]:
+    return {"mode": "docker", "docker_network": conf.docker_network, "cidr": conf.cidr(),
+            "gateway": conf.gateway_text(), "dns": conf.dns_address}
+
+
+def claim_network(conf: NetConf, directory: str | None = None) -> None:
+    """For the installer, after ensure_network: the DNS service's reconciler recreates
+    only a Docker network this node has claimed (install or a pod's ADD)."""
+    with store.Transaction(directory) as tx:
+        _claim(tx, conf)
+        tx.dirty = True
 
 
 def require_network(docker: DockerClient, conf: NetConf) -> dict[str, Any]:

@@ -221,6 +221,8 @@ def install(opts: Options, out: Output) -> int:
             from ..dataplane import docker_mode
 
             network_id = docker_mode.ensure_network(conf, on_change=out.note)
+            paths.ensure_state_dir()
+            docker_mode.claim_network(conf)  # the reconciler recreates it if it goes
             step.detail = f"id {network_id[:12]}" if network_id else ""
 
     record = {"version": __version__, "options": asdict(opts), "config": conf_path,

@@ -92,7 +92,8 @@ def _heal_status(report: Report, conf: Any, record: dict[str, Any]) -> None:
     heal = reconcile.summary(conf, paths.state_dir(), conf.dns_address)
     report.data["drift"], report.data["repairs"] = heal["drift"], heal["repairs"]
     if conf.mode == "docker":
-        fix = ("the reconciler does not recreate Docker networks: run "
+        fix = ("the node DNS service's reconciler recreates a missing Docker network it "
+               "knows (installed or used by a pod here); otherwise run "
                "`sudo smarter-cni install --mode docker`")
     elif reconcile.network_is_ours(conf, paths.state_dir()):
         fix = ("the node DNS service's reconciler restores this within seconds "
