@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import ipv4
+from . import ipv4, ipv6
 from .cni.errors import INVALID_NETWORK_CONFIG, CNIError
 from .cni.request import validate_ifname
 
@@ -36,7 +36,7 @@ class NetConf:
         "name", "type", "mode", "bridge", "subnet", "prefix", "gateway", "range_start",
         "range_end", "mtu", "ip_masq", "hairpin", "ipam", "dns_address", "domain",
         "docker_network", "docker_socket", "kubeconfig", "raw", "net_subnet", "net_prefix",
-        "range_source",
+        "range_source", "subnet6", "prefix6", "gateway6", "range6_start", "range6_end",
     )
 
     def cidr(self) -> str:
@@ -49,6 +49,13 @@ class NetConf:
 
     def gateway_text(self) -> str:
         return ipv4.to_text(self.gateway)
+
+    def cidr6(self) -> str:
+        """The pods' IPv6 prefix, "" when the network is IPv4 only."""
+        return f"{ipv6.to_text(self.subnet6)}/{self.prefix6}" if self.subnet6 is not None else ""
+
+    def gateway6_text(self) -> str:
+        return ipv6.to_text(self.gateway6) if self.gateway6 is not None else ""
 
     @property
     def delegated_ipam(self) -> str | None:
@@ -113,6 +120,7 @@ def parse_netconf(config: dict) -> NetConf:
     if conf.range_start > conf.range_end:
         raise _fail("rangeStart is after rangeEnd")
 
+    _parse_subnet6(conf, config)
     conf.mtu = _get(config, "mtu", int, 1500)
     if not 576 <= conf.mtu <= 65535:
         raise _fail(f"mtu {conf.mtu} is outside 576..65535")
@@ -145,6 +153,38 @@ def parse_netconf(config: dict) -> NetConf:
 
         apply(conf, config)
     return conf
+
+
+# /120 leaves 255 addresses (the gateway and 254 pods, like a /24); a prefix shorter than
+# /48 would claim a whole site's space for one node's bridge, almost surely a typo.
+PREFIX6_MIN, PREFIX6_MAX = 48, 120
+
+
+def _parse_subnet6(conf: NetConf, config: dict) -> None:
+    """`subnet6`: the pods' IPv6 prefix beside the IPv4 subnet (dual-stack); "" or absent:
+    IPv4 only. The gateway is the prefix's ::1, pods get ::2 upwards."""
+    conf.subnet6 = conf.prefix6 = conf.gateway6 = conf.range6_start = conf.range6_end = None
+    text = _get(config, "subnet6", str, "").strip()
+    if not text:
+        return
+    if conf.mode == "docker":
+        raise _fail("subnet6 is not supported in docker mode: create the Docker network with "
+                    "IPv6 (docker network create --ipv6 --subnet PREFIX, dockerd with --ipv6 "
+                    "and fixed-cidr-v6) and drop subnet6 from the smarter-cni config")
+    try:
+        subnet, prefix = ipv6.parse_cidr(text)
+    except ipv4.AddressError as err:
+        raise _fail(f"subnet6: {err}") from None
+    if not PREFIX6_MIN <= prefix <= PREFIX6_MAX:
+        raise _fail(f"subnet6 {text} is a /{prefix}: use a prefix from /{PREFIX6_MIN} to "
+                    f"/{PREFIX6_MAX} (a /64 such as fd42:10:42::/64 is usual)")
+    for network, length, what in ipv6.RESERVED:
+        if ipv6.overlaps(subnet, prefix, network, length):
+            raise _fail(f"subnet6 {text} is inside {what}; use a unique local prefix "
+                        "(fd00::/8, e.g. fd42:10:42::/64) or a global one")
+    conf.subnet6, conf.prefix6 = subnet, prefix
+    conf.gateway6 = subnet + 1
+    conf.range6_start, conf.range6_end = subnet + 2, ipv6.last(subnet, prefix) - 1
 
 
 def _is_docker_name(name: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from .. import ipv4, store
+from .. import ipv4, ipv6, store
 from ..cni.errors import DATAPLANE_FAILURE, INVALID_NETWORK_CONFIG, CNIError
 from ..paths import state_dir
 from ..run import run
@@ -33,9 +33,12 @@ def _firewall() -> Any:
 
 
 def network_marker(conf: NetConf) -> dict[str, Any]:
-    return {"bridge": conf.bridge, "cidr": conf.cidr(), "gateway": conf.gateway_text(),
-            "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge),
-            "pods": conf.subnet_text()}
+    marker = {"bridge": conf.bridge, "cidr": conf.cidr(), "gateway": conf.gateway_text(),
+              "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge),
+              "pods": conf.subnet_text()}
+    if conf.subnet6 is not None:  # absent for IPv4 only: an existing node's marker still holds
+        marker["cidr6"] = conf.cidr6()
+    return marker
 
 
 def network_ready(conf: NetConf, networks: dict[str, Any]) -> bool:
@@ -86,6 +89,10 @@ def network_problems(conf: NetConf, attachments: dict[str, Any] | None = None,
         wanted = (conf.gateway_text(), conf.prefix)
         if wanted not in links.ipv4_addresses(conf.bridge):
             problems.append(f"bridge {conf.bridge} lacks its address {address_text(conf.gateway, conf.prefix)}")
+        if conf.subnet6 is not None and \
+                (conf.gateway6_text(), conf.prefix6) not in links.ipv4_addresses(conf.bridge, 6):
+            problems.append(f"bridge {conf.bridge} lacks its IPv6 address "
+                            f"{conf.gateway6_text()}/{conf.prefix6}")
         if attachments:
             loose = detached_ports(conf, attachments)
             if loose:
@@ -93,6 +100,8 @@ def network_problems(conf: NetConf, attachments: dict[str, Any] | None = None,
     firewall = _firewall()
     if not firewall.forwarding_enabled():
         problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0)")
+    if conf.subnet6 is not None and not firewall.forwarding_enabled(6):
+        problems.append("IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0)")
     if rules:
         problems += firewall.present(conf)
     return problems
@@ -113,6 +122,8 @@ def detached_ports(conf: NetConf, attachments: dict[str, Any]) -> list[str]:
 def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> None:
     """Create or correct the bridge, its gateway address, forwarding and NAT; put the pods'
     host veths back on a rebuilt bridge."""
+    if conf.subnet6 is not None:
+        _refuse_overlap6(conf)  # before anything changes
     if not links.exists(conf.bridge):
         done = run(["ip", "link", "add", conf.bridge, "address", bridge_mac(conf), "type", "bridge"])
         if done.returncode != 0 and not links.exists(conf.bridge):
@@ -150,6 +161,42 @@ def _correct_bridge_address(conf: NetConf) -> None:
         lines.append(f"addr replace {wanted} dev {conf.bridge}")
     if lines:
         links.batch(lines, what=f"set address {wanted} on {conf.bridge}")
+    if conf.subnet6 is not None:
+        _correct_bridge_address6(conf)
+
+
+def _correct_bridge_address6(conf: NetConf) -> None:
+    """The IPv6 gateway on the bridge (nodad: pods can reach it at once); the bridge's other
+    global IPv6 addresses from an earlier subnet6 go, its link-local one stays."""
+    wanted = (conf.gateway6_text(), conf.prefix6)
+    current = links.ipv4_addresses(conf.bridge, 6)
+    lines = [f"addr del {a}/{p} dev {conf.bridge}" for a, p in current
+             if (a, p) != wanted and not a.startswith("fe80:")]
+    if lines or wanted not in current:
+        lines.append(f"addr replace {wanted[0]}/{wanted[1]} dev {conf.bridge} nodad")
+        links.batch(lines, what=f"set address {wanted[0]}/{wanted[1]} on {conf.bridge}")
+
+
+def _refuse_overlap6(conf: NetConf) -> None:
+    """subnet6 must not overlap a route the host already has on another interface (its
+    uplink's prefix, a VPN, another bridge): pods would shadow or steal that traffic."""
+    try:
+        routes = links.show_json(["-6", "route", "show"])
+    except CNIError:
+        return
+    for route in routes:
+        dst, dev = route.get("dst") or "", route.get("dev") or ""
+        if dev == conf.bridge or dst == "default" or dst.startswith(("fe80:", "ff")):
+            continue
+        try:
+            network, prefix = ipv6.parse_cidr(dst if "/" in dst else dst + "/128", strict=False)
+        except ipv4.AddressError:
+            continue
+        if ipv6.overlaps(network, prefix, conf.subnet6, conf.prefix6):
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           f"invalid network config: subnet6 {conf.cidr6()} overlaps the host's "
+                           f"route {dst} on {dev}; choose another prefix (e.g. a unique local "
+                           "fdXX:XXXX:XXXX::/64)")
 
 
 def ensure_network(tx: store.Transaction, conf: NetConf, problems: list[str]) -> None:

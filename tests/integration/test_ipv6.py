@@ -1,0 +1,209 @@
+"""Dual-stack bridge mode (subnet6) in real namespaces: addresses, routes, reachability,
+masquerade to an "upstream" host in a namespace of the test's own, hostile prefixes."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from helpers.netns import link_exists, unique
+from helpers.plugin import pod_args, teardown_bridge_network
+
+pytestmark = pytest.mark.root
+
+VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def _ula() -> str:
+    """A random unique local /64 (fd00::/8): never routed off the machine."""
+    return f"fd{random.randint(0, 255):02x}:{random.randint(1, 0xFFFF):x}:" \
+        f"{random.randint(1, 0xFFFF):x}::/64"
+
+
+@pytest.fixture
+def dual_network(bridge_network, state_dir):
+    config = dict(bridge_network, subnet6=_ula())
+    try:
+        yield config
+    finally:
+        teardown_bridge_network(config, state_dir)
+
+
+def _ip_json(ns: str, *args: str) -> list:
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout or "[]")
+
+
+def _global6(ns: str, ifname: str = "eth0") -> list[str]:
+    return [f"{i['local']}/{i['prefixlen']}" for e in _ip_json(ns, "-6", "addr", "show", "dev", ifname)
+            for i in e["addr_info"] if i.get("scope") == "global"]
+
+
+def _ping6(ns: str, address: str) -> bool:
+    done = subprocess.run(["ip", "netns", "exec", ns, "ping", "-6", "-c1", "-W2", address],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def _gateway6(config: dict) -> str:
+    return config["subnet6"].split("/")[0] + "1"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_dual_stack_add_check_del_in_every_version(plugin, dual_network, netns, version):
+    config = dict(dual_network, cniVersion=version)
+    ns, path = netns.create()
+    added = plugin("ADD", config, "ctr-a", path, args=pod_args("web"))
+    assert added.ok, added
+    result = added.json
+    ip4, ip6 = result["ips"]
+    assert ip4["interface"] == 1 and ip6["interface"] == 1
+    if version < "1.0.0":
+        assert (ip4["version"], ip6["version"]) == ("4", "6")
+    assert ip6["address"] == config["subnet6"].split("/")[0] + "2/64"
+    assert ip6["gateway"] == _gateway6(config)
+    assert {"dst": "::/0", "gw": _gateway6(config)} in result["routes"]
+    assert _global6(ns) == [ip6["address"]]
+    # no duplicate address detection wait: the address is usable (not tentative) at once
+    flags = [i for e in _ip_json(ns, "-6", "addr", "show", "dev", "eth0") for i in e["addr_info"]
+             if i.get("scope") == "global"][0]
+    assert not flags.get("tentative"), flags
+    routes = _ip_json(ns, "-6", "route", "show", "default")
+    assert routes and routes[0]["gateway"] == _gateway6(config)
+    assert _ping6(ns, _gateway6(config))
+
+    if version >= "0.4.0":
+        checked = plugin("CHECK", dict(config, prevResult=result), "ctr-a", path)
+        assert checked.ok and checked.stdout == "", checked
+        subprocess.run(["ip", "-n", ns, "-6", "route", "del", "default"], check=True)
+        checked = plugin("CHECK", dict(config, prevResult=result), "ctr-a", path)
+        assert checked.code == 103 and "route ::/0" in checked.json["msg"], checked
+
+    deleted = plugin("DEL", dict(config, prevResult=result), "ctr-a", path)
+    assert deleted.ok, deleted
+    assert not link_exists(result["interfaces"][0]["name"])
+    state = json.loads((plugin.state_dir / "attachments.json").read_text())
+    assert state["attachments"] == {}
+
+
+@pytest.mark.parametrize("iproute2", [False, True], ids=["netlink", "iproute2"])
+def test_pods_ping6_each_other_and_the_gateway(plugin, dual_network, netns, iproute2):
+    extra = {"SMARTER_CNI_USE_IPROUTE2": "1"} if iproute2 else None
+    pods = []
+    for name in ("alpha", "beta"):
+        ns, path = netns.create()
+        added = plugin("ADD", dual_network, f"ctr-{name}", path, args=pod_args(name), extra=extra)
+        assert added.ok, added
+        pods.append((ns, added.json["ips"][1]["address"].split("/")[0]))
+    assert pods[0][1] != pods[1][1]
+    assert _ping6(pods[0][0], pods[1][1]) and _ping6(pods[1][0], pods[0][1])
+    assert _ping6(pods[0][0], _gateway6(dual_network))
+    host = subprocess.run(["ping", "-6", "-c1", "-W2", pods[0][1]], capture_output=True)
+    assert host.returncode == 0, "the host cannot reach a pod over IPv6"
+
+
+@pytest.fixture
+def upstream(netns):
+    """An "upstream" host at 2001:db8:X::2 in a netns of ours, linked to the host by a veth
+    (host side 2001:db8:X::1). It has no route back to the pods' prefix: only a
+    masqueraded packet can get an answer."""
+    ns, _ = netns.create("up")
+    host_end, far_end = unique("u6h"), unique("u6f")
+    prefix = f"2001:db8:{random.randint(1, 0xFFFF):x}:{random.randint(1, 0xFFFF):x}"
+    subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", far_end,
+                    "netns", ns], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{prefix}::1/64", "dev", host_end, "nodad"], check=True)
+        subprocess.run(["ip", "link", "set", host_end, "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{prefix}::2/64", "dev", far_end, "nodad"],
+                       check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", far_end, "up"], check=True)
+        yield ns, f"{prefix}::2", host_end
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True)
+
+
+def test_egress_is_masqueraded_to_an_upstream_host(plugin, dual_network, netns, upstream):
+    up_ns, up_address, host_end = upstream
+    # the upstream address is reached through the test's own veth, never the default route
+    route = subprocess.run(["ip", "-6", "route", "get", up_address], capture_output=True, text=True)
+    assert f"dev {host_end}" in route.stdout, route.stdout
+    ns, path = netns.create()
+    added = plugin("ADD", dual_network, "ctr-egress", path, args=pod_args("egress"))
+    assert added.ok, added
+    assert _ping6(ns, up_address)
+    # the masquerade, not some route back, made the answer arrive
+    assert _ip_json(up_ns, "-6", "route", "show", "default") == []
+    neighbours = _ip_json(up_ns, "-6", "neigh", "show")
+    assert all(not n["dst"].startswith(dual_network["subnet6"].split("::")[0]) for n in neighbours)
+    nat = subprocess.run(["ip6tables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    assert f"-s {dual_network['subnet6']}" in nat
+
+
+@pytest.mark.parametrize("subnet6, words", [
+    ("fd42::1/64", "host bits"),
+    ("fd42::/128", "/128"),
+    ("fd42::/130", "not an IPv6 prefix"),
+    ("fe80::/64", "link-local"),
+    ("ff02::/64", "multicast"),
+    ("::ffff:0:0/96", "::/8"),
+    ("10.1.0.0/16", "not an IPv6"),
+    ("fd42:::/64", "not an IPv6"),
+    ("fd42::/32", "/32"),
+    (64, "must be a str"),
+])
+def test_hostile_subnet6_is_refused_and_changes_nothing(plugin, bridge_network, netns,
+                                                       subnet6, words):
+    ns, path = netns.create()
+    config = dict(bridge_network, subnet6=subnet6)
+    added = plugin("ADD", config, "ctr-bad", path)
+    assert added.code == 7 and words in added.json["msg"], added
+    assert "Traceback" not in added.stderr
+    assert not link_exists(bridge_network["bridge"])
+    assert not (plugin.state_dir / "attachments.json").exists() or \
+        json.loads((plugin.state_dir / "attachments.json").read_text())["attachments"] == {}
+
+
+def test_subnet6_overlapping_a_host_route_is_refused(plugin, bridge_network, netns, upstream):
+    _, up_address, host_end = upstream
+    overlapping = up_address.rsplit("::", 1)[0] + "::/64"
+    ns, path = netns.create()
+    added = plugin("ADD", dict(bridge_network, subnet6=overlapping), "ctr-ovl", path)
+    assert added.code == 7 and "overlaps" in added.json["msg"] and host_end in added.json["msg"], added
+    assert not link_exists(bridge_network["bridge"])
+
+
+def test_subnet6_in_docker_mode_is_a_clear_error(plugin, netns):
+    ns, path = netns.create()
+    config = {"cniVersion": "1.0.0", "name": unique("dk"), "type": "smarter-cni",
+              "mode": "docker", "network": unique("n"), "subnet6": "fd42::/64"}
+    added = plugin("ADD", config, "ctr-dk", path)
+    assert added.code == 7 and "docker network create --ipv6" in added.json["msg"], added
+
+
+def test_dual_stack_storm_gives_unique_addresses_and_leaks_nothing(plugin, dual_network, netns):
+    spaces = [netns.create() for _ in range(16)]
+
+    def add(i: int):
+        return plugin("ADD", dual_network, f"ctr-{i}", spaces[i][1], args=pod_args(f"p{i}"))
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(add, range(16)))
+    assert all(r.ok for r in results), [r for r in results if not r.ok][:3]
+    v6 = [r.json["ips"][1]["address"] for r in results]
+    assert len(set(v6)) == 16
+    for (ns, _), address in zip(spaces, v6):
+        assert _global6(ns) == [address]
+
+    def delete(i: int):
+        return plugin("DEL", dual_network, f"ctr-{i}", spaces[i][1])
+
+    with ThreadPoolExecutor(16) as pool:
+        assert all(r.ok for r in pool.map(delete, range(16)))
+    state = json.loads((plugin.state_dir / "attachments.json").read_text())
+    assert state["attachments"] == {}
+    assert not [p for p in __import__("os").listdir(f"/sys/class/net/{dual_network['bridge']}/brif")]
