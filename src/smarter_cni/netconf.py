@@ -37,6 +37,7 @@ class NetConf:
         "range_end", "mtu", "ip_masq", "hairpin", "ipam", "dns_address", "domain",
         "docker_network", "docker_socket", "kubeconfig", "raw", "net_subnet", "net_prefix",
         "range_source", "subnet6", "prefix6", "gateway6", "range6_start", "range6_end",
+        "dns_address6",
     )
 
     def cidr(self) -> str:
@@ -66,7 +67,8 @@ class NetConf:
         search = [f"svc.{self.domain}", self.domain]
         if namespace:
             search.insert(0, f"{namespace}.svc.{self.domain}")
-        return {"nameservers": [self.dns_address], "search": search}
+        servers = [self.dns_address] + ([self.dns_address6] if self.dns_address6 else [])
+        return {"nameservers": servers, "search": search}
 
 
 def _fail(message: str) -> CNIError:
@@ -136,6 +138,7 @@ def parse_netconf(config: dict) -> NetConf:
             _get(config, "dnsAddress", str, defaults["dnsAddress"])))
     except ipv4.AddressError as err:
         raise _fail(f"dnsAddress: {err}") from None
+    conf.dns_address6 = _parse_dns6(conf, config)
     conf.domain = _get(config, "clusterDomain", str, DEFAULT_DOMAIN).strip(".").lower()
     if not conf.domain or len(conf.domain) > 200 or not set(conf.domain) <= _DOMAIN_CHARS \
             or "" in conf.domain.split("."):
@@ -185,6 +188,35 @@ def _parse_subnet6(conf: NetConf, config: dict) -> None:
     conf.subnet6, conf.prefix6 = subnet, prefix
     conf.gateway6 = subnet + 1
     conf.range6_start, conf.range6_end = subnet + 2, ipv6.last(subnet, prefix) - 1
+
+
+# The node DNS's IPv6 address when the operator asks for one and names none (install
+# --ipv6): a unique local /128 on the dummy interface, the same on every node, as
+# 169.254.0.2 is for IPv4. ULA, not link-local: a link-local address needs a zone (an
+# interface) in resolv.conf and kubelet's --cluster-dns, and pods on a bridge cannot
+# reach the host's dummy interface by one.
+DEFAULT_DNS6 = "fd00:169:254::2"
+
+
+def _parse_dns6(conf: NetConf, config: dict) -> str:
+    """`dnsAddress6`: the node DNS also listens there; "" or absent: IPv4 only."""
+    text = _get(config, "dnsAddress6", str, "").strip()
+    if not text:
+        return ""
+    if conf.mode == "docker":
+        raise _fail("dnsAddress6 is not supported in docker mode; drop it")
+    try:
+        value = ipv6.to_int(text)
+    except ipv4.AddressError as err:
+        raise _fail(f"dnsAddress6: {err}") from None
+    for network, length, what in ipv6.RESERVED:
+        if ipv6.contains(network, length, value & ipv6.mask(length)):
+            raise _fail(f"dnsAddress6 {text} is inside {what}; use a unique local address "
+                        f"such as {DEFAULT_DNS6}")
+    if conf.subnet6 is not None and ipv6.contains(conf.subnet6, conf.prefix6, value & ipv6.mask(conf.prefix6)):
+        raise _fail(f"dnsAddress6 {text} is inside subnet6 {conf.cidr6()}, where pods get "
+                    f"their addresses; use one outside it such as {DEFAULT_DNS6}")
+    return ipv6.to_text(value)
 
 
 def _is_docker_name(name: str) -> bool:

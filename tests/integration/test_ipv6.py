@@ -380,3 +380,82 @@ def test_portmap_ipv6_host_port_after_the_plugin(plugin, dual_network, netns, up
         plugin("DEL", dual_network, "ctr-pm", path)
     nat = subprocess.run(["ip6tables-save", "-t", "nat"], capture_output=True, text=True).stdout
     assert "ctr-pm" not in nat
+
+
+# ---------------------------------------------------------------- names (AAAA, PTR, IPv6 listener)
+
+def _free_link_local() -> str:
+    for _ in range(50):
+        address = f"169.254.{random.randint(100, 250)}.{random.randint(2, 254)}"
+        if not subprocess.run(["ip", "-o", "addr", "show", "to", address],
+                              capture_output=True, text=True).stdout.strip():
+            return address
+    pytest.skip("no free link-local address")
+
+
+@pytest.fixture
+def dns6_service(dual_network, plugin, tmp_path):
+    """The node DNS on a unique 169.254.x.y and a unique ULA /128, on a unique dummy."""
+    from test_dns_helpers import DnsService
+
+    address = _free_link_local()
+    address6 = _ula().split("/")[0] + "53"
+    interface = unique("sd6")
+    dual_network.update(dnsAddress=address, dnsAddress6=address6)  # the pods' config too
+    conf = tmp_path / "dns6.conflist"
+    conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": dual_network["name"],
+                                "plugins": [dual_network]}))
+    service = DnsService(tmp_path, address, plugin.state_dir, conf,
+                         extra=["--interface", interface])
+    try:
+        service.start()
+        yield address, address6
+    finally:
+        service.stop()
+        subprocess.run(["ip", "link", "del", interface], capture_output=True)
+
+
+def test_aaaa_and_ptr_from_pods_and_the_host_over_both_families(plugin, dual_network, netns,
+                                                                dns6_service, upstream):
+    from test_dns_helpers import dig
+
+    address, address6 = dns6_service
+    shown = subprocess.run(["ip", "-6", "-o", "addr", "show", "to", address6],
+                           capture_output=True, text=True).stdout
+    assert address6 in shown  # the service put its IPv6 address on the node
+    pods = {}
+    for name, container in (("alpha", "ctr-a"), ("beta", "ctr-b1"), ("beta", "ctr-b2")):
+        ns, path = netns.create()
+        added = plugin("ADD", dual_network, container, path, args=pod_args(name))
+        assert added.ok, added
+        assert address6 in added.json["dns"]["nameservers"]
+        pods[container] = (ns, added.json["ips"][0]["address"].split("/")[0],
+                           added.json["ips"][1]["address"].split("/")[0])
+    alpha_ns = pods["ctr-a"][0]
+    betas6 = sorted(pods[c][2] for c in ("ctr-b1", "ctr-b2"))
+    # the pod reaches the IPv6 DNS address through its IPv6 default route (the test's bridge)
+    route = subprocess.run(["ip", "-n", alpha_ns, "-6", "route", "get", address6],
+                           capture_output=True, text=True).stdout
+    assert "dev eth0" in route, route
+    for server in (address, address6):
+        for name in ("beta", "beta.default", "beta.default.svc.cluster.local"):
+            for transport in ("+notcp", "+tcp"):
+                answer = dig(server, name, "AAAA", transport, netns=alpha_ns)
+                assert answer.values("AAAA") == betas6, (server, name, transport, answer)
+        assert len(dig(server, "beta", "A", netns=alpha_ns).values("A")) == 2
+    # ANY carries both families; the host asks too
+    both = dig(address6, "alpha.default.svc.cluster.local", "ANY")
+    assert both.values("A") == [pods["ctr-a"][1]] and both.values("AAAA") == [pods["ctr-a"][2]]
+    assert dig(address, "alpha", "AAAA").values("AAAA") == [pods["ctr-a"][2]]
+    ptr = dig(address6, "-x", pods["ctr-a"][2], netns=pods["ctr-b1"][0])
+    assert ptr.values("PTR") == ["alpha.default.svc.cluster.local"], ptr
+    assert dig(address6, "nobody.default.svc.cluster.local", "AAAA").status == "NXDOMAIN"
+    # a deleted pod's AAAA is gone the moment DEL returns
+    assert plugin("DEL", dual_network, "ctr-b2", "").ok
+    assert dig(address6, "beta", "AAAA", netns=alpha_ns).values("AAAA") == [pods["ctr-b1"][2]]
+    # an IPv6 source that is neither a pod nor the node is refused
+    up_ns, up_address, host_end = upstream
+    subprocess.run(["ip", "-n", up_ns, "-6", "route", "add", f"{address6}/128",
+                    "via", up_address[:-1] + "1"], check=True)
+    refused = dig(address6, "alpha.default.svc.cluster.local", "AAAA", netns=up_ns)
+    assert refused.status == "REFUSED", refused
