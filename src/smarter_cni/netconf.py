@@ -196,6 +196,9 @@ def _parse_subnet6(conf: NetConf, config: dict) -> None:
 # interface) in resolv.conf and kubelet's --cluster-dns, and pods on a bridge cannot
 # reach the host's dummy interface by one.
 DEFAULT_DNS6 = "fd00:169:254::2"
+# install --ipv6 with no --subnet6: mirrors 10.42.0.0/16 (a ULA needs no registration;
+# pick your own random fdXX:XXXX:XXXX::/64 where prefixes of several sites could meet)
+DEFAULT_SUBNET6 = "fd00:10:42::/64"
 
 
 def _parse_dns6(conf: NetConf, config: dict) -> str:

@@ -71,3 +71,31 @@ def test_subnet6_in_docker_mode_is_refused():
     with pytest.raises(CNIError) as caught:
         _conf(mode="docker", subnet6="fd42::/64")
     assert caught.value.code == 7 and "fixed-cidr-v6" in caught.value.msg
+
+
+def _install_opts(*argv: str):
+    from smarter_cni.cli import build_parser
+    from smarter_cni.node.install import Options
+
+    return Options.from_args(build_parser().parse_args(["install", *argv]))
+
+
+def test_installer_options_render_into_the_conflist():
+    from smarter_cni import conflist
+    from smarter_cni.node.install import cluster_dns
+
+    plain = conflist.our_plugin(conflist.render(_install_opts()))
+    assert "subnet6" not in plain and "dnsAddress6" not in plain  # IPv4 only costs nothing
+    dual = conflist.render(_install_opts("--ipv6"))
+    assert conflist.our_plugin(dual)["subnet6"] == "fd00:10:42::/64"
+    assert conflist.our_plugin(dual)["dnsAddress6"] == "fd00:169:254::2"
+    assert cluster_dns(conflist.netconf_of(dual)) == "169.254.0.2,fd00:169:254::2"
+    own = conflist.our_plugin(conflist.render(_install_opts(
+        "--subnet6", "fd42:1:2::/64", "--dns-ip6", "fd42:ffff::53")))
+    assert (own["subnet6"], own["dnsAddress6"]) == ("fd42:1:2::/64", "fd42:ffff::53")
+    with pytest.raises(conflist.ConfigError, match="/128"):
+        conflist.render(_install_opts("--subnet6", "fd42::/128"))
+    with pytest.raises(conflist.ConfigError, match="inside subnet6"):
+        conflist.render(_install_opts("--subnet6", "fd42::/64", "--dns-ip6", "fd42::53"))
+    with pytest.raises(conflist.ConfigError, match="fixed-cidr-v6"):
+        conflist.render(_install_opts("--mode", "docker", "--ipv6"))
