@@ -37,19 +37,20 @@ class NetConf:
         "range_end", "mtu", "ip_masq", "hairpin", "ipam", "dns_address", "domain",
         "docker_network", "docker_socket", "kubeconfig", "raw", "net_subnet", "net_prefix",
         "range_source", "subnet6", "prefix6", "gateway6", "range6_start", "range6_end",
-        "dns_address6",
+        "dns_address6", "ipv4",
     )
 
     def cidr(self) -> str:
-        """The network's CIDR: what forwarding, NAT and the node DNS cover."""
-        return f"{ipv4.to_text(self.net_subnet)}/{self.net_prefix}"
+        """The network's IPv4 CIDR: what forwarding, NAT and the node DNS cover ("" when
+        the network is IPv6 only)."""
+        return f"{ipv4.to_text(self.net_subnet)}/{self.net_prefix}" if self.ipv4 else ""
 
     def subnet_text(self) -> str:
         """The pods' own subnet: the network's, or the runtime's narrower range (ipranges)."""
-        return f"{ipv4.to_text(self.subnet)}/{self.prefix}"
+        return f"{ipv4.to_text(self.subnet)}/{self.prefix}" if self.ipv4 else ""
 
     def gateway_text(self) -> str:
-        return ipv4.to_text(self.gateway)
+        return ipv4.to_text(self.gateway) if self.ipv4 else ""
 
     def cidr6(self) -> str:
         """The pods' IPv6 prefix, "" when the network is IPv4 only."""
@@ -67,7 +68,8 @@ class NetConf:
         search = [f"svc.{self.domain}", self.domain]
         if namespace:
             search.insert(0, f"{namespace}.svc.{self.domain}")
-        servers = [self.dns_address] + ([self.dns_address6] if self.dns_address6 else [])
+        servers = ([self.dns_address] if self.ipv4 else []) + \
+            ([self.dns_address6] if self.dns_address6 else [])
         return {"nameservers": servers, "search": search}
 
 
@@ -107,8 +109,13 @@ def parse_netconf(config: dict) -> NetConf:
     except CNIError:
         raise _fail(f"bridge {conf.bridge[:40]!r} is not a valid interface name "
                     "(1-15 characters, no '/', ':' or spaces)") from None
+    subnet_text = _get(config, "subnet", str, defaults["subnet"])
+    conf.ipv4 = subnet_text.strip() != ""  # "subnet": "" with a subnet6: IPv6-only pods
+    if not conf.ipv4:
+        _ipv6_only(conf, config)
+        return conf
     try:
-        conf.subnet, conf.prefix = ipv4.parse_cidr(_get(config, "subnet", str, defaults["subnet"]))
+        conf.subnet, conf.prefix = ipv4.parse_cidr(subnet_text)
     except ipv4.AddressError as err:
         raise _fail(f"subnet: {err}") from None
     conf.net_subnet, conf.net_prefix, conf.range_source = conf.subnet, conf.prefix, ""
@@ -123,6 +130,36 @@ def parse_netconf(config: dict) -> NetConf:
         raise _fail("rangeStart is after rangeEnd")
 
     _parse_subnet6(conf, config)
+    _common(conf, config, defaults)
+    if "runtimeConfig" in config or "podCIDRs" in config:  # the node's own pod range
+        from .ipranges import apply
+
+        apply(conf, config)
+    return conf
+
+
+def _ipv6_only(conf: NetConf, config: dict) -> None:
+    """No IPv4 subnet: pods get only an IPv6 address. The IPv4 fields hold an empty
+    placeholder (0.0.0.0/32, an empty range) that code asking `conf.ipv4` skips."""
+    conf.subnet = conf.net_subnet = conf.gateway = 0
+    conf.prefix = conf.net_prefix = 32
+    conf.range_start, conf.range_end, conf.range_source = 1, 0, ""
+    if conf.mode == "docker":
+        raise _fail("an empty subnet (IPv6-only pods) is not supported in docker mode")
+    for key in ("gateway", "rangeStart", "rangeEnd", "podCIDRs"):
+        if config.get(key):
+            raise _fail(f"{key} is an IPv4 setting but subnet is empty (IPv6 only); drop it")
+    _parse_subnet6(conf, config)
+    if conf.subnet6 is None:
+        raise _fail("subnet is empty and subnet6 is not set: give pods an IPv4 subnet, an "
+                    "IPv6 subnet6, or both")
+    _common(conf, config, DEFAULTS[conf.mode])
+    if not conf.dns_address6:  # the pods have no IPv4 to reach the IPv4 DNS address with
+        conf.dns_address6 = DEFAULT_DNS6
+
+
+def _common(conf: NetConf, config: dict, defaults: dict[str, str]) -> None:
+    """The settings every network has, whatever its address families."""
     conf.mtu = _get(config, "mtu", int, 1500)
     if not 576 <= conf.mtu <= 65535:
         raise _fail(f"mtu {conf.mtu} is outside 576..65535")
@@ -151,11 +188,6 @@ def parse_netconf(config: dict) -> NetConf:
                     "(a letter or digit, then letters, digits, '_', '.' or '-')")
     conf.docker_socket = _get(config, "dockerSocket", str, docker_socket_from_env())
     conf.kubeconfig = _get(config, "kubeconfig", str, "")
-    if "runtimeConfig" in config or "podCIDRs" in config:  # the node's own pod range
-        from .ipranges import apply
-
-        apply(conf, config)
-    return conf
 
 
 # /120 leaves 255 addresses (the gateway and 254 pods, like a /24); a prefix shorter than

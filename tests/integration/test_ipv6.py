@@ -459,3 +459,70 @@ def test_aaaa_and_ptr_from_pods_and_the_host_over_both_families(plugin, dual_net
                     "via", up_address[:-1] + "1"], check=True)
     refused = dig(address6, "alpha.default.svc.cluster.local", "AAAA", netns=up_ns)
     assert refused.status == "REFUSED", refused
+
+
+# ---------------------------------------------------------------- IPv6-only pods
+
+@pytest.fixture
+def v6_only_network(bridge_network, state_dir):
+    config = dict(bridge_network, subnet="", subnet6=_ula())
+    try:
+        yield config
+    finally:
+        teardown_bridge_network(config, state_dir)
+
+
+@pytest.mark.parametrize("iproute2", [False, True], ids=["netlink", "iproute2"])
+def test_ipv6_only_pods(plugin, v6_only_network, netns, iproute2):
+    extra = {"SMARTER_CNI_USE_IPROUTE2": "1"} if iproute2 else None
+    pods = []
+    for name in ("one", "two"):
+        ns, path = netns.create()
+        added = plugin("ADD", v6_only_network, f"ctr-{name}", path, args=pod_args(name),
+                       extra=extra)
+        assert added.ok, added
+        result = added.json
+        assert [ip["address"].count(":") > 0 for ip in result["ips"]] == [True]
+        assert result["routes"] == [{"dst": "::/0", "gw": _gateway6(v6_only_network)}]
+        assert result["dns"]["nameservers"] == ["fd00:169:254::2"]
+        assert not [i for e in _ip_json(ns, "-4", "addr", "show", "dev", "eth0")
+                    for i in e.get("addr_info", [])]
+        assert _global6(ns) == [result["ips"][0]["address"]]
+        pods.append((ns, path, result))
+    assert _ping6(pods[0][0], pods[1][2]["ips"][0]["address"].split("/")[0])
+    assert _ping6(pods[1][0], _gateway6(v6_only_network))
+    bridge4 = json.loads(subprocess.run(
+        ["ip", "-j", "-4", "addr", "show", "dev", v6_only_network["bridge"]],
+        capture_output=True, text=True).stdout or "[]")
+    assert not [i for e in bridge4 for i in e.get("addr_info", [])], "an IPv4 address on the bridge"
+    ns, path, result = pods[0]
+    checked = plugin("CHECK", dict(v6_only_network, prevResult=result), "ctr-one", path)
+    assert checked.ok, checked
+    status = plugin("STATUS", dict(v6_only_network, cniVersion="1.1.0"))
+    assert status.ok, status
+    for name, (_, path, _) in zip(("one", "two"), pods):
+        assert plugin("DEL", v6_only_network, f"ctr-{name}", path).ok
+    state = json.loads((plugin.state_dir / "attachments.json").read_text())
+    assert state["attachments"] == {}
+
+
+def test_ipv6_only_egress_is_masqueraded(plugin, v6_only_network, netns, upstream):
+    _, up_address, _ = upstream
+    ns, path = netns.create()
+    added = plugin("ADD", v6_only_network, "ctr-v6eg", path, args=pod_args("v6eg"))
+    assert added.ok, added
+    assert _ping6(ns, up_address)
+    nat4 = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    assert v6_only_network["name"] not in nat4  # no IPv4 rules for an IPv6-only network
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"subnet": ""}, "subnet6 is not set"),
+    ({"subnet": "", "subnet6": "fd42::/64", "gateway": "10.0.0.1"}, "gateway is an IPv4 setting"),
+    ({"subnet": "", "subnet6": "fd42::/64", "mode": "docker"}, "docker mode"),
+])
+def test_ipv6_only_config_errors(plugin, bridge_network, netns, extra, words):
+    ns, path = netns.create()
+    added = plugin("ADD", dict(bridge_network, **extra), "ctr-v6bad", path)
+    assert added.code == 7 and words in added.json["msg"], added
+    assert not link_exists(bridge_network["bridge"])

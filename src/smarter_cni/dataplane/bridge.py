@@ -75,23 +75,26 @@ def add(request: Request, conf: NetConf) -> Result:
         last_before = tx.state.get("last_reserved", {}).get(conf.name)
         last6_before = tx.state.get("last_reserved6", {}).get(conf.name)
         address6 = ""
-        if conf.delegated_ipam:
+        if conf.delegated_ipam or not conf.ipv4:
             address, prefix, gateway = 0, 0, conf.gateway
         else:
             address = _reserve(tx, conf, key, existing)
             prefix, gateway = conf.prefix, conf.gateway
-            if conf.subnet6 is not None:
-                address6 = f"{ipv6.to_text(_reserve6(tx, conf, existing))}/{conf.prefix6}"
+        if not conf.delegated_ipam and conf.subnet6 is not None:
+            address6 = f"{ipv6.to_text(_reserve6(tx, conf, existing))}/{conf.prefix6}"
         record = _new_record(request, conf, host, address, prefix, gateway, pod)
         if address6:
             record["ips"].append(address6)
+        if not conf.ipv4:
+            record["gateway"] = ""
         tx.attachments[key] = record
         tx.dirty = True
     try:
         if conf.delegated_ipam:
             address, prefix, gateway, address6 = _delegate_add(request, conf)
-            record["ips"] = [address_text(address, prefix)] + ([address6] if address6 else [])
-            record["gateway"] = ipv4.to_text(gateway)
+            record["ips"] = ([address_text(address, prefix)] if address else []) + \
+                ([address6] if address6 else [])
+            record["gateway"] = ipv4.to_text(gateway) if address else ""
         result = _plumb(request, conf, host, address, prefix, gateway, address6)
         result = _after_previous(previous, result)
     except BaseException:
@@ -244,6 +247,9 @@ def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int, str]:
     result = _delegate().add(request, conf.delegated_ipam or "")
     ip = next((ip for ip in result.ips if ":" not in ip.address), None)
     ip6 = next((ip for ip in result.ips if ":" in ip.address), None)
+    if ip is None and not conf.ipv4 and ip6 is not None:  # IPv6-only
+        value6, prefix6 = ipv6.parse_cidr(ip6.address, strict=False)
+        return 0, 0, 0, f"{ipv6.to_text(value6)}/{prefix6}"
     if ip is None:
         raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin {conf.delegated_ipam} returned no IPv4 "
                        "address; give it a range inside subnet")
@@ -264,22 +270,23 @@ def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int, str]:
 
 def _plumb(request: Request, conf: NetConf, host: str, address: int, prefix: int,
            gateway: int, address6: str = "") -> Result:
-    peer_mac = pod_mac(address)
+    # the MAC follows the IPv4 address, else (IPv6 only) the IPv6 one's low 32 bits
+    peer_mac = pod_mac(address or ipv6.to_int(address6.split("/")[0]) & 0xFFFFFFFF)
     host_mac = random_mac()
-    gateway_text = ipv4.to_text(gateway)
+    gateway_text = ipv4.to_text(gateway) if address else ""
     link = links.PodLink(host, host_mac, request.ifname, peer_mac, request.netns,
                          conf.mtu, conf.bridge, conf.hairpin)
     if address6:
         link.address6, _, prefix6 = address6.partition("/")
         link.prefix6, link.gateway6 = int(prefix6), conf.gateway6_text()
-    links.plumb_pod(link, ipv4.to_text(address), prefix, gateway_text)
+    links.plumb_pod(link, ipv4.to_text(address) if address else "", prefix, gateway_text)
     result = Result()
     result.interfaces = [
         Interface(host, host_mac, mtu=conf.mtu),
         Interface(request.ifname, peer_mac, request.netns, conf.mtu),
     ]
-    result.ips = [IPConfig(address_text(address, prefix), gateway_text, 1)]
-    result.routes = [Route("0.0.0.0/0", gateway_text)]
+    result.ips = [IPConfig(address_text(address, prefix), gateway_text, 1)] if address else []
+    result.routes = [Route("0.0.0.0/0", gateway_text)] if address else []
     if address6:
         result.ips.append(IPConfig(address6, link.gateway6, 1))
         result.routes.append(Route("::/0", link.gateway6))
@@ -450,8 +457,13 @@ def status(request: Request, conf: NetConf) -> None:
     except (CNIError, OSError) as err:
         raise CNIError(PLUGIN_NOT_AVAILABLE, f"state directory unusable: {err}") from None
     if not conf.delegated_ipam:
-        size = conf.range_end - conf.range_start + 1
         used = sum(1 for r in attachments.values() if r.get("network") == conf.name)
+        if conf.subnet6 is not None and used >= conf.range6_end - conf.range6_start + 1:
+            raise CNIError(PLUGIN_NOT_AVAILABLE, f"IPv6 address pool of {conf.name} is "
+                           f"exhausted ({used} pods)")
+        if not conf.ipv4:
+            return
+        size = conf.range_end - conf.range_start + 1
         if used >= size - (1 if conf.range_start <= conf.gateway <= conf.range_end else 0):
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"address pool of {conf.name} is exhausted "
                            f"({used} pods)")

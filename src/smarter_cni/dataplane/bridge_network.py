@@ -49,7 +49,7 @@ def network_ready(conf: NetConf, networks: dict[str, Any]) -> bool:
 def bridge_mac(conf: NetConf) -> str:
     """The bridge's MAC: fixed per gateway address (never a pod's, see pod_mac), so a bridge
     rebuilt after a deletion keeps the MAC the running pods have in their ARP caches."""
-    return pod_mac(conf.gateway)
+    return pod_mac(conf.gateway if conf.ipv4 else conf.gateway6 & 0xFFFFFFFF)
 
 
 VERIFIED_PREFIX = "verified-"
@@ -87,7 +87,7 @@ def network_problems(conf: NetConf, attachments: dict[str, Any] | None = None,
         if not links.is_up(conf.bridge):
             problems.append(f"bridge {conf.bridge} is down")
         wanted = (conf.gateway_text(), conf.prefix)
-        if wanted not in links.ipv4_addresses(conf.bridge):
+        if conf.ipv4 and wanted not in links.ipv4_addresses(conf.bridge):
             problems.append(f"bridge {conf.bridge} lacks its address {address_text(conf.gateway, conf.prefix)}")
         if conf.subnet6 is not None and \
                 (conf.gateway6_text(), conf.prefix6) not in links.ipv4_addresses(conf.bridge, 6):
@@ -98,7 +98,7 @@ def network_problems(conf: NetConf, attachments: dict[str, Any] | None = None,
             if loose:
                 problems.append(f"{len(loose)} pod veth(s) not on {conf.bridge}: {', '.join(loose[:5])}")
     firewall = _firewall()
-    if not firewall.forwarding_enabled():
+    if conf.ipv4 and not firewall.forwarding_enabled():
         problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0)")
     if conf.subnet6 is not None and not firewall.forwarding_enabled(6):
         problems.append("IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0)")
@@ -145,6 +145,9 @@ def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> N
 
 def _correct_bridge_address(conf: NetConf) -> None:
     """Give the bridge exactly the gateway address (a stale one is replaced, not tripped over)."""
+    if not conf.ipv4:
+        _correct_bridge_address6(conf)
+        return
     wanted = address_text(conf.gateway, conf.prefix)
     current = []
     for entry in links.show_json(["-4", "addr", "show", "dev", conf.bridge]):

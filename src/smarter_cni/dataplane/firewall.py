@@ -68,16 +68,22 @@ def _masq_jump(conf: NetConf) -> list[str]:
 
 def ensure(conf: NetConf) -> None:
     """Make the network's forwarding and masquerading rules exist (idempotent)."""
-    enable_forwarding()
+    if conf.ipv4:
+        enable_forwarding()
     if conf.subnet6 is not None:
         enable_forwarding(6)
     if backend() == "nft":
-        _nft_ensure(conf)
+        if conf.ipv4:
+            _nft_ensure(conf)
         if conf.subnet6 is not None:
             _nft_ensure6(conf)
         return
     if conf.subnet6 is not None:
         ensure6(conf)
+    if not conf.ipv4:  # IPv6 only: no IPv4 rules (an earlier config's go)
+        _drop_stale("filter", "FORWARD", conf, [])
+        _drop_stale("nat", "POSTROUTING", conf, [])
+        return
     _drop_stale("filter", "FORWARD", conf, _forward_rules(conf))
     _drop_stale("nat", "POSTROUTING", conf, [_masq_jump(conf)] if conf.ip_masq else [])
     # NAT before the FORWARD accepts: nothing is forwarded un-NATed while a repair is half
@@ -155,12 +161,14 @@ def present(conf: NetConf) -> list[str]:
     masquerades nothing even with its jump in place.
     """
     if backend() == "nft":
-        ok = run(["nft", "list", "table", "ip", _nft_table(conf)]).returncode == 0
+        ok = not conf.ipv4 or run(["nft", "list", "table", "ip", _nft_table(conf)]).returncode == 0
         missing = [] if ok else [f"nft table ip {_nft_table(conf)}"]
         if conf.subnet6 is not None and \
                 run(["nft", "list", "table", "ip6", _nft_table(conf)]).returncode != 0:
             missing.append(f"nft table ip6 {_nft_table(conf)}")
         return missing
+    if not conf.ipv4:
+        return present6(conf)
     save = find_program("iptables-save")
     if save is None:
         return _present_one_by_one(conf)

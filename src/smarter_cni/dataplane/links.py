@@ -162,10 +162,12 @@ def plumb_pod(link: PodLink, address: str, prefix: int, gateway: str) -> None:
         except netlink.NetlinkUnavailable:
             pass
     _create_veth_iproute2(link)
-    lines = ["link set lo up", f"addr add {address}/{prefix} dev {link.peer}"]
+    lines = ["link set lo up"] + ([f"addr add {address}/{prefix} dev {link.peer}"] if address else [])
     if link.address6:
         lines.append(f"addr add {link.address6}/{link.prefix6} dev {link.peer} nodad")
-    lines += [f"link set {link.peer} up", f"route add default via {gateway} dev {link.peer}"]
+    lines.append(f"link set {link.peer} up")
+    if address:
+        lines.append(f"route add default via {gateway} dev {link.peer}")
     if link.address6:
         lines.append(f"route add ::/0 via {link.gateway6} dev {link.peer}")
     batch(lines, netns=link.netns, what=f"configure {link.peer} in {link.netns}")
@@ -191,11 +193,13 @@ def _plumb_netlink(link: PodLink, address: str, prefix: int, gateway: str) -> No
                         host.set_hairpin(ifindex(link.host))
                     index = pod.ifindex(link.peer)
                     pod.set_up(1)  # lo is ifindex 1 in every netns
-                    pod.add_ipv4(index, address, prefix)
+                    if address:  # "" for an IPv6-only pod
+                        pod.add_ipv4(index, address, prefix)
                     if link.address6:
                         pod.add_ipv6(index, link.address6, link.prefix6)
                     pod.set_up(index)
-                    pod.add_default_route(index, gateway)
+                    if address:
+                        pod.add_default_route(index, gateway)
                     if link.address6:
                         pod.add_default_route6(index, link.gateway6)
                 except OSError as err:
