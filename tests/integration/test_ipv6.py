@@ -526,3 +526,32 @@ def test_ipv6_only_config_errors(plugin, bridge_network, netns, extra, words):
     added = plugin("ADD", dict(bridge_network, **extra), "ctr-v6bad", path)
     assert added.code == 7 and words in added.json["msg"], added
     assert not link_exists(bridge_network["bridge"])
+
+
+def test_the_reconciler_restores_the_ipv6_pieces(plugin, dual_network, netns, dns6_service,
+                                                 state_dir):
+    import time
+
+    ns, path = netns.create()
+    assert plugin("ADD", dual_network, "ctr-rec", path, args=pod_args("rec")).ok
+    gateway = f"{_gateway6(dual_network)}/64"
+    subprocess.run(["ip", "addr", "del", gateway, "dev", dual_network["bridge"]], check=True)
+    nat = subprocess.run(["ip6tables", "-t", "nat", "-S", "POSTROUTING"], capture_output=True,
+                         text=True).stdout
+    for line in nat.splitlines():
+        if dual_network["name"] in line:
+            subprocess.run(["ip6tables", "-t", "nat", "-D", *shlex.split(line)[1:]], check=True)
+    deadline = time.monotonic() + 15
+    repaired = []
+    while time.monotonic() < deadline:
+        path_repairs = state_dir / "repairs.json"
+        if path_repairs.exists():
+            repaired = [r["what"] for r in json.loads(path_repairs.read_text())
+                        if r["by"] == "reconciler"]
+            if any("IPv6 address" in w for w in repaired) and \
+                    any("ip6tables nat" in w for w in repaired):
+                break
+        time.sleep(0.2)
+    assert any("IPv6 address" in w for w in repaired), repaired
+    assert any("ip6tables nat" in w for w in repaired), repaired
+    assert _ping6(ns, _gateway6(dual_network))
