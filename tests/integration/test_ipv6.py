@@ -555,3 +555,46 @@ def test_the_reconciler_restores_the_ipv6_pieces(plugin, dual_network, netns, dn
     assert any("IPv6 address" in w for w in repaired), repaired
     assert any("ip6tables nat" in w for w in repaired), repaired
     assert _ping6(ns, _gateway6(dual_network))
+
+
+def _free_port6() -> int:
+    import socket
+
+    for _ in range(100):
+        port = random.randint(20000, 60000)
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET6, kind) as sock:
+                    sock.bind(("::1", port))
+            return port
+        except OSError:
+            continue
+    pytest.skip("no free port on ::1")
+
+
+def test_a_pod_asks_the_ipv6_listener_and_it_forwards_to_an_ipv6_upstream(
+        plugin, dual_network, netns, tmp_path):
+    """Upstream: a real dnsmasq on [::1]; the node DNS on IPv6 and IPv4 addresses of ours."""
+    from test_dns_helpers import Dnsmasq, DnsService, dig
+
+    upstream = Dnsmasq(tmp_path, {"outside.example": "192.0.2.7"}, address="::1",
+                       port=_free_port6(), extra=["--host-record=outside6.example,2001:db8::7"])
+    upstream.start()
+    address, address6, interface = _free_link_local(), _ula().split("/")[0] + "53", unique("sd6")
+    dual_network.update(dnsAddress=address, dnsAddress6=address6)
+    conf = tmp_path / "fwd6.conflist"
+    conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": dual_network["name"],
+                                "plugins": [dual_network]}))
+    service = DnsService(tmp_path, address, plugin.state_dir, conf,
+                         upstreams=[f"[::1]:{upstream.port}"], extra=["--interface", interface])
+    try:
+        service.start()
+        ns, path = netns.create()
+        assert plugin("ADD", dual_network, "ctr-fwd", path, args=pod_args("fwd")).ok
+        got = dig(address6, "outside6.example", "AAAA", netns=ns)
+        assert got.values("AAAA") == ["2001:db8::7"], got
+        assert dig(address6, "outside.example", "+tcp", netns=ns).values("A") == ["192.0.2.7"]
+    finally:
+        service.stop()
+        upstream.stop()
+        subprocess.run(["ip", "link", "del", interface], capture_output=True)
