@@ -598,3 +598,49 @@ def test_a_pod_asks_the_ipv6_listener_and_it_forwards_to_an_ipv6_upstream(
         service.stop()
         upstream.stop()
         subprocess.run(["ip", "link", "del", interface], capture_output=True)
+
+
+def test_install_with_subnet6_then_uninstall(tmp_path):
+    """`smarter-cni install --subnet6 --dns-ip6` (this checkout's, not install.sh's venv):
+    dual-stack network, the node DNS on both addresses, self-test, status, uninstall."""
+    import sys
+
+    from test_dns_helpers import dig
+    from test_install import Install
+
+    inst = Install(tmp_path)
+    subnet6 = _ula()
+    dns6 = _ula().split("/")[0] + "53"
+    cli = [sys.executable, "-m", "smarter_cni"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    try:
+        done = run("install", *inst.options, "--subnet6", subnet6, "--dns-ip6", dns6)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"--cluster-dns={inst.dns_ip},{dns6}" in done.stdout
+        plugin_conf = inst.plugin_config()
+        assert (plugin_conf["subnet6"], plugin_conf["dnsAddress6"]) == (subnet6, dns6)
+        bridge6 = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", inst.bridge],
+                                 capture_output=True, text=True).stdout
+        assert subnet6.split("/")[0] + "1/64" in bridge6
+        assert dig(dns6, "cluster.local", "SOA").status == "NOERROR"
+        status = run("status", "--json")
+        data = json.loads(status.stdout)
+        assert status.returncode == 0 and data["subnet6"] == subnet6, status.stdout
+        gone = run("uninstall", "--force")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not link_exists(inst.bridge)
+        assert not subprocess.run(["ip", "-6", "-o", "addr", "show", "to", dns6],
+                                  capture_output=True, text=True).stdout.strip()
+        rules6 = subprocess.run(["ip6tables-save"], capture_output=True, text=True).stdout
+        assert inst.network not in rules6 and subnet6 not in rules6
+    finally:
+        inst.cleanup()
+        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
+                                 "bridge": inst.bridge, "subnet": inst.subnet,
+                                 "subnet6": subnet6}, inst.state_dir)
+        subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", inst.dns_interface],
+                       capture_output=True)
