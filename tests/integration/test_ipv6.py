@@ -644,3 +644,10 @@ def test_install_with_subnet6_then_uninstall(tmp_path):
                                  "subnet6": subnet6}, inst.state_dir)
         subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", inst.dns_interface],
                        capture_output=True)
+
+
+def test_a_dual_stack_config_at_0_2_0_is_refused_clearly(plugin, dual_network, netns):
+    ns, path = netns.create()
+    added = plugin("ADD", dict(dual_network, cniVersion="0.2.0"), "ctr-old", path)
+    assert added.code == 1 and "0.3.0" in added.json["msg"], added
+    assert not link_exists(dual_network["bridge"])
