@@ -651,3 +651,24 @@ def test_a_dual_stack_config_at_0_2_0_is_refused_clearly(plugin, dual_network, n
     added = plugin("ADD", dict(dual_network, cniVersion="0.2.0"), "ctr-old", path)
     assert added.code == 1 and "0.3.0" in added.json["msg"], added
     assert not link_exists(dual_network["bridge"])
+
+
+def test_state_wiped_with_dual_stack_survivors(plugin, dual_network, netns, state_dir):
+    """State lost while pods remain on the bridge: new pods never get a survivor's IPv6
+    address (as for IPv4, tests/integration/test_reboot_drift.py)."""
+    import shutil
+
+    old = []
+    for i in range(3):
+        ns, path = netns.create()
+        added = plugin("ADD", dual_network, f"old{i}", path)
+        assert added.ok, added
+        old.append(added.json["ips"][1]["address"])
+    shutil.rmtree(state_dir)
+    new = []
+    for i in range(3):
+        ns, path = netns.create()
+        added = plugin("ADD", dual_network, f"new{i}", path)
+        assert added.ok, added
+        new.append(added.json["ips"][1]["address"])
+    assert not set(old) & set(new), (old, new)

@@ -183,6 +183,9 @@ def _reserve6(tx: store.Transaction, conf: NetConf, existing: dict | None) -> in
         if ":" in cidr:
             return ipv6.to_int(cidr.split("/")[0])
     taken = {conf.gateway6}
+    for port, address in (tx.state.get("adopted6", {}).get(conf.name) or {}).items():
+        if links.exists(port):  # a surviving pod from before the state was lost
+            taken.add(ipv6.to_int(address))
     for record in tx.attachments.values():
         if record.get("network") == conf.name:
             for cidr in record.get("ips") or []:

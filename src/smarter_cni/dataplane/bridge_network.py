@@ -273,21 +273,27 @@ def _adopt_survivors(tx: store.Transaction, conf: NetConf) -> None:
         # named netns with the id the host's veths use as link_netnsid
         names = {e.get("id"): e.get("name") for e in links.show_json(["netns", "list"])
                  if "id" in e}
-        found = {}
+        found, found6 = {}, {}
         for port in ports:
             info = (links.show_json(["-d", "link", "show", "dev", port]) or [{}])[0]
             netns = names.get(info.get("link_netnsid"))
             if not netns:
                 continue
-            for entry in links.show_json(["-n", netns, "-4", "addr", "show"]):
+            family = ["-4"] if conf.subnet6 is None else []  # IPv6 too on dual-stack
+            for entry in links.show_json(["-n", netns, *family, "addr", "show"]):
                 if entry.get("ifindex") != info.get("link_index"):
                     continue
                 for addr in entry.get("addr_info", []):
                     local = addr.get("local", "")
-                    if ipv4.contains(conf.subnet, conf.prefix, ipv4.to_int(local)):
+                    if ":" in local:
+                        if conf.subnet6 is not None and \
+                                ipv6.contains(conf.subnet6, conf.prefix6, ipv6.to_int(local)):
+                            found6[port] = ipv6.to_text(ipv6.to_int(local))
+                    elif conf.ipv4 and ipv4.contains(conf.subnet, conf.prefix, ipv4.to_int(local)):
                         found[port] = local
     except (CNIError, ipv4.AddressError):
         return  # best effort: never fail an ADD over this
-    if found:
-        tx.state.setdefault("adopted", {})[conf.name] = found
-        tx.dirty = True
+    for field, addresses in (("adopted", found), ("adopted6", found6)):
+        if addresses:
+            tx.state.setdefault(field, {})[conf.name] = addresses
+            tx.dirty = True
