@@ -672,3 +672,17 @@ def test_state_wiped_with_dual_stack_survivors(plugin, dual_network, netns, stat
         assert added.ok, added
         new.append(added.json["ips"][1]["address"])
     assert not set(old) & set(new), (old, new)
+
+
+def test_dual_stack_with_the_runtimes_ip_ranges(plugin, dual_network, netns):
+    """kubelet/containerd pass both podCIDRs in ipRanges: IPv4 is narrowed to the node's
+    range, IPv6 comes from subnet6 (the IPv6 range is named in the log, not used)."""
+    base = dual_network["subnet"].rsplit(".", 1)[0]
+    ranges = [[{"subnet": f"{base}.64/26"}], [{"subnet": "fd99:1:2:3::/64"}]]
+    ns, path = netns.create()
+    added = plugin("ADD", dict(dual_network, runtimeConfig={"ipRanges": ranges}), "ctr-rr", path)
+    assert added.ok, added
+    ip4, ip6 = added.json["ips"]
+    assert ip4["address"] == f"{base}.66/26" and ip4["gateway"] == f"{base}.65"
+    assert ip6["address"] == dual_network["subnet6"].split("/")[0] + "2/64"
+    assert _ping6(ns, _gateway6(dual_network))
