@@ -203,9 +203,10 @@ def _parse_subnet6(conf: NetConf, config: dict) -> None:
     if not text:
         return
     if conf.mode == "docker":
-        raise _fail("subnet6 is not supported in docker mode: create the Docker network with "
-                    "IPv6 (docker network create --ipv6 --subnet PREFIX, dockerd with --ipv6 "
-                    "and fixed-cidr-v6) and drop subnet6 from the smarter-cni config")
+        raise _fail("subnet6 is not used in docker mode: Docker's IPAM hands out IPv6 on a "
+                    "network created with IPv6 (docker network create --ipv6 --subnet "
+                    "172.38.0.0/16 --subnet PREFIX ...; dockerd with --ipv6 and fixed-cidr-v6 "
+                    "for its default bridge) and pods get it; drop subnet6 from the config")
     try:
         subnet, prefix = ipv6.parse_cidr(text)
     except ipv4.AddressError as err:

@@ -686,3 +686,40 @@ def test_dual_stack_with_the_runtimes_ip_ranges(plugin, dual_network, netns):
     assert ip4["address"] == f"{base}.66/26" and ip4["gateway"] == f"{base}.65"
     assert ip6["address"] == dual_network["subnet6"].split("/")[0] + "2/64"
     assert _ping6(ns, _gateway6(dual_network))
+
+
+# ---------------------------------------------------------------- docker mode
+
+def test_docker_mode_on_an_ipv6_enabled_docker_network(plugin, dockerd, sandboxes, state_dir):
+    """Docker hands out both addresses on a network created with --ipv6; the result, the
+    record (AAAA), CHECK and a 0.2.0 result carry the IPv6 one too."""
+    from helpers.dockerd import free_subnet, network_config, remove_network
+
+    name = f"scni6-{unique('', 8)}"
+    cidr, prefix6 = free_subnet(dockerd), _ula()
+    base = cidr.rsplit(".", 1)[0]
+    dockerd.cli("network", "create", "--ipv6", "--subnet", cidr, "--subnet", prefix6,
+                "--aux-address", f"dns={base}.2", name)
+    try:
+        config = network_config(name, cidr, dockerd.socket)
+        pod = sandboxes.create("web6")
+        out = plugin("ADD", config, pod.id, pod.netns, args=pod_args("web6"))
+        assert out.ok, out
+        ep = dockerd.inspect(pod.id)["NetworkSettings"]["Networks"][name]
+        ip4, ip6 = out.json["ips"]
+        assert ip6["address"] == f"{ep['GlobalIPv6Address']}/{ep['GlobalIPv6PrefixLen']}"
+        assert ip6["interface"] == ip4["interface"]
+        assert {"dst": "::/0", "gw": ep["IPv6Gateway"]} in out.json["routes"]
+        rec = json.loads((state_dir / "attachments.json").read_text())["attachments"]
+        assert list(rec.values())[0]["ips"] == [ip4["address"], ip6["address"]]
+        checked = plugin("CHECK", dict(config, prevResult=out.json), pod.id, pod.netns)
+        assert checked.ok, checked
+        assert plugin("DEL", config, pod.id, pod.netns).ok
+        legacy = plugin("ADD", dict(config, cniVersion="0.2.0"), pod.id, pod.netns)
+        assert legacy.ok, legacy
+        assert legacy.json["ip6"]["ip"].startswith(prefix6.split("::")[0] + ":")
+        assert legacy.json["ip6"]["gateway"] == ep["IPv6Gateway"]
+        assert legacy.json["ip4"]["ip"].startswith(base + ".")
+        assert plugin("DEL", dict(config, cniVersion="0.2.0"), pod.id, pod.netns).ok
+    finally:
+        remove_network(dockerd, name)
