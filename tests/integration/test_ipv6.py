@@ -723,3 +723,23 @@ def test_docker_mode_on_an_ipv6_enabled_docker_network(plugin, dockerd, sandboxe
         assert plugin("DEL", dict(config, cniVersion="0.2.0"), pod.id, pod.netns).ok
     finally:
         remove_network(dockerd, name)
+
+
+def test_host_local_ipv6_only_and_a_range_outside_subnet6(plugin, v6_only_network, netns,
+                                                          tmp_path):
+    data_dir = tmp_path / "hl6"
+    config = dict(v6_only_network, ipam={"type": "host-local", "dataDir": str(data_dir),
+                                         "ranges": [[{"subnet": v6_only_network["subnet6"]}]]})
+    ns, path = netns.create()
+    added = plugin("ADD", config, "ctr-hl6", path)
+    assert added.ok, added
+    assert [ip["address"] for ip in added.json["ips"]] == _global6(ns)
+    assert _ping6(ns, _gateway6(v6_only_network))
+    assert plugin("DEL", config, "ctr-hl6", path).ok
+    outside = dict(config, ipam=dict(config["ipam"], ranges=[[{"subnet": _ula()}]]))
+    ns2, path2 = netns.create()
+    failed = plugin("ADD", outside, "ctr-hl6b", path2)
+    assert failed.code == 102 and "outside subnet6" in failed.json["msg"], failed
+    state = json.loads((plugin.state_dir / "attachments.json").read_text())
+    assert state["attachments"] == {}
+    assert not [p for p in (data_dir / v6_only_network["name"]).iterdir() if ":" in p.name]

@@ -250,21 +250,23 @@ def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int, str]:
     result = _delegate().add(request, conf.delegated_ipam or "")
     ip = next((ip for ip in result.ips if ":" not in ip.address), None)
     ip6 = next((ip for ip in result.ips if ":" in ip.address), None)
-    if ip is None and not conf.ipv4 and ip6 is not None:  # IPv6-only
-        value6, prefix6 = ipv6.parse_cidr(ip6.address, strict=False)
-        return 0, 0, 0, f"{ipv6.to_text(value6)}/{prefix6}"
-    if ip is None:
+    if conf.ipv4 and ip is None:
         raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin {conf.delegated_ipam} returned no IPv4 "
                        "address; give it a range inside subnet")
     if conf.subnet6 is not None and ip6 is None:
         raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin {conf.delegated_ipam} returned no IPv6 "
-                       f"address; give it a second range inside subnet6 {conf.cidr6()}")
+                       f"address; give it a range inside subnet6 {conf.cidr6()}")
+    address = prefix = 0
+    gateway, address6 = conf.gateway, ""
     try:
-        address, prefix = ipv4.parse_cidr(ip.address, strict=False)
-        gateway = ipv4.to_int(ip.gateway) if ip.gateway else conf.gateway
-        address6 = ""
+        if ip is not None and conf.ipv4:
+            address, prefix = ipv4.parse_cidr(ip.address, strict=False)
+            gateway = ipv4.to_int(ip.gateway) if ip.gateway else conf.gateway
         if ip6 is not None and conf.subnet6 is not None:
             value6, prefix6 = ipv6.parse_cidr(ip6.address, strict=False)
+            if not ipv6.contains(conf.subnet6, conf.prefix6, value6 & ipv6.mask(conf.prefix6)):
+                raise ipv4.AddressError(f"{ip6.address} is outside subnet6 {conf.cidr6()}, "
+                                        "where the bridge is its gateway")
             address6 = f"{ipv6.to_text(value6)}/{prefix6}"
     except ipv4.AddressError as err:
         raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin returned a bad address: {err}") from None
