@@ -630,6 +630,13 @@ def test_install_with_subnet6_then_uninstall(tmp_path):
         status = run("status", "--json")
         data = json.loads(status.stdout)
         assert status.returncode == 0 and data["subnet6"] == subnet6, status.stdout
+        assert data["dns6"]["answering"] is True, data
+        # the IPv6 listener's address gone: status says so (the reconciler does not restore it)
+        where = subprocess.run(["ip", "-6", "-o", "addr", "show", "to", dns6],
+                               capture_output=True, text=True).stdout.split()[1]
+        subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", where], check=True)
+        broken = run("status", "--json")
+        assert broken.returncode == 1 and f"[{dns6}]:53" in broken.stdout, broken.stdout
         gone = run("uninstall", "--force")
         assert gone.returncode == 0, gone.stdout + gone.stderr
         assert not link_exists(inst.bridge)

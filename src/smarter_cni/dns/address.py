@@ -57,7 +57,8 @@ def ensure_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
             _ip("link", "add", interface, "type", "dummy")
             log.info("created dummy interface %s", interface)
         except AddressSetupError as err:
-            log.warning("no dummy interface (%s); putting %s/32 on lo instead", err, address)
+            log.warning("no dummy interface (%s); putting %s on lo instead", err,
+                        _host_cidr(address))
             interface = "lo"
     _ip("link", "set", interface, "up")
     _ip("addr", "replace", _host_cidr(address), "dev", interface, *_nodad(address))

@@ -83,6 +83,13 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
     if not answered:
         report.problem(f"the node DNS service does not answer on {conf.dns_address}:53 ({said})",
                        _dns_fix(record))
+    if conf.dns_address6:  # the IPv6 listener (dnsAddress6) is asked as well
+        answered6, said6 = dns_answers(conf.dns_address6, conf.domain, 1.0)
+        report.data["dns6"] = {"address": conf.dns_address6, "answering": answered6,
+                               "answer": said6}
+        if not answered6:
+            report.problem(f"the node DNS service does not answer on [{conf.dns_address6}]:53 "
+                           f"({said6})", _dns_fix(record))
     _pool_status(report, conf)
     _heal_status(report, conf, record)
     return report
