@@ -19,6 +19,31 @@ pytestmark = pytest.mark.root
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
 
+class _UniqueIds:
+    """The plugin runner, with this test's own suffix on every short container ID: host
+    veth names derive from the ID, and other suites on this machine (run at the same time)
+    use the same short IDs ("ctr-1"), so a shared ID would let their DEL take our veth."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.suffix = unique("-", 10)
+
+    def __getattr__(self, name: str):
+        return getattr(self.runner, name)
+
+    def cid(self, container_id: str) -> str:
+        return container_id + self.suffix if container_id and len(container_id) < 40 \
+            else container_id  # a Docker sandbox's own 64-hex ID stays as it is
+
+    def __call__(self, command, config, container_id="", *args, **kwargs):
+        return self.runner(command, config, self.cid(container_id), *args, **kwargs)
+
+
+@pytest.fixture
+def plugin(plugin):
+    return _UniqueIds(plugin)
+
+
 def _ula() -> str:
     """A random unique local /64 (fd00::/8): never routed off the machine."""
     return f"fd{random.randint(0, 255):02x}:{random.randint(1, 0xFFFF):x}:" \
@@ -275,7 +300,7 @@ def test_sigkill_mid_add_leaks_nothing(plugin, dual_network, netns):
     ns, path = netns.create()
     env_add = None
     for i in range(10):
-        env_add = plugin.env("ADD", f"ctr-k{i}", path, args=pod_args(f"k{i}"))
+        env_add = plugin.env("ADD", plugin.cid(f"ctr-k{i}"), path, args=pod_args(f"k{i}"))
         proc = subprocess.Popen([str(plugin.bin_dir / "smarter-cni")], env=env_add,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
