@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--dns-ip", metavar="IP",
                       help="node DNS address for kubelet --cluster-dns "
                            "(default 169.254.0.2 bridge, 172.38.0.2 docker)")
+    inst.add_argument("--subnet6", metavar="PREFIX",
+                      help="also give pods IPv6 addresses from this prefix (dual-stack; "
+                           "/48 to /120, e.g. a unique local fdXX:XXXX:XXXX::/64)")
+    inst.add_argument("--ipv6", action="store_true",
+                      help="dual-stack with the default prefix fd00:10:42::/64 unless "
+                           "--subnet6 names one; the node DNS also listens on fd00:169:254::2")
+    inst.add_argument("--dns-ip6", metavar="IP",
+                      help="the node DNS's IPv6 address (default with --ipv6/--subnet6: "
+                           "fd00:169:254::2)")
     inst.add_argument("--bridge", metavar="NAME", help="bridge name in bridge mode (default smarter0)")
     inst.add_argument("--network", metavar="NAME",
                       help="the CNI network's name (default smarter); in docker mode also the "

@@ -16,10 +16,12 @@ from . import ipv4
 from .cni.errors import CNIError
 from .netconf import (
     DEFAULT_BRIDGE,
+    DEFAULT_DNS6,
     DEFAULT_DOCKER_NETWORK,
     DEFAULT_DOCKER_SOCKET,
     DEFAULT_DOMAIN,
     DEFAULT_NETWORK_NAMES,
+    DEFAULT_SUBNET6,
     DEFAULTS,
     PLUGIN_TYPES,
     NetConf,
@@ -167,6 +169,13 @@ def render(opts: Any, template: str | None = None) -> dict[str, Any]:
         conflist["name"] = opts.network
         if opts.mode == "docker":
             plugin["network"] = opts.network
+    subnet6 = getattr(opts, "subnet6", None) or \
+        (DEFAULT_SUBNET6 if getattr(opts, "ipv6", False) else None)
+    if subnet6:  # dual-stack (issue 13); netconf refuses it in docker mode with the fix
+        plugin["subnet6"] = subnet6
+    dns_ip6 = getattr(opts, "dns_ip6", None) or (DEFAULT_DNS6 if subnet6 else None)
+    if dns_ip6:
+        plugin["dnsAddress6"] = dns_ip6
     conf = netconf_of(conflist)
     if opts.mode == "docker" and opts.subnet and not opts.dns_ip:
         # the docker default puts the DNS address at .2 of the subnet, as the original did

@@ -138,7 +138,7 @@ def choose(config: dict) -> tuple[Range | None, list[str]]:
         for entry in range_set:
             found = parse_range(entry)
             if found is None:
-                ignored.append(f"IPv6 range {_key(entry, 'subnet')} (IPv4 only)")
+                ignored.append(f"IPv6 range {_key(entry, 'subnet')} (IPv6 comes from subnet6)")
             elif chosen is None:
                 chosen = found
             else:

@@ -72,6 +72,15 @@ def record_addresses(record: dict[str, Any]) -> list[str]:
     return out
 
 
+def record_addresses6(record: dict[str, Any]) -> list[str]:
+    """IPv6 addresses (without prefix) of one attachment record (dual-stack, subnet6)."""
+    out = []
+    for cidr in record.get("ips") or []:
+        if isinstance(cidr, str) and ":" in cidr:
+            out.append(cidr.split("/", 1)[0])
+    return out
+
+
 def build_tables(
     records: Iterable[dict[str, Any]], domain: str
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -89,7 +98,7 @@ def build_tables(
         for name in names:
             bucket = forward.setdefault(name, [])
             bucket.extend(a for a in addresses if a not in bucket)
-        for address in addresses:
+        for address in addresses + record_addresses6(record):  # PTR for IPv6 too
             fqdns = [n for n in names if n.endswith("." + domain)]
             reverse.setdefault(address, []).extend(fqdns or names[:1])
     return forward, reverse

@@ -108,8 +108,10 @@ def _random_records(rng, count: int) -> dict:
         # (one record never lists an address twice: build_tables would give it twin PTRs)
         ips = sorted({f"10.42.{rng.randint(0, 3)}.{rng.randint(1, 9)}/16"
                       for _ in range(rng.choice([0, 1, 1, 1, 2]))})
-        if rng.random() < 0.1:
-            ips.append("fd00::5/64")
+        # an IPv6 address beside IPv4 ones (build_tables' forward table is IPv4 only, so
+        # IPv6-only records, whose names become AAAA-only, are tested on their own below)
+        if ips and rng.random() < 0.1:
+            ips.append(f"fd00::{index + 5:x}/64")
         pod = {"name": rng.choice(labels), "namespace": rng.choice(["default", "prod", ""]),
                "uid": "", "hostname": rng.choice(labels)}
         records[f"net/c{index}/eth0"] = {
@@ -150,3 +152,26 @@ def test_incremental_build_matches_registry_build_tables():
         _same(answers.Names.from_records(records, "cluster.local", 0x0A2A0000, 16, 1, memo),
               reference)
         assert set(memo) == set(records)
+
+
+def _dual(name: str, ips: list[str]) -> dict:
+    return {"ips": ips, "ready": True, "pod": registry.pod_identity(name, "default", "", "")}
+
+
+def test_aaaa_ptr_and_any_for_dual_stack_and_ipv6_only_pods():
+    records = {"n/a/eth0": _dual("web", ["10.42.0.5/16", "fd42::5/64"]),
+               "n/b/eth0": _dual("web", ["10.42.0.6/16", "fd42::6/64"]),
+               "n/c/eth0": _dual("six", ["fd42::7/64"])}
+    names = answers.Names.from_records(records, "cluster.local", 0x0A2A0000, 16, 1, {})
+    got = ask(names, "web.default.svc.cluster.local", wire.AAAA)
+    assert sorted(socket.inet_ntop(socket.AF_INET6, rr[-16:]) for rr in got.answers) == \
+        ["fd42::5", "fd42::6"]
+    assert len(ask(names, "web", wire.ANY).answers) == 4
+    six = ask(names, "six.default", wire.AAAA)
+    assert [socket.inet_ntop(socket.AF_INET6, rr[-16:]) for rr in six.answers] == ["fd42::7"]
+    no_a = ask(names, "six.default.svc.cluster.local", wire.A)
+    assert no_a.rcode == wire.NOERROR and no_a.answers == [] and len(no_a.authority) == 1
+    ptr_name = ".".join(reversed(socket.inet_pton(socket.AF_INET6, "fd42::7").hex())) + ".ip6.arpa"
+    ptr = ask(names, ptr_name, wire.PTR)
+    assert [wire.decode_name(rr[12:]) for rr in ptr.answers] == ["six.default.svc.cluster.local"]
+    assert ask(names, "nobody.default.svc.cluster.local", wire.AAAA).rcode == wire.NXDOMAIN

@@ -74,16 +74,18 @@ class Result:
 
     def _legacy_dict(self, cni_version: str) -> dict[str, Any]:
         out: dict[str, Any] = {"cniVersion": cni_version}
-        for ip in self.ips:
-            if ":" in ip.address or "ip4" in out:
+        for ip in self.ips:  # 0.2.0 has room for one address of each family
+            six = ":" in ip.address
+            key = "ip6" if six else "ip4"
+            if key in out:
                 continue
-            ip4: dict[str, Any] = {"ip": ip.address}
+            entry: dict[str, Any] = {"ip": ip.address}
             if ip.gateway:
-                ip4["gateway"] = ip.gateway
-            routes = [_route_dict(r) for r in self.routes if ":" not in r.dst]
+                entry["gateway"] = ip.gateway
+            routes = [_route_dict(r) for r in self.routes if (":" in r.dst) == six]
             if routes:
-                ip4["routes"] = routes
-            out["ip4"] = ip4
+                entry["routes"] = routes
+            out[key] = entry
         out["dns"] = dict(self.dns)
         return out
 

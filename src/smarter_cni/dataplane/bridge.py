@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from .. import ipv4, registry, store
+from .. import ipv4, ipv6, registry, store
 from ..cni.errors import (
     ADDRESS_EXHAUSTED,
     CHECK_FAILED,
@@ -73,23 +73,32 @@ def add(request: Request, conf: NetConf) -> Result:
                 f"{conf.name}; DEL it before adding it again")
         ensure_network(tx, conf, problems)
         last_before = tx.state.get("last_reserved", {}).get(conf.name)
-        if conf.delegated_ipam:
+        last6_before = tx.state.get("last_reserved6", {}).get(conf.name)
+        address6 = ""
+        if conf.delegated_ipam or not conf.ipv4:
             address, prefix, gateway = 0, 0, conf.gateway
         else:
             address = _reserve(tx, conf, key, existing)
             prefix, gateway = conf.prefix, conf.gateway
+        if not conf.delegated_ipam and conf.subnet6 is not None:
+            address6 = f"{ipv6.to_text(_reserve6(tx, conf, existing))}/{conf.prefix6}"
         record = _new_record(request, conf, host, address, prefix, gateway, pod)
+        if address6:
+            record["ips"].append(address6)
+        if not conf.ipv4:
+            record["gateway"] = ""
         tx.attachments[key] = record
         tx.dirty = True
     try:
         if conf.delegated_ipam:
-            address, prefix, gateway = _delegate_add(request, conf)
-            record["ips"] = [address_text(address, prefix)]
-            record["gateway"] = ipv4.to_text(gateway)
-        result = _plumb(request, conf, host, address, prefix, gateway)
+            address, prefix, gateway, address6 = _delegate_add(request, conf)
+            record["ips"] = ([address_text(address, prefix)] if address else []) + \
+                ([address6] if address6 else [])
+            record["gateway"] = ipv4.to_text(gateway) if address else ""
+        result = _plumb(request, conf, host, address, prefix, gateway, address6)
         result = _after_previous(previous, result)
     except BaseException:
-        _undo_add(request, conf, key, host, last_before)
+        _undo_add(request, conf, key, host, last_before, last6_before)
         raise
     _pause_between_phases()
     with store.Transaction() as tx:
@@ -153,7 +162,8 @@ def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | No
     for record in tx.attachments.values():
         if record.get("network") == conf.name:
             for cidr in record.get("ips") or []:
-                taken.add(ipv4.to_int(cidr.split("/")[0]))
+                if ":" not in cidr:
+                    taken.add(ipv4.to_int(cidr.split("/")[0]))
     last = tx.state.get("last_reserved", {}).get(conf.name)
     address = next_free(conf.range_start, conf.range_end, taken,
                         ipv4.to_int(last) if last else None)
@@ -163,6 +173,32 @@ def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | No
                        f"{ipv4.to_text(conf.range_end)} on network {conf.name} "
                        f"({len(taken) - 1} in use); delete pods or widen the subnet/range")
     tx.state.setdefault("last_reserved", {})[conf.name] = ipv4.to_text(address)
+    return address
+
+
+def _reserve6(tx: store.Transaction, conf: NetConf, existing: dict | None) -> int:
+    """The pod's IPv6 address: the same walk as IPv4 (next_free from the last one handed
+    out, under the same lock), over the IPv6 addresses of this network's records."""
+    for cidr in (existing or {}).get("ips") or []:
+        if ":" in cidr:
+            return ipv6.to_int(cidr.split("/")[0])
+    taken = {conf.gateway6}
+    for port, address in (tx.state.get("adopted6", {}).get(conf.name) or {}).items():
+        if links.exists(port):  # a surviving pod from before the state was lost
+            taken.add(ipv6.to_int(address))
+    for record in tx.attachments.values():
+        if record.get("network") == conf.name:
+            for cidr in record.get("ips") or []:
+                if ":" in cidr:
+                    taken.add(ipv6.to_int(cidr.split("/")[0]))
+    last = tx.state.get("last_reserved6", {}).get(conf.name)
+    address = next_free(conf.range6_start, conf.range6_end, taken,
+                        ipv6.to_int(last) if last else None)
+    if address is None:
+        raise CNIError(ADDRESS_EXHAUSTED,
+                       f"no free IPv6 address left in {conf.cidr6()} on network {conf.name} "
+                       f"({len(taken) - 1} in use); delete pods or widen subnet6")
+    tx.state.setdefault("last_reserved6", {})[conf.name] = ipv6.to_text(address)
     return address
 
 
@@ -209,32 +245,56 @@ def pod_hostname(request: Request, conf: NetConf) -> str:
     return ""
 
 
-def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int]:
+def _delegate_add(request: Request, conf: NetConf) -> tuple[int, int, int, str]:
+    """The IPAM plugin's IPv4 address, and its IPv6 one ("" when none) on a dual-stack network."""
     result = _delegate().add(request, conf.delegated_ipam or "")
-    ip = next(ip for ip in result.ips if ":" not in ip.address)
+    ip = next((ip for ip in result.ips if ":" not in ip.address), None)
+    ip6 = next((ip for ip in result.ips if ":" in ip.address), None)
+    if conf.ipv4 and ip is None:
+        raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin {conf.delegated_ipam} returned no IPv4 "
+                       "address; give it a range inside subnet")
+    if conf.subnet6 is not None and ip6 is None:
+        raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin {conf.delegated_ipam} returned no IPv6 "
+                       f"address; give it a range inside subnet6 {conf.cidr6()}")
+    address = prefix = 0
+    gateway, address6 = conf.gateway, ""
     try:
-        address, prefix = ipv4.parse_cidr(ip.address, strict=False)
-        gateway = ipv4.to_int(ip.gateway) if ip.gateway else conf.gateway
+        if ip is not None and conf.ipv4:
+            address, prefix = ipv4.parse_cidr(ip.address, strict=False)
+            gateway = ipv4.to_int(ip.gateway) if ip.gateway else conf.gateway
+        if ip6 is not None and conf.subnet6 is not None:
+            value6, prefix6 = ipv6.parse_cidr(ip6.address, strict=False)
+            if not ipv6.contains(conf.subnet6, conf.prefix6, value6 & ipv6.mask(conf.prefix6)):
+                raise ipv4.AddressError(f"{ip6.address} is outside subnet6 {conf.cidr6()}, "
+                                        "where the bridge is its gateway")
+            address6 = f"{ipv6.to_text(value6)}/{prefix6}"
     except ipv4.AddressError as err:
         raise CNIError(DATAPLANE_FAILURE, f"IPAM plugin returned a bad address: {err}") from None
-    return address, prefix, gateway
+    return address, prefix, gateway, address6
 
 
 def _plumb(request: Request, conf: NetConf, host: str, address: int, prefix: int,
-           gateway: int) -> Result:
-    peer_mac = pod_mac(address)
+           gateway: int, address6: str = "") -> Result:
+    # the MAC follows the IPv4 address, else (IPv6 only) the IPv6 one's low 32 bits
+    peer_mac = pod_mac(address or ipv6.to_int(address6.split("/")[0]) & 0xFFFFFFFF)
     host_mac = random_mac()
-    gateway_text = ipv4.to_text(gateway)
-    links.plumb_pod(links.PodLink(host, host_mac, request.ifname, peer_mac, request.netns,
-                                  conf.mtu, conf.bridge, conf.hairpin),
-                    ipv4.to_text(address), prefix, gateway_text)
+    gateway_text = ipv4.to_text(gateway) if address else ""
+    link = links.PodLink(host, host_mac, request.ifname, peer_mac, request.netns,
+                         conf.mtu, conf.bridge, conf.hairpin)
+    if address6:
+        link.address6, _, prefix6 = address6.partition("/")
+        link.prefix6, link.gateway6 = int(prefix6), conf.gateway6_text()
+    links.plumb_pod(link, ipv4.to_text(address) if address else "", prefix, gateway_text)
     result = Result()
     result.interfaces = [
         Interface(host, host_mac, mtu=conf.mtu),
         Interface(request.ifname, peer_mac, request.netns, conf.mtu),
     ]
-    result.ips = [IPConfig(address_text(address, prefix), gateway_text, 1)]
-    result.routes = [Route("0.0.0.0/0", gateway_text)]
+    result.ips = [IPConfig(address_text(address, prefix), gateway_text, 1)] if address else []
+    result.routes = [Route("0.0.0.0/0", gateway_text)] if address else []
+    if address6:
+        result.ips.append(IPConfig(address6, link.gateway6, 1))
+        result.routes.append(Route("::/0", link.gateway6))
     result.dns = conf.dns_result(request.pod_namespace)
     return result
 
@@ -260,7 +320,7 @@ def _after_previous(merged: Result | None, result: Result) -> Result:
 
 
 def _undo_add(request: Request, conf: NetConf, key: str, host: str,
-              last_before: str | None) -> None:
+              last_before: str | None, last6_before: str | None = None) -> None:
     """Leave nothing behind a failed ADD, the allocator's position included."""
     try:
         links.delete(host)
@@ -274,15 +334,16 @@ def _undo_add(request: Request, conf: NetConf, key: str, host: str,
     with store.Transaction() as tx:
         if tx.attachments.pop(key, None) is not None:
             tx.dirty = True
-        positions = tx.state.get("last_reserved", {})
-        if positions.get(conf.name) != last_before:
-            if last_before is None:
-                positions.pop(conf.name, None)
-            else:
-                positions[conf.name] = last_before
-            if not positions:
-                tx.state.pop("last_reserved", None)
-            tx.dirty = True
+        for field, before in (("last_reserved", last_before), ("last_reserved6", last6_before)):
+            positions = tx.state.get(field, {})
+            if positions.get(conf.name) != before:
+                if before is None:
+                    positions.pop(conf.name, None)
+                else:
+                    positions[conf.name] = before
+                if not positions:
+                    tx.state.pop(field, None)
+                tx.dirty = True
 
 
 # ---------------------------------------------------------------- DEL, CHECK, GC, STATUS
@@ -333,25 +394,37 @@ def check(request: Request, conf: NetConf) -> None:
 def _check_pod_side(request: Request, expected: Result) -> list[str]:
     problems = []
     try:
-        addrs = links.show_json(["-4", "addr", "show", "dev", request.ifname], request.netns)
+        addrs = links.show_json(["addr", "show", "dev", request.ifname], request.netns)
     except CNIError:
         return [f"interface {request.ifname} is missing in {request.netns}"]
-    have = {f"{i.get('local')}/{i.get('prefixlen')}"
+    have = {_canonical(f"{i.get('local')}/{i.get('prefixlen')}")
             for entry in addrs for i in entry.get("addr_info", [])}
     for ip in expected.ips:
-        if ":" not in ip.address and ip.address not in have:
+        if _canonical(ip.address) not in have:
             problems.append(f"address {ip.address} is missing on {request.ifname}")
     routes = links.show_json(["-4", "route", "show", "dev", request.ifname], request.netns)
-    have_routes = {(r.get("dst"), r.get("gateway", "")) for r in routes}
+    if any(":" in route.dst for route in expected.routes):
+        routes += links.show_json(["-6", "route", "show", "dev", request.ifname], request.netns)
+    have_routes = {(_canonical(r.get("dst") or ""), _canonical(r.get("gateway", "")))
+                   for r in routes}
     have_dsts = {dst for dst, _ in have_routes}
     for route in expected.routes:
-        if ":" in route.dst:
-            continue
-        dst = "default" if route.dst == "0.0.0.0/0" else route.dst
-        present = (dst, route.gw) in have_routes if route.gw else dst in have_dsts
+        dst = "default" if route.dst in ("0.0.0.0/0", "::/0") else _canonical(route.dst)
+        present = (dst, _canonical(route.gw)) in have_routes if route.gw else dst in have_dsts
         if not present:
             problems.append(f"route {route.dst} via {route.gw or '-'} is missing")
     return problems
+
+
+def _canonical(text: str) -> str:
+    """IPv6 text in one spelling (results may carry another); IPv4 and names unchanged."""
+    if ":" not in text:
+        return text
+    address, sep, prefix = text.partition("/")
+    try:
+        return ipv6.to_text(ipv6.to_int(address)) + sep + prefix
+    except ipv4.AddressError:
+        return text
 
 
 def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
@@ -389,8 +462,13 @@ def status(request: Request, conf: NetConf) -> None:
     except (CNIError, OSError) as err:
         raise CNIError(PLUGIN_NOT_AVAILABLE, f"state directory unusable: {err}") from None
     if not conf.delegated_ipam:
-        size = conf.range_end - conf.range_start + 1
         used = sum(1 for r in attachments.values() if r.get("network") == conf.name)
+        if conf.subnet6 is not None and used >= conf.range6_end - conf.range6_start + 1:
+            raise CNIError(PLUGIN_NOT_AVAILABLE, f"IPv6 address pool of {conf.name} is "
+                           f"exhausted ({used} pods)")
+        if not conf.ipv4:
+            return
+        size = conf.range_end - conf.range_start + 1
         if used >= size - (1 if conf.range_start <= conf.gateway <= conf.range_end else 0):
             raise CNIError(PLUGIN_NOT_AVAILABLE, f"address pool of {conf.name} is exhausted "
                            f"({used} pods)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from .. import ipv4, store
+from .. import ipv4, ipv6, store
 from ..cni.errors import DATAPLANE_FAILURE, INVALID_NETWORK_CONFIG, CNIError
 from ..paths import state_dir
 from ..run import run
@@ -33,9 +33,12 @@ def _firewall() -> Any:
 
 
 def network_marker(conf: NetConf) -> dict[str, Any]:
-    return {"bridge": conf.bridge, "cidr": conf.cidr(), "gateway": conf.gateway_text(),
-            "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge),
-            "pods": conf.subnet_text()}
+    marker = {"bridge": conf.bridge, "cidr": conf.cidr(), "gateway": conf.gateway_text(),
+              "ipMasq": conf.ip_masq, "mtu": conf.mtu, "ifindex": links.ifindex(conf.bridge),
+              "pods": conf.subnet_text()}
+    if conf.subnet6 is not None:  # absent for IPv4 only: an existing node's marker still holds
+        marker["cidr6"] = conf.cidr6()
+    return marker
 
 
 def network_ready(conf: NetConf, networks: dict[str, Any]) -> bool:
@@ -46,7 +49,7 @@ def network_ready(conf: NetConf, networks: dict[str, Any]) -> bool:
 def bridge_mac(conf: NetConf) -> str:
     """The bridge's MAC: fixed per gateway address (never a pod's, see pod_mac), so a bridge
     rebuilt after a deletion keeps the MAC the running pods have in their ARP caches."""
-    return pod_mac(conf.gateway)
+    return pod_mac(conf.gateway if conf.ipv4 else conf.gateway6 & 0xFFFFFFFF)
 
 
 VERIFIED_PREFIX = "verified-"
@@ -84,15 +87,21 @@ def network_problems(conf: NetConf, attachments: dict[str, Any] | None = None,
         if not links.is_up(conf.bridge):
             problems.append(f"bridge {conf.bridge} is down")
         wanted = (conf.gateway_text(), conf.prefix)
-        if wanted not in links.ipv4_addresses(conf.bridge):
+        if conf.ipv4 and wanted not in links.ipv4_addresses(conf.bridge):
             problems.append(f"bridge {conf.bridge} lacks its address {address_text(conf.gateway, conf.prefix)}")
+        if conf.subnet6 is not None and \
+                (conf.gateway6_text(), conf.prefix6) not in links.ipv4_addresses(conf.bridge, 6):
+            problems.append(f"bridge {conf.bridge} lacks its IPv6 address "
+                            f"{conf.gateway6_text()}/{conf.prefix6}")
         if attachments:
             loose = detached_ports(conf, attachments)
             if loose:
                 problems.append(f"{len(loose)} pod veth(s) not on {conf.bridge}: {', '.join(loose[:5])}")
     firewall = _firewall()
-    if not firewall.forwarding_enabled():
+    if conf.ipv4 and not firewall.forwarding_enabled():
         problems.append("IPv4 forwarding is off (net.ipv4.ip_forward=0)")
+    if conf.subnet6 is not None and not firewall.forwarding_enabled(6):
+        problems.append("IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0)")
     if rules:
         problems += firewall.present(conf)
     return problems
@@ -113,6 +122,8 @@ def detached_ports(conf: NetConf, attachments: dict[str, Any]) -> list[str]:
 def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> None:
     """Create or correct the bridge, its gateway address, forwarding and NAT; put the pods'
     host veths back on a rebuilt bridge."""
+    if conf.subnet6 is not None:
+        _refuse_overlap6(conf)  # before anything changes
     if not links.exists(conf.bridge):
         done = run(["ip", "link", "add", conf.bridge, "address", bridge_mac(conf), "type", "bridge"])
         if done.returncode != 0 and not links.exists(conf.bridge):
@@ -134,6 +145,9 @@ def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> N
 
 def _correct_bridge_address(conf: NetConf) -> None:
     """Give the bridge exactly the gateway address (a stale one is replaced, not tripped over)."""
+    if not conf.ipv4:
+        _correct_bridge_address6(conf)
+        return
     wanted = address_text(conf.gateway, conf.prefix)
     current = []
     for entry in links.show_json(["-4", "addr", "show", "dev", conf.bridge]):
@@ -150,6 +164,42 @@ def _correct_bridge_address(conf: NetConf) -> None:
         lines.append(f"addr replace {wanted} dev {conf.bridge}")
     if lines:
         links.batch(lines, what=f"set address {wanted} on {conf.bridge}")
+    if conf.subnet6 is not None:
+        _correct_bridge_address6(conf)
+
+
+def _correct_bridge_address6(conf: NetConf) -> None:
+    """The IPv6 gateway on the bridge (nodad: pods can reach it at once); the bridge's other
+    global IPv6 addresses from an earlier subnet6 go, its link-local one stays."""
+    wanted = (conf.gateway6_text(), conf.prefix6)
+    current = links.ipv4_addresses(conf.bridge, 6)
+    lines = [f"addr del {a}/{p} dev {conf.bridge}" for a, p in current
+             if (a, p) != wanted and not a.startswith("fe80:")]
+    if lines or wanted not in current:
+        lines.append(f"addr replace {wanted[0]}/{wanted[1]} dev {conf.bridge} nodad")
+        links.batch(lines, what=f"set address {wanted[0]}/{wanted[1]} on {conf.bridge}")
+
+
+def _refuse_overlap6(conf: NetConf) -> None:
+    """subnet6 must not overlap a route the host already has on another interface (its
+    uplink's prefix, a VPN, another bridge): pods would shadow or steal that traffic."""
+    try:
+        routes = links.show_json(["-6", "route", "show"])
+    except CNIError:
+        return
+    for route in routes:
+        dst, dev = route.get("dst") or "", route.get("dev") or ""
+        if dev == conf.bridge or dst == "default" or dst.startswith(("fe80:", "ff")):
+            continue
+        try:
+            network, prefix = ipv6.parse_cidr(dst if "/" in dst else dst + "/128", strict=False)
+        except ipv4.AddressError:
+            continue
+        if ipv6.overlaps(network, prefix, conf.subnet6, conf.prefix6):
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           f"invalid network config: subnet6 {conf.cidr6()} overlaps the host's "
+                           f"route {dst} on {dev}; choose another prefix (e.g. a unique local "
+                           "fdXX:XXXX:XXXX::/64)")
 
 
 def ensure_network(tx: store.Transaction, conf: NetConf, problems: list[str]) -> None:
@@ -223,21 +273,27 @@ def _adopt_survivors(tx: store.Transaction, conf: NetConf) -> None:
         # named netns with the id the host's veths use as link_netnsid
         names = {e.get("id"): e.get("name") for e in links.show_json(["netns", "list"])
                  if "id" in e}
-        found = {}
+        found, found6 = {}, {}
         for port in ports:
             info = (links.show_json(["-d", "link", "show", "dev", port]) or [{}])[0]
             netns = names.get(info.get("link_netnsid"))
             if not netns:
                 continue
-            for entry in links.show_json(["-n", netns, "-4", "addr", "show"]):
+            family = ["-4"] if conf.subnet6 is None else []  # IPv6 too on dual-stack
+            for entry in links.show_json(["-n", netns, *family, "addr", "show"]):
                 if entry.get("ifindex") != info.get("link_index"):
                     continue
                 for addr in entry.get("addr_info", []):
                     local = addr.get("local", "")
-                    if ipv4.contains(conf.subnet, conf.prefix, ipv4.to_int(local)):
+                    if ":" in local:
+                        if conf.subnet6 is not None and \
+                                ipv6.contains(conf.subnet6, conf.prefix6, ipv6.to_int(local)):
+                            found6[port] = ipv6.to_text(ipv6.to_int(local))
+                    elif conf.ipv4 and ipv4.contains(conf.subnet, conf.prefix, ipv4.to_int(local)):
                         found[port] = local
     except (CNIError, ipv4.AddressError):
         return  # best effort: never fail an ADD over this
-    if found:
-        tx.state.setdefault("adopted", {})[conf.name] = found
-        tx.dirty = True
+    for field, addresses in (("adopted", found), ("adopted6", found6)):
+        if addresses:
+            tx.state.setdefault(field, {})[conf.name] = addresses
+            tx.dirty = True

@@ -128,7 +128,7 @@ def add(request: Request, conf: NetConf) -> Result:
         mine = current is not None and current.get("created") == record["created"] \
             and current.get("docker_id") == docker_id
         if mine:
-            record["ips"] = [result.ips[0].address]
+            record["ips"] = [ip.address for ip in result.ips]  # IPv4, then IPv6 if any
             record["gateway"] = result.ips[0].gateway
             pod_iface = result.interfaces[-1]
             record["mac"] = pod_iface.mac
@@ -279,6 +279,13 @@ def _result(request: Request, conf: NetConf, endpoint: dict[str, Any], pid: int)
     result.ips = [IPConfig(f"{address}/{prefix}", gateway, len(result.interfaces) - 1)]
     if gateway:
         result.routes = [Route("0.0.0.0/0", gateway)]
+    address6 = endpoint.get("GlobalIPv6Address") or ""
+    if address6:  # a Docker network created with --ipv6: dual-stack (issue 13)
+        gateway6 = endpoint.get("IPv6Gateway") or ""
+        result.ips.append(IPConfig(f"{address6}/{endpoint.get('GlobalIPv6PrefixLen', 64)}",
+                                   gateway6, len(result.interfaces) - 1))
+        if gateway6:
+            result.routes.append(Route("::/0", gateway6))
     result.dns = conf.dns_result(request.pod_namespace)
     return result
 
@@ -366,7 +373,13 @@ def check(request: Request, conf: NetConf) -> None:
         problems.append(f"container is not connected to docker network {conf.docker_network}")
     else:
         address = f"{endpoint.get('IPAddress')}/{endpoint.get('IPPrefixLen')}"
-        expected = set(record.get("ips") or [])
+        expected = {a for a in record.get("ips") or [] if ":" not in a}
+        wanted6 = {a for a in record.get("ips") or [] if ":" in a}
+        have6 = f"{endpoint.get('GlobalIPv6Address')}/{endpoint.get('GlobalIPv6PrefixLen')}" \
+            if endpoint.get("GlobalIPv6Address") else ""
+        if wanted6 and wanted6 != {have6}:
+            problems.append(f"IPv6 address is {have6 or 'none'}, expected "
+                            f"{', '.join(sorted(wanted6))}")
         prev = request.config.get("prevResult")
         if isinstance(prev, dict):
             from ..cni.result import from_dict

@@ -45,19 +45,21 @@ def is_up(name: str) -> bool:
         return False
 
 
-def ipv4_addresses(name: str) -> list[tuple[str, int]]:
-    """(address, prefix) of each IPv4 address on `name`: one netlink dump, else one `ip`."""
+def ipv4_addresses(name: str, family: int = 4) -> list[tuple[str, int]]:
+    """(address, prefix) of each IPv4 (family 6: IPv6) address on `name`: one netlink dump,
+    else one `ip`."""
     if not os.environ.get(FORCE_IPROUTE2):
         try:
             sock = netlink.host_socket()
             try:
-                return sock.ipv4_addresses(ifindex(name))
+                return sock.ipv4_addresses(ifindex(name),
+                                           netlink.AF_INET6 if family == 6 else netlink.AF_INET)
             finally:
                 sock.close()
         except (netlink.NetlinkUnavailable, OSError):
             pass
     try:
-        entries = show_json(["-4", "addr", "show", "dev", name])
+        entries = show_json([f"-{family}", "addr", "show", "dev", name])
     except CNIError:
         return []
     return [(i.get("local"), i.get("prefixlen")) for e in entries for i in e.get("addr_info", [])]
@@ -134,14 +136,17 @@ def show_json(args: Sequence[str], netns: str = "") -> Any:
 
 
 class PodLink:
-    """The veth pair of one pod: host end on the bridge, peer inside the pod's netns."""
+    """The veth pair of one pod: host end on the bridge, peer inside the pod's netns.
+    `address6`/`prefix6`/`gateway6`: the pod's IPv6 side on a dual-stack network, else ""."""
 
-    __slots__ = ("host", "host_mac", "peer", "peer_mac", "netns", "mtu", "bridge", "hairpin")
+    __slots__ = ("host", "host_mac", "peer", "peer_mac", "netns", "mtu", "bridge", "hairpin",
+                 "address6", "prefix6", "gateway6")
 
     def __init__(self, host: str, host_mac: str, peer: str, peer_mac: str, netns: str, mtu: int,
                  bridge: str, hairpin: bool) -> None:
         self.host, self.host_mac, self.peer, self.peer_mac = host, host_mac, peer, peer_mac
         self.netns, self.mtu, self.bridge, self.hairpin = netns, mtu, bridge, hairpin
+        self.address6, self.prefix6, self.gateway6 = "", 0, ""
 
 
 def plumb_pod(link: PodLink, address: str, prefix: int, gateway: str) -> None:
@@ -157,12 +162,15 @@ def plumb_pod(link: PodLink, address: str, prefix: int, gateway: str) -> None:
         except netlink.NetlinkUnavailable:
             pass
     _create_veth_iproute2(link)
-    batch([
-        "link set lo up",
-        f"addr add {address}/{prefix} dev {link.peer}",
-        f"link set {link.peer} up",
-        f"route add default via {gateway} dev {link.peer}",
-    ], netns=link.netns, what=f"configure {link.peer} in {link.netns}")
+    lines = ["link set lo up"] + ([f"addr add {address}/{prefix} dev {link.peer}"] if address else [])
+    if link.address6:
+        lines.append(f"addr add {link.address6}/{link.prefix6} dev {link.peer} nodad")
+    lines.append(f"link set {link.peer} up")
+    if address:
+        lines.append(f"route add default via {gateway} dev {link.peer}")
+    if link.address6:
+        lines.append(f"route add ::/0 via {link.gateway6} dev {link.peer}")
+    batch(lines, netns=link.netns, what=f"configure {link.peer} in {link.netns}")
 
 
 def _plumb_netlink(link: PodLink, address: str, prefix: int, gateway: str) -> None:
@@ -185,9 +193,15 @@ def _plumb_netlink(link: PodLink, address: str, prefix: int, gateway: str) -> No
                         host.set_hairpin(ifindex(link.host))
                     index = pod.ifindex(link.peer)
                     pod.set_up(1)  # lo is ifindex 1 in every netns
-                    pod.add_ipv4(index, address, prefix)
+                    if address:  # "" for an IPv6-only pod
+                        pod.add_ipv4(index, address, prefix)
+                    if link.address6:
+                        pod.add_ipv6(index, link.address6, link.prefix6)
                     pod.set_up(index)
-                    pod.add_default_route(index, gateway)
+                    if address:
+                        pod.add_default_route(index, gateway)
+                    if link.address6:
+                        pod.add_default_route6(index, link.gateway6)
                 except OSError as err:
                     raise CNIError(DATAPLANE_FAILURE, f"cannot configure {link.peer} in "
                                    f"{link.netns}: {err.strerror}") from None

@@ -45,7 +45,8 @@ IFLA_BRPORT_MODE = 4  # hairpin
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_OIF, RTA_GATEWAY = 4, 5
 IFF_UP = 1
-AF_INET, AF_BRIDGE = 2, 7
+AF_INET, AF_BRIDGE, AF_INET6 = 2, 7, 10
+IFA_F_NODAD = 0x02  # an address usable at once: no duplicate address detection wait
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 
 
@@ -87,6 +88,12 @@ def _mac(text: str) -> bytes:
 
 def _ipv4(text: str) -> bytes:
     return bytes(int(part) for part in text.split("."))
+
+
+def _ipv6(text: str) -> bytes:
+    from ..ipv6 import to_int
+
+    return to_int(text).to_bytes(16, "big")
 
 
 def _ifinfomsg(index: int = 0, flags: int = 0, change: int = 0, family: int = 0) -> bytes:
@@ -156,11 +163,11 @@ class Socket:
                     raise OSError(errno, os.strerror(errno))
                 payloads.append(payload)
 
-    def ipv4_addresses(self, index: int) -> list[tuple[str, int]]:
-        """(address, prefix) of every IPv4 address on link `index` (one dump, no exec)."""
+    def ipv4_addresses(self, index: int, family: int = AF_INET) -> list[tuple[str, int]]:
+        """(address, prefix) of every IPv4 (or `family`) address on link `index` (one dump)."""
         found = []
-        for payload in self.dump(RTM_GETADDR, bytes((AF_INET, 0, 0, 0)) + _u32(0)):
-            if payload[0] != AF_INET or int.from_bytes(payload[4:8], "little") != index:
+        for payload in self.dump(RTM_GETADDR, bytes((family, 0, 0, 0)) + _u32(0)):
+            if payload[0] != family or int.from_bytes(payload[4:8], "little") != index:
                 continue
             local = address = b""
             for kind, value in _attrs(payload[8:]):
@@ -171,6 +178,10 @@ class Socket:
             raw = local or address
             if len(raw) == 4:
                 found.append((".".join(str(b) for b in raw), payload[1]))
+            elif len(raw) == 16:
+                from ..ipv6 import to_text
+
+                found.append((to_text(int.from_bytes(raw, "big")), payload[1]))
         return found
 
     # -- links
@@ -219,6 +230,18 @@ class Socket:
         packed = _ipv4(address)
         self.request(RTM_NEWADDR, message + _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed),
                      NLM_F_CREATE | NLM_F_EXCL)
+
+    def add_ipv6(self, index: int, address: str, prefix: int) -> None:
+        """Without duplicate address detection: usable the moment ADD returns."""
+        message = bytes((AF_INET6, prefix, IFA_F_NODAD, RT_SCOPE_UNIVERSE)) + _u32(index)
+        self.request(RTM_NEWADDR, message + _attr(IFA_ADDRESS, _ipv6(address)),
+                     NLM_F_CREATE | NLM_F_EXCL)
+
+    def add_default_route6(self, index: int, gateway: str) -> None:
+        message = bytes((AF_INET6, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
+                         RTN_UNICAST)) + _u32(0)
+        self.request(RTM_NEWROUTE, message + _attr(RTA_GATEWAY, _ipv6(gateway))
+                     + _attr(RTA_OIF, _u32(index)), NLM_F_CREATE | NLM_F_EXCL)
 
     def add_default_route(self, index: int, gateway: str) -> None:
         message = bytes((AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,

@@ -54,8 +54,10 @@ class Acl:
     """`allows(source_ip, now)`; verdicts are cached (refusals only briefly)."""
 
     def __init__(self, subnets: Iterable[tuple[int, int]],
-                 is_local: Callable[[str], bool] = host_has) -> None:
+                 is_local: Callable[[str], bool] = host_has,
+                 subnets6: Iterable[tuple[int, int]] = ()) -> None:
         self.subnets = [LOOPBACK, *subnets]
+        self.subnets6 = list(subnets6)  # (network, mask) ints: the pods' IPv6 prefix
         self.is_local = is_local
         self.allowed: set[str] = set()
         self.refused: dict[str, float] = {}
@@ -77,12 +79,19 @@ class Acl:
         self.refused[source] = now + NEGATIVE_TTL
         return False
 
+    def _in_subnets6(self, source: str) -> bool:
+        try:
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET6, source.split("%")[0]), "big")
+        except OSError:
+            return False
+        return any(value & mask == network for network, mask in self.subnets6)
+
     def _check(self, source: str) -> bool:
         plain = source[7:] if source.startswith("::ffff:") else source
         try:
             value = struct.unpack("!I", socket.inet_aton(plain))[0]
         except OSError:
-            return source == "::1" or self.is_local(source)
+            return source == "::1" or self._in_subnets6(source) or self.is_local(source)
         if any(value & mask == network for network, mask in self.subnets):
             return True
         return self.is_local(plain)

@@ -39,6 +39,15 @@ def _ip(*argv: str) -> None:
         raise AddressSetupError(f"ip {' '.join(argv)} failed: {done.error_text}")
 
 
+def _host_cidr(address: str) -> str:
+    return f"{address}/128" if ":" in address else f"{address}/32"
+
+
+def _nodad(address: str) -> tuple[str, ...]:
+    """An IPv6 address to answer on at once, not after duplicate address detection."""
+    return ("nodad",) if ":" in address else ()
+
+
 def ensure_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
     """Returns what it did: 'present' or 'added to <interface>'."""
     if is_local(address):
@@ -48,10 +57,11 @@ def ensure_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:
             _ip("link", "add", interface, "type", "dummy")
             log.info("created dummy interface %s", interface)
         except AddressSetupError as err:
-            log.warning("no dummy interface (%s); putting %s/32 on lo instead", err, address)
+            log.warning("no dummy interface (%s); putting %s on lo instead", err,
+                        _host_cidr(address))
             interface = "lo"
     _ip("link", "set", interface, "up")
-    _ip("addr", "replace", f"{address}/32", "dev", interface)
+    _ip("addr", "replace", _host_cidr(address), "dev", interface, *_nodad(address))
     return f"added to {interface}"
 
 
@@ -62,7 +72,7 @@ def remove_address(address: str, interface: str, drop_empty_dummy: bool = False)
     carries no address any more (uninstall; the service leaves it for reuse).
     """
     try:
-        _ip("addr", "del", f"{address}/32", "dev", interface)
+        _ip("addr", "del", _host_cidr(address), "dev", interface)
     except AddressSetupError as err:
         log.warning("could not remove %s from %s: %s", address, interface, err)
     if drop_empty_dummy and interface != "lo":

@@ -49,6 +49,18 @@ def a_record(address: str) -> bytes:
             + socket.inet_aton(address))
 
 
+def aaaa_record(address: str) -> bytes:
+    """An AAAA record, owner a pointer at the question name (as a_record)."""
+    return (wire.QUESTION_POINTER + struct.pack("!HHIH", wire.AAAA, wire.CLASS_IN, POD_TTL, 16)
+            + socket.inet_pton(socket.AF_INET6, address))
+
+
+def reverse_name6(address: str) -> bytes:
+    """'fd42::5' -> wire '5.0.0...2.4.d.f.ip6.arpa' (OSError if not an address)."""
+    nibbles = socket.inet_pton(socket.AF_INET6, address).hex()
+    return wire.encode_name(".".join(reversed(nibbles)) + ".ip6.arpa")
+
+
 def ptr_record(target: str) -> bytes:
     return wire.record(wire.QUESTION_POINTER, wire.PTR, POD_TTL, encode_cached(target))
 
@@ -97,12 +109,13 @@ def suffix_offset(name: bytes, zone: bytes) -> int:
 class Contribution:
     """What one attachment record adds to the tables, encoded."""
 
-    __slots__ = ("names", "a_records", "ptrs")
+    __slots__ = ("names", "a_records", "ptrs", "aaaa_records")
 
     def __init__(self, record: Any, domain: str, domain_wire: bytes) -> None:
         self.names: list[tuple[bytes, tuple[bytes, ...]]] = []  # (wire name, its ancestors)
         self.a_records: list[bytes] = []
         self.ptrs: list[tuple[bytes, list[bytes]]] = []
+        self.aaaa_records: list[bytes] = []
         if not isinstance(record, dict) or not record.get("ready"):
             return
         pod = record.get("pod")
@@ -131,6 +144,15 @@ class Contribution:
                 self.ptrs.append((reverse_name(address), [ptr_record(t) for t in targets]))
             except (wire.FormatError, UnicodeError, OSError):
                 continue
+        for address in registry.record_addresses6(record):  # dual-stack pods (subnet6)
+            try:
+                rr, reverse = aaaa_record(address), reverse_name6(address)
+                if rr not in self.aaaa_records:
+                    self.aaaa_records.append(rr)
+                    if targets:
+                        self.ptrs.append((reverse, [ptr_record(t) for t in targets]))
+            except (wire.FormatError, UnicodeError, OSError, ValueError):
+                continue
 
 
 class Names:
@@ -146,6 +168,7 @@ class Names:
         names = cls({}, {}, domain, subnet, prefix, serial)
         domain = domain.lower()
         a_records = names.a_records
+        aaaa_records = names.aaaa_records
         ptr_records = names.ptr_records
         nonterminals = names.nonterminals
         fresh: dict[str, tuple[Any, Contribution]] = {}
@@ -162,14 +185,19 @@ class Names:
             fresh[key] = (fingerprint, contribution)
             if not contribution.names and not contribution.ptrs:
                 continue
-            if contribution.a_records:
+            if contribution.a_records or contribution.aaaa_records:
                 names.pods += 1
-            for name, parents in (contribution.names if contribution.a_records else ()):
+            for name, parents in (contribution.names if contribution.a_records
+                                  or contribution.aaaa_records else ()):
                 bucket = a_records.get(name)
                 if bucket is None:
-                    a_records[name] = list(contribution.a_records)
+                    if contribution.a_records:
+                        a_records[name] = list(contribution.a_records)
                 else:
                     bucket.extend(rr for rr in contribution.a_records if rr not in bucket)
+                if contribution.aaaa_records:
+                    bucket = aaaa_records.setdefault(name, [])
+                    bucket.extend(rr for rr in contribution.aaaa_records if rr not in bucket)
                 nonterminals.update(parents)
             for reverse, ptrs in contribution.ptrs:
                 ptr_records.setdefault(reverse, []).extend(ptrs)
@@ -189,6 +217,7 @@ class Names:
         self.mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
         self.reverse_zone = reverse_zone(subnet, prefix)
         self.a_records: dict[bytes, list[bytes]] = {}
+        self.aaaa_records: dict[bytes, list[bytes]] = {}  # names with IPv6 pods (subnet6)
         self.ptr_records: dict[bytes, list[bytes]] = {}
         self.nonterminals: set[bytes] = set()
         self.pods = len(forward)  # attachments served (from_records counts them)
@@ -205,7 +234,7 @@ class Names:
                 nonterminals.update(ancestors(key, self.domain))
         for address, targets in reverse.items():
             try:
-                key = reverse_name(address)
+                key = reverse_name6(address) if ":" in address else reverse_name(address)
                 records = [ptr_record(target) for target in targets]
             except (wire.FormatError, UnicodeError, OSError):
                 continue
@@ -235,11 +264,16 @@ class Names:
         qtype = query.qtype
         in_class = query.qclass in (wire.CLASS_IN, wire.CLASS_ANY)
         records = self.a_records.get(key)
-        if records is not None:
+        records6 = self.aaaa_records.get(key) if self.aaaa_records else None
+        if records is not None or records6 is not None:
             if not in_class:
                 return Answer(wire.REFUSED, [], [])
-            if qtype in (wire.A, wire.ANY):
+            if qtype == wire.A and records:
                 return Answer(wire.NOERROR, records, [])
+            if qtype in (wire.AAAA, wire.ANY):
+                both = ((records or []) if qtype == wire.ANY else []) + (records6 or [])
+                if both:
+                    return Answer(wire.NOERROR, both, [])
             return Answer(wire.NOERROR, [], self._negative(key, False))
         records = self.ptr_records.get(key)
         if records is not None:

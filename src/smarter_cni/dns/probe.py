@@ -43,7 +43,7 @@ def ask_a(server: str, name: str, timeout: float = 1.0, port: int = 53
           ) -> tuple[int | None, list[str], str]:
     """(rcode or None, addresses, error) of one UDP A query to server:port."""
     qid = random.randrange(1, 0xFFFF)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
     deadline = time.monotonic() + timeout
     try:
         sock.sendto(a_query(name, qid), (server, port))

@@ -127,7 +127,8 @@ class Server:
         return True
 
     def _bind(self, kind: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, kind)
+        family = socket.AF_INET6 if ":" in self.listen else socket.AF_INET  # dns/listen6.py
+        sock = socket.socket(family, kind)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)

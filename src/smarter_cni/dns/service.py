@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cni-conf-dir", default=DEFAULT_CNI_CONF_DIR, metavar="DIR")
     parser.add_argument("--listen", metavar="ADDR",
                         help="IPv4 address to serve on (default: dnsAddress from the config)")
+    parser.add_argument("--listen6", metavar="ADDR",
+                        help="also serve on this IPv6 address (default: dnsAddress6 from the "
+                             "config, if any)")
     parser.add_argument("--port", type=int, default=53)
     parser.add_argument("--state-dir", metavar="DIR",
                         help="where the plugin keeps attachments.json (default: "
@@ -340,6 +343,20 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise SettingsError(f"cannot listen on {listen}:{args.port}: {err.strerror}") from None
 
+    stop6 = None
+    listen6 = args.listen6 or conf.dns_address6
+    if listen6:  # IPv6 (issue 13): a second server, same names and access rule
+        from . import listen6 as dns6
+
+        def make_server6(address: str, acl6: Any) -> Any:
+            return Server(address, args.port, state_dir, conf.domain, conf.net_subnet,
+                          conf.net_prefix, acl6, upstreams, args.upstream_timeout,
+                          None if args.upstream else args.resolv_conf)
+        try:
+            stop6 = dns6.start(listen6, args, conf, dns6.prefix6_acl(conf, subnets), make_server6)
+        except (OSError, AddressSetupError) as err:
+            server.close()
+            raise SettingsError(f"cannot listen on [{listen6}]:{args.port}: {err}") from None
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -367,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     finally:
+        if stop6 is not None:
+            stop6()
         server.close()
         signal.set_wakeup_fd(-1)
         os.close(wake_r)

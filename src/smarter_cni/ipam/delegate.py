@@ -91,8 +91,8 @@ def speaks_110(request: Request, kind: str) -> bool:
 
 def add(request: Request, kind: str) -> Result:
     result = from_dict(invoke(request, kind, "ADD"))
-    if not any(":" not in ip.address for ip in result.ips):
-        raise CNIError(IPAM_PLUGIN_FAILURE, f"IPAM plugin {kind} returned no IPv4 address")
+    if not result.ips:  # which families the network needs: bridge._delegate_add checks
+        raise CNIError(IPAM_PLUGIN_FAILURE, f"IPAM plugin {kind} returned no address")
     return result
 
 

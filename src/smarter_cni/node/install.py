@@ -57,6 +57,9 @@ class Options:
     subnet: str | None = None
     gateway: str | None = None
     dns_ip: str | None = None
+    subnet6: str | None = None   # dual-stack (issue 13); ipv6: with the default prefix
+    ipv6: bool = False
+    dns_ip6: str | None = None
     bridge: str | None = None
     network: str | None = None
     domain: str | None = None
@@ -79,6 +82,8 @@ class Options:
         bin_dir = args.cni_bin_dir or (K3S_BIN_DIR if args.k3s else paths.DEFAULT_CNI_BIN_DIR)
         conf_dir = args.cni_conf_dir or (K3S_CONF_DIR if args.k3s else paths.DEFAULT_CNI_CONF_DIR)
         return cls(mode=args.mode, subnet=args.subnet, gateway=args.gateway, dns_ip=args.dns_ip,
+                   subnet6=getattr(args, "subnet6", None), ipv6=getattr(args, "ipv6", False),
+                   dns_ip6=getattr(args, "dns_ip6", None),
                    bridge=args.bridge, network=args.network, domain=args.domain,
                    bin_dir=os.path.abspath(bin_dir), conf_dir=os.path.abspath(conf_dir),
                    k3s=args.k3s, selftest=not args.no_selftest,
@@ -357,6 +362,11 @@ def _config_warnings(conf_dir: str) -> list[str]:
     return warnings
 
 
+def cluster_dns(conf: NetConf) -> str:
+    """kubelet's --cluster-dns: the IPv4 DNS address, and the IPv6 one when there is one."""
+    return ",".join(a for a in (conf.dns_address, conf.dns_address6) if a)
+
+
 def k3s_command_lines(conf: NetConf, keep_kube_proxy: bool = False) -> list[str]:
     """k3s server and agent command lines for the node-local default, or for the variant
     that keeps kube-proxy (pods reach the API server and ClusterIP services whose endpoints
@@ -368,14 +378,14 @@ def k3s_command_lines(conf: NetConf, keep_kube_proxy: bool = False) -> list[str]
     docker = " --docker" if conf.mode == "docker" else ""
     return [
         f"curl -sfL https://get.k3s.io | sh -s - server {flags} "
-        f"--cluster-dns={conf.dns_address} --cluster-domain={conf.domain}{docker}",
+        f"--cluster-dns={cluster_dns(conf)} --cluster-domain={conf.domain}{docker}",
         "curl -sfL https://get.k3s.io | K3S_URL=https://SERVER:6443 K3S_TOKEN=TOKEN "
         f"sh -s - agent{docker}",
     ]
 
 
 def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
-    out.say(f"Point kubelet at the node DNS: --cluster-dns={conf.dns_address} "
+    out.say(f"Point kubelet at the node DNS: --cluster-dns={cluster_dns(conf)} "
             f"--cluster-domain={conf.domain}")
     if opts.k3s:
         out.say("k3s, node-local (default: no kube-proxy, pods use names), server (first "

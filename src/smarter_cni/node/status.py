@@ -60,6 +60,9 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
     report.data.update({"mode": conf.mode, "network": conf.name, "subnet": conf.cidr(),
                         "gateway": conf.gateway_text(), "dns_address": conf.dns_address,
                         "domain": conf.domain, "installed_version": record.get("version")})
+    if conf.subnet6 is not None:  # dual-stack or IPv6 only (issue 13)
+        report.data.update({"subnet6": conf.cidr6(), "gateway6": conf.gateway6_text(),
+                            "dns_address6": conf.dns_address6})
 
     bins = bin_dir_of(bin_dir)
     plugin = os.path.join(bins, "smarter-cni")
@@ -82,6 +85,13 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
                        _dns_fix(record))
     else:
         report.data["dns"]["metrics"] = _dns_counters(conf.dns_address)
+    if conf.dns_address6:  # the IPv6 listener (dnsAddress6) is asked as well
+        answered6, said6 = dns_answers(conf.dns_address6, conf.domain, 1.0)
+        report.data["dns6"] = {"address": conf.dns_address6, "answering": answered6,
+                               "answer": said6}
+        if not answered6:
+            report.problem(f"the node DNS service does not answer on [{conf.dns_address6}]:53 "
+                           f"({said6})", _dns_fix(record))
     _pool_status(report, conf)
     _heal_status(report, conf, record)
     return report
@@ -141,12 +151,13 @@ def _dns_fix(record: dict[str, Any]) -> str:
 def _network_status(report: Report, conf: Any) -> None:
     if conf.mode == "bridge":
         present = os.path.isdir(f"/sys/class/net/{conf.bridge}/bridge")
-        address = f"{conf.gateway_text()}/{conf.prefix}"
+        address = f"{conf.gateway_text()}/{conf.prefix}" if conf.ipv4 else \
+            f"{conf.gateway6_text()}/{conf.prefix6}"
         has_gateway = False
         if present:
             from ..run import run
 
-            done = run(["ip", "-o", "-4", "addr", "show", "dev", conf.bridge])
+            done = run(["ip", "-o", "-4" if conf.ipv4 else "-6", "addr", "show", "dev", conf.bridge])
             has_gateway = f" {address} " in done.stdout.decode("utf-8", "replace")
         report.data["network_present"] = present
         report.data["bridge"] = {"name": conf.bridge, "present": present,
@@ -184,7 +195,9 @@ def _pool_status(report: Report, conf: Any) -> None:
         attachments = {}
     used = [r for r in attachments.values() if r.get("network") == conf.name]
     size = conf.range_end - conf.range_start + 1
-    if conf.range_start <= conf.gateway <= conf.range_end:
+    if not conf.ipv4:  # IPv6 only: the IPv6 pool (the gateway is outside its range)
+        size = conf.range6_end - conf.range6_start + 1
+    elif conf.range_start <= conf.gateway <= conf.range_end:
         size -= 1
     if conf.mode == "docker" and conf.range_start <= ipv4.to_int(conf.dns_address) <= conf.range_end:
         size -= 1
