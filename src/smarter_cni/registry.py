@@ -12,6 +12,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable
 
+    from .store import Attachment
+
 
 MAX_LABEL = 63
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -63,7 +65,7 @@ def names_for(pod: dict[str, Any], domain: str) -> list[str]:
     return names
 
 
-def record_addresses(record: dict[str, Any]) -> list[str]:
+def record_addresses(record: Attachment) -> list[str]:
     """IPv4 addresses (without prefix) of one attachment record."""
     out = []
     for cidr in record.get("ips") or []:
@@ -72,7 +74,7 @@ def record_addresses(record: dict[str, Any]) -> list[str]:
     return out
 
 
-def record_addresses6(record: dict[str, Any]) -> list[str]:
+def record_addresses6(record: Attachment) -> list[str]:
     """IPv6 addresses (without prefix) of one attachment record (dual-stack, subnet6)."""
     out = []
     for cidr in record.get("ips") or []:

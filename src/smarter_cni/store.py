@@ -19,7 +19,30 @@ from .paths import ensure_state_dir, state_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypedDict
+
+    from .cni.request import Request
+
+    class Attachment(TypedDict, total=False):
+        """One pod interface on one network: the record both data planes write and the
+        DNS service, `status`, `pods`, GC and uninstall read (JSON in attachments.json)."""
+
+        network: str          # the CNI network name (conflist "name")
+        mode: str             # "bridge" or "docker"
+        container_id: str
+        ifname: str           # the pod's interface name (CNI_IFNAME)
+        netns: str
+        ips: list[str]        # "addr/prefix", IPv4 first, then IPv6 when dual-stack
+        gateway: str
+        pod: dict[str, str]   # registry.pod_identity: name, namespace, uid, hostname
+        domain: str
+        ready: bool           # set by ADD's completion; only ready records are served
+        created: float        # ADD's start: what makes a record "its own" (no resurrection)
+        host_ifname: str      # bridge mode: the host veth
+        mac: str
+        pod_ifname: str
+        docker_id: str        # docker mode: the sandbox container
+        docker_network: str
 
 
 FILE_NAME = "attachments.json"
@@ -30,6 +53,17 @@ FORMAT_VERSION = 1
 
 def attachment_key(network: str, container_id: str, ifname: str) -> str:
     return f"{network}/{container_id}/{ifname}"
+
+
+def new_attachment(request: Request, network: str, mode: str, pod: dict[str, str], domain: str,
+                   **fields: Any) -> Attachment:
+    """The one shape of a new (not yet ready) attachment record; see `Attachment`."""
+    record: Attachment = {
+        "network": network, "mode": mode, "container_id": request.container_id,
+        "ifname": request.ifname, "netns": request.netns, "ips": [], "gateway": "", "pod": pod,
+        "domain": domain, "ready": False, "created": round(time.time(), 3)}
+    record.update(fields)  # type: ignore[typeddict-item]
+    return record
 
 
 def records_path(directory: str | None = None) -> str:

@@ -10,7 +10,6 @@ remembered in the state file. A pod's own steps run over rtnetlink
 from __future__ import annotations
 
 import os
-import time
 
 from .. import ipv4, ipv6, registry, store
 from ..cni.errors import (
@@ -82,11 +81,12 @@ def add(request: Request, conf: NetConf) -> Result:
             prefix, gateway = conf.prefix, conf.gateway
         if not conf.delegated_ipam and conf.subnet6 is not None:
             address6 = f"{ipv6.to_text(_reserve6(tx, conf, existing))}/{conf.prefix6}"
-        record = _new_record(request, conf, host, address, prefix, gateway, pod)
+        ips = [address_text(address, prefix)] if address else []
         if address6:
-            record["ips"].append(address6)
-        if not conf.ipv4:
-            record["gateway"] = ""
+            ips.append(address6)
+        record = store.new_attachment(request, conf.name, "bridge", pod, conf.domain,
+                                      host_ifname=host, ips=ips,
+                                      gateway=ipv4.to_text(gateway) if conf.ipv4 else "")
         tx.attachments[key] = record
         tx.dirty = True
     try:
@@ -200,24 +200,6 @@ def _reserve6(tx: store.Transaction, conf: NetConf, existing: dict | None) -> in
                        f"({len(taken) - 1} in use); delete pods or widen subnet6")
     tx.state.setdefault("last_reserved6", {})[conf.name] = ipv6.to_text(address)
     return address
-
-
-def _new_record(request: Request, conf: NetConf, host: str, address: int, prefix: int,
-                gateway: int, pod: dict[str, str]) -> dict[str, Any]:
-    return {
-        "network": conf.name,
-        "mode": "bridge",
-        "container_id": request.container_id,
-        "ifname": request.ifname,
-        "netns": request.netns,
-        "host_ifname": host,
-        "ips": [address_text(address, prefix)] if address else [],
-        "gateway": ipv4.to_text(gateway),
-        "pod": pod,
-        "domain": conf.domain,
-        "ready": False,
-        "created": round(time.time(), 3),
-    }
 
 
 HOSTNAME_ANNOTATION = "smarter-cni.io/hostname"

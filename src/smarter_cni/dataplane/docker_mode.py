@@ -15,7 +15,6 @@ crashed or timed-out ADD is still found and undone by DEL or GC.
 from __future__ import annotations
 
 import os
-import time
 
 from .. import registry, store
 from ..cni.errors import (
@@ -97,7 +96,10 @@ def add(request: Request, conf: NetConf) -> Result:
     hostname = hostname_of(container)
     aliases = pod_aliases(hostname, request.pod_name)
     key = store.attachment_key(conf.name, request.container_id, request.ifname)
-    record = _new_record(request, conf, docker_id, hostname)
+    pod = registry.pod_identity(request.pod_name, request.pod_namespace,
+                                request.args.get("K8S_POD_UID", ""), hostname)
+    record = store.new_attachment(request, conf.name, "docker", pod, conf.domain,
+                                  docker_id=docker_id, docker_network=conf.docker_network)
 
     endpoint = _endpoint(container, conf.docker_network)
     if endpoint is None:
@@ -288,26 +290,6 @@ def _result(request: Request, conf: NetConf, endpoint: dict[str, Any], pid: int)
             result.routes.append(Route("::/0", gateway6))
     result.dns = conf.dns_result(request.pod_namespace)
     return result
-
-
-def _new_record(request: Request, conf: NetConf, docker_id: str, hostname: str
-                ) -> dict[str, Any]:
-    return {
-        "network": conf.name,
-        "mode": "docker",
-        "container_id": request.container_id,
-        "ifname": request.ifname,
-        "netns": request.netns,
-        "docker_id": docker_id,
-        "docker_network": conf.docker_network,
-        "ips": [],
-        "gateway": "",
-        "pod": registry.pod_identity(request.pod_name, request.pod_namespace,
-                                     request.args.get("K8S_POD_UID", ""), hostname),
-        "domain": conf.domain,
-        "ready": False,
-        "created": round(time.time(), 3),
-    }
 
 
 # ---------------------------------------------------------------- DEL

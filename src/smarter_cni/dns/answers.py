@@ -23,6 +23,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..store import Attachment
+
 POD_TTL = 5          # as CoreDNS' kubernetes plugin: pods come and go
 NEGATIVE_TTL = 5
 IN_ADDR_ARPA = wire.encode_name("in-addr.arpa")
@@ -111,7 +113,7 @@ class Contribution:
 
     __slots__ = ("names", "a_records", "ptrs", "aaaa_records")
 
-    def __init__(self, record: Any, domain: str, domain_wire: bytes) -> None:
+    def __init__(self, record: Attachment, domain: str, domain_wire: bytes) -> None:
         self.names: list[tuple[bytes, tuple[bytes, ...]]] = []  # (wire name, its ancestors)
         self.a_records: list[bytes] = []
         self.ptrs: list[tuple[bytes, list[bytes]]] = []
@@ -161,7 +163,7 @@ class Names:
     services: Any = None  # dns/services.Services when the DNS service has a kubeconfig
 
     @classmethod
-    def from_records(cls, records: dict[str, Any], domain: str, subnet: int, prefix: int,
+    def from_records(cls, records: dict[str, Attachment], domain: str, subnet: int, prefix: int,
                      serial: int, memo: dict[str, tuple[Any, Contribution]]) -> Names:
         """Tables from the store's attachment records; `memo` (key -> (fingerprint,
         contribution)) is read and replaced, so unchanged records are not redone."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import paths, store
 from ..cni.errors import CNIError
@@ -31,6 +31,9 @@ from .record import (
     program_record_path,
     record_path,
 )
+
+if TYPE_CHECKING:
+    from ..store import Attachment
 
 
 def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
@@ -207,14 +210,14 @@ def _conf_for_uninstall(conf_path: str, record: dict[str, Any]) -> NetConf | Non
         return None
 
 
-def _pod_label(record: dict[str, Any]) -> str:
+def _pod_label(record: Attachment) -> str:
     pod = record.get("pod") or {}
     if pod.get("name"):
         return f"{pod.get('namespace') or '?'}/{pod['name']}"
     return str(record.get("container_id", "?"))[:12]
 
 
-def _remove_pod_links(records: list[dict[str, Any]]) -> None:
+def _remove_pod_links(records: list[Attachment]) -> None:
     from ..run import run
 
     for record in records:
