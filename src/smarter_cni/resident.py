@@ -1,0 +1,244 @@
+"""The resident plugin server: does a thin client's CNI work without an exec.
+
+One single-threaded process (started and restarted by the DNS service, or
+run alone: `python -m smarter_cni.resident --state-dir DIR`) with the
+plugin's modules already imported. Per connection it forks; the child
+reads the request, acknowledges it, waits for the client's "go" and then
+runs exactly what the plugin executable runs (`cni.dispatch.run` with the
+request's environment and stdin), replies and leaves. So:
+
+- a crash, a hang or a leak in the plugin code ends with that child; the
+  server and the DNS service are untouched;
+- setns, environment and signal state are per process, as in an exec;
+- the server, not the DNS service, forks: it has no threads and no DNS
+  sockets for a child to inherit;
+- a SIGKILLed server does not take running requests with it: each child
+  holds its own connection and replies when done.
+
+The socket is `<state dir>/plugin.sock`, mode 0600, and the peer must be
+root or this process's user (SO_PEERCRED). Both this path and the client's
+in-process fallback take the store's flock, which serialises them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import sys
+
+from .client import MAGIC, SOCKET_NAME
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_ENV = 1 << 20
+MAX_STDIN = 16 << 20
+HANDSHAKE_TIMEOUT = 5.0  # a client that connected but never says "go" is dropped
+ENABLE_ENV = "SMARTER_CNI_RESIDENT"  # the DNS service's setting: "1" on, "0" off
+
+
+def preload() -> Any:
+    """Import everything an ADD or DEL runs, once, so no child imports anything."""
+    from . import registry, store  # noqa: F401
+    from .cni import dispatch
+    from .dataplane import bridge, bridge_network, firewall, links, netlink  # noqa: F401
+    from .plugin import HANDLERS
+
+    return dispatch, HANDLERS
+
+
+class Server:
+    def __init__(self, state_dir: str, verbose: bool = False) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, SOCKET_NAME)
+        self.verbose = verbose
+        self.stop = False
+        self.sock = self._bind()
+        self.inode = os.stat(self.path).st_ino
+
+    def _bind(self) -> socket.socket:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        temp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # born 0600: never a moment with a wider mode
+        try:
+            sock.bind(temp)
+        finally:
+            os.umask(old)
+        os.chmod(temp, 0o600)
+        sock.listen(128)
+        os.rename(temp, self.path)  # a stale socket of a killed server is replaced at once
+        return sock
+
+    def still_mine(self) -> bool:
+        """A newer server renamed its socket over ours: leave it the path."""
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def serve_forever(self, dispatch: Any, handlers: Any) -> None:
+        self.sock.settimeout(1.0)
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                reap()
+                if not self.still_mine():
+                    break
+                continue
+            except InterruptedError:
+                continue
+            except OSError:
+                if self.stop:
+                    break
+                raise
+            try:
+                pid = os.fork()
+            except OSError:
+                conn.close()  # the client sees EOF and does the work itself
+                continue
+            if pid == 0:
+                code = 1
+                try:
+                    self.sock.close()
+                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                        signal.signal(signum, signal.SIG_DFL)
+                    code = serve_one(conn, dispatch, handlers, self.verbose)
+                finally:
+                    os._exit(code)
+            conn.close()
+            reap()
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.still_mine():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def peer_allowed(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid in (0, os.getuid())
+
+
+def read_exact(conn: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 1 << 16))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes] | None:
+    head = bytearray()
+    while not head.endswith(b"\n"):
+        byte = conn.recv(1)
+        if not byte or len(head) > 64:
+            return None
+        head += byte
+    parts = bytes(head).split()
+    if len(parts) != 3 or parts[0] != MAGIC or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    env_size, stdin_size = int(parts[1]), int(parts[2])
+    if env_size > MAX_ENV or stdin_size > MAX_STDIN:
+        return None
+    env_raw = read_exact(conn, env_size)
+    stdin = read_exact(conn, stdin_size)
+    environ = {}
+    for item in env_raw.split(b"\0") if env_raw else ():
+        key, sep, value = item.partition(b"=")
+        if sep:
+            environ[os.fsdecode(key)] = os.fsdecode(value)
+    return environ, stdin
+
+
+def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) -> int:
+    """In the forked child: handshake, then one plugin run with the client's env and stdin."""
+    import io
+
+    conn.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        if not peer_allowed(conn):
+            return 1
+        request = read_request(conn)
+        if request is None:
+            return 1
+        conn.sendall(b"A")
+        if conn.recv(1) != b"G":
+            return 0  # the client gave up and does the work itself
+    except (OSError, EOFError):
+        return 1
+    environ, stdin = request
+    os.environ.clear()
+    os.environ.update(environ)  # as if exec'd by the runtime: the same env the plugin sees
+    out = io.StringIO()
+    code = dispatch.run(handlers, environ=os.environ, stdin=stdin, out=out)
+    data = out.getvalue().encode()
+    if verbose:
+        sys.stderr.write(f"resident: {environ.get('CNI_COMMAND', '?')} "
+                         f"{environ.get('CNI_CONTAINERID', '')[:12]} -> {code}\n")
+        sys.stderr.flush()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    try:
+        conn.settimeout(None)
+        conn.sendall(b"R %d %d\n" % (code, len(data)) + data)
+    except OSError:  # the client was killed: the work stands, as after a killed plugin's
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv
+    state_dir = ""
+    if "--state-dir" in argv and argv.index("--state-dir") + 1 < len(argv):
+        state_dir = argv[argv.index("--state-dir") + 1]
+    from .paths import state_dir as default_state_dir
+
+    state_dir = state_dir or default_state_dir()
+    dispatch, handlers = preload()
+    server = Server(state_dir, verbose)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        server.stop = True
+        server.sock.close()  # wakes accept()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if verbose:
+        sys.stderr.write(f"resident: serving {server.path}\n")
+        sys.stderr.flush()
+    try:
+        server.serve_forever(dispatch, handlers)
+    finally:
+        server.close()
+        reap()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
