@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 from .client import MAGIC, SOCKET_NAME
 
@@ -38,6 +39,8 @@ MAX_ENV = 1 << 20
 MAX_STDIN = 16 << 20
 HANDSHAKE_TIMEOUT = 5.0  # a client that connected but never says "go" is dropped
 ENABLE_ENV = "SMARTER_CNI_RESIDENT"  # the DNS service's setting: "1" on, "0" off
+DEFAULT_ENABLED = True
+RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # after a server exits: quick, then backing off
 
 
 def preload() -> Any:
@@ -61,7 +64,7 @@ class Server:
 
     def _bind(self) -> socket.socket:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        temp = f"{self.path}.{os.getpid()}.tmp"
+        temp = os.path.join(self.state_dir, f".{SOCKET_NAME}.{os.getpid()}.tmp")
         try:
             os.unlink(temp)
         except FileNotFoundError:
@@ -209,6 +212,76 @@ def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) 
     except OSError:  # the client was killed: the work stands, as after a killed plugin's
         pass
     return 0
+
+
+def enabled(environ: Any = None) -> bool:
+    value = (os.environ if environ is None else environ).get(ENABLE_ENV, "")
+    return DEFAULT_ENABLED if value not in ("0", "1") else value == "1"
+
+
+class Supervisor:
+    """The DNS service's side: keep one server process running; stop it with the service.
+
+    A separate process rather than a thread of the service: it forks per request, which
+    a process with threads and DNS sockets should not do, and a crash stays there.
+    """
+
+    def __init__(self, state_dir: str, log: Any = None, verbose: bool = False) -> None:
+        import threading
+
+        self.state_dir = state_dir
+        self.log = log
+        self.verbose = verbose  # one stderr line per request (the service's --verbose)
+        self.pid = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="resident", daemon=True)
+        self.thread.start()
+
+    def _spawn(self) -> int:
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = [package_parent] + [p for p in sys.path if p and p != package_parent]
+        boot = (f"import sys; sys.path[:] = {path!r}; "
+                "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
+        env = dict(os.environ, SMARTER_CNI_STATE_DIR=self.state_dir)
+        return os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", boot,
+                                               "--state-dir", self.state_dir,
+                                               *(["--verbose"] if self.verbose else [])], env)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.pid = self._spawn()
+                _, status = os.waitpid(self.pid, 0)
+            except OSError as err:
+                status = -1
+                if self.log:
+                    self.log.error("resident plugin server: cannot start: %s", err)
+            self.pid = 0
+            if self.stopping.is_set():
+                return
+            failures = 0 if time.monotonic() - started > 60 else failures + 1
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+            if self.log:
+                self.log.warning("resident plugin server exited (status %s); restarting in %.1f s "
+                                 "(plugins do the work themselves meanwhile)", status, delay)
+            self.stopping.wait(delay)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        pid = self.pid
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)  # our own child, by its PID
+            except ProcessLookupError:
+                pass
+        self.thread.join(timeout=10)
+
+
+def start_supervisor(state_dir: str, log: Any = None, verbose: bool = False) -> Supervisor | None:
+    """Started by `smarter-cni dns` unless SMARTER_CNI_RESIDENT=0."""
+    return Supervisor(state_dir, log, verbose) if enabled() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,3 +226,62 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
         assert plugin("DEL", bridge_network, "ctr-w", path).ok
         assert _state(state_dir)["attachments"] == {}
         assert server.poll() is None  # the server itself carries on
+
+
+def _dns_service(tmp_path: Path, state_dir: Path, config: dict, extra_env: dict | None = None):
+    from test_dns_helpers import DnsService, unique_loopback, write_conflist
+
+    conf = write_conflist(tmp_path, subnet=config["subnet"], name=config["name"],
+                          bridge=config["bridge"])
+    service = DnsService(tmp_path, unique_loopback(), state_dir, conf, extra=[
+        "--no-address-setup", "--verbose", "--resolv-conf", str(tmp_path / "empty-resolv.conf")])
+    (tmp_path / "empty-resolv.conf").write_text("")
+    return service
+
+
+def _wait_for(predicate, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_dns_service_runs_the_server_restarts_it_and_names_resolve_at_adds_return(
+        plugin, bridge_network, netns, state_dir, tmp_path):
+    from test_dns_helpers import DIG, dig, is_local
+
+    if not os.path.exists(DIG):
+        pytest.skip("needs dig (dnsutils)")
+    service = _dns_service(tmp_path, state_dir, bridge_network)
+    sock = state_dir / SOCKET
+    try:
+        service.start()
+        assert is_local(service.listen)
+        assert _wait_for(sock.exists)
+        ns, path = netns.create()
+        added = plugin("ADD", bridge_network, "ctr-d", path, args=pod_args("resident-web"))
+        assert added.ok, added
+        answer = dig(service.listen, "resident-web.default.svc.cluster.local")
+        assert answer.values() == [added.json["ips"][0]["address"].split("/")[0]], answer.stdout
+        assert _wait_for(lambda: "resident: ADD" in service.log_path.read_text())
+        # the server dies: the client works alone meanwhile, the service starts a new one
+        servers = [pid for pid in _children(service.pid)
+                   if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(servers) == 1, servers
+        old_inode = sock.stat().st_ino
+        os.kill(servers[0], signal.SIGKILL)  # the service's child, found by its PID
+        deleted = plugin("DEL", bridge_network, "ctr-d", path)
+        assert deleted.ok, deleted
+        assert _wait_for(lambda: sock.exists() and sock.stat().st_ino != old_inode)
+        added = plugin("ADD", bridge_network, "ctr-e", path, args=pod_args("resident-two"))
+        assert added.ok, added
+        assert dig(service.listen, "resident-two.default.svc.cluster.local").values() == [
+            added.json["ips"][0]["address"].split("/")[0]]
+        assert plugin("DEL", bridge_network, "ctr-e", path).ok
+        assert _wait_for(lambda: "resident: DEL" in service.log_path.read_text())
+    finally:
+        service.stop()
+    assert not sock.exists()  # stopped with the service
+    assert _state(state_dir)["attachments"] == {}
