@@ -45,6 +45,9 @@ RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # after a server exits: quick, then 
 
 def preload() -> Any:
     """Import everything an ADD or DEL runs, once, so no child imports anything."""
+    import select  # noqa: F401  (tie_to_client, in every worker)
+    import threading  # noqa: F401
+
     from . import registry, store  # noqa: F401
     from .cni import dispatch
     from .dataplane import bridge, bridge_network, firewall, links, netlink  # noqa: F401
@@ -178,6 +181,49 @@ def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes] | None:
     return environ, stdin
 
 
+def client_gone(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def tie_to_client(conn: socket.socket) -> None:
+    """The worker lives no longer than its client, as the plugin's own process would not.
+
+    A runtime that killed the plugin and then runs DEL must not meet an ADD still going
+    on: a thread ends the worker the moment the client's end closes, and every state
+    write first checks, under the lock, that the client is still there (so a DEL that
+    starts after the client died either finds the record or never sees it written).
+    """
+    import select
+    import threading
+
+    from . import store
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def check() -> None:
+        if client_gone(conn):
+            die()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        while True:
+            poller.poll()
+            if client_gone(conn):
+                die()
+            time.sleep(0.001)  # unexpected bytes from the client: keep watching
+
+    store.before_save = check
+    check()
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) -> int:
     """In the forked child: handshake, then one plugin run with the client's env and stdin."""
     import io
@@ -195,6 +241,8 @@ def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) 
     except (OSError, EOFError):
         return 1
     environ, stdin = request
+    conn.settimeout(None)  # blocking: MSG_DONTWAIT peeks must not wait for a timeout
+    tie_to_client(conn)
     os.environ.clear()
     os.environ.update(environ)  # as if exec'd by the runtime: the same env the plugin sees
     out = io.StringIO()
@@ -207,7 +255,6 @@ def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) 
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
     try:
-        conn.settimeout(None)
         conn.sendall(b"R %d %d\n" % (code, len(data)) + data)
     except OSError:  # the client was killed: the work stands, as after a killed plugin's
         pass

@@ -31,6 +31,14 @@ from smarter_cni.dataplane.bridge import PAUSE_ENV  # noqa: E402
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, bridges)")
 
 
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """These tests start their own servers: never the one SMARTER_CNI_TEST_RESIDENT=1 adds."""
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
+
+
 def _served(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith("resident: ") and
             "serving" not in line]
@@ -285,3 +293,24 @@ def test_the_dns_service_runs_the_server_restarts_it_and_names_resolve_at_adds_r
         service.stop()
     assert not sock.exists()  # stopped with the service
     assert _state(state_dir)["attachments"] == {}
+
+
+def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_network, netns,
+                                                              state_dir, tmp_path):
+    """As with the plugin's own process: kill the exec and its work stops there."""
+    _, path = netns.create()
+    with running_server(state_dir, tmp_path / "server.log") as server:
+        proc = _paused_add(plugin, bridge_network, "ctr-c", path, tmp_path / "fifo")
+        proc.stdin.write(json.dumps(bridge_network).encode())
+        proc.stdin.close()
+        writer = _wait_paused(tmp_path / "fifo")
+        assert len(_children(server.pid)) == 1
+        proc.kill()  # our own child, by its PID
+        proc.wait(10)
+        assert _wait_for(lambda: not _children(server.pid), timeout=5), "worker outlived its client"
+        os.close(writer)
+        record = next(iter(_state(state_dir)["attachments"].values()))
+        assert record["ready"] is False  # stopped between the transactions, as a killed plugin
+        assert plugin("DEL", bridge_network, "ctr-c", path).ok
+        assert _state(state_dir)["attachments"] == {}
+        assert not link_exists(record["host_ifname"])
