@@ -76,11 +76,16 @@ def ask_resident(environ: dict, stdin: bytes, ack_timeout: float = ACK_TIMEOUT):
         sock.settimeout(None)  # the server works now; a runtime's own timeout bounds it
         sock.sendall(b"G")
         reply = bytearray()
-        while True:
+        need = -1  # the whole reply's length, once its header is in
+        while need < 0 or len(reply) < need:  # not until EOF: the worker's exit is not waited for
             chunk = sock.recv(65536)
             if not chunk:
                 break
             reply += chunk
+            if need < 0 and b"\n" in reply:
+                head = bytes(reply[:reply.index(b"\n")]).split(b" ")
+                if len(head) == 3 and head[2].isdigit():
+                    need = reply.index(b"\n") + 1 + int(head[2])
         return decode_reply(bytes(reply))
     except OSError:  # missing, refused, timed out, reset: all mean "not now"
         return None

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_ENV = 1 << 20
 MAX_STDIN = 16 << 20
+SPARE = 2  # idle workers waiting in accept()
 HANDSHAKE_TIMEOUT = 5.0  # a client that connected but never says "go" is dropped
 ENABLE_ENV = "SMARTER_CNI_RESIDENT"  # the DNS service's setting: "1" on, "0" off
 DEFAULT_ENABLED = True
@@ -91,37 +92,82 @@ class Server:
             return False
 
     def serve_forever(self, dispatch: Any, handlers: Any) -> None:
-        self.sock.settimeout(1.0)
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
+        """Keep SPARE workers forked and waiting in accept(): no fork on a request's path.
+
+        A worker that takes a connection writes its PID to a pipe; the server forks a
+        replacement at once. Only idle workers are stopped with the server.
+        """
+        import select
+
+        taken_r, taken_w = os.pipe()
+        idle: set[int] = set()
+        buffered = b""
+        try:
+            while not self.stop:
+                while len(idle) < SPARE and not self.stop:
+                    pid = self._fork_worker(taken_r, taken_w, dispatch, handlers)
+                    if not pid:
+                        break
+                    idle.add(pid)
+                try:
+                    ready, _, _ = select.select([taken_r], [], [], 1.0)
+                except InterruptedError:
+                    continue
+                if ready:
+                    buffered += os.read(taken_r, 4096)
+                    *lines, buffered = buffered.split(b"\n")
+                    for line in lines:
+                        idle.discard(int(line))
                 reap()
                 if not self.still_mine():
                     break
-                continue
+        finally:
+            for pid in idle:
+                try:
+                    os.kill(pid, signal.SIGTERM)  # our own idle worker, by its PID
+                except ProcessLookupError:
+                    pass
+            os.close(taken_r)
+            os.close(taken_w)
+
+    def _fork_worker(self, taken_r: int, taken_w: int, dispatch: Any, handlers: Any) -> int:
+        try:
+            pid = os.fork()
+        except OSError:
+            time.sleep(0.1)
+            return 0
+        if pid:
+            return pid
+        code = 1
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            os.close(taken_r)
+            conn = self._accept_one()
+            if conn is not None:
+                os.write(taken_w, b"%d\n" % os.getpid())
+                os.close(taken_w)
+                self.sock.close()
+                code = serve_one(conn, dispatch, handlers, self.verbose)
+        finally:
+            os._exit(code)
+
+    def _accept_one(self) -> socket.socket | None:
+        """In an idle worker: one connection, or None once the server is gone."""
+        parent = os.getppid()
+        self.sock.settimeout(1.0)
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+                conn.setblocking(True)
+                return conn
+            except socket.timeout:
+                if os.getppid() != parent:  # the server died: leave the path to the next one
+                    return None
             except InterruptedError:
                 continue
             except OSError:
-                if self.stop:
-                    break
-                raise
-            try:
-                pid = os.fork()
-            except OSError:
-                conn.close()  # the client sees EOF and does the work itself
-                continue
-            if pid == 0:
-                code = 1
-                try:
-                    self.sock.close()
-                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                        signal.signal(signum, signal.SIG_DFL)
-                    code = serve_one(conn, dispatch, handlers, self.verbose)
-                finally:
-                    os._exit(code)
-            conn.close()
-            reap()
+                return None
 
     def close(self) -> None:
         self.sock.close()
@@ -344,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(state_dir, verbose)
 
     def on_signal(signum: int, frame: Any) -> None:
-        server.stop = True
-        server.sock.close()  # wakes accept()
+        server.stop = True  # select() wakes with EINTR
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -172,6 +172,24 @@ def _paused_add(plugin, config: dict, container: str, path: str, fifo: Path) -> 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _busy_workers(server_pid: int, fifo: Path) -> list[int]:
+    """The server's workers that hold `fifo` open (idle ones wait in accept())."""
+    busy = []
+    for pid in _children(server_pid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo):
+                    busy.append(pid)
+                    break
+            except OSError:
+                continue
+    return busy
+
+
 def _finish(proc: subprocess.Popen) -> tuple[bytes, bytes]:
     proc.wait(timeout=60)
     return proc.stdout.read(), proc.stderr.read()
@@ -196,7 +214,14 @@ def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, ne
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
+        busy = _busy_workers(server.pid, tmp_path / "fifo")
+        idle = [pid for pid in _children(server.pid) if pid not in busy]
+        assert idle  # workers wait in accept() before any request comes
         stop_server(server, signal.SIGKILL)  # mid-ADD, between its two transactions
+        # idle workers of a dead server leave (they notice within a second)
+        assert _wait_for(lambda: not any(os.path.exists(f"/proc/{pid}/cmdline") and
+                                         Path(f"/proc/{pid}/cmdline").read_bytes() for pid in idle),
+                         timeout=5), idle
         os.close(writer)
         out, err = _finish(proc)
         assert proc.returncode == 0, (out, err)
@@ -221,7 +246,7 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
-        workers = _children(server.pid)
+        workers = _busy_workers(server.pid, tmp_path / "fifo")
         assert len(workers) == 1, workers
         os.kill(workers[0], signal.SIGKILL)  # the server's own child, by its PID
         out, err = _finish(proc)
@@ -304,10 +329,11 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
-        assert len(_children(server.pid)) == 1
+        assert len(_busy_workers(server.pid, tmp_path / "fifo")) == 1
         proc.kill()  # our own child, by its PID
         proc.wait(10)
-        assert _wait_for(lambda: not _children(server.pid), timeout=5), "worker outlived its client"
+        assert _wait_for(lambda: not _busy_workers(server.pid, tmp_path / "fifo"), timeout=5), \
+            "worker outlived its client"
         os.close(writer)
         record = next(iter(_state(state_dir)["attachments"].values()))
         assert record["ready"] is False  # stopped between the transactions, as a killed plugin
