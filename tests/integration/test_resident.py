@@ -282,11 +282,12 @@ def _wait_for(predicate, timeout: float = 20) -> bool:
 
 
 def test_the_dns_service_runs_the_server_restarts_it_and_names_resolve_at_adds_return(
-        plugin, bridge_network, netns, state_dir, tmp_path):
+        plugin, bridge_network, netns, state_dir, tmp_path, monkeypatch):
     from test_dns_helpers import DIG, dig, is_local
 
     if not os.path.exists(DIG):
         pytest.skip("needs dig (dnsutils)")
+    monkeypatch.setenv("SMARTER_CNI_RESIDENT", "1")  # off by default; the service inherits it
     service = _dns_service(tmp_path, state_dir, bridge_network)
     sock = state_dir / SOCKET
     try:
@@ -340,3 +341,17 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
         assert plugin("DEL", bridge_network, "ctr-c", path).ok
         assert _state(state_dir)["attachments"] == {}
         assert not link_exists(record["host_ifname"])
+
+
+def test_the_dns_service_runs_no_server_by_default(bridge_network, state_dir, tmp_path,
+                                                   monkeypatch):
+    monkeypatch.delenv("SMARTER_CNI_RESIDENT", raising=False)
+    service = _dns_service(tmp_path, state_dir, bridge_network)
+    try:
+        service.start()
+        time.sleep(0.5)
+        assert not (state_dir / SOCKET).exists()
+        assert not [pid for pid in _children(service.pid)
+                    if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    finally:
+        service.stop()
