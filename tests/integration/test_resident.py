@@ -20,13 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers.netns import link_exists
+from helpers.netns import link_exists, unique
 from helpers.plugin import SRC, pod_args
 from helpers.resident import SOCKET, running_server, start_server, stop_server
 
 sys.path.insert(0, str(SRC))
 from smarter_cni import client  # noqa: E402
 from smarter_cni.dataplane.bridge import PAUSE_ENV  # noqa: E402
+
+# Container ids unique to this run: host veth names derive from them and are shared by
+# everything on the host, other test runs included.
+RUN = unique("rs")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, bridges)")
 
@@ -68,7 +72,7 @@ def test_add_check_del_go_through_the_server(plugin, bridge_network, netns, stat
         mode = os.stat(state_dir / SOCKET).st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
         ns, path = netns.create()
-        added = plugin("ADD", bridge_network, "ctr-r", path, args=pod_args("web"))
+        added = plugin("ADD", bridge_network, f"{RUN}-r", path, args=pod_args("web"))
         assert added.ok, added
         address = added.json["ips"][0]["address"]
         record = next(iter(_state(state_dir)["attachments"].values()))
@@ -76,12 +80,12 @@ def test_add_check_del_go_through_the_server(plugin, bridge_network, netns, stat
         out = subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr", "show", "eth0"],
                              capture_output=True, text=True).stdout
         assert address in out
-        checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "ctr-r", path)
+        checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), f"{RUN}-r", path)
         assert checked.ok and checked.stdout == "", checked
-        deleted = plugin("DEL", dict(bridge_network, prevResult=added.json), "ctr-r", path)
+        deleted = plugin("DEL", dict(bridge_network, prevResult=added.json), f"{RUN}-r", path)
         assert deleted.ok and deleted.stdout == "", deleted
         assert not link_exists(added.json["interfaces"][0]["name"])
-        bad = plugin("ADD", "{not json", "ctr-x", path)
+        bad = plugin("ADD", "{not json", f"{RUN}-x", path)
         assert bad.returncode == 1 and bad.code == 6, bad  # errors come back as the plugin's
     served = _served(log)
     assert [line.split()[1] for line in served] == ["ADD", "CHECK", "DEL", "ADD"], served
@@ -92,16 +96,16 @@ def test_a_missing_refusing_or_silent_server_means_the_client_works_alone(
         plugin, bridge_network, netns, state_dir):
     _, path = netns.create()
     # missing socket
-    added = plugin("ADD", bridge_network, "ctr-1", path)
+    added = plugin("ADD", bridge_network, f"{RUN}-1", path)
     assert added.ok, added
-    assert plugin("DEL", bridge_network, "ctr-1", path).ok
+    assert plugin("DEL", bridge_network, f"{RUN}-1", path).ok
     # a stale socket file: connect is refused
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(state_dir / SOCKET))
     stale.close()
-    added = plugin("ADD", bridge_network, "ctr-2", path)
+    added = plugin("ADD", bridge_network, f"{RUN}-2", path)
     assert added.ok, added
-    assert plugin("DEL", bridge_network, "ctr-2", path).ok
+    assert plugin("DEL", bridge_network, f"{RUN}-2", path).ok
     # a server that accepts connections but never answers (hung): the ack times out
     os.unlink(state_dir / SOCKET)
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -109,10 +113,10 @@ def test_a_missing_refusing_or_silent_server_means_the_client_works_alone(
     silent.listen(16)
     try:
         started = time.monotonic()
-        added = plugin("ADD", bridge_network, "ctr-3", path)
+        added = plugin("ADD", bridge_network, f"{RUN}-3", path)
         took = time.monotonic() - started
         assert added.ok, added
-        deleted = plugin("DEL", bridge_network, "ctr-3", path)
+        deleted = plugin("DEL", bridge_network, f"{RUN}-3", path)
         assert deleted.ok, deleted
         assert took < 5, took  # the ack timeout, then the usual exec; never a long wait
     finally:
@@ -124,7 +128,7 @@ def test_a_request_the_client_gave_up_on_is_never_run(bridge_network, netns, sta
                                                       bin_dir):
     """No "go" after the ack: the server drops the request, so the work is done once."""
     _, path = netns.create()
-    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"ctr-g", b"CNI_NETNS": path.encode(),
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": f"{RUN}-g".encode(), b"CNI_NETNS": path.encode(),
            b"CNI_IFNAME": b"eth0", b"CNI_PATH": str(bin_dir).encode(),
            b"SMARTER_CNI_STATE_DIR": str(state_dir).encode(), b"PATH": b"/usr/sbin:/usr/bin:/sbin:/bin"}
     log = tmp_path / "server.log"
@@ -151,13 +155,13 @@ def test_sixteen_concurrent_adds_and_dels_through_the_server(plugin, bridge_netw
     pods = [netns.create() for _ in range(16)]
     with running_server(state_dir, log):
         with ThreadPoolExecutor(16) as pool:
-            added = list(pool.map(lambda i: plugin("ADD", bridge_network, f"ctr-{i}", pods[i][1]),
+            added = list(pool.map(lambda i: plugin("ADD", bridge_network, f"{RUN}-{i}", pods[i][1]),
                                   range(16)))
         assert all(a.ok for a in added), [a for a in added if not a.ok]
         addresses = [a.json["ips"][0]["address"] for a in added]
         assert len(set(addresses)) == 16
         with ThreadPoolExecutor(16) as pool:
-            deleted = list(pool.map(lambda i: plugin("DEL", bridge_network, f"ctr-{i}", pods[i][1]),
+            deleted = list(pool.map(lambda i: plugin("DEL", bridge_network, f"{RUN}-{i}", pods[i][1]),
                                     range(16)))
         assert all(d.ok for d in deleted), [d for d in deleted if not d.ok]
     assert _state(state_dir)["attachments"] == {}
@@ -210,7 +214,7 @@ def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, ne
     _, path = netns.create()
     server = start_server(state_dir, tmp_path / "server.log")
     try:
-        proc = _paused_add(plugin, bridge_network, "ctr-k", path, tmp_path / "fifo")
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-k", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
@@ -230,7 +234,7 @@ def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, ne
         assert record["ready"] is True and record["ips"] == [result["ips"][0]["address"]]
         # a restarted server replaces the dead one's socket and serves the DEL
         server = start_server(state_dir, tmp_path / "server.log")
-        assert plugin("DEL", bridge_network, "ctr-k", path).ok
+        assert plugin("DEL", bridge_network, f"{RUN}-k", path).ok
         assert _state(state_dir)["attachments"] == {}
     finally:
         stop_server(server)
@@ -242,7 +246,7 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
     half-made attachment answers as a killed plugin's does today, and DEL clears it."""
     _, path = netns.create()
     with running_server(state_dir, tmp_path / "server.log") as server:
-        proc = _paused_add(plugin, bridge_network, "ctr-w", path, tmp_path / "fifo")
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-w", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
@@ -256,7 +260,7 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
         # plugin does today: "exists, DEL it first" (code 101); the runtime's DEL clears it
         assert proc.returncode == 1 and answer["code"] == 101, answer
         assert "DEL it" in answer["msg"]
-        assert plugin("DEL", bridge_network, "ctr-w", path).ok
+        assert plugin("DEL", bridge_network, f"{RUN}-w", path).ok
         assert _state(state_dir)["attachments"] == {}
         assert server.poll() is None  # the server itself carries on
 
@@ -295,7 +299,7 @@ def test_the_dns_service_runs_the_server_restarts_it_and_names_resolve_at_adds_r
         assert is_local(service.listen)
         assert _wait_for(sock.exists)
         ns, path = netns.create()
-        added = plugin("ADD", bridge_network, "ctr-d", path, args=pod_args("resident-web"))
+        added = plugin("ADD", bridge_network, f"{RUN}-d", path, args=pod_args("resident-web"))
         assert added.ok, added
         answer = dig(service.listen, "resident-web.default.svc.cluster.local")
         assert answer.values() == [added.json["ips"][0]["address"].split("/")[0]], answer.stdout
@@ -306,14 +310,14 @@ def test_the_dns_service_runs_the_server_restarts_it_and_names_resolve_at_adds_r
         assert len(servers) == 1, servers
         old_inode = sock.stat().st_ino
         os.kill(servers[0], signal.SIGKILL)  # the service's child, found by its PID
-        deleted = plugin("DEL", bridge_network, "ctr-d", path)
+        deleted = plugin("DEL", bridge_network, f"{RUN}-d", path)
         assert deleted.ok, deleted
         assert _wait_for(lambda: sock.exists() and sock.stat().st_ino != old_inode)
-        added = plugin("ADD", bridge_network, "ctr-e", path, args=pod_args("resident-two"))
+        added = plugin("ADD", bridge_network, f"{RUN}-e", path, args=pod_args("resident-two"))
         assert added.ok, added
         assert dig(service.listen, "resident-two.default.svc.cluster.local").values() == [
             added.json["ips"][0]["address"].split("/")[0]]
-        assert plugin("DEL", bridge_network, "ctr-e", path).ok
+        assert plugin("DEL", bridge_network, f"{RUN}-e", path).ok
         assert _wait_for(lambda: "resident: DEL" in service.log_path.read_text())
     finally:
         service.stop()
@@ -326,7 +330,7 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
     """As with the plugin's own process: kill the exec and its work stops there."""
     _, path = netns.create()
     with running_server(state_dir, tmp_path / "server.log") as server:
-        proc = _paused_add(plugin, bridge_network, "ctr-c", path, tmp_path / "fifo")
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-c", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
@@ -338,7 +342,7 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
         os.close(writer)
         record = next(iter(_state(state_dir)["attachments"].values()))
         assert record["ready"] is False  # stopped between the transactions, as a killed plugin
-        assert plugin("DEL", bridge_network, "ctr-c", path).ok
+        assert plugin("DEL", bridge_network, f"{RUN}-c", path).ok
         assert _state(state_dir)["attachments"] == {}
         assert not link_exists(record["host_ifname"])
 
