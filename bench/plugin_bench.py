@@ -49,6 +49,20 @@ def _git_head() -> str:
     return done.stdout.decode().strip() if done.returncode == 0 else ""
 
 
+def _start_resident(python: str, src: Path, state_dir: Path) -> subprocess.Popen:
+    """The resident plugin server of `src` (issue 16) on `state_dir`, up when this returns."""
+    boot = (f"import sys; sys.path.insert(0, {str(src)!r}); "
+            "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([python, "-I", "-S", "-c", boot, "--state-dir", str(state_dir)],
+                            env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
+    deadline = time.monotonic() + 20
+    while not (state_dir / "plugin.sock").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the resident plugin server did not start")
+        time.sleep(0.01)
+    return proc
+
+
 class Bench:
     """Owns every resource of one run; `cleanup` removes all of them."""
 
@@ -87,10 +101,14 @@ class Bench:
             self.candidate_state.mkdir(mode=0o700)
             candidate_bin = self.tmp / "bin-candidate"
             candidate_bin.mkdir()
-            sys.path.insert(0, str(common.SRC))
-            from smarter_cni import launcher
-
-            launcher.write(str(candidate_bin / "smarter-cni"), args.python, str(args.candidate_src))
+            # the candidate's own launcher (it may differ: issue 16's thin client), written by
+            # its own code in a child, since this process already imported another tree's
+            subprocess.run([args.python, "-I", "-S", "-c",
+                            "import sys; sys.path.insert(0, sys.argv[1]); "
+                            "from smarter_cni import launcher; "
+                            "launcher.write(sys.argv[2], sys.argv[3], sys.argv[1])",
+                            str(args.candidate_src), str(candidate_bin / "smarter-cni"),
+                            args.python], check=True)
             (candidate_bin / "loopback").symlink_to(common.REFERENCE_PLUGINS / "loopback")
             self.candidate_conf = {"type": "smarter-cni", "bridge": f"scbN{self.run_id}",
                                    "subnet": subnets[3]}
@@ -98,6 +116,9 @@ class Bench:
                                      [{"type": "loopback"}, self.candidate_conf], candidate_bin,
                                      {"SMARTER_CNI_STATE_DIR": str(self.candidate_state)})
             self.bridges["N"] = self.candidate_conf["bridge"]
+        self.resident: subprocess.Popen | None = None
+        if args.candidate_src and args.candidate_resident:
+            self.resident = _start_resident(args.python, args.candidate_src, self.candidate_state)
         # live attachments: (chain key, container id) -> (netns, prevResult)
         self.live: dict[tuple[str, str], tuple[str, Any]] = {}
         self.docker: DockerSide | None = None
@@ -138,6 +159,9 @@ class Bench:
 
     def cleanup(self) -> list[str]:
         problems: list[str] = []
+        if self.resident is not None and self.resident.poll() is None:
+            self.resident.terminate()  # our own child, by its PID
+            self.resident.wait(10)
         for (key, container_id), (netns, prev) in list(self.live.items()):
             try:
                 self.chains[key].delete(container_id, netns, prev, self.pod_args(container_id))
@@ -717,6 +741,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--candidate-src", type=Path, default=None, metavar="DIR",
                         help="also measure the plugin from this source tree (a change under "
                              "evaluation) as chain N, interleaved with the others")
+    parser.add_argument("--candidate-resident", action="store_true",
+                        help="serve chain N through a resident plugin server (the candidate's "
+                             "smarter_cni.resident, as the DNS service runs it) on N's state dir")
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON")
     parser.add_argument("--append-results", metavar="MD",
                         help="append the command and the printed report to this markdown file "

@@ -91,10 +91,18 @@ def netns():
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
+def state_dir(tmp_path: Path):
+    """A per-test state dir; with SMARTER_CNI_TEST_RESIDENT=1 a resident server serves it,
+    so the same tests run through the thin client's resident path instead of its fallback."""
     path = tmp_path / "state"
     path.mkdir(mode=0o700)
-    return path
+    if os.environ.get("SMARTER_CNI_TEST_RESIDENT") != "1":
+        yield path
+        return
+    from helpers.resident import running_server
+
+    with running_server(path):
+        yield path
 
 
 @pytest.fixture(scope="session")

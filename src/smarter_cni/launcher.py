@@ -3,7 +3,9 @@
 Runtimes exec it once per pod operation, so it starts Python with -I (no
 environment or user site influence, nothing a caller can inject) and -S (no
 site import, ~10 ms saved), puts the package on sys.path itself and jumps
-straight to the plugin.
+straight to the thin client (`client.py`), which hands the request to the
+resident server or runs the plugin in-process, and leaves through
+`posix._exit`.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def render(python: str, root: str = "", module: str = "smarter_cni.entry",
+def render(python: str, root: str = "", module: str = "smarter_cni.client",
            header: str = PLUGIN_HEADER) -> str:
     return TEMPLATE.format(python=python, package_root=root or package_root(), module=module,
                            header=header)
 
 
-def write(dest: str, python: str, root: str = "", module: str = "smarter_cni.entry",
+def write(dest: str, python: str, root: str = "", module: str = "smarter_cni.client",
           header: str = PLUGIN_HEADER) -> None:
     """Write a launcher of `module`'s main() atomically (temp file + rename), mode 0755."""
     write_atomic(dest, render(python, root, module, header), 0o755)

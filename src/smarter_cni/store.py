@@ -134,6 +134,8 @@ class Transaction:
     def __exit__(self, kind: Any, value: Any, trace: Any) -> None:
         try:
             if kind is None and self.dirty:
+                if before_save is not None:
+                    before_save()
                 save(self.state, self.directory)
         finally:
             self._release()
@@ -150,6 +152,11 @@ class Transaction:
     @property
     def networks(self) -> dict[str, dict[str, Any]]:
         return self.state["networks"]
+
+
+# Called under the lock before a transaction writes. The resident server's worker sets it
+# to end itself when its client is gone, so its work stops where a killed plugin's would.
+before_save: Any = None
 
 
 def save(state: dict[str, Any], directory: str | None = None) -> None:

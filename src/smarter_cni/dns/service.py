@@ -376,6 +376,9 @@ def run(args: argparse.Namespace) -> int:
 
     start_reconciler(conf, state_dir, listen, args.port,
                      None if args.no_address_setup else args.interface, server)
+    from ..resident import start_supervisor  # the plugin's work without an exec (issue 16)
+
+    resident = start_supervisor(state_dir, log, bool(args.verbose))
     log.info("serving %s mode network %s (%s) on %s:%d udp+tcp; domain %s; pods %s; "
              "registry %s; upstreams %s; metrics %s", conf.mode, conf.name, path, listen,
              args.port, conf.domain, conf.cidr(), state_dir,
@@ -386,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if stop6 is not None:
             stop6()
+        if resident:
+            resident.stop()
         server.close()
         signal.set_wakeup_fd(-1)
         os.close(wake_r)

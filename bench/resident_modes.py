@@ -1,0 +1,141 @@
+"""ADD and DEL of the thin client in each state of the resident server (issue 16).
+
+    sudo /usr/bin/python3 bench/resident_modes.py --rounds 30
+
+Interleaved rounds; in each, one pod is added and deleted in every state:
+
+- up:      the resident server running (`smarter_cni.resident`, as the DNS service runs it)
+- missing: no socket (service stopped, or never installed): connect fails at once
+- stale:   a socket file nobody listens on (the server was killed): connect is refused
+- hung:    a listener that never accepts (a stuck server): the client waits for the
+           acknowledgement (client.ACK_TIMEOUT) and then does the work itself
+
+Every state has its own bridge network and state dir, so the four never share a lock.
+The smarter-cni exec alone is timed (no loopback). Everything made is removed in `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+MODES = ("up", "missing", "stale", "hung")
+
+
+def start_server(python: str, src: Path, state_dir: Path) -> subprocess.Popen:
+    boot = (f"import sys; sys.path.insert(0, {str(src)!r}); "
+            "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([python, "-I", "-S", "-c", boot, "--state-dir", str(state_dir)],
+                            env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
+    deadline = time.monotonic() + 20
+    while not (state_dir / "plugin.sock").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the resident server did not start")
+        time.sleep(0.01)
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--python", default=common.DEBIAN_PYTHON if os.path.exists(
+        common.DEBIAN_PYTHON) else sys.executable)
+    parser.add_argument("--src", type=Path, default=common.SRC)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (netns, bridges)")
+    run_id = common.token(6)
+    tmp = Path(tempfile.mkdtemp(prefix="smarter-cni-modes-"))
+    bin_dir = common.make_bin_dir(tmp / "bin", args.python, args.src.resolve())
+    namespaces = common.Namespaces(f"scm{run_id}")
+    subnets = common.free_subnets(len(MODES), 24)
+    confs, states, held = {}, {}, []
+    server = None
+    times: dict[str, dict[str, list[float]]] = {m: {"ADD": [], "DEL": []} for m in MODES}
+    load = [os.getloadavg()[0]]
+    try:
+        for mode, subnet in zip(MODES, subnets):
+            states[mode] = tmp / f"state-{mode}"
+            states[mode].mkdir(mode=0o700)
+            confs[mode] = {"cniVersion": "1.0.0", "name": f"scm-{mode}-{run_id}",
+                           "type": "smarter-cni", "bridge": f"scm{mode[:2]}{run_id}",
+                           "subnet": subnet}
+        server = start_server(args.python, args.src.resolve(), states["up"])
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(states["stale"] / "plugin.sock"))
+        stale.close()
+        hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hung.bind(str(states["hung"] / "plugin.sock"))
+        hung.listen(1024)
+        held.append(hung)
+        program = str(bin_dir / "smarter-cni")
+        for round_no in range(args.rounds + 1):  # round 0: the network's first ADD, not counted
+            order = MODES if round_no % 2 else tuple(reversed(MODES))
+            netns = namespaces.create(len(MODES))
+            for mode, path in zip(order, netns):
+                extra = {"SMARTER_CNI_STATE_DIR": str(states[mode])}
+                stdin = json.dumps(confs[mode]).encode()
+                cid = f"m{round_no}{mode}"
+                added = common.exec_plugin(program, common.cni_env("ADD", bin_dir, cid, path,
+                                                                   extra=extra), stdin)
+                if not added.ok:
+                    raise RuntimeError(f"{mode} ADD: {added.describe()}")
+                deleted = common.exec_plugin(program, common.cni_env("DEL", bin_dir, cid, path,
+                                                                     extra=extra), stdin)
+                if not deleted.ok:
+                    raise RuntimeError(f"{mode} DEL: {deleted.describe()}")
+                if round_no:
+                    times[mode]["ADD"].append(added.wall)
+                    times[mode]["DEL"].append(deleted.wall)
+            namespaces.cleanup()
+        load.append(os.getloadavg()[0])
+    finally:
+        for sock in held:
+            sock.close()
+        if server is not None and server.poll() is None:
+            server.terminate()  # our own child, by its PID
+            server.wait(10)
+        namespaces.cleanup()
+        for mode, conf in confs.items():
+            os.environ["SMARTER_CNI_STATE_DIR"] = str(states[mode])
+            sys.path.insert(0, str(args.src.resolve()))
+            try:
+                from smarter_cni.dataplane.bridge_network import teardown_network
+                from smarter_cni.netconf import parse_netconf
+
+                teardown_network(parse_netconf(conf))
+            except Exception as err:  # keep cleaning
+                print(f"teardown {mode}: {err}", file=sys.stderr)
+        common.purge_iptables(run_id)
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for mode in MODES:
+        row = [mode]
+        for op in ("ADD", "DEL"):
+            values = times[mode][op]
+            row.append(f"{common.percentile(values, 50) * 1000:.2f} "
+                       f"({common.percentile(values, 10) * 1000:.2f}-"
+                       f"{common.percentile(values, 90) * 1000:.2f})")
+        rows.append(row)
+    print(f"{args.rounds} interleaved rounds, smarter-cni exec alone, load {load[0]:.1f} -> "
+          f"{load[-1]:.1f}; median (p10-p90) ms")
+    print(common.table(["server", "ADD ms", "DEL ms"], rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"times": times, "load": load}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The plugin executable's first and only module on the fast path: a thin client.
+
+The launcher imports this module and nothing else before it knows whether
+the resident server (`resident.py`) will do the work. It uses built-in
+modules only (`posix`, `_socket`, `sys`), so reaching the server costs
+little more than the interpreter's start.
+
+Protocol over `$SMARTER_CNI_STATE_DIR/plugin.sock` (SOCK_STREAM, 0600):
+
+    client: b"SCNI1 <env bytes> <stdin bytes>\\n" env (NUL-separated K=V) stdin
+    server: b"A"                  acknowledged: the request was read whole
+    client: b"G"                  go: from here on the server does the work
+    server: b"R <code> <n>\\n" <n bytes of stdout>
+
+The client falls back to doing the work itself, in this process exactly as
+the plain plugin does, when the socket is missing or refuses (at once), no
+acknowledgement arrives within ACK_TIMEOUT, or the connection ends without a
+whole reply. It sends "go" only after the acknowledgement, so a server that
+answers late never runs a request the client has given up on.
+
+Either way the process leaves through `posix._exit` after flushing stdout:
+the interpreter's teardown (~1.4 ms) does nothing a plugin needs (the
+kernel closes files and drops the state lock).
+"""
+
+import posix
+import sys
+
+MAGIC = b"SCNI1"
+SOCKET_NAME = "plugin.sock"
+DEFAULT_STATE_DIR = "/run/smarter-cni"
+ACK_TIMEOUT = 0.02  # seconds: longer than a busy server's accept + fork, short next to an exec
+COMMANDS = (b"ADD", b"DEL", b"CHECK", b"STATUS", b"GC")
+DISABLE_ENV = b"SMARTER_CNI_CLIENT_LOCAL"  # "1": never try the resident server
+
+
+def socket_path(environ: dict) -> bytes:
+    state = environ.get(b"SMARTER_CNI_STATE_DIR") or DEFAULT_STATE_DIR.encode()
+    return state + b"/" + SOCKET_NAME.encode()
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = posix.read(fd, 65536)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def encode_request(environ: dict, stdin: bytes) -> bytes:
+    env = b"\0".join(key + b"=" + value for key, value in environ.items())
+    return MAGIC + b" %d %d\n" % (len(env), len(stdin)) + env + stdin
+
+
+def ask_resident(environ: dict, stdin: bytes, ack_timeout: float = ACK_TIMEOUT):
+    """(exit code, stdout bytes) from the resident server, or None: do it yourself."""
+    import _socket
+
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        sock.settimeout(ack_timeout)
+        sock.connect(socket_path(environ))
+        sock.sendall(encode_request(environ, stdin))
+        if sock.recv(1) != b"A":
+            return None
+        sock.settimeout(None)  # the server works now; a runtime's own timeout bounds it
+        sock.sendall(b"G")
+        reply = bytearray()
+        need = -1  # the whole reply's length, once its header is in
+        while need < 0 or len(reply) < need:  # not until EOF: the worker's exit is not waited for
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+            if need < 0 and b"\n" in reply:
+                head = bytes(reply[:reply.index(b"\n")]).split(b" ")
+                if len(head) == 3 and head[2].isdigit():
+                    need = reply.index(b"\n") + 1 + int(head[2])
+        return decode_reply(bytes(reply))
+    except OSError:  # missing, refused, timed out, reset: all mean "not now"
+        return None
+    finally:
+        sock.close()
+
+
+def decode_reply(reply: bytes):
+    head, sep, body = reply.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 3 or parts[0] != b"R":
+        return None
+    try:
+        code, size = int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    if len(body) != size:
+        return None  # cut short: the server died mid-reply
+    return code, body
+
+
+def write_out(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[posix.write(1, view):]
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+
+
+def main() -> int:
+    """Serve one exec: through the resident server when it answers, else in-process."""
+    environ = posix.environ
+    argv = sys.argv[1:]
+    plugin = b"CNI_COMMAND" in environ or (not argv and any(k.startswith(b"CNI_") for k in environ))
+    if not plugin:
+        from smarter_cni.entry import main as entry_main
+
+        return entry_main()  # the operator's command line: a normal exit
+    stdin = read_all(0)
+    answer = None
+    if environ.get(b"CNI_COMMAND") in COMMANDS and environ.get(DISABLE_ENV) != b"1":
+        answer = ask_resident(environ, stdin)
+    if answer is not None:
+        write_out(answer[1])
+        posix._exit(answer[0])
+    posix._exit(run_local(stdin))
+
+
+def run_local(stdin: bytes) -> int:
+    """Today's plugin, in this process: the fallback, and the only path without a server."""
+    from smarter_cni.cni import dispatch
+    from smarter_cni.plugin import HANDLERS
+
+    code = dispatch.run(HANDLERS, stdin=stdin)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    if "logging" in sys.modules:  # the repair path logs through handlers that buffer
+        sys.modules["logging"].shutdown()
+    return code

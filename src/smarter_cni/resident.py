@@ -1,0 +1,409 @@
+"""The resident plugin server: does a thin client's CNI work without an exec.
+
+One single-threaded process (started and restarted by the DNS service, or
+run alone: `python -m smarter_cni.resident --state-dir DIR`) with the
+plugin's modules already imported. Per connection it forks; the child
+reads the request, acknowledges it, waits for the client's "go" and then
+runs exactly what the plugin executable runs (`cni.dispatch.run` with the
+request's environment and stdin), replies and leaves. So:
+
+- a crash, a hang or a leak in the plugin code ends with that child; the
+  server and the DNS service are untouched;
+- setns, environment and signal state are per process, as in an exec;
+- the server, not the DNS service, forks: it has no threads and no DNS
+  sockets for a child to inherit;
+- a SIGKILLed server does not take running requests with it: each child
+  holds its own connection and replies when done.
+
+The socket is `<state dir>/plugin.sock`, mode 0600, and the peer must be
+root or this process's user (SO_PEERCRED). Both this path and the client's
+in-process fallback take the store's flock, which serialises them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+from .client import MAGIC, SOCKET_NAME
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_ENV = 1 << 20
+MAX_STDIN = 16 << 20
+SPARE = 2  # idle workers waiting in accept()
+HANDSHAKE_TIMEOUT = 5.0  # a client that connected but never says "go" is dropped
+ENABLE_ENV = "SMARTER_CNI_RESIDENT"  # the DNS service's setting: "1" on, "0" off
+DEFAULT_ENABLED = False  # measured no faster than the in-process path (docs/internals.md)
+RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # after a server exits: quick, then backing off
+
+
+def preload() -> Any:
+    """Import everything an ADD or DEL runs, once, so no child imports anything."""
+    import select  # noqa: F401  (tie_to_client, in every worker)
+    import threading  # noqa: F401
+
+    from . import registry, store  # noqa: F401
+    from .cni import dispatch
+    from .dataplane import bridge, bridge_network, firewall, links, netlink  # noqa: F401
+    from .plugin import HANDLERS
+
+    return dispatch, HANDLERS
+
+
+class Server:
+    def __init__(self, state_dir: str, verbose: bool = False) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, SOCKET_NAME)
+        self.verbose = verbose
+        self.stop = False
+        self.sock = self._bind()
+        self.inode = os.stat(self.path).st_ino
+
+    def _bind(self) -> socket.socket:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        temp = os.path.join(self.state_dir, f".{SOCKET_NAME}.{os.getpid()}.tmp")
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # born 0600: never a moment with a wider mode
+        try:
+            sock.bind(temp)
+        finally:
+            os.umask(old)
+        os.chmod(temp, 0o600)
+        sock.listen(128)
+        os.rename(temp, self.path)  # a stale socket of a killed server is replaced at once
+        return sock
+
+    def still_mine(self) -> bool:
+        """A newer server renamed its socket over ours: leave it the path."""
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def serve_forever(self, dispatch: Any, handlers: Any) -> None:
+        """Keep SPARE workers forked and waiting in accept(): no fork on a request's path.
+
+        A worker that takes a connection writes its PID to a pipe; the server forks a
+        replacement at once. Only idle workers are stopped with the server.
+        """
+        import select
+
+        taken_r, taken_w = os.pipe()
+        idle: set[int] = set()
+        buffered = b""
+        try:
+            while not self.stop:
+                while len(idle) < SPARE and not self.stop:
+                    pid = self._fork_worker(taken_r, taken_w, dispatch, handlers)
+                    if not pid:
+                        break
+                    idle.add(pid)
+                try:
+                    ready, _, _ = select.select([taken_r], [], [], 1.0)
+                except InterruptedError:
+                    continue
+                if ready:
+                    buffered += os.read(taken_r, 4096)
+                    *lines, buffered = buffered.split(b"\n")
+                    for line in lines:
+                        idle.discard(int(line))
+                reap()
+                if not self.still_mine():
+                    break
+        finally:
+            for pid in idle:
+                try:
+                    os.kill(pid, signal.SIGTERM)  # our own idle worker, by its PID
+                except ProcessLookupError:
+                    pass
+            os.close(taken_r)
+            os.close(taken_w)
+
+    def _fork_worker(self, taken_r: int, taken_w: int, dispatch: Any, handlers: Any) -> int:
+        try:
+            pid = os.fork()
+        except OSError:
+            time.sleep(0.1)
+            return 0
+        if pid:
+            return pid
+        code = 1
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            os.close(taken_r)
+            conn = self._accept_one()
+            if conn is not None:
+                os.write(taken_w, b"%d\n" % os.getpid())
+                os.close(taken_w)
+                self.sock.close()
+                code = serve_one(conn, dispatch, handlers, self.verbose)
+        finally:
+            os._exit(code)
+
+    def _accept_one(self) -> socket.socket | None:
+        """In an idle worker: one connection, or None once the server is gone."""
+        parent = os.getppid()
+        self.sock.settimeout(1.0)
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+                conn.setblocking(True)
+                return conn
+            except socket.timeout:
+                if os.getppid() != parent:  # the server died: leave the path to the next one
+                    return None
+            except InterruptedError:
+                continue
+            except OSError:
+                return None
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.still_mine():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def peer_allowed(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid in (0, os.getuid())
+
+
+def read_exact(conn: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 1 << 16))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes] | None:
+    head = bytearray()
+    while not head.endswith(b"\n"):
+        byte = conn.recv(1)
+        if not byte or len(head) > 64:
+            return None
+        head += byte
+    parts = bytes(head).split()
+    if len(parts) != 3 or parts[0] != MAGIC or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    env_size, stdin_size = int(parts[1]), int(parts[2])
+    if env_size > MAX_ENV or stdin_size > MAX_STDIN:
+        return None
+    env_raw = read_exact(conn, env_size)
+    stdin = read_exact(conn, stdin_size)
+    environ = {}
+    for item in env_raw.split(b"\0") if env_raw else ():
+        key, sep, value = item.partition(b"=")
+        if sep:
+            environ[os.fsdecode(key)] = os.fsdecode(value)
+    return environ, stdin
+
+
+def client_gone(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def tie_to_client(conn: socket.socket) -> None:
+    """The worker lives no longer than its client, as the plugin's own process would not.
+
+    A runtime that killed the plugin and then runs DEL must not meet an ADD still going
+    on: a thread ends the worker the moment the client's end closes, and every state
+    write first checks, under the lock, that the client is still there (so a DEL that
+    starts after the client died either finds the record or never sees it written).
+    """
+    import select
+    import threading
+
+    from . import store
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def check() -> None:
+        if client_gone(conn):
+            die()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        while True:
+            poller.poll()
+            if client_gone(conn):
+                die()
+            time.sleep(0.001)  # unexpected bytes from the client: keep watching
+
+    store.before_save = check
+    check()
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) -> int:
+    """In the forked child: handshake, then one plugin run with the client's env and stdin."""
+    import io
+
+    conn.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        if not peer_allowed(conn):
+            return 1
+        request = read_request(conn)
+        if request is None:
+            return 1
+        conn.sendall(b"A")
+        if conn.recv(1) != b"G":
+            return 0  # the client gave up and does the work itself
+    except (OSError, EOFError):
+        return 1
+    environ, stdin = request
+    conn.settimeout(None)  # blocking: MSG_DONTWAIT peeks must not wait for a timeout
+    tie_to_client(conn)
+    os.environ.clear()
+    os.environ.update(environ)  # as if exec'd by the runtime: the same env the plugin sees
+    out = io.StringIO()
+    code = dispatch.run(handlers, environ=os.environ, stdin=stdin, out=out)
+    data = out.getvalue().encode()
+    if verbose:
+        sys.stderr.write(f"resident: {environ.get('CNI_COMMAND', '?')} "
+                         f"{environ.get('CNI_CONTAINERID', '')[:12]} -> {code}\n")
+        sys.stderr.flush()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    try:
+        conn.sendall(b"R %d %d\n" % (code, len(data)) + data)
+    except OSError:  # the client was killed: the work stands, as after a killed plugin's
+        pass
+    return 0
+
+
+def enabled(environ: Any = None) -> bool:
+    value = (os.environ if environ is None else environ).get(ENABLE_ENV, "")
+    return DEFAULT_ENABLED if value not in ("0", "1") else value == "1"
+
+
+class Supervisor:
+    """The DNS service's side: keep one server process running; stop it with the service.
+
+    A separate process rather than a thread of the service: it forks per request, which
+    a process with threads and DNS sockets should not do, and a crash stays there.
+    """
+
+    def __init__(self, state_dir: str, log: Any = None, verbose: bool = False) -> None:
+        import threading
+
+        self.state_dir = state_dir
+        self.log = log
+        self.verbose = verbose  # one stderr line per request (the service's --verbose)
+        self.pid = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="resident", daemon=True)
+        self.thread.start()
+
+    def _spawn(self) -> int:
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = [package_parent] + [p for p in sys.path if p and p != package_parent]
+        boot = (f"import sys; sys.path[:] = {path!r}; "
+                "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
+        env = dict(os.environ, SMARTER_CNI_STATE_DIR=self.state_dir)
+        return os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", boot,
+                                               "--state-dir", self.state_dir,
+                                               *(["--verbose"] if self.verbose else [])], env)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.pid = self._spawn()
+                _, status = os.waitpid(self.pid, 0)
+            except OSError as err:
+                status = -1
+                if self.log:
+                    self.log.error("resident plugin server: cannot start: %s", err)
+            self.pid = 0
+            if self.stopping.is_set():
+                return
+            failures = 0 if time.monotonic() - started > 60 else failures + 1
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+            if self.log:
+                self.log.warning("resident plugin server exited (status %s); restarting in %.1f s "
+                                 "(plugins do the work themselves meanwhile)", status, delay)
+            self.stopping.wait(delay)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        pid = self.pid
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)  # our own child, by its PID
+            except ProcessLookupError:
+                pass
+        self.thread.join(timeout=10)
+
+
+def start_supervisor(state_dir: str, log: Any = None, verbose: bool = False) -> Supervisor | None:
+    """Started by `smarter-cni dns` when SMARTER_CNI_RESIDENT=1 (off by default)."""
+    return Supervisor(state_dir, log, verbose) if enabled() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv
+    state_dir = ""
+    if "--state-dir" in argv and argv.index("--state-dir") + 1 < len(argv):
+        state_dir = argv[argv.index("--state-dir") + 1]
+    from .paths import state_dir as default_state_dir
+
+    state_dir = state_dir or default_state_dir()
+    dispatch, handlers = preload()
+    server = Server(state_dir, verbose)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        server.stop = True  # select() wakes with EINTR
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if verbose:
+        sys.stderr.write(f"resident: serving {server.path}\n")
+        sys.stderr.flush()
+    try:
+        server.serve_forever(dispatch, handlers)
+    finally:
+        server.close()
+        reap()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

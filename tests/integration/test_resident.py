@@ -1,0 +1,361 @@
+"""The thin client and the resident server (issue 16): the work done without an exec,
+and every way the server can be missing, slow or killed, with the client falling back.
+
+Root only (network namespaces, bridges). The server runs as the DNS service starts it
+(tests/helpers/resident.py), on the test's own state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from helpers.netns import link_exists, unique
+from helpers.plugin import SRC, pod_args
+from helpers.resident import SOCKET, running_server, start_server, stop_server
+
+sys.path.insert(0, str(SRC))
+from smarter_cni import client  # noqa: E402
+from smarter_cni.dataplane.bridge import PAUSE_ENV  # noqa: E402
+
+# Container ids unique to this run: host veth names derive from them and are shared by
+# everything on the host, other test runs included.
+RUN = unique("rs")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, bridges)")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """These tests start their own servers: never the one SMARTER_CNI_TEST_RESIDENT=1 adds."""
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def _served(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("resident: ") and
+            "serving" not in line]
+
+
+def _state(state_dir: Path) -> dict:
+    path = state_dir / "attachments.json"
+    return json.loads(path.read_text()) if path.exists() else {"attachments": {}}
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_add_check_del_go_through_the_server(plugin, bridge_network, netns, state_dir, tmp_path):
+    log = tmp_path / "server.log"
+    with running_server(state_dir, log):
+        mode = os.stat(state_dir / SOCKET).st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        ns, path = netns.create()
+        added = plugin("ADD", bridge_network, f"{RUN}-r", path, args=pod_args("web"))
+        assert added.ok, added
+        address = added.json["ips"][0]["address"]
+        record = next(iter(_state(state_dir)["attachments"].values()))
+        assert record["ready"] is True and record["ips"] == [address]  # readable by DNS, ready
+        out = subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr", "show", "eth0"],
+                             capture_output=True, text=True).stdout
+        assert address in out
+        checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), f"{RUN}-r", path)
+        assert checked.ok and checked.stdout == "", checked
+        deleted = plugin("DEL", dict(bridge_network, prevResult=added.json), f"{RUN}-r", path)
+        assert deleted.ok and deleted.stdout == "", deleted
+        assert not link_exists(added.json["interfaces"][0]["name"])
+        bad = plugin("ADD", "{not json", f"{RUN}-x", path)
+        assert bad.returncode == 1 and bad.code == 6, bad  # errors come back as the plugin's
+    served = _served(log)
+    assert [line.split()[1] for line in served] == ["ADD", "CHECK", "DEL", "ADD"], served
+    assert not (state_dir / SOCKET).exists()  # a stopped server takes its socket away
+
+
+def test_a_missing_refusing_or_silent_server_means_the_client_works_alone(
+        plugin, bridge_network, netns, state_dir):
+    _, path = netns.create()
+    # missing socket
+    added = plugin("ADD", bridge_network, f"{RUN}-1", path)
+    assert added.ok, added
+    assert plugin("DEL", bridge_network, f"{RUN}-1", path).ok
+    # a stale socket file: connect is refused
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(state_dir / SOCKET))
+    stale.close()
+    added = plugin("ADD", bridge_network, f"{RUN}-2", path)
+    assert added.ok, added
+    assert plugin("DEL", bridge_network, f"{RUN}-2", path).ok
+    # a server that accepts connections but never answers (hung): the ack times out
+    os.unlink(state_dir / SOCKET)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(state_dir / SOCKET))
+    silent.listen(16)
+    try:
+        started = time.monotonic()
+        added = plugin("ADD", bridge_network, f"{RUN}-3", path)
+        took = time.monotonic() - started
+        assert added.ok, added
+        deleted = plugin("DEL", bridge_network, f"{RUN}-3", path)
+        assert deleted.ok, deleted
+        assert took < 5, took  # the ack timeout, then the usual exec; never a long wait
+    finally:
+        silent.close()
+    assert _state(state_dir)["attachments"] == {}
+
+
+def test_a_request_the_client_gave_up_on_is_never_run(bridge_network, netns, state_dir, tmp_path,
+                                                      bin_dir):
+    """No "go" after the ack: the server drops the request, so the work is done once."""
+    _, path = netns.create()
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": f"{RUN}-g".encode(), b"CNI_NETNS": path.encode(),
+           b"CNI_IFNAME": b"eth0", b"CNI_PATH": str(bin_dir).encode(),
+           b"SMARTER_CNI_STATE_DIR": str(state_dir).encode(), b"PATH": b"/usr/sbin:/usr/bin:/sbin:/bin"}
+    log = tmp_path / "server.log"
+    with running_server(state_dir, log):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(state_dir / SOCKET))
+        sock.sendall(client.encode_request(env, json.dumps(bridge_network).encode()))
+        assert sock.recv(1) == b"A"
+        sock.close()  # as a client whose ack came too late
+        time.sleep(0.5)
+        # the same request with "go" is served
+        answer = client.ask_resident(env, json.dumps(bridge_network).encode(), ack_timeout=5)
+        assert answer is not None and answer[0] == 0, answer
+        state = _state(state_dir)["attachments"]
+        assert len(state) == 1, state
+        del_env = {**env, b"CNI_COMMAND": b"DEL"}
+        assert client.ask_resident(del_env, json.dumps(bridge_network).encode(), ack_timeout=5)[0] == 0
+    assert [line.split()[1] for line in _served(log)] == ["ADD", "DEL"]
+
+
+def test_sixteen_concurrent_adds_and_dels_through_the_server(plugin, bridge_network, netns,
+                                                             state_dir, tmp_path):
+    log = tmp_path / "server.log"
+    pods = [netns.create() for _ in range(16)]
+    with running_server(state_dir, log):
+        with ThreadPoolExecutor(16) as pool:
+            added = list(pool.map(lambda i: plugin("ADD", bridge_network, f"{RUN}-{i}", pods[i][1]),
+                                  range(16)))
+        assert all(a.ok for a in added), [a for a in added if not a.ok]
+        addresses = [a.json["ips"][0]["address"] for a in added]
+        assert len(set(addresses)) == 16
+        with ThreadPoolExecutor(16) as pool:
+            deleted = list(pool.map(lambda i: plugin("DEL", bridge_network, f"{RUN}-{i}", pods[i][1]),
+                                    range(16)))
+        assert all(d.ok for d in deleted), [d for d in deleted if not d.ok]
+    assert _state(state_dir)["attachments"] == {}
+    assert not any(link_exists(a.json["interfaces"][0]["name"]) for a in added)
+    assert _served(log)  # some went through the server (under load a late ack falls back)
+
+
+def _paused_add(plugin, config: dict, container: str, path: str, fifo: Path) -> subprocess.Popen:
+    os.mkfifo(fifo, 0o600)
+    env = plugin.env("ADD", container, path, extra={PAUSE_ENV: str(fifo)})
+    return subprocess.Popen([str(plugin.bin_dir / "smarter-cni")], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _busy_workers(server_pid: int, fifo: Path) -> list[int]:
+    """The server's workers that hold `fifo` open (idle ones wait in accept())."""
+    busy = []
+    for pid in _children(server_pid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo):
+                    busy.append(pid)
+                    break
+            except OSError:
+                continue
+    return busy
+
+
+def _finish(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    proc.wait(timeout=60)
+    return proc.stdout.read(), proc.stderr.read()
+
+
+def _wait_paused(fifo: Path, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            time.sleep(0.01)
+    raise AssertionError("the ADD never reached its pause")
+
+
+def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, netns, state_dir,
+                                                     tmp_path):
+    _, path = netns.create()
+    server = start_server(state_dir, tmp_path / "server.log")
+    try:
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-k", path, tmp_path / "fifo")
+        proc.stdin.write(json.dumps(bridge_network).encode())
+        proc.stdin.close()
+        writer = _wait_paused(tmp_path / "fifo")
+        busy = _busy_workers(server.pid, tmp_path / "fifo")
+        idle = [pid for pid in _children(server.pid) if pid not in busy]
+        assert idle  # workers wait in accept() before any request comes
+        stop_server(server, signal.SIGKILL)  # mid-ADD, between its two transactions
+        # idle workers of a dead server leave (they notice within a second)
+        assert _wait_for(lambda: not any(os.path.exists(f"/proc/{pid}/cmdline") and
+                                         Path(f"/proc/{pid}/cmdline").read_bytes() for pid in idle),
+                         timeout=5), idle
+        os.close(writer)
+        out, err = _finish(proc)
+        assert proc.returncode == 0, (out, err)
+        result = json.loads(out)
+        record = next(iter(_state(state_dir)["attachments"].values()))
+        assert record["ready"] is True and record["ips"] == [result["ips"][0]["address"]]
+        # a restarted server replaces the dead one's socket and serves the DEL
+        server = start_server(state_dir, tmp_path / "server.log")
+        assert plugin("DEL", bridge_network, f"{RUN}-k", path).ok
+        assert _state(state_dir)["attachments"] == {}
+    finally:
+        stop_server(server)
+
+
+def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network, netns, state_dir,
+                                                         tmp_path):
+    """The client sees the connection end without a reply and does the ADD itself: the
+    half-made attachment answers as a killed plugin's does today, and DEL clears it."""
+    _, path = netns.create()
+    with running_server(state_dir, tmp_path / "server.log") as server:
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-w", path, tmp_path / "fifo")
+        proc.stdin.write(json.dumps(bridge_network).encode())
+        proc.stdin.close()
+        writer = _wait_paused(tmp_path / "fifo")
+        workers = _busy_workers(server.pid, tmp_path / "fifo")
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)  # the server's own child, by its PID
+        out, err = _finish(proc)
+        os.close(writer)
+        answer = json.loads(out)
+        # the fallback ran and met the half-made attachment as a retried ADD after a killed
+        # plugin does today: "exists, DEL it first" (code 101); the runtime's DEL clears it
+        assert proc.returncode == 1 and answer["code"] == 101, answer
+        assert "DEL it" in answer["msg"]
+        assert plugin("DEL", bridge_network, f"{RUN}-w", path).ok
+        assert _state(state_dir)["attachments"] == {}
+        assert server.poll() is None  # the server itself carries on
+
+
+def _dns_service(tmp_path: Path, state_dir: Path, config: dict, extra_env: dict | None = None):
+    from test_dns_helpers import DnsService, unique_loopback, write_conflist
+
+    conf = write_conflist(tmp_path, subnet=config["subnet"], name=config["name"],
+                          bridge=config["bridge"])
+    service = DnsService(tmp_path, unique_loopback(), state_dir, conf, extra=[
+        "--no-address-setup", "--verbose", "--resolv-conf", str(tmp_path / "empty-resolv.conf")])
+    (tmp_path / "empty-resolv.conf").write_text("")
+    return service
+
+
+def _wait_for(predicate, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_dns_service_runs_the_server_restarts_it_and_names_resolve_at_adds_return(
+        plugin, bridge_network, netns, state_dir, tmp_path, monkeypatch):
+    from test_dns_helpers import DIG, dig, is_local
+
+    if not os.path.exists(DIG):
+        pytest.skip("needs dig (dnsutils)")
+    monkeypatch.setenv("SMARTER_CNI_RESIDENT", "1")  # off by default; the service inherits it
+    service = _dns_service(tmp_path, state_dir, bridge_network)
+    sock = state_dir / SOCKET
+    try:
+        service.start()
+        assert is_local(service.listen)
+        assert _wait_for(sock.exists)
+        ns, path = netns.create()
+        added = plugin("ADD", bridge_network, f"{RUN}-d", path, args=pod_args("resident-web"))
+        assert added.ok, added
+        answer = dig(service.listen, "resident-web.default.svc.cluster.local")
+        assert answer.values() == [added.json["ips"][0]["address"].split("/")[0]], answer.stdout
+        assert _wait_for(lambda: "resident: ADD" in service.log_path.read_text())
+        # the server dies: the client works alone meanwhile, the service starts a new one
+        servers = [pid for pid in _children(service.pid)
+                   if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(servers) == 1, servers
+        old_inode = sock.stat().st_ino
+        os.kill(servers[0], signal.SIGKILL)  # the service's child, found by its PID
+        deleted = plugin("DEL", bridge_network, f"{RUN}-d", path)
+        assert deleted.ok, deleted
+        assert _wait_for(lambda: sock.exists() and sock.stat().st_ino != old_inode)
+        added = plugin("ADD", bridge_network, f"{RUN}-e", path, args=pod_args("resident-two"))
+        assert added.ok, added
+        assert dig(service.listen, "resident-two.default.svc.cluster.local").values() == [
+            added.json["ips"][0]["address"].split("/")[0]]
+        assert plugin("DEL", bridge_network, f"{RUN}-e", path).ok
+        assert _wait_for(lambda: "resident: DEL" in service.log_path.read_text())
+    finally:
+        service.stop()
+    assert not sock.exists()  # stopped with the service
+    assert _state(state_dir)["attachments"] == {}
+
+
+def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_network, netns,
+                                                              state_dir, tmp_path):
+    """As with the plugin's own process: kill the exec and its work stops there."""
+    _, path = netns.create()
+    with running_server(state_dir, tmp_path / "server.log") as server:
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-c", path, tmp_path / "fifo")
+        proc.stdin.write(json.dumps(bridge_network).encode())
+        proc.stdin.close()
+        writer = _wait_paused(tmp_path / "fifo")
+        assert len(_busy_workers(server.pid, tmp_path / "fifo")) == 1
+        proc.kill()  # our own child, by its PID
+        proc.wait(10)
+        assert _wait_for(lambda: not _busy_workers(server.pid, tmp_path / "fifo"), timeout=5), \
+            "worker outlived its client"
+        os.close(writer)
+        record = next(iter(_state(state_dir)["attachments"].values()))
+        assert record["ready"] is False  # stopped between the transactions, as a killed plugin
+        assert plugin("DEL", bridge_network, f"{RUN}-c", path).ok
+        assert _state(state_dir)["attachments"] == {}
+        assert not link_exists(record["host_ifname"])
+
+
+def test_the_dns_service_runs_no_server_by_default(bridge_network, state_dir, tmp_path,
+                                                   monkeypatch):
+    monkeypatch.delenv("SMARTER_CNI_RESIDENT", raising=False)
+    service = _dns_service(tmp_path, state_dir, bridge_network)
+    try:
+        service.start()
+        time.sleep(0.5)
+        assert not (state_dir / SOCKET).exists()
+        assert not [pid for pid in _children(service.pid)
+                    if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    finally:
+        service.stop()
