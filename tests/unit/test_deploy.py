@@ -233,6 +233,21 @@ def test_chart_values_are_the_installer_options():
         assert dest in dests, dest
 
 
+def test_chart_passes_a_kubeconfig_to_the_dns_service_for_service_names():
+    plain = render_chart()
+    _, dns = _install_args(plain["spec"]["template"]["spec"]["containers"][0])
+    assert "--kubeconfig" not in dns
+    doc = render_chart(kubeconfig="/etc/rancher/k3s/k3s.yaml", kubeconfigDir="/etc/rancher/k3s")
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    _, dns = _install_args(container)
+    args = dns_parser().parse_args(dns)  # the service's own parser takes them
+    assert args.kubeconfig == "/etc/rancher/k3s/k3s.yaml" and args.service_cidr == "10.43.0.0/16"
+    mount = {m["name"]: m for m in container["volumeMounts"]}["kubeconfig"]
+    assert mount == {"name": "kubeconfig", "mountPath": "/etc/rancher/k3s", "readOnly": True}
+    volume = {v["name"]: v for v in doc["spec"]["template"]["spec"]["volumes"]}["kubeconfig"]
+    assert volume["hostPath"] == {"path": "/etc/rancher/k3s", "type": "Directory"}
+
+
 def test_chart_renders_like_the_manifest_by_default():
     doc = render_chart()
     container = _check_daemonset(doc)
