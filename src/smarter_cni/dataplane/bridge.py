@@ -9,8 +9,6 @@ remembered in the state file. A pod's own steps run over rtnetlink
 
 from __future__ import annotations
 
-import os
-
 from .. import ipv4, ipv6, registry, store
 from ..cni.errors import (
     ADDRESS_EXHAUSTED,
@@ -25,7 +23,7 @@ from ..cni.errors import (
 from ..cni.result import Interface, IPConfig, Result, Route, from_dict
 from ..ipam.allocator import next_free
 from ..run import find_program
-from . import links
+from . import links, pause_between_phases
 from .bridge_network import ensure_network, network_problems, rules_verified
 from .names import address_text, host_ifname, pod_mac, random_mac
 
@@ -100,7 +98,7 @@ def add(request: Request, conf: NetConf) -> Result:
     except BaseException:
         _undo_add(request, conf, key, host, last_before, last6_before)
         raise
-    _pause_between_phases()
+    pause_between_phases()
     with store.Transaction() as tx:
         current = tx.attachments.get(key)
         # Only our own record, still there: a DEL or GC that removed it since the first
@@ -119,22 +117,6 @@ def add(request: Request, conf: NetConf) -> Result:
                        "was deleted (DEL or GC) while its ADD was running; its interface and "
                        "address were released, nothing is left to clean up")
     return result
-
-
-# Tests only: the path of a FIFO the plugin opens (blocking until the test opens it for
-# writing) and reads to EOF between ADD's two store transactions, so a test can run a DEL
-# or GC exactly there. Unset in production: costs one environment lookup.
-PAUSE_ENV = "SMARTER_CNI_TEST_PAUSE_FIFO"
-
-
-def _pause_between_phases() -> None:
-    path = os.environ.get(PAUSE_ENV)
-    if path:
-        try:
-            with open(path, "rb") as fifo:
-                fifo.read()
-        except OSError:
-            pass
 
 
 def _abandon_add(request: Request, conf: NetConf, host: str) -> None:

@@ -27,6 +27,7 @@ from ..cni.errors import (
 )
 from ..cni.result import Interface, IPConfig, Result, Route
 from ..docker_api import DockerAPIError, DockerClient, DockerUnavailable, quote
+from . import pause_between_phases
 
 # The installer's network calls live in docker_network; their names stay importable here.
 from .docker_network import (  # noqa: F401
@@ -49,7 +50,6 @@ from .docker_sandbox import (
     running_pid,
     same_inode,
 )
-from .phases import pause_between_phases
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
