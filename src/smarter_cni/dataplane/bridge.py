@@ -100,18 +100,15 @@ def add(request: Request, conf: NetConf) -> Result:
         raise
     pause_between_phases()
     with store.Transaction() as tx:
-        current = tx.attachments.get(key)
-        # Only our own record, still there: a DEL or GC that removed it since the first
-        # transaction must not be undone (address, name and link would come back).
-        mine = current is not None and current.get("created") == record["created"] \
-            and current.get("host_ifname") == host
+        # Only our own record, still there (address, name and link would come back).
+        mine = store.same_record(tx.attachments.get(key), record, "host_ifname")
         if mine:
             record["ready"] = True
             record["mac"] = result.interfaces[-1].mac
             tx.attachments[key] = record
             tx.dirty = True
     if not mine:
-        _abandon_add(request, conf, host)
+        _release_link_and_address(request, conf, host)
         raise CNIError(UNKNOWN_CONTAINER,
                        f"container {request.container_id[:12]}/{request.ifname} on {conf.name} "
                        "was deleted (DEL or GC) while its ADD was running; its interface and "
@@ -119,15 +116,19 @@ def add(request: Request, conf: NetConf) -> Result:
     return result
 
 
-def _abandon_add(request: Request, conf: NetConf, host: str) -> None:
-    """Release what an ADD made after its record was removed; the record is not ours to touch."""
+def _release_link_and_address(request: Request, conf: NetConf, host: str) -> None:
+    """Delete an ADD's host link and give a delegated address back, whatever is already gone.
+
+    Alone, for an ADD whose record a DEL or GC removed meanwhile (the record is not ours to
+    touch; that DEL may have come before our IPAM ADD, so its release freed nothing); and
+    as the first part of undoing a failed ADD.
+    """
     try:
         links.delete(host)
     except CNIError:
         pass
     if conf.delegated_ipam:
         try:
-            # the DEL may have come before our IPAM ADD, so its release freed nothing
             _delegate().delete(request, conf.delegated_ipam)
         except CNIError:
             pass
@@ -286,15 +287,7 @@ def _after_previous(merged: Result | None, result: Result) -> Result:
 def _undo_add(request: Request, conf: NetConf, key: str, host: str,
               last_before: str | None, last6_before: str | None = None) -> None:
     """Leave nothing behind a failed ADD, the allocator's position included."""
-    try:
-        links.delete(host)
-    except CNIError:
-        pass
-    if conf.delegated_ipam:
-        try:
-            _delegate().delete(request, conf.delegated_ipam)
-        except CNIError:
-            pass
+    _release_link_and_address(request, conf, host)
     with store.Transaction() as tx:
         if tx.attachments.pop(key, None) is not None:
             tx.dirty = True

@@ -125,10 +125,8 @@ def add(request: Request, conf: NetConf) -> Result:
     pause_between_phases()
     with store.Transaction() as tx:
         current = tx.attachments.get(key)
-        # Only our own record, still there: a DEL or GC that removed it since the first
-        # transaction must not be undone (its address and names would come back).
-        mine = current is not None and current.get("created") == record["created"] \
-            and current.get("docker_id") == docker_id
+        # Only our own record, still there (its address and names would come back).
+        mine = store.same_record(current, record, "docker_id")
         if mine:
             record["ips"] = [ip.address for ip in result.ips]  # IPv4, then IPv6 if any
             record["gateway"] = result.ips[0].gateway
