@@ -103,14 +103,9 @@ def _address(entry: dict, key: str, found: Range, default: int) -> int:
     if not isinstance(text, str):
         raise _fail(f"{key} must be a string such as \"10.42.1.1\", got {type(text).__name__}")
     try:
-        value = ipv4.to_int(text)
+        return ipv4.host_in_subnet(key, text, found.subnet, found.prefix)
     except ipv4.AddressError as err:
-        raise _fail(f"{key}: {err}") from None
-    if not ipv4.contains(found.subnet, found.prefix, value):
-        raise _fail(f"{key} {text} is outside subnet {found.cidr()}")
-    if value in (found.subnet, ipv4.broadcast(found.subnet, found.prefix)):
-        raise _fail(f"{key} {text} is the network or broadcast address of {found.cidr()}")
-    return value
+        raise _fail(str(err)) from None
 
 
 def node_cidrs(config: dict) -> list[list[dict]]:

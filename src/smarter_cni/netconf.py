@@ -265,14 +265,9 @@ def _address_in_subnet(conf: NetConf, config: dict, key: str, default: int) -> i
     if not text:
         return default
     try:
-        value = ipv4.to_int(text)
+        return ipv4.host_in_subnet(key, text, conf.subnet, conf.prefix)
     except ipv4.AddressError as err:
-        raise _fail(f"{key}: {err}") from None
-    if not ipv4.contains(conf.subnet, conf.prefix, value):
-        raise _fail(f"{key} {text} is outside subnet {conf.cidr()}")
-    if value in (conf.subnet, ipv4.broadcast(conf.subnet, conf.prefix)):
-        raise _fail(f"{key} {text} is the network or broadcast address of {conf.cidr()}")
-    return value
+        raise _fail(str(err)) from None
 
 
 def docker_socket_from_env() -> str:
