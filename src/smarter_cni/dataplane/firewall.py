@@ -204,17 +204,25 @@ def _present4(conf: NetConf) -> list[str]:
     done = run([save])
     if done.returncode != 0:
         return _present_one_by_one(conf)
-    rules = parse_save(done.stdout.decode("utf-8", "replace"))
+    return _missing_from(parse_save(done.stdout.decode("utf-8", "replace")), conf, ipv6=False)
+
+
+def _missing_from(rules: set[tuple[str, str, tuple[str, ...]]], conf: NetConf,
+                  ipv6: bool) -> list[str]:
+    """Which of this network's rules (IPv4 or IPv6) an iptables-save listing lacks, in words."""
+    forward, nat = ("IPv6 FORWARD", "ip6tables nat") if ipv6 else ("FORWARD", "nat")
+    jump, chain_rules = (_masq_jump6, _masq_chain_rules6) if ipv6 else (_masq_jump, _masq_chain_rules)
+    cidr = conf.cidr6() if ipv6 else conf.cidr()
     missing = []
     for rule in _forward_rules(conf):
         if ("filter", "FORWARD", tuple(rule)) not in rules:
-            missing.append(f"FORWARD accept {' '.join(rule[:2])}")
+            missing.append(f"{forward} accept {' '.join(rule[:2])}")
     if conf.ip_masq:
         chain = chain_name(conf.name)
-        if ("nat", "POSTROUTING", tuple(_masq_jump(conf))) not in rules:
-            missing.append(f"nat POSTROUTING jump to {chain} for {conf.cidr()}")
-        if not all(("nat", chain, tuple(rule)) in rules for rule in _masq_chain_rules(conf)):
-            missing.append(f"nat chain {chain} (masquerade for {conf.cidr()})")
+        if ("nat", "POSTROUTING", tuple(jump(conf))) not in rules:
+            missing.append(f"{nat} POSTROUTING jump to {chain} for {cidr}")
+        if not all(("nat", chain, tuple(rule)) in rules for rule in chain_rules(conf)):
+            missing.append(f"{nat} chain {chain} (masquerade for {cidr})")
     return missing
 
 
@@ -363,18 +371,7 @@ def present6(conf: NetConf) -> list[str]:
     done = run([save]) if save else None
     if done is None or done.returncode != 0:
         return [f"ip6tables rules for {conf.cidr6()} (ip6tables-save failed)"]
-    rules = parse_save(done.stdout.decode("utf-8", "replace"))
-    missing = []
-    for rule in _forward_rules(conf):
-        if ("filter", "FORWARD", tuple(rule)) not in rules:
-            missing.append(f"IPv6 FORWARD accept {' '.join(rule[:2])}")
-    if conf.ip_masq:
-        chain = chain_name(conf.name)
-        if ("nat", "POSTROUTING", tuple(_masq_jump6(conf))) not in rules:
-            missing.append(f"ip6tables nat POSTROUTING jump to {chain} for {conf.cidr6()}")
-        if not all(("nat", chain, tuple(rule)) in rules for rule in _masq_chain_rules6(conf)):
-            missing.append(f"ip6tables nat chain {chain} (masquerade for {conf.cidr6()})")
-    return missing
+    return _missing_from(parse_save(done.stdout.decode("utf-8", "replace")), conf, ipv6=True)
 
 
 def teardown6(conf: NetConf) -> None:
