@@ -28,7 +28,10 @@ def to_text(value: int) -> str:
 
 
 def parse_cidr(text: str, strict: bool = True) -> tuple[int, int]:
-    """'10.42.0.0/16' -> (network int, prefix). strict: host bits must be zero."""
+    """'10.42.0.0/16' -> (network int, prefix length). strict: host bits must be zero.
+
+    (dns/acl.network_and_mask is the DNS --allow reading: (network, mask), lenient.)
+    """
     if not isinstance(text, str):
         raise AddressError(f"{text!r} is not a CIDR such as 10.42.0.0/16")
     address, sep, prefix_text = text.partition("/")
