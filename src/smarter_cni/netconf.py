@@ -132,9 +132,7 @@ def parse_netconf(config: dict) -> NetConf:
     _parse_subnet6(conf, config)
     _common(conf, config, defaults)
     if "runtimeConfig" in config or "podCIDRs" in config:  # the node's own pod range
-        from .ipranges import apply
-
-        apply(conf, config)
+        _apply_node_range(conf, config)
     return conf
 
 
@@ -253,6 +251,39 @@ def _parse_dns6(conf: NetConf, config: dict) -> str:
         raise _fail(f"dnsAddress6 {text} is inside subnet6 {conf.cidr6()}, where pods get "
                     f"their addresses; use one outside it such as {DEFAULT_DNS6}")
     return ipv6.to_text(value)
+
+
+def _apply_node_range(conf: NetConf, config: dict) -> None:
+    """Narrow `conf` to the runtime's range (ipranges), when there is one (bridge mode only)."""
+    if conf.mode != "bridge":
+        return
+    from .ipranges import SOURCE, choose, runtime_ranges
+
+    found, ignored = choose(config)
+    source = SOURCE if runtime_ranges(config) else "podCIDRs"
+    if found is None:
+        if ignored:
+            _log("warning", f"network {conf.name}: {source} has no IPv4 range ("
+                 f"{'; '.join(ignored)}); pods keep the configured subnet {conf.cidr()}")
+        return
+    if ignored:
+        _log("info", f"network {conf.name}: {source} uses {found.cidr()}, leaves out "
+             + "; ".join(ignored))
+    inside = found.prefix >= conf.net_prefix and \
+        ipv4.contains(conf.net_subnet, conf.net_prefix, found.subnet)
+    if not inside:
+        # forwarding, NAT and the DNS ACL follow the range when it is not part of the
+        # configured network (normally the cluster CIDR)
+        conf.net_subnet, conf.net_prefix = found.subnet, found.prefix
+    conf.subnet, conf.prefix, conf.gateway = found.subnet, found.prefix, found.gateway
+    conf.range_start, conf.range_end = found.start, found.end
+    conf.range_source = source
+
+
+def _log(level: str, message: str) -> None:
+    from .logs import log  # only when there is something to say: not on every call
+
+    log(level, message)
 
 
 def _is_docker_name(name: str) -> bool:
