@@ -137,16 +137,7 @@ def _release_link_and_address(request: Request, conf: NetConf, host: str) -> Non
 def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | None) -> int:
     if existing and existing.get("ips"):
         return ipv4.to_int(existing["ips"][0].split("/")[0])
-    taken = {conf.gateway}
-    adopted = tx.state.get("adopted", {}).get(conf.name) or {}
-    for port, address in adopted.items():
-        if links.exists(port):  # a surviving pod from before the state was lost
-            taken.add(ipv4.to_int(address))
-    for record in tx.attachments.values():
-        if record.get("network") == conf.name:
-            for cidr in record.get("ips") or []:
-                if ":" not in cidr:
-                    taken.add(ipv4.to_int(cidr.split("/")[0]))
+    taken = _taken(tx, conf, conf.gateway, ipv6_family=False)
     last = tx.state.get("last_reserved", {}).get(conf.name)
     address = next_free(conf.range_start, conf.range_end, taken,
                         ipv4.to_int(last) if last else None)
@@ -159,21 +150,30 @@ def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | No
     return address
 
 
+def _taken(tx: store.Transaction, conf: NetConf, gateway: int, ipv6_family: bool) -> set[int]:
+    """The addresses of one family not to hand out: the gateway, surviving adopted pods,
+    and this network's records."""
+    to_int = ipv6.to_int if ipv6_family else ipv4.to_int
+    taken = {gateway}
+    adopted = tx.state.get("adopted6" if ipv6_family else "adopted", {}).get(conf.name) or {}
+    for port, address in adopted.items():
+        if links.exists(port):  # a surviving pod from before the state was lost
+            taken.add(to_int(address))
+    for record in tx.attachments.values():
+        if record.get("network") == conf.name:
+            for cidr in record.get("ips") or []:
+                if (":" in cidr) == ipv6_family:
+                    taken.add(to_int(cidr.split("/")[0]))
+    return taken
+
+
 def _reserve6(tx: store.Transaction, conf: NetConf, existing: dict | None) -> int:
     """The pod's IPv6 address: the same walk as IPv4 (next_free from the last one handed
     out, under the same lock), over the IPv6 addresses of this network's records."""
     for cidr in (existing or {}).get("ips") or []:
         if ":" in cidr:
             return ipv6.to_int(cidr.split("/")[0])
-    taken = {conf.gateway6}
-    for port, address in (tx.state.get("adopted6", {}).get(conf.name) or {}).items():
-        if links.exists(port):  # a surviving pod from before the state was lost
-            taken.add(ipv6.to_int(address))
-    for record in tx.attachments.values():
-        if record.get("network") == conf.name:
-            for cidr in record.get("ips") or []:
-                if ":" in cidr:
-                    taken.add(ipv6.to_int(cidr.split("/")[0]))
+    taken = _taken(tx, conf, conf.gateway6, ipv6_family=True)
     last = tx.state.get("last_reserved6", {}).get(conf.name)
     address = next_free(conf.range6_start, conf.range6_end, taken,
                         ipv6.to_int(last) if last else None)
