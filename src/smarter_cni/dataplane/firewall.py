@@ -290,15 +290,21 @@ def _nft_ensure(conf: NetConf) -> None:
     if conf.ip_masq:
         masq = (f"chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; "
                 f"ip saddr {conf.cidr()} ip daddr != {{ {conf.cidr()}, {MULTICAST} }} masquerade; }}")
+    _nft_replace("ip", table, conf.bridge, masq, "nft")
+
+
+def _nft_replace(family: str, table: str, bridge: str, masq: str, what: str) -> None:
+    """Load the network's table of one family afresh (created empty first so the delete
+    cannot fail): forward accepts for the bridge, and `masq`, the NAT chain, if any."""
     script = (
-        f"table ip {table} {{}}\ndelete table ip {table}\n"
-        f"table ip {table} {{ chain forward {{ type filter hook forward priority filter; "
-        f"policy accept; iifname \"{conf.bridge}\" accept; oifname \"{conf.bridge}\" accept; }} "
+        f"table {family} {table} {{}}\ndelete table {family} {table}\n"
+        f"table {family} {table} {{ chain forward {{ type filter hook forward priority filter; "
+        f"policy accept; iifname \"{bridge}\" accept; oifname \"{bridge}\" accept; }} "
         f"{masq} }}\n"
     )
     done = run(["nft", "-f", "-"], script.encode())
     if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"nft failed: {done.error_text}")
+        raise CNIError(DATAPLANE_FAILURE, f"{what} failed: {done.error_text}")
 
 
 # ---------------------------------------------------------------- IPv6 (subnet6)
@@ -393,12 +399,4 @@ def _nft_ensure6(conf: NetConf) -> None:
         masq = (f"chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; "
                 f"ip6 saddr {conf.cidr6()} ip6 daddr != {{ {conf.cidr6()}, {MULTICAST6} }} "
                 "masquerade; }")
-    script = (
-        f"table ip6 {table} {{}}\ndelete table ip6 {table}\n"
-        f"table ip6 {table} {{ chain forward {{ type filter hook forward priority filter; "
-        f"policy accept; iifname \"{conf.bridge}\" accept; oifname \"{conf.bridge}\" accept; }} "
-        f"{masq} }}\n"
-    )
-    done = run(["nft", "-f", "-"], script.encode())
-    if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"nft (ip6) failed: {done.error_text}")
+    _nft_replace("ip6", table, conf.bridge, masq, "nft (ip6)")
