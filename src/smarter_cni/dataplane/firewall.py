@@ -48,13 +48,15 @@ def _iptables(*args: str) -> int:
     return run(["iptables", "-w", "5", *args]).returncode
 
 
-def _ensure_rule(table: str, chain: str, rule: list[str], insert: bool) -> None:
-    if _iptables("-t", table, "-C", chain, *rule) == 0:
+def _ensure_rule(table: str, chain: str, rule: list[str], insert: bool,
+                 program: str = "iptables") -> None:
+    """Add `rule` (first in `chain` when `insert`) unless `program -C` finds it there."""
+    if run([program, "-w", "5", "-t", table, "-C", chain, *rule]).returncode == 0:
         return
     verb = ["-I", chain, "1"] if insert else ["-A", chain]
-    done = run(["iptables", "-w", "5", "-t", table, *verb, *rule])
+    done = run([program, "-w", "5", "-t", table, *verb, *rule])
     if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"iptables -t {table} {chain} failed: {done.error_text}")
+        raise CNIError(DATAPLANE_FAILURE, f"{program} -t {table} {chain} failed: {done.error_text}")
 
 
 def _forward_rules(conf: NetConf) -> list[list[str]]:
@@ -329,12 +331,7 @@ MULTICAST6 = "ff00::/8"
 
 
 def _ensure_rule6(table: str, chain: str, rule: list[str], insert: bool) -> None:
-    if _ip6tables("-t", table, "-C", chain, *rule) == 0:
-        return
-    verb = ["-I", chain, "1"] if insert else ["-A", chain]
-    done = run(["ip6tables", "-w", "5", "-t", table, *verb, *rule])
-    if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"ip6tables -t {table} {chain} failed: {done.error_text}")
+    _ensure_rule(table, chain, rule, insert, "ip6tables")
 
 
 def _rules6(table: str, chain: str, conf: NetConf | None = None) -> list[list[str]]:
