@@ -134,23 +134,23 @@ class DockerClient:
     def get(self, path: str, what: str = "") -> Any:
         return self.call("GET", path, what=what)
 
-    def inspect_container(self, ref: str) -> dict[str, Any] | None:
-        """The container's inspect document, or None when dockerd does not know it."""
-        status, data = self.request("GET", f"/containers/{quote(ref)}/json")
+    def _inspect(self, path: str, what: str) -> dict[str, Any] | None:
+        """An inspect document, or None on 404; any other failure raises DockerAPIError."""
+        status, data = self.request("GET", path)
         if status == 404:
             return None
         if status != 200 or not isinstance(data, dict):
-            raise DockerAPIError(status, error_message(data), f"inspect container {ref[:64]}")
+            raise DockerAPIError(status, error_message(data), what)
         return data
+
+    def inspect_container(self, ref: str) -> dict[str, Any] | None:
+        """The container's inspect document, or None when dockerd does not know it."""
+        return self._inspect(f"/containers/{quote(ref)}/json", f"inspect container {ref[:64]}")
 
     def inspect_network(self, name: str) -> dict[str, Any] | None:
         """The network by exact name, or None (Docker also matches ID prefixes; we do not)."""
-        status, data = self.request("GET", f"/networks/{quote(name)}")
-        if status == 404:
-            return None
-        if status != 200 or not isinstance(data, dict):
-            raise DockerAPIError(status, error_message(data), f"inspect network {name}")
-        if data.get("Name") != name and data.get("Id") != name:
+        data = self._inspect(f"/networks/{quote(name)}", f"inspect network {name}")
+        if data is None or (data.get("Name") != name and data.get("Id") != name):
             return None
         return data
 

@@ -24,7 +24,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .netconf import NetConf
 
 SOURCE = "runtimeConfig.ipRanges"
 _FORMAT = ("runtimeConfig.ipRanges must be a list of range sets, each a list of "
@@ -103,14 +102,9 @@ def _address(entry: dict, key: str, found: Range, default: int) -> int:
     if not isinstance(text, str):
         raise _fail(f"{key} must be a string such as \"10.42.1.1\", got {type(text).__name__}")
     try:
-        value = ipv4.to_int(text)
+        return ipv4.host_in_subnet(key, text, found.subnet, found.prefix)
     except ipv4.AddressError as err:
-        raise _fail(f"{key}: {err}") from None
-    if not ipv4.contains(found.subnet, found.prefix, value):
-        raise _fail(f"{key} {text} is outside subnet {found.cidr()}")
-    if value in (found.subnet, ipv4.broadcast(found.subnet, found.prefix)):
-        raise _fail(f"{key} {text} is the network or broadcast address of {found.cidr()}")
-    return value
+        raise _fail(str(err)) from None
 
 
 def node_cidrs(config: dict) -> list[list[dict]]:
@@ -144,107 +138,3 @@ def choose(config: dict) -> tuple[Range | None, list[str]]:
             else:
                 ignored.append(f"range {found.cidr()} (one IPv4 range per node is used)")
     return chosen, ignored
-
-
-def apply(conf: NetConf, config: dict) -> None:
-    """Narrow `conf` to the runtime's range, when there is one (bridge mode only)."""
-    if conf.mode != "bridge":
-        return
-    found, ignored = choose(config)
-    source = SOURCE if runtime_ranges(config) else "podCIDRs"
-    if found is None:
-        if ignored:
-            _log("warning", f"network {conf.name}: {source} has no IPv4 range ("
-                 f"{'; '.join(ignored)}); pods keep the configured subnet {conf.cidr()}")
-        return
-    if ignored:
-        _log("info", f"network {conf.name}: {source} uses {found.cidr()}, leaves out "
-             + "; ".join(ignored))
-    inside = found.prefix >= conf.net_prefix and \
-        ipv4.contains(conf.net_subnet, conf.net_prefix, found.subnet)
-    if not inside:
-        # forwarding, NAT and the DNS ACL follow the range when it is not part of the
-        # configured network (normally the cluster CIDR)
-        conf.net_subnet, conf.net_prefix = found.subnet, found.prefix
-    conf.subnet, conf.prefix, conf.gateway = found.subnet, found.prefix, found.gateway
-    conf.range_start, conf.range_end = found.start, found.end
-    conf.range_source = source
-
-
-def kept_gateways(conf: NetConf, wanted: str, directory: str | None = None) -> set[str]:
-    """Bridge addresses ("a.b.c.d/p") still in use as the gateway of pods on this network.
-
-    When the pod range changes while pods run (a new podCIDR, or the runtime
-    starts passing ranges), the running pods keep their addresses and their
-    gateway: the bridge keeps the old gateway address next to the new one until
-    the network is set up again with none of those pods left. Logged.
-    """
-    from . import store
-
-    try:
-        attachments = store.load(directory)["attachments"]
-    except (CNIError, OSError, ValueError):
-        return set()
-    kept: dict[str, int] = {}
-    for record in attachments.values():
-        if record.get("network") != conf.name or record.get("mode", "bridge") != "bridge":
-            continue
-        ips = record.get("ips") or []
-        gateway = record.get("gateway") or ""
-        if not ips or not gateway or "/" not in ips[0]:
-            continue
-        address = f"{gateway}/{ips[0].split('/')[1]}"
-        if address != wanted:
-            kept[address] = kept.get(address, 0) + 1
-        if ips[0].split("/")[0] == wanted.split("/")[0]:
-            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid network config: gateway {wanted} "
-                           f"({conf.range_source or 'configured'}) is the address of running "
-                           f"container {str(record.get('container_id'))[:12]}; choose another "
-                           "gateway or remove that pod first")
-    if kept:
-        _log("warning", f"network {conf.name}: pod range is now {conf.subnet_text()} with gateway "
-             f"{wanted} ({conf.range_source or 'configured subnet'}); "
-             + ", ".join(f"{n} running pod(s) keep their addresses behind gateway {a}"
-                         for a, n in sorted(kept.items()))
-             + f"; kept on {conf.bridge}, dropped at a later set-up once those pods are gone")
-    elif conf.range_source:
-        _log("info", f"network {conf.name}: pod range {conf.subnet_text()} gateway {wanted} "
-             f"from {conf.range_source}")
-    return set(kept)
-
-
-def _log(level: str, message: str) -> None:
-    from .logs import log
-
-    log(level, message)
-
-
-def as_recorded(conf: NetConf, marker: dict | None) -> NetConf:
-    """`conf` (from the installed conflist) narrowed to the node range the network was last
-    set up with: the state's network marker ("pods", "gateway"), which an ADD with
-    `ipRanges` or `podCIDRs` wrote. For the DNS service's reconciler, so that it keeps the
-    range's gateway on the bridge instead of restoring the configured one (and the next
-    ADD undoing that). `conf` itself when the marker names no other range of its network.
-    """
-    if not isinstance(marker, dict) or marker.get("cidr") != conf.cidr():
-        return conf
-    pods, gateway = marker.get("pods"), marker.get("gateway")
-    if not isinstance(pods, str) or not isinstance(gateway, str) or \
-            (pods == conf.subnet_text() and gateway == conf.gateway_text()):
-        return conf
-    try:
-        subnet, prefix = ipv4.parse_cidr(pods)
-        gateway_int = ipv4.to_int(gateway)
-    except ipv4.AddressError:
-        return conf
-    if not ipv4.contains(subnet, prefix, gateway_int):
-        return conf
-    narrowed = type(conf)()
-    for slot in type(conf).__slots__:
-        if hasattr(conf, slot):
-            setattr(narrowed, slot, getattr(conf, slot))
-    narrowed.subnet, narrowed.prefix, narrowed.gateway = subnet, prefix, gateway_int
-    narrowed.range_start = subnet + 1
-    narrowed.range_end = ipv4.broadcast(subnet, prefix) - 1
-    narrowed.range_source = "recorded"
-    return narrowed

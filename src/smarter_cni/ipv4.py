@@ -28,7 +28,10 @@ def to_text(value: int) -> str:
 
 
 def parse_cidr(text: str, strict: bool = True) -> tuple[int, int]:
-    """'10.42.0.0/16' -> (network int, prefix). strict: host bits must be zero."""
+    """'10.42.0.0/16' -> (network int, prefix length). strict: host bits must be zero.
+
+    (dns/acl.network_and_mask is the DNS --allow reading: (network, mask), lenient.)
+    """
     if not isinstance(text, str):
         raise AddressError(f"{text!r} is not a CIDR such as 10.42.0.0/16")
     address, sep, prefix_text = text.partition("/")
@@ -52,3 +55,20 @@ def contains(network: int, prefix: int, address: int) -> bool:
 
 def broadcast(network: int, prefix: int) -> int:
     return network | (~mask(prefix) & 0xFFFFFFFF)
+
+
+def host_in_subnet(key: str, text: str, network: int, prefix: int) -> int:
+    """The address `text` (config field `key`) as an int: a host address of network/prefix.
+
+    Raises AddressError with a message that names the field, for the caller's CNI error.
+    """
+    try:
+        value = to_int(text)
+    except AddressError as err:
+        raise AddressError(f"{key}: {err}") from None
+    cidr = f"{to_text(network)}/{prefix}"
+    if not contains(network, prefix, value):
+        raise AddressError(f"{key} {text} is outside subnet {cidr}")
+    if value in (network, broadcast(network, prefix)):
+        raise AddressError(f"{key} {text} is the network or broadcast address of {cidr}")
+    return value

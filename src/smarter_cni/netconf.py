@@ -132,9 +132,7 @@ def parse_netconf(config: dict) -> NetConf:
     _parse_subnet6(conf, config)
     _common(conf, config, defaults)
     if "runtimeConfig" in config or "podCIDRs" in config:  # the node's own pod range
-        from .ipranges import apply
-
-        apply(conf, config)
+        _apply_node_range(conf, config)
     return conf
 
 
@@ -255,6 +253,39 @@ def _parse_dns6(conf: NetConf, config: dict) -> str:
     return ipv6.to_text(value)
 
 
+def _apply_node_range(conf: NetConf, config: dict) -> None:
+    """Narrow `conf` to the runtime's range (ipranges), when there is one (bridge mode only)."""
+    if conf.mode != "bridge":
+        return
+    from .ipranges import SOURCE, choose, runtime_ranges
+
+    found, ignored = choose(config)
+    source = SOURCE if runtime_ranges(config) else "podCIDRs"
+    if found is None:
+        if ignored:
+            _log("warning", f"network {conf.name}: {source} has no IPv4 range ("
+                 f"{'; '.join(ignored)}); pods keep the configured subnet {conf.cidr()}")
+        return
+    if ignored:
+        _log("info", f"network {conf.name}: {source} uses {found.cidr()}, leaves out "
+             + "; ".join(ignored))
+    inside = found.prefix >= conf.net_prefix and \
+        ipv4.contains(conf.net_subnet, conf.net_prefix, found.subnet)
+    if not inside:
+        # forwarding, NAT and the DNS ACL follow the range when it is not part of the
+        # configured network (normally the cluster CIDR)
+        conf.net_subnet, conf.net_prefix = found.subnet, found.prefix
+    conf.subnet, conf.prefix, conf.gateway = found.subnet, found.prefix, found.gateway
+    conf.range_start, conf.range_end = found.start, found.end
+    conf.range_source = source
+
+
+def _log(level: str, message: str) -> None:
+    from .logs import log  # only when there is something to say: not on every call
+
+    log(level, message)
+
+
 def _is_docker_name(name: str) -> bool:
     """Docker's rule for object names; the name also goes into API paths."""
     return 0 < len(name) <= 255 and name[0] in _DOCKER_FIRST and set(name) <= _DOCKER_REST
@@ -265,14 +296,9 @@ def _address_in_subnet(conf: NetConf, config: dict, key: str, default: int) -> i
     if not text:
         return default
     try:
-        value = ipv4.to_int(text)
+        return ipv4.host_in_subnet(key, text, conf.subnet, conf.prefix)
     except ipv4.AddressError as err:
-        raise _fail(f"{key}: {err}") from None
-    if not ipv4.contains(conf.subnet, conf.prefix, value):
-        raise _fail(f"{key} {text} is outside subnet {conf.cidr()}")
-    if value in (conf.subnet, ipv4.broadcast(conf.subnet, conf.prefix)):
-        raise _fail(f"{key} {text} is the network or broadcast address of {conf.cidr()}")
-    return value
+        raise _fail(str(err)) from None
 
 
 def docker_socket_from_env() -> str:

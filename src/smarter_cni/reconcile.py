@@ -28,10 +28,9 @@ import struct
 import threading
 import time
 
-from . import store
+from . import ipv4, store
 from .cni.errors import CNIError
 from .dns.log import log  # the DNS service's own logger: `logging` costs ~1.3 MB there
-from .ipranges import as_recorded
 from .repairs import note_repairs, recent_repairs
 
 TYPE_CHECKING = False
@@ -378,3 +377,34 @@ def start(conf: NetConf, directory: str, dns_address: str, dns_port: int,
     reconciler.start()
     log.info("reconciler: checking network %s every %g s", conf.name, interval)
     return reconciler
+
+
+def as_recorded(conf: NetConf, marker: dict | None) -> NetConf:
+    """`conf` (from the installed conflist) narrowed to the node range the network was last
+    set up with: the state's network marker ("pods", "gateway"), which an ADD with
+    `ipRanges` or `podCIDRs` wrote. For the DNS service's reconciler, so that it keeps the
+    range's gateway on the bridge instead of restoring the configured one (and the next
+    ADD undoing that). `conf` itself when the marker names no other range of its network.
+    """
+    if not isinstance(marker, dict) or marker.get("cidr") != conf.cidr():
+        return conf
+    pods, gateway = marker.get("pods"), marker.get("gateway")
+    if not isinstance(pods, str) or not isinstance(gateway, str) or \
+            (pods == conf.subnet_text() and gateway == conf.gateway_text()):
+        return conf
+    try:
+        subnet, prefix = ipv4.parse_cidr(pods)
+        gateway_int = ipv4.to_int(gateway)
+    except ipv4.AddressError:
+        return conf
+    if not ipv4.contains(subnet, prefix, gateway_int):
+        return conf
+    narrowed = type(conf)()
+    for slot in type(conf).__slots__:
+        if hasattr(conf, slot):
+            setattr(narrowed, slot, getattr(conf, slot))
+    narrowed.subnet, narrowed.prefix, narrowed.gateway = subnet, prefix, gateway_int
+    narrowed.range_start = subnet + 1
+    narrowed.range_end = ipv4.broadcast(subnet, prefix) - 1
+    narrowed.range_source = "recorded"
+    return narrowed

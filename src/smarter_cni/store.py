@@ -66,6 +66,17 @@ def new_attachment(request: Request, network: str, mode: str, pod: dict[str, str
     return record
 
 
+def same_record(current: Attachment | None, record: Attachment, identity: str) -> bool:
+    """Whether `current`, the record under an ADD's key now, is still the one that ADD wrote.
+
+    Compares the creation time and the data plane's `identity` field (`host_ifname`,
+    `docker_id`): a DEL or GC that removed the record since must not be undone, nor a
+    newer ADD's record overwritten.
+    """
+    return current is not None and current.get("created") == record.get("created") \
+        and current.get(identity) == record.get(identity)
+
+
 def records_path(directory: str | None = None) -> str:
     return os.path.join(directory or state_dir(), FILE_NAME)
 

@@ -19,21 +19,15 @@ import struct
 import sys
 import time
 
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
+from smarter_cni.dns.probe import ask_a
+from smarter_cni.node.inpod import ECHO_REPLY, echo_request
 
 
 def ping(address: str, seq: int, timeout: float = 0.25) -> bool:
+    """One echo (raw socket, a sequence number per round: a late reply of an earlier round
+    does not count)."""
     ident = os.getpid() & 0xFFFF
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    payload = b"smarter-cni-heal"
-    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+    packet = echo_request(ident, seq, b"smarter-cni-heal")
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         sock.settimeout(timeout)
         try:
@@ -42,7 +36,7 @@ def ping(address: str, seq: int, timeout: float = 0.25) -> bool:
             while time.monotonic() < deadline:
                 data, source = sock.recvfrom(2048)
                 icmp = data[(data[0] & 0x0F) * 4:]
-                if source[0] == address and icmp[0] == 0 and \
+                if source[0] == address and icmp[0] == ECHO_REPLY and \
                         struct.unpack("!HH", icmp[4:8]) == (ident, seq):
                     return True
         except OSError:
@@ -51,17 +45,9 @@ def ping(address: str, seq: int, timeout: float = 0.25) -> bool:
 
 
 def resolve(server: str, name: str, expected: str, timeout: float = 0.25) -> bool:
-    qid = os.getpid() & 0xFFFF
-    query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + b"".join(
-        bytes((len(p),)) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", 1, 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(query, (server, 53))
-            data = sock.recv(4096)
-        except OSError:
-            return False
-    return data[:2] == query[:2] and data[3] & 0x0F == 0 and socket.inet_aton(expected) in data[12:]
+    """One A query (dns/probe, the self-test's own): NOERROR with `expected` among the answers."""
+    rcode, addresses, _ = ask_a(server, name, timeout=timeout)
+    return rcode == 0 and expected in addresses
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from helpers.netns import link_exists  # noqa: E402
 from helpers.plugin import SRC, Invocation, pod_args  # noqa: E402
 
 sys.path.insert(0, str(SRC))
-from smarter_cni.dataplane.bridge import PAUSE_ENV  # noqa: E402
+from smarter_cni.dataplane import PAUSE_ENV  # noqa: E402
 from smarter_cni.dataplane.names import host_ifname  # noqa: E402
 
 pytestmark = pytest.mark.root

@@ -26,7 +26,7 @@ from helpers.resident import SOCKET, running_server, start_server, stop_server
 
 sys.path.insert(0, str(SRC))
 from smarter_cni import client  # noqa: E402
-from smarter_cni.dataplane.bridge import PAUSE_ENV  # noqa: E402
+from smarter_cni.dataplane import PAUSE_ENV  # noqa: E402
 
 # Container ids unique to this run: host veth names derive from them and are shared by
 # everything on the host, other test runs included.

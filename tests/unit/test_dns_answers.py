@@ -15,10 +15,37 @@ def record(name: str, ip: str, namespace: str = "default", hostname: str = "",
             "pod": registry.pod_identity(name, namespace, "", hostname)}
 
 
+def from_tables(forward: dict[str, list[str]], reverse: dict[str, list[str]],
+                domain: str, subnet: int, prefix: int) -> answers.Names:
+    """Names filled from registry.build_tables' tables: the reference that
+    Names.from_records (the service's own, incremental build) must match."""
+    names = answers.Names(domain, subnet, prefix)
+    names.pods = len(forward)
+    unusable = (wire.FormatError, UnicodeError, OSError)  # skipped, as from_records does
+    for name, ips in forward.items():
+        try:
+            key = answers.encode_cached(name.lower())
+            records = [answers.a_record(address) for address in ips]
+        except unusable:
+            continue
+        if records:
+            names.a_records[key] = records
+            names.nonterminals.update(answers.ancestors(key, names.domain))
+    for address, targets in reverse.items():
+        try:
+            key = answers.reverse_name6(address) if ":" in address else answers.reverse_name(address)
+            records = [answers.ptr_record(target) for target in targets]
+        except unusable:
+            continue
+        if records:
+            names.ptr_records[key] = records
+    return names
+
+
 def names_for(*records: dict) -> answers.Names:
     forward, reverse = registry.build_tables(records, "cluster.local")
-    return answers.Names(forward, reverse, "cluster.local",
-                         struct.unpack("!I", socket.inet_aton("10.42.0.0"))[0], 16)
+    return from_tables(forward, reverse, "cluster.local",
+                       struct.unpack("!I", socket.inet_aton("10.42.0.0"))[0], 16)
 
 
 def ask(names: answers.Names, name: str, qtype: int = wire.A) -> answers.Answer | None:
@@ -133,7 +160,7 @@ def test_incremental_build_matches_registry_build_tables():
     for _ in range(200):
         records = _random_records(rng, rng.randint(0, 12))
         forward, reverse = registry.build_tables(records.values(), "cluster.local")
-        reference = answers.Names(forward, reverse, "cluster.local", 0x0A2A0000, 16)
+        reference = from_tables(forward, reverse, "cluster.local", 0x0A2A0000, 16)
         memo: dict = {}
         built = answers.Names.from_records(records, "cluster.local", 0x0A2A0000, 16, 1, memo)
         _same(built, reference)
@@ -148,7 +175,7 @@ def test_incremental_build_matches_registry_build_tables():
             else:
                 records.pop(last)
         forward, reverse = registry.build_tables(records.values(), "cluster.local")
-        reference = answers.Names(forward, reverse, "cluster.local", 0x0A2A0000, 16)
+        reference = from_tables(forward, reverse, "cluster.local", 0x0A2A0000, 16)
         _same(answers.Names.from_records(records, "cluster.local", 0x0A2A0000, 16, 1, memo),
               reference)
         assert set(memo) == set(records)

@@ -87,7 +87,7 @@ def test_relay_truncates_to_the_client_limit():
 
 
 def test_acl_matches_loopback_subnets_and_host_addresses():
-    rules = acl.Acl([acl.parse_cidr("10.42.0.0/16")], is_local=lambda ip: ip == "192.0.2.2")
+    rules = acl.Acl([acl.network_and_mask("10.42.0.0/16")], is_local=lambda ip: ip == "192.0.2.2")
     assert rules.allows("127.0.0.1", 0.0)
     assert rules.allows("127.9.9.9", 0.0)
     assert rules.allows("10.42.255.3", 0.0)

@@ -63,7 +63,7 @@ def test_bad_keys_are_code_7():
 
 
 def test_as_recorded_gives_the_reconciler_the_range_add_set_up():
-    from smarter_cni.ipranges import as_recorded
+    from smarter_cni.reconcile import as_recorded
 
     configured = parse_netconf(dict(BASE))
     ranged = parse_netconf({**BASE, "runtimeConfig": {"ipRanges": [[{"subnet": "10.42.7.0/24"}]]}})

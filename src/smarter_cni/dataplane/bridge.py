@@ -9,8 +9,6 @@ remembered in the state file. A pod's own steps run over rtnetlink
 
 from __future__ import annotations
 
-import os
-
 from .. import ipv4, ipv6, registry, store
 from ..cni.errors import (
     ADDRESS_EXHAUSTED,
@@ -25,7 +23,7 @@ from ..cni.errors import (
 from ..cni.result import Interface, IPConfig, Result, Route, from_dict
 from ..ipam.allocator import next_free
 from ..run import find_program
-from . import links
+from . import links, pause_between_phases
 from .bridge_network import ensure_network, network_problems, rules_verified
 from .names import address_text, host_ifname, pod_mac, random_mac
 
@@ -100,20 +98,17 @@ def add(request: Request, conf: NetConf) -> Result:
     except BaseException:
         _undo_add(request, conf, key, host, last_before, last6_before)
         raise
-    _pause_between_phases()
+    pause_between_phases()
     with store.Transaction() as tx:
-        current = tx.attachments.get(key)
-        # Only our own record, still there: a DEL or GC that removed it since the first
-        # transaction must not be undone (address, name and link would come back).
-        mine = current is not None and current.get("created") == record["created"] \
-            and current.get("host_ifname") == host
+        # Only our own record, still there (address, name and link would come back).
+        mine = store.same_record(tx.attachments.get(key), record, "host_ifname")
         if mine:
             record["ready"] = True
             record["mac"] = result.interfaces[-1].mac
             tx.attachments[key] = record
             tx.dirty = True
     if not mine:
-        _abandon_add(request, conf, host)
+        _release_link_and_address(request, conf, host)
         raise CNIError(UNKNOWN_CONTAINER,
                        f"container {request.container_id[:12]}/{request.ifname} on {conf.name} "
                        "was deleted (DEL or GC) while its ADD was running; its interface and "
@@ -121,31 +116,19 @@ def add(request: Request, conf: NetConf) -> Result:
     return result
 
 
-# Tests only: the path of a FIFO the plugin opens (blocking until the test opens it for
-# writing) and reads to EOF between ADD's two store transactions, so a test can run a DEL
-# or GC exactly there. Unset in production: costs one environment lookup.
-PAUSE_ENV = "SMARTER_CNI_TEST_PAUSE_FIFO"
+def _release_link_and_address(request: Request, conf: NetConf, host: str) -> None:
+    """Delete an ADD's host link and give a delegated address back, whatever is already gone.
 
-
-def _pause_between_phases() -> None:
-    path = os.environ.get(PAUSE_ENV)
-    if path:
-        try:
-            with open(path, "rb") as fifo:
-                fifo.read()
-        except OSError:
-            pass
-
-
-def _abandon_add(request: Request, conf: NetConf, host: str) -> None:
-    """Release what an ADD made after its record was removed; the record is not ours to touch."""
+    Alone, for an ADD whose record a DEL or GC removed meanwhile (the record is not ours to
+    touch; that DEL may have come before our IPAM ADD, so its release freed nothing); and
+    as the first part of undoing a failed ADD.
+    """
     try:
         links.delete(host)
     except CNIError:
         pass
     if conf.delegated_ipam:
         try:
-            # the DEL may have come before our IPAM ADD, so its release freed nothing
             _delegate().delete(request, conf.delegated_ipam)
         except CNIError:
             pass
@@ -154,16 +137,7 @@ def _abandon_add(request: Request, conf: NetConf, host: str) -> None:
 def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | None) -> int:
     if existing and existing.get("ips"):
         return ipv4.to_int(existing["ips"][0].split("/")[0])
-    taken = {conf.gateway}
-    adopted = tx.state.get("adopted", {}).get(conf.name) or {}
-    for port, address in adopted.items():
-        if links.exists(port):  # a surviving pod from before the state was lost
-            taken.add(ipv4.to_int(address))
-    for record in tx.attachments.values():
-        if record.get("network") == conf.name:
-            for cidr in record.get("ips") or []:
-                if ":" not in cidr:
-                    taken.add(ipv4.to_int(cidr.split("/")[0]))
+    taken = _taken(tx, conf, conf.gateway, ipv6_family=False)
     last = tx.state.get("last_reserved", {}).get(conf.name)
     address = next_free(conf.range_start, conf.range_end, taken,
                         ipv4.to_int(last) if last else None)
@@ -176,21 +150,30 @@ def _reserve(tx: store.Transaction, conf: NetConf, key: str, existing: dict | No
     return address
 
 
+def _taken(tx: store.Transaction, conf: NetConf, gateway: int, ipv6_family: bool) -> set[int]:
+    """The addresses of one family not to hand out: the gateway, surviving adopted pods,
+    and this network's records."""
+    to_int = ipv6.to_int if ipv6_family else ipv4.to_int
+    taken = {gateway}
+    adopted = tx.state.get("adopted6" if ipv6_family else "adopted", {}).get(conf.name) or {}
+    for port, address in adopted.items():
+        if links.exists(port):  # a surviving pod from before the state was lost
+            taken.add(to_int(address))
+    for record in tx.attachments.values():
+        if record.get("network") == conf.name:
+            for cidr in record.get("ips") or []:
+                if (":" in cidr) == ipv6_family:
+                    taken.add(to_int(cidr.split("/")[0]))
+    return taken
+
+
 def _reserve6(tx: store.Transaction, conf: NetConf, existing: dict | None) -> int:
     """The pod's IPv6 address: the same walk as IPv4 (next_free from the last one handed
     out, under the same lock), over the IPv6 addresses of this network's records."""
     for cidr in (existing or {}).get("ips") or []:
         if ":" in cidr:
             return ipv6.to_int(cidr.split("/")[0])
-    taken = {conf.gateway6}
-    for port, address in (tx.state.get("adopted6", {}).get(conf.name) or {}).items():
-        if links.exists(port):  # a surviving pod from before the state was lost
-            taken.add(ipv6.to_int(address))
-    for record in tx.attachments.values():
-        if record.get("network") == conf.name:
-            for cidr in record.get("ips") or []:
-                if ":" in cidr:
-                    taken.add(ipv6.to_int(cidr.split("/")[0]))
+    taken = _taken(tx, conf, conf.gateway6, ipv6_family=True)
     last = tx.state.get("last_reserved6", {}).get(conf.name)
     address = next_free(conf.range6_start, conf.range6_end, taken,
                         ipv6.to_int(last) if last else None)
@@ -304,15 +287,7 @@ def _after_previous(merged: Result | None, result: Result) -> Result:
 def _undo_add(request: Request, conf: NetConf, key: str, host: str,
               last_before: str | None, last6_before: str | None = None) -> None:
     """Leave nothing behind a failed ADD, the allocator's position included."""
-    try:
-        links.delete(host)
-    except CNIError:
-        pass
-    if conf.delegated_ipam:
-        try:
-            _delegate().delete(request, conf.delegated_ipam)
-        except CNIError:
-            pass
+    _release_link_and_address(request, conf, host)
     with store.Transaction() as tx:
         if tx.attachments.pop(key, None) is not None:
             tx.dirty = True

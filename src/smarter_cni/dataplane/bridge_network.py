@@ -153,7 +153,6 @@ def _correct_bridge_address(conf: NetConf) -> None:
     for entry in links.show_json(["-4", "addr", "show", "dev", conf.bridge]):
         for info in entry.get("addr_info", []):
             current.append(f"{info.get('local')}/{info.get('prefixlen')}")
-    from ..ipranges import kept_gateways  # running pods' gateways stay when the range moves
 
     keep = kept_gateways(conf, wanted)
     lines = [f"addr del {cidr} dev {conf.bridge}" for cidr in current
@@ -297,3 +296,50 @@ def _adopt_survivors(tx: store.Transaction, conf: NetConf) -> None:
         if addresses:
             tx.state.setdefault(field, {})[conf.name] = addresses
             tx.dirty = True
+
+
+def kept_gateways(conf: NetConf, wanted: str, directory: str | None = None) -> set[str]:
+    """Bridge addresses ("a.b.c.d/p") still in use as the gateway of pods on this network.
+
+    When the pod range changes while pods run (a new podCIDR, or the runtime
+    starts passing ranges), the running pods keep their addresses and their
+    gateway: the bridge keeps the old gateway address next to the new one until
+    the network is set up again with none of those pods left. Logged.
+    """
+
+    try:
+        attachments = store.load(directory)["attachments"]
+    except (CNIError, OSError, ValueError):
+        return set()
+    kept: dict[str, int] = {}
+    for record in attachments.values():
+        if record.get("network") != conf.name or record.get("mode", "bridge") != "bridge":
+            continue
+        ips = record.get("ips") or []
+        gateway = record.get("gateway") or ""
+        if not ips or not gateway or "/" not in ips[0]:
+            continue
+        address = f"{gateway}/{ips[0].split('/')[1]}"
+        if address != wanted:
+            kept[address] = kept.get(address, 0) + 1
+        if ips[0].split("/")[0] == wanted.split("/")[0]:
+            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid network config: gateway {wanted} "
+                           f"({conf.range_source or 'configured'}) is the address of running "
+                           f"container {str(record.get('container_id'))[:12]}; choose another "
+                           "gateway or remove that pod first")
+    if kept:
+        _log("warning", f"network {conf.name}: pod range is now {conf.subnet_text()} with gateway "
+             f"{wanted} ({conf.range_source or 'configured subnet'}); "
+             + ", ".join(f"{n} running pod(s) keep their addresses behind gateway {a}"
+                         for a, n in sorted(kept.items()))
+             + f"; kept on {conf.bridge}, dropped at a later set-up once those pods are gone")
+    elif conf.range_source:
+        _log("info", f"network {conf.name}: pod range {conf.subnet_text()} gateway {wanted} "
+             f"from {conf.range_source}")
+    return set(kept)
+
+
+def _log(level: str, message: str) -> None:
+    from ..logs import log  # only when there is something to say: not on every call
+
+    log(level, message)

@@ -27,6 +27,7 @@ from ..cni.errors import (
 )
 from ..cni.result import Interface, IPConfig, Result, Route
 from ..docker_api import DockerAPIError, DockerClient, DockerUnavailable, quote
+from . import pause_between_phases
 
 # The installer's network calls live in docker_network; their names stay importable here.
 from .docker_network import (  # noqa: F401
@@ -49,7 +50,6 @@ from .docker_sandbox import (
     running_pid,
     same_inode,
 )
-from .phases import pause_between_phases
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,10 +125,8 @@ def add(request: Request, conf: NetConf) -> Result:
     pause_between_phases()
     with store.Transaction() as tx:
         current = tx.attachments.get(key)
-        # Only our own record, still there: a DEL or GC that removed it since the first
-        # transaction must not be undone (its address and names would come back).
-        mine = current is not None and current.get("created") == record["created"] \
-            and current.get("docker_id") == docker_id
+        # Only our own record, still there (its address and names would come back).
+        mine = store.same_record(current, record, "docker_id")
         if mine:
             record["ips"] = [ip.address for ip in result.ips]  # IPv4, then IPv6 if any
             record["gateway"] = result.ips[0].gateway

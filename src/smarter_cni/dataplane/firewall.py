@@ -48,13 +48,15 @@ def _iptables(*args: str) -> int:
     return run(["iptables", "-w", "5", *args]).returncode
 
 
-def _ensure_rule(table: str, chain: str, rule: list[str], insert: bool) -> None:
-    if _iptables("-t", table, "-C", chain, *rule) == 0:
+def _ensure_rule(table: str, chain: str, rule: list[str], insert: bool,
+                 program: str = "iptables") -> None:
+    """Add `rule` (first in `chain` when `insert`) unless `program -C` finds it there."""
+    if run([program, "-w", "5", "-t", table, "-C", chain, *rule]).returncode == 0:
         return
     verb = ["-I", chain, "1"] if insert else ["-A", chain]
-    done = run(["iptables", "-w", "5", "-t", table, *verb, *rule])
+    done = run([program, "-w", "5", "-t", table, *verb, *rule])
     if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"iptables -t {table} {chain} failed: {done.error_text}")
+        raise CNIError(DATAPLANE_FAILURE, f"{program} -t {table} {chain} failed: {done.error_text}")
 
 
 def _forward_rules(conf: NetConf) -> list[list[str]]:
@@ -204,17 +206,25 @@ def _present4(conf: NetConf) -> list[str]:
     done = run([save])
     if done.returncode != 0:
         return _present_one_by_one(conf)
-    rules = parse_save(done.stdout.decode("utf-8", "replace"))
+    return _missing_from(parse_save(done.stdout.decode("utf-8", "replace")), conf, ipv6=False)
+
+
+def _missing_from(rules: set[tuple[str, str, tuple[str, ...]]], conf: NetConf,
+                  ipv6: bool) -> list[str]:
+    """Which of this network's rules (IPv4 or IPv6) an iptables-save listing lacks, in words."""
+    forward, nat = ("IPv6 FORWARD", "ip6tables nat") if ipv6 else ("FORWARD", "nat")
+    jump, chain_rules = (_masq_jump6, _masq_chain_rules6) if ipv6 else (_masq_jump, _masq_chain_rules)
+    cidr = conf.cidr6() if ipv6 else conf.cidr()
     missing = []
     for rule in _forward_rules(conf):
         if ("filter", "FORWARD", tuple(rule)) not in rules:
-            missing.append(f"FORWARD accept {' '.join(rule[:2])}")
+            missing.append(f"{forward} accept {' '.join(rule[:2])}")
     if conf.ip_masq:
         chain = chain_name(conf.name)
-        if ("nat", "POSTROUTING", tuple(_masq_jump(conf))) not in rules:
-            missing.append(f"nat POSTROUTING jump to {chain} for {conf.cidr()}")
-        if not all(("nat", chain, tuple(rule)) in rules for rule in _masq_chain_rules(conf)):
-            missing.append(f"nat chain {chain} (masquerade for {conf.cidr()})")
+        if ("nat", "POSTROUTING", tuple(jump(conf))) not in rules:
+            missing.append(f"{nat} POSTROUTING jump to {chain} for {cidr}")
+        if not all(("nat", chain, tuple(rule)) in rules for rule in chain_rules(conf)):
+            missing.append(f"{nat} chain {chain} (masquerade for {cidr})")
     return missing
 
 
@@ -282,15 +292,21 @@ def _nft_ensure(conf: NetConf) -> None:
     if conf.ip_masq:
         masq = (f"chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; "
                 f"ip saddr {conf.cidr()} ip daddr != {{ {conf.cidr()}, {MULTICAST} }} masquerade; }}")
+    _nft_replace("ip", table, conf.bridge, masq, "nft")
+
+
+def _nft_replace(family: str, table: str, bridge: str, masq: str, what: str) -> None:
+    """Load the network's table of one family afresh (created empty first so the delete
+    cannot fail): forward accepts for the bridge, and `masq`, the NAT chain, if any."""
     script = (
-        f"table ip {table} {{}}\ndelete table ip {table}\n"
-        f"table ip {table} {{ chain forward {{ type filter hook forward priority filter; "
-        f"policy accept; iifname \"{conf.bridge}\" accept; oifname \"{conf.bridge}\" accept; }} "
+        f"table {family} {table} {{}}\ndelete table {family} {table}\n"
+        f"table {family} {table} {{ chain forward {{ type filter hook forward priority filter; "
+        f"policy accept; iifname \"{bridge}\" accept; oifname \"{bridge}\" accept; }} "
         f"{masq} }}\n"
     )
     done = run(["nft", "-f", "-"], script.encode())
     if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"nft failed: {done.error_text}")
+        raise CNIError(DATAPLANE_FAILURE, f"{what} failed: {done.error_text}")
 
 
 # ---------------------------------------------------------------- IPv6 (subnet6)
@@ -315,12 +331,7 @@ MULTICAST6 = "ff00::/8"
 
 
 def _ensure_rule6(table: str, chain: str, rule: list[str], insert: bool) -> None:
-    if _ip6tables("-t", table, "-C", chain, *rule) == 0:
-        return
-    verb = ["-I", chain, "1"] if insert else ["-A", chain]
-    done = run(["ip6tables", "-w", "5", "-t", table, *verb, *rule])
-    if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"ip6tables -t {table} {chain} failed: {done.error_text}")
+    _ensure_rule(table, chain, rule, insert, "ip6tables")
 
 
 def _rules6(table: str, chain: str, conf: NetConf | None = None) -> list[list[str]]:
@@ -363,18 +374,7 @@ def present6(conf: NetConf) -> list[str]:
     done = run([save]) if save else None
     if done is None or done.returncode != 0:
         return [f"ip6tables rules for {conf.cidr6()} (ip6tables-save failed)"]
-    rules = parse_save(done.stdout.decode("utf-8", "replace"))
-    missing = []
-    for rule in _forward_rules(conf):
-        if ("filter", "FORWARD", tuple(rule)) not in rules:
-            missing.append(f"IPv6 FORWARD accept {' '.join(rule[:2])}")
-    if conf.ip_masq:
-        chain = chain_name(conf.name)
-        if ("nat", "POSTROUTING", tuple(_masq_jump6(conf))) not in rules:
-            missing.append(f"ip6tables nat POSTROUTING jump to {chain} for {conf.cidr6()}")
-        if not all(("nat", chain, tuple(rule)) in rules for rule in _masq_chain_rules6(conf)):
-            missing.append(f"ip6tables nat chain {chain} (masquerade for {conf.cidr6()})")
-    return missing
+    return _missing_from(parse_save(done.stdout.decode("utf-8", "replace")), conf, ipv6=True)
 
 
 def teardown6(conf: NetConf) -> None:
@@ -396,12 +396,4 @@ def _nft_ensure6(conf: NetConf) -> None:
         masq = (f"chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; "
                 f"ip6 saddr {conf.cidr6()} ip6 daddr != {{ {conf.cidr6()}, {MULTICAST6} }} "
                 "masquerade; }")
-    script = (
-        f"table ip6 {table} {{}}\ndelete table ip6 {table}\n"
-        f"table ip6 {table} {{ chain forward {{ type filter hook forward priority filter; "
-        f"policy accept; iifname \"{conf.bridge}\" accept; oifname \"{conf.bridge}\" accept; }} "
-        f"{masq} }}\n"
-    )
-    done = run(["nft", "-f", "-"], script.encode())
-    if done.returncode != 0:
-        raise CNIError(DATAPLANE_FAILURE, f"nft (ip6) failed: {done.error_text}")
+    _nft_replace("ip6", table, conf.bridge, masq, "nft (ip6)")

@@ -17,7 +17,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Iterator
 
 AF_NETLINK = 16
 NETLINK_ROUTE = 0
@@ -111,14 +111,15 @@ class Socket:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, kind: int, body: bytes, flags: int = 0) -> bytes:
-        """Send one message; return the reply payload, or raise OSError with the errno."""
+    def _send(self, kind: int, body: bytes, flags: int) -> None:
         self.seq += 1
         header = ((16 + len(body)).to_bytes(4, "little") + kind.to_bytes(2, "little")
-                  + (flags | NLM_F_REQUEST | NLM_F_ACK).to_bytes(2, "little")
+                  + (flags | NLM_F_REQUEST).to_bytes(2, "little")
                   + _u32(self.seq) + _u32(0))
         self.sock.send(header + body)
-        reply = b""
+
+    def _replies(self) -> Iterator[tuple[int, bytes]]:
+        """(type, payload) of every message answering the last one sent; others are skipped."""
         while True:
             data = self.sock.recv(65536)
             offset = 0
@@ -128,40 +129,34 @@ class Socket:
                 seq = int.from_bytes(data[offset + 8:offset + 12], "little")
                 payload = data[offset + 16:offset + length]
                 offset += max(length + (-length % 4), 16)
-                if seq != self.seq:
-                    continue
-                if kind_in == NLMSG_ERROR:
-                    errno = -int.from_bytes(payload[:4], "little", signed=True)
-                    if errno:
-                        raise OSError(errno, os.strerror(errno))
-                    return reply
-                reply = payload
+                if seq == self.seq:
+                    yield kind_in, payload
+
+    def request(self, kind: int, body: bytes, flags: int = 0) -> bytes:
+        """Send one message; return the reply payload, or raise OSError with the errno."""
+        self._send(kind, body, flags | NLM_F_ACK)
+        reply = b""
+        for kind_in, payload in self._replies():
+            if kind_in == NLMSG_ERROR:
+                errno = -int.from_bytes(payload[:4], "little", signed=True)
+                if errno:
+                    raise OSError(errno, os.strerror(errno))
+                return reply
+            reply = payload
+        raise AssertionError("unreachable: _replies never ends")
 
     def dump(self, kind: int, body: bytes) -> list[bytes]:
         """Every payload of a dump request (NLM_F_DUMP), in the kernel's order."""
-        self.seq += 1
-        header = ((16 + len(body)).to_bytes(4, "little") + kind.to_bytes(2, "little")
-                  + (NLM_F_REQUEST | NLM_F_DUMP).to_bytes(2, "little")
-                  + _u32(self.seq) + _u32(0))
-        self.sock.send(header + body)
+        self._send(kind, body, NLM_F_DUMP)
         payloads = []
-        while True:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length = int.from_bytes(data[offset:offset + 4], "little")
-                kind_in = int.from_bytes(data[offset + 4:offset + 6], "little")
-                seq = int.from_bytes(data[offset + 8:offset + 12], "little")
-                payload = data[offset + 16:offset + length]
-                offset += max(length + (-length % 4), 16)
-                if seq != self.seq:
-                    continue
-                if kind_in == NLMSG_DONE:
-                    return payloads
-                if kind_in == NLMSG_ERROR:
-                    errno = -int.from_bytes(payload[:4], "little", signed=True)
-                    raise OSError(errno, os.strerror(errno))
-                payloads.append(payload)
+        for kind_in, payload in self._replies():
+            if kind_in == NLMSG_DONE:
+                return payloads
+            if kind_in == NLMSG_ERROR:
+                errno = -int.from_bytes(payload[:4], "little", signed=True)
+                raise OSError(errno, os.strerror(errno))
+            payloads.append(payload)
+        raise AssertionError("unreachable: _replies never ends")
 
     def ipv4_addresses(self, index: int, family: int = AF_INET) -> list[tuple[str, int]]:
         """(address, prefix) of every IPv4 (or `family`) address on link `index` (one dump)."""

@@ -20,8 +20,13 @@ CACHE_LIMIT = 4096
 LOOPBACK = (0x7F000000, 0xFF000000)
 
 
-def parse_cidr(text: str) -> tuple[int, int]:
-    """'10.42.0.0/16' -> (network int, mask int). Raises ValueError."""
+def network_and_mask(text: str) -> tuple[int, int]:
+    """'10.42.0.0/16' -> (network int, mask int), the form `Acl` matches with.
+
+    Lenient, for --allow: no prefix means /32 and host bits are dropped (unlike
+    ipv4.parse_cidr, which gives (network, prefix length) and can refuse host bits).
+    Raises ValueError.
+    """
     address, _, prefix_text = text.partition("/")
     prefix = int(prefix_text) if prefix_text else 32
     if not 0 <= prefix <= 32:

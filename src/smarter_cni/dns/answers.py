@@ -167,7 +167,7 @@ class Names:
                      serial: int, memo: dict[str, tuple[Any, Contribution]]) -> Names:
         """Tables from the store's attachment records; `memo` (key -> (fingerprint,
         contribution)) is read and replaced, so unchanged records are not redone."""
-        names = cls({}, {}, domain, subnet, prefix, serial)
+        names = cls(domain, subnet, prefix, serial)
         domain = domain.lower()
         a_records = names.a_records
         aaaa_records = names.aaaa_records
@@ -211,8 +211,8 @@ class Names:
         memo.update(fresh)
         return names
 
-    def __init__(self, forward: dict[str, list[str]], reverse: dict[str, list[str]],
-                 domain: str, subnet: int = 0, prefix: int = 32, serial: int = 1) -> None:
+    def __init__(self, domain: str, subnet: int = 0, prefix: int = 32, serial: int = 1) -> None:
+        """Empty tables; `from_records` fills them."""
         self.domain = wire.encode_name(domain.lower())
         self.subnet = subnet
         self.prefix = prefix
@@ -222,26 +222,7 @@ class Names:
         self.aaaa_records: dict[bytes, list[bytes]] = {}  # names with IPv6 pods (subnet6)
         self.ptr_records: dict[bytes, list[bytes]] = {}
         self.nonterminals: set[bytes] = set()
-        self.pods = len(forward)  # attachments served (from_records counts them)
-        a_records = self.a_records
-        nonterminals = self.nonterminals
-        for name, addresses in forward.items():
-            try:
-                key = encode_cached(name.lower())
-                records = [a_record(address) for address in addresses]
-            except (wire.FormatError, UnicodeError, OSError):
-                continue
-            if records:
-                a_records[key] = records
-                nonterminals.update(ancestors(key, self.domain))
-        for address, targets in reverse.items():
-            try:
-                key = reverse_name6(address) if ":" in address else reverse_name(address)
-                records = [ptr_record(target) for target in targets]
-            except (wire.FormatError, UnicodeError, OSError):
-                continue
-            if records:
-                self.ptr_records[key] = records
+        self.pods = 0  # attachments served (from_records counts them)
         # One SOA (for negative caching, RFC 2308) serves both zones.
         self.soa_rdata = wire.soa_rdata(wire.encode_name("ns.dns")[:-1] + self.domain,
                                         wire.encode_name("hostmaster")[:-1] + self.domain,

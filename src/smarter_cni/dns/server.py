@@ -91,7 +91,7 @@ class Server:
         self.deferred = 0             # queries handed to the forwarder (answered later)
         self.stop = False
         self.log_stats = False  # set by SIGUSR1
-        self.names = Names({}, {}, domain, subnet, prefix)
+        self.names = Names(domain, subnet, prefix)
         self.memo: dict[str, Any] = {}  # attachment key -> (record, encoded contribution)
         self.signature: Any = ()
         # query minus ID -> (response minus ID, valid until, Counts slot)

@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     subnets = [(conf.net_subnet, (0xFFFFFFFF << (32 - conf.net_prefix)) & 0xFFFFFFFF)]
     for cidr in args.allow:
         try:
-            subnets.append(acl_module.parse_cidr(cidr))
+            subnets.append(acl_module.network_and_mask(cidr))
         except ValueError as err:
             raise SettingsError(f"--allow: {err}") from None
     metrics_at = metrics_address(args.metrics, listen)

@@ -41,7 +41,6 @@ import random
 import socket
 import struct
 import threading
-import time
 import urllib.parse
 from typing import Any
 
@@ -518,10 +517,3 @@ def start(kubeconfig_path: str, domain: str, service_cidr: str,
     Names.services = services
     return ServiceWatch(kubeconfig_path, services, cache_path=cache).start()
 
-
-def wait_synced(services: Services, timeout: float) -> bool:
-    """For tests and start-up logs: True once the first list has landed."""
-    deadline = time.monotonic() + timeout
-    while not services.synced and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return services.synced
