@@ -357,7 +357,7 @@ class InProcess:
     def __init__(self, run: Run) -> None:
         os.environ["SMARTER_CNI_STATE_DIR"] = str(run.state_dir)
         sys.path.insert(0, str(run.src))
-        from smarter_cni import plugin, registry, store
+        from smarter_cni import ipv4, plugin, registry, store
         from smarter_cni.cni import jsonfast
         from smarter_cni.cni import request as request_mod
         from smarter_cni.cni import result as result_mod
@@ -367,7 +367,7 @@ class InProcess:
         self.plugin, self.registry, self.store = plugin, registry, store
         self.jsonfast, self.request_mod, self.result_mod = jsonfast, request_mod, result_mod
         self.bridge, self.firewall, self.links = bridge, firewall, links
-        self.names, self.netlink = names, netlink
+        self.names, self.netlink, self.ipv4 = names, netlink, ipv4
         self.clock: Clock | None = None
         real_load, real_save = store.load, store.save
 
@@ -391,6 +391,16 @@ class InProcess:
 
     def fn(self, name: str) -> Any:
         return dataplane_function(name)
+
+    def new_record(self, request: Any, conf: Any, host: str, address: int, pod: dict) -> Any:
+        """ADD's new record: store.new_attachment where the package has it, else the older
+        data plane's own _new_record (a --src snapshot from before the Attachment type)."""
+        builder = getattr(self.store, "new_attachment", None)
+        if builder is None:
+            return self.fn("_new_record")(request, conf, host, address, conf.prefix, conf.gateway, pod)
+        return builder(request, conf.name, "bridge", pod, conf.domain, host_ifname=host,
+                       ips=[self.names.address_text(address, conf.prefix)],
+                       gateway=self.ipv4.to_text(conf.gateway))
 
     def _request(self, command: str, container_id: str, netns: str) -> tuple[dict[str, str], bytes]:
         env = common.cni_env(command, self.run.bin_dir, container_id, netns, "eth0",
@@ -444,8 +454,7 @@ class InProcess:
             if not self.fn("network_ready")(conf, tx.networks):
                 raise RuntimeError("network marker not ready in steady state")
             address = self.fn("_reserve")(tx, conf, key, existing)
-            record = self.fn("_new_record")(request, conf, host, address, conf.prefix,
-                                            conf.gateway, pod)
+            record = self.new_record(request, conf, host, address, pod)
             tx.attachments[key] = record
             tx.dirty = True
             holder.update(address=address, record=record)
