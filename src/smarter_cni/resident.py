@@ -29,7 +29,7 @@ import struct
 import sys
 import time
 
-from .client import MAGIC, SOCKET_NAME
+from .client import MAGIC, SOCKET_NAME, UNRESPONSIVE_NAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,6 +42,19 @@ HANDSHAKE_TIMEOUT = 5.0  # a client that connected but never says "go" is droppe
 ENABLE_ENV = "SMARTER_CNI_RESIDENT"  # the DNS service's setting: "1" on, "0" off
 DEFAULT_ENABLED = False  # measured no faster than the in-process path (docs/internals.md)
 RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # after a server exits: quick, then backing off
+MODE_ENV = "SMARTER_CNI_RESIDENT_MODE"  # "warm" (default) or "fork"
+MODES = ("warm", "fork")
+WARM_HANDSHAKE_TIMEOUT = 0.5  # one request at a time: a silent client must not hold the rest
+WATCHDOG = 60.0  # seconds: a warm request running longer gets the server replaced (re-exec)
+WATCHDOG_ENV = "SMARTER_CNI_RESIDENT_WATCHDOG"  # seconds, overrides WATCHDOG (tests)
+
+
+def watchdog_seconds() -> float:
+    try:
+        value = float(os.environ.get(WATCHDOG_ENV, ""))
+    except ValueError:
+        return WATCHDOG
+    return value if value > 0 else WATCHDOG
 
 
 def preload() -> Any:
@@ -61,8 +74,10 @@ class Server:
     def __init__(self, state_dir: str, verbose: bool = False) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, SOCKET_NAME)
+        self.mark = os.path.join(state_dir, UNRESPONSIVE_NAME)
         self.verbose = verbose
         self.stop = False
+        self.served = 0
         self.sock = self._bind()
         self.inode = os.stat(self.path).st_ino
 
@@ -129,6 +144,56 @@ class Server:
                     pass
             os.close(taken_r)
             os.close(taken_w)
+
+    def serve_warm(self, dispatch: Any, handlers: Any) -> None:
+        """Run each request here, one at a time, in this already-imported process.
+
+        Requests queue in the listen backlog; a client that gets no acknowledgement
+        within client.ACK_TIMEOUT does the work itself (and marks the server
+        unresponsive for a while). Whenever the queue is empty the mark is removed,
+        so a server that was only busy is used again at once.
+        """
+        import select
+
+        base_env = dict(os.environ)
+        watchdog = watchdog_seconds()
+        while not self.stop:
+            try:
+                ready, _, _ = select.select([self.sock], [], [], 0 if self._marked() else 1.0)
+            except InterruptedError:
+                continue
+            if not ready:
+                self._unmark()
+                if not self.still_mine():
+                    break
+                continue
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                time.sleep(0.01)  # e.g. EMFILE: let the backlog's clients time out and fall back
+                continue
+            try:
+                serve_warm_one(conn, dispatch, handlers, self.verbose, base_env, watchdog)
+            except Exception as err:  # never the server: this client falls back (no reply)
+                sys.stderr.write(f"resident: request failed: {type(err).__name__}: {err}\n")
+                sys.stderr.flush()
+            finally:
+                conn.close()
+                if os.environ != base_env:
+                    os.environ.clear()
+                    os.environ.update(base_env)
+            self.served += 1
+
+    def _marked(self) -> bool:
+        return os.path.lexists(self.mark)
+
+    def _unmark(self) -> None:
+        try:
+            os.unlink(self.mark)
+        except OSError:
+            pass
 
     def _fork_worker(self, taken_r: int, taken_w: int, dispatch: Any, handlers: Any) -> int:
         try:
@@ -307,6 +372,117 @@ def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) 
     return 0
 
 
+def replace_self(reason: str) -> None:
+    """End the running request at once, as a killed plugin's ends, and start afresh.
+
+    Re-exec keeps this PID (the DNS service's supervisor and tests keep their handle);
+    the new image binds a new socket. Until then clients find the socket refusing
+    and do the work themselves. If exec fails, exit: the supervisor restarts us.
+    """
+    try:
+        os.write(2, f"resident: {reason}: replacing this server\n".encode())
+        os.execv(sys.executable, sys.orig_argv)
+    finally:
+        os._exit(70)
+
+
+def guard_request(conn: socket.socket, watchdog: float) -> Any:
+    """Watch one warm request: the client gone -> replace the server; too slow -> replace.
+
+    A runtime that killed the plugin and then runs DEL must not meet this ADD still
+    going on. So, as in the forked worker: a thread ends the work the moment the
+    client's end closes, and every state write first checks, under the lock, that the
+    client is still there. Returns a callable that ends the watch.
+    """
+    import select
+    import threading
+
+    from . import store
+
+    stop_r, stop_w = os.pipe()
+    deadline = time.monotonic() + watchdog
+
+    def check() -> None:
+        if client_gone(conn):
+            replace_self("client gone before the state write")
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        poller.register(stop_r, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                replace_self(f"a request ran longer than {watchdog:g} s")
+            events = poller.poll(left * 1000)
+            if any(fd == stop_r for fd, _ in events):
+                return
+            if events and client_gone(conn):
+                replace_self("client gone mid-request")
+            if events:
+                time.sleep(0.001)  # unexpected bytes from the client: keep watching
+
+    store.before_save = check
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+
+    def done() -> None:
+        store.before_save = None
+        os.write(stop_w, b"x")
+        thread.join()
+        os.close(stop_r)
+        os.close(stop_w)
+
+    return done
+
+
+def serve_warm_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool,
+                   base_env: dict[str, str], watchdog: float = WATCHDOG) -> None:
+    """One request in the server's own process; the environment is the request's, then ours."""
+    import io
+
+    conn.settimeout(WARM_HANDSHAKE_TIMEOUT)
+    try:
+        if not peer_allowed(conn):
+            return
+        request = read_request(conn)
+        if request is None:
+            return
+        conn.sendall(b"A")
+        if conn.recv(1) != b"G":
+            return  # the client gave up and does the work itself
+    except (OSError, EOFError):
+        return
+    environ, stdin = request
+    conn.settimeout(None)
+    if client_gone(conn):
+        return
+    done = guard_request(conn, watchdog)
+    out = io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(environ)  # as if exec'd by the runtime: the same env the plugin sees
+        code = dispatch.run(handlers, environ=os.environ, stdin=stdin, out=out)
+    finally:
+        os.environ.clear()
+        os.environ.update(base_env)
+        done()
+    data = out.getvalue().encode()
+    if verbose:
+        sys.stderr.write(f"resident: {environ.get('CNI_COMMAND', '?')} "
+                         f"{environ.get('CNI_CONTAINERID', '')[:12]} -> {code}\n")
+        sys.stderr.flush()
+    try:
+        conn.sendall(b"R %d %d\n" % (code, len(data)) + data)
+    except OSError:  # the client was killed after the work: it stands, as a killed plugin's
+        pass
+
+
+def mode(environ: Any = None) -> str:
+    value = (os.environ if environ is None else environ).get(MODE_ENV, "")
+    return value if value in MODES else MODES[0]
+
+
 def enabled(environ: Any = None) -> bool:
     value = (os.environ if environ is None else environ).get(ENABLE_ENV, "")
     return DEFAULT_ENABLED if value not in ("0", "1") else value == "1"
@@ -386,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     from .paths import state_dir as default_state_dir
 
     state_dir = state_dir or default_state_dir()
+    serve_mode = mode()
+    if "--mode" in argv and argv.index("--mode") + 1 < len(argv):
+        serve_mode = argv[argv.index("--mode") + 1]
+    if serve_mode not in MODES:
+        sys.stderr.write(f"resident: --mode must be one of {', '.join(MODES)}\n")
+        return 2
     dispatch, handlers = preload()
     server = Server(state_dir, verbose)
 
@@ -395,10 +577,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if verbose:
-        sys.stderr.write(f"resident: serving {server.path}\n")
+        sys.stderr.write(f"resident: serving {server.path} ({serve_mode})\n")
         sys.stderr.flush()
     try:
-        server.serve_forever(dispatch, handlers)
+        if serve_mode == "warm":
+            server.serve_warm(dispatch, handlers)
+        else:
+            server.serve_forever(dispatch, handlers)
     finally:
         server.close()
         reap()

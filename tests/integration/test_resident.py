@@ -212,7 +212,7 @@ def _wait_paused(fifo: Path, timeout: float = 30) -> int:
 def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, netns, state_dir,
                                                      tmp_path):
     _, path = netns.create()
-    server = start_server(state_dir, tmp_path / "server.log")
+    server = start_server(state_dir, tmp_path / "server.log", mode="fork")
     try:
         proc = _paused_add(plugin, bridge_network, f"{RUN}-k", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
@@ -245,7 +245,7 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
     """The client sees the connection end without a reply and does the ADD itself: the
     half-made attachment answers as a killed plugin's does today, and DEL clears it."""
     _, path = netns.create()
-    with running_server(state_dir, tmp_path / "server.log") as server:
+    with running_server(state_dir, tmp_path / "server.log", mode="fork") as server:
         proc = _paused_add(plugin, bridge_network, f"{RUN}-w", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
@@ -329,7 +329,7 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
                                                               state_dir, tmp_path):
     """As with the plugin's own process: kill the exec and its work stops there."""
     _, path = netns.create()
-    with running_server(state_dir, tmp_path / "server.log") as server:
+    with running_server(state_dir, tmp_path / "server.log", mode="fork") as server:
         proc = _paused_add(plugin, bridge_network, f"{RUN}-c", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
