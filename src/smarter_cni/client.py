@@ -32,6 +32,7 @@ DEFAULT_STATE_DIR = "/run/smarter-cni"
 ACK_TIMEOUT = 0.02  # seconds: longer than a busy server's accept + fork, short next to an exec
 COMMANDS = (b"ADD", b"DEL", b"CHECK", b"STATUS", b"GC")
 DISABLE_ENV = b"SMARTER_CNI_CLIENT_LOCAL"  # "1": never try the resident server
+ACK_TIMEOUT_ENV = b"SMARTER_CNI_CLIENT_ACK_TIMEOUT"  # seconds, overrides ACK_TIMEOUT (tests)
 UNRESPONSIVE_NAME = "plugin.unresponsive"  # mtime = until when clients skip the server
 UNRESPONSIVE_HOLD = 10.0  # seconds a missed acknowledgement sends every client in-process
 
@@ -70,6 +71,16 @@ def mark_unresponsive(environ: dict) -> None:
         posix.utime(path, (until, until))
     except OSError:
         pass
+
+
+def ack_timeout(environ: dict) -> float:
+    value = environ.get(ACK_TIMEOUT_ENV)
+    if value:
+        try:
+            return min(max(float(value), 0.001), 60.0)
+        except ValueError:
+            pass
+    return ACK_TIMEOUT
 
 
 def read_all(fd: int) -> bytes:
@@ -169,7 +180,7 @@ def main() -> int:
     stdin = read_all(0)
     answer = None
     if environ.get(b"CNI_COMMAND") in COMMANDS and environ.get(DISABLE_ENV) != b"1":
-        answer = ask_resident(environ, stdin)
+        answer = ask_resident(environ, stdin, ack_timeout(environ))
     if answer is not None:
         write_out(answer[1])
         posix._exit(answer[0])
