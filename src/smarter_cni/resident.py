@@ -1,19 +1,22 @@
 """The resident plugin server: does a thin client's CNI work without an exec.
 
-One single-threaded process (started and restarted by the DNS service, or
-run alone: `python -m smarter_cni.resident --state-dir DIR`) with the
-plugin's modules already imported. Per connection it forks; the child
-reads the request, acknowledges it, waits for the client's "go" and then
-runs exactly what the plugin executable runs (`cni.dispatch.run` with the
-request's environment and stdin), replies and leaves. So:
+One process (started and restarted by the DNS service, or run alone:
+`python -m smarter_cni.resident --state-dir DIR [--mode warm|fork]`) with the
+plugin's modules already imported. Two modes (SMARTER_CNI_RESIDENT_MODE):
 
-- a crash, a hang or a leak in the plugin code ends with that child; the
-  server and the DNS service are untouched;
-- setns, environment and signal state are per process, as in an exec;
-- the server, not the DNS service, forks: it has no threads and no DNS
-  sockets for a child to inherit;
-- a SIGKILLed server does not take running requests with it: each child
-  holds its own connection and replies when done.
+warm (default): each request runs in this process, one at a time; the others
+wait in the listen backlog, and a client not acknowledged within
+client.ACK_TIMEOUT does the work itself. Per request the environment is the
+request's and then the server's again; an exception is the client's CNI
+error, never the server's end; a thread watches the client and the clock: the
+client gone (killed) or a request longer than the watchdog re-executes the
+server (same PID, fresh image), which stops the work where a killed plugin's
+would stop. netlink.pod_socket always steps back to the host netns (or ends
+the process). Measured ~6 ms faster per ADD than the exec (docs/internals.md).
+
+fork: per connection a pre-forked worker reads the request, acknowledges it,
+waits for the client's "go", runs it and leaves; a crash, hang or leak ends
+with that child, and a SIGKILLed server does not take running requests with it.
 
 The socket is `<state dir>/plugin.sock`, mode 0600, and the peer must be
 root or this process's user (SO_PEERCRED). Both this path and the client's
@@ -40,7 +43,7 @@ MAX_STDIN = 16 << 20
 SPARE = 2  # idle workers waiting in accept()
 HANDSHAKE_TIMEOUT = 5.0  # a client that connected but never says "go" is dropped
 ENABLE_ENV = "SMARTER_CNI_RESIDENT"  # the DNS service's setting: "1" on, "0" off
-DEFAULT_ENABLED = False  # measured no faster than the in-process path (docs/internals.md)
+DEFAULT_ENABLED = True  # warm mode: ~4-6 ms faster per ADD than the exec (docs/internals.md)
 RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # after a server exits: quick, then backing off
 MODE_ENV = "SMARTER_CNI_RESIDENT_MODE"  # "warm" (default) or "fork"
 MODES = ("warm", "fork")
@@ -153,14 +156,35 @@ class Server:
         unresponsive for a while). Whenever the queue is empty the mark is removed,
         so a server that was only busy is used again at once.
         """
-        import select
 
         base_env = dict(os.environ)
         watchdog = watchdog_seconds()
+        wake_r, wake_w = os.pipe()  # a stop signal wakes select at once (no 1 s poll)
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        try:
+            self._serve_warm_loop(dispatch, handlers, base_env, watchdog, wake_r)
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _serve_warm_loop(self, dispatch: Any, handlers: Any, base_env: dict[str, str],
+                         watchdog: float, wake_r: int) -> None:
+        import select
+
         while not self.stop:
             try:
-                ready, _, _ = select.select([self.sock], [], [], 0 if self._marked() else 1.0)
+                ready, _, _ = select.select([self.sock, wake_r], [], [],
+                                            0 if self._marked() else 1.0)
             except InterruptedError:
+                continue
+            if wake_r in ready:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
                 continue
             if not ready:
                 self._unmark()
@@ -176,7 +200,7 @@ class Server:
                 continue
             try:
                 serve_warm_one(conn, dispatch, handlers, self.verbose, base_env, watchdog)
-            except Exception as err:  # never the server: this client falls back (no reply)
+            except (Exception, SystemExit) as err:  # never the server: the client falls back
                 sys.stderr.write(f"resident: request failed: {type(err).__name__}: {err}\n")
                 sys.stderr.flush()
             finally:
@@ -549,7 +573,7 @@ class Supervisor:
 
 
 def start_supervisor(state_dir: str, log: Any = None, verbose: bool = False) -> Supervisor | None:
-    """Started by `smarter-cni dns` when SMARTER_CNI_RESIDENT=1 (off by default)."""
+    """Started by `smarter-cni dns` unless SMARTER_CNI_RESIDENT=0 (on by default)."""
     return Supervisor(state_dir, log, verbose) if enabled() else None
 
 

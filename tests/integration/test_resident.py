@@ -349,10 +349,25 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
         assert not link_exists(record["host_ifname"])
 
 
-def test_the_dns_service_runs_no_server_by_default(bridge_network, state_dir, tmp_path,
-                                                   monkeypatch):
+def test_the_dns_service_runs_a_warm_server_by_default_and_0_turns_it_off(
+        bridge_network, state_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("SMARTER_CNI_RESIDENT", raising=False)
-    service = _dns_service(tmp_path, state_dir, bridge_network)
+    monkeypatch.delenv("SMARTER_CNI_RESIDENT_MODE", raising=False)
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    service = _dns_service(tmp_path / "on", state_dir, bridge_network)
+    try:
+        service.start()
+        assert _wait_for((state_dir / SOCKET).exists)
+        servers = [pid for pid in _children(service.pid)
+                   if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(servers) == 1, servers
+        assert not _children(servers[0])  # warm: no workers
+    finally:
+        service.stop()
+    assert not (state_dir / SOCKET).exists()
+    monkeypatch.setenv("SMARTER_CNI_RESIDENT", "0")
+    service = _dns_service(tmp_path / "off", state_dir, bridge_network)
     try:
         service.start()
         time.sleep(0.5)
