@@ -507,9 +507,13 @@ def mode(environ: Any = None) -> str:
     return value if value in MODES else MODES[0]
 
 
-def enabled(environ: Any = None) -> bool:
+def enabled(environ: Any = None, network_mode: str = "bridge") -> bool:
+    """SMARTER_CNI_RESIDENT "1"/"0"; unset: on for bridge mode. Docker mode stays off
+    unless asked for: no docker test has run through the server yet."""
     value = (os.environ if environ is None else environ).get(ENABLE_ENV, "")
-    return DEFAULT_ENABLED if value not in ("0", "1") else value == "1"
+    if value in ("0", "1"):
+        return value == "1"
+    return DEFAULT_ENABLED and network_mode != "docker"
 
 
 class Supervisor:
@@ -572,9 +576,11 @@ class Supervisor:
         self.thread.join(timeout=10)
 
 
-def start_supervisor(state_dir: str, log: Any = None, verbose: bool = False) -> Supervisor | None:
-    """Started by `smarter-cni dns` unless SMARTER_CNI_RESIDENT=0 (on by default)."""
-    return Supervisor(state_dir, log, verbose) if enabled() else None
+def start_supervisor(state_dir: str, log: Any = None, verbose: bool = False,
+                     network_mode: str = "bridge") -> Supervisor | None:
+    """Started by `smarter-cni dns` unless SMARTER_CNI_RESIDENT=0 (on by default in bridge
+    mode, see enabled())."""
+    return Supervisor(state_dir, log, verbose) if enabled(network_mode=network_mode) else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,12 @@ def test_a_client_that_gave_up_is_not_served():
                             dict(os.environ), watchdog=30)
     theirs.close()
     assert ran == []
+
+
+def test_on_by_default_in_bridge_mode_off_in_docker_mode_unless_asked():
+    assert resident.enabled({}, "bridge") is True
+    assert resident.enabled({}, "docker") is False
+    assert resident.enabled({"SMARTER_CNI_RESIDENT": "1"}, "docker") is True
+    assert resident.enabled({"SMARTER_CNI_RESIDENT": "0"}, "bridge") is False
+    assert resident.mode({}) == "warm" and resident.mode({"SMARTER_CNI_RESIDENT_MODE": "fork"}) \
+        == "fork"
