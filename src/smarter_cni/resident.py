@@ -47,6 +47,8 @@ DEFAULT_ENABLED = True  # warm mode: ~4-6 ms faster per ADD than the exec (docs/
 RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # after a server exits: quick, then backing off
 MODE_ENV = "SMARTER_CNI_RESIDENT_MODE"  # "warm" (default) or "fork"
 MODES = ("warm", "fork")
+UNMARK_AFTER = 0.25  # seconds without a connection before the server clears the mark: in a
+# storm of concurrent pods the clients stay in-process, instead of each waiting ACK_TIMEOUT
 WARM_HANDSHAKE_TIMEOUT = 0.5  # one request at a time: a silent client must not hold the rest
 WATCHDOG = 60.0  # seconds: a warm request running longer gets the server replaced (re-exec)
 WATCHDOG_ENV = "SMARTER_CNI_RESIDENT_WATCHDOG"  # seconds, overrides WATCHDOG (tests)
@@ -153,8 +155,8 @@ class Server:
 
         Requests queue in the listen backlog; a client that gets no acknowledgement
         within client.ACK_TIMEOUT does the work itself (and marks the server
-        unresponsive for a while). Whenever the queue is empty the mark is removed,
-        so a server that was only busy is used again at once.
+        unresponsive for a while). Once no connection came for UNMARK_AFTER the mark
+        is removed, so a server that was only busy is used again soon.
         """
 
         base_env = dict(os.environ)
@@ -177,7 +179,7 @@ class Server:
         while not self.stop:
             try:
                 ready, _, _ = select.select([self.sock, wake_r], [], [],
-                                            0 if self._marked() else 1.0)
+                                            UNMARK_AFTER if self._marked() else 1.0)
             except InterruptedError:
                 continue
             if wake_r in ready:
