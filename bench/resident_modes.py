@@ -4,13 +4,16 @@
 
 Interleaved rounds; in each, one pod is added and deleted in every state:
 
-- up:      the resident server running (`smarter_cni.resident`, as the DNS service runs it)
+- warm:    the resident server running in warm mode (the default: each request in its own
+           already-imported process, one at a time)
+- fork:    the resident server in fork mode (a pre-forked worker per request)
 - missing: no socket (service stopped, or never installed): connect fails at once
 - stale:   a socket file nobody listens on (the server was killed): connect is refused
-- hung:    a listener that never accepts (a stuck server): the client waits for the
-           acknowledgement (client.ACK_TIMEOUT) and then does the work itself
+- hung:    a listener that never accepts (a stuck server): the first client waits for the
+           acknowledgement (client.ACK_TIMEOUT), marks the server unresponsive for
+           client.UNRESPONSIVE_HOLD s and does the work itself; later clients skip it
 
-Every state has its own bridge network and state dir, so the four never share a lock.
+Every state has its own bridge network and state dir, so the five never share a lock.
 The smarter-cni exec alone is timed (no loopback). Everything made is removed in `finally`.
 """
 
@@ -30,14 +33,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-MODES = ("up", "missing", "stale", "hung")
+MODES = ("warm", "fork", "missing", "stale", "hung")
 
 
-def start_server(python: str, src: Path, state_dir: Path) -> subprocess.Popen:
+def start_server(python: str, src: Path, state_dir: Path, mode: str) -> subprocess.Popen:
     boot = (f"import sys; sys.path.insert(0, {str(src)!r}); "
             "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([python, "-I", "-S", "-c", boot, "--state-dir", str(state_dir)],
-                            env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
+    with open(state_dir.parent / f"server-{mode}.log", "wb") as log:
+        proc = subprocess.Popen([python, "-I", "-S", "-c", boot, "--state-dir", str(state_dir),
+                                 "--mode", mode, "--verbose"], stderr=log,
+                                env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
     deadline = time.monotonic() + 20
     while not (state_dir / "plugin.sock").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -62,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     namespaces = common.Namespaces(f"scm{run_id}")
     subnets = common.free_subnets(len(MODES), 24)
     confs, states, held = {}, {}, []
-    server = None
+    servers: list[subprocess.Popen] = []
+    served: dict[str, int] = {}
     times: dict[str, dict[str, list[float]]] = {m: {"ADD": [], "DEL": []} for m in MODES}
     load = [os.getloadavg()[0]]
     try:
@@ -72,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             confs[mode] = {"cniVersion": "1.0.0", "name": f"scm-{mode}-{run_id}",
                            "type": "smarter-cni", "bridge": f"scm{mode[:2]}{run_id}",
                            "subnet": subnet}
-        server = start_server(args.python, args.src.resolve(), states["up"])
+        for mode in ("warm", "fork"):
+            servers.append(start_server(args.python, args.src.resolve(), states[mode], mode))
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(states["stale"] / "plugin.sock"))
         stale.close()
@@ -101,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
                     times[mode]["DEL"].append(deleted.wall)
             namespaces.cleanup()
         load.append(os.getloadavg()[0])
+        for mode in ("warm", "fork"):  # requests the server ran (the rest fell back in-process)
+            served[mode] = sum(1 for line in (tmp / f"server-{mode}.log").read_text().splitlines()
+                               if line.startswith("resident: ") and "->" in line)
     finally:
         for sock in held:
             sock.close()
-        if server is not None and server.poll() is None:
-            server.terminate()  # our own child, by its PID
-            server.wait(10)
+        for server in servers:
+            if server.poll() is None:
+                server.terminate()  # our own child, by its PID
+                server.wait(10)
         namespaces.cleanup()
         for mode, conf in confs.items():
             os.environ["SMARTER_CNI_STATE_DIR"] = str(states[mode])
@@ -132,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.rounds} interleaved rounds, smarter-cni exec alone, load {load[0]:.1f} -> "
           f"{load[-1]:.1f}; median (p10-p90) ms")
     print(common.table(["server", "ADD ms", "DEL ms"], rows))
+    total = 2 * (args.rounds + 1)
+    counts = ", ".join(f"{mode} {count}" for mode, count in served.items())
+    print(f"served by the server (of {total} requests each): {counts}")
     if args.json:
         Path(args.json).write_text(json.dumps({"times": times, "load": load}))
     return 0

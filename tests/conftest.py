@@ -101,7 +101,7 @@ def state_dir(tmp_path: Path):
         return
     from helpers.resident import running_server
 
-    with running_server(path):
+    with running_server(path, tmp_path / "resident.log"):  # what it served: --verbose lines
         yield path
 
 

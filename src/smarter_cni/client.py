@@ -32,11 +32,55 @@ DEFAULT_STATE_DIR = "/run/smarter-cni"
 ACK_TIMEOUT = 0.02  # seconds: longer than a busy server's accept + fork, short next to an exec
 COMMANDS = (b"ADD", b"DEL", b"CHECK", b"STATUS", b"GC")
 DISABLE_ENV = b"SMARTER_CNI_CLIENT_LOCAL"  # "1": never try the resident server
+ACK_TIMEOUT_ENV = b"SMARTER_CNI_CLIENT_ACK_TIMEOUT"  # seconds, overrides ACK_TIMEOUT (tests)
+UNRESPONSIVE_NAME = "plugin.unresponsive"  # mtime = until when clients skip the server
+UNRESPONSIVE_HOLD = 10.0  # seconds a missed acknowledgement sends every client in-process
 
 
 def socket_path(environ: dict) -> bytes:
     state = environ.get(b"SMARTER_CNI_STATE_DIR") or DEFAULT_STATE_DIR.encode()
     return state + b"/" + SOCKET_NAME.encode()
+
+
+def mark_path(environ: dict) -> bytes:
+    state = environ.get(b"SMARTER_CNI_STATE_DIR") or DEFAULT_STATE_DIR.encode()
+    return state + b"/" + UNRESPONSIVE_NAME.encode()
+
+
+def marked_unresponsive(environ: dict) -> bool:
+    """A client missed the acknowledgement lately: do not wait for it again (one stat)."""
+    import time
+
+    try:
+        return posix.stat(mark_path(environ)).st_mtime > time.time()
+    except OSError:
+        return False
+
+
+def mark_unresponsive(environ: dict) -> None:
+    """So a hung server costs one ACK_TIMEOUT per UNRESPONSIVE_HOLD, not one per exec.
+
+    The server removes the mark whenever it is idle, so a merely busy one is back at once.
+    """
+    import time
+
+    path = mark_path(environ)
+    until = time.time() + UNRESPONSIVE_HOLD
+    try:
+        posix.close(posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_CLOEXEC, 0o600))
+        posix.utime(path, (until, until))
+    except OSError:
+        pass
+
+
+def ack_timeout(environ: dict) -> float:
+    value = environ.get(ACK_TIMEOUT_ENV)
+    if value:
+        try:
+            return min(max(float(value), 0.001), 60.0)
+        except ValueError:
+            pass
+    return ACK_TIMEOUT
 
 
 def read_all(fd: int) -> bytes:
@@ -63,15 +107,21 @@ def ask_resident(environ: dict, stdin: bytes, ack_timeout: float = ACK_TIMEOUT):
     """(exit code, stdout bytes) from the resident server, or None: do it yourself."""
     import _socket
 
+    if marked_unresponsive(environ):
+        return None
     try:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     except OSError:
         return None
     try:
         sock.settimeout(ack_timeout)
-        sock.connect(socket_path(environ))
-        sock.sendall(encode_request(environ, stdin))
-        if sock.recv(1) != b"A":
+        try:
+            sock.connect(socket_path(environ))
+            sock.sendall(encode_request(environ, stdin))
+            if sock.recv(1) != b"A":
+                return None
+        except TimeoutError:  # a full backlog, or no acknowledgement in time
+            mark_unresponsive(environ)
             return None
         sock.settimeout(None)  # the server works now; a runtime's own timeout bounds it
         sock.sendall(b"G")
@@ -130,7 +180,7 @@ def main() -> int:
     stdin = read_all(0)
     answer = None
     if environ.get(b"CNI_COMMAND") in COMMANDS and environ.get(DISABLE_ENV) != b"1":
-        answer = ask_resident(environ, stdin)
+        answer = ask_resident(environ, stdin, ack_timeout(environ))
     if answer is not None:
         write_out(answer[1])
         posix._exit(answer[0])

@@ -19,8 +19,9 @@ SERVICES_CACHE = "services.json"  # the DNS service's last known Services (dns/s
 SUPERVISOR_PIDFILE = "dns-supervisor.pid"
 REPAIRS_FILE = "repairs.json"
 PLUGIN_SOCKET = "plugin.sock"  # the resident plugin server's (resident.py; = client.SOCKET_NAME)
+PLUGIN_UNRESPONSIVE = "plugin.unresponsive"  # = client.UNRESPONSIVE_NAME
 STATE_FILES = (ATTACHMENTS_FILE, LOCK_FILE, PLUGIN_LOG, PLUGIN_LOG + ".1", DNS_LOG, SERVICES_CACHE,
-               SUPERVISOR_PIDFILE, REPAIRS_FILE, PLUGIN_SOCKET)
+               SUPERVISOR_PIDFILE, REPAIRS_FILE, PLUGIN_SOCKET, PLUGIN_UNRESPONSIVE)
 
 
 def is_state_file(name: str) -> bool:

@@ -1,19 +1,22 @@
 """The resident plugin server: does a thin client's CNI work without an exec.
 
-One single-threaded process (started and restarted by the DNS service, or
-run alone: `python -m smarter_cni.resident --state-dir DIR`) with the
-plugin's modules already imported. Per connection it forks; the child
-reads the request, acknowledges it, waits for the client's "go" and then
-runs exactly what the plugin executable runs (`cni.dispatch.run` with the
-request's environment and stdin), replies and leaves. So:
+One process (started and restarted by the DNS service, or run alone:
+`python -m smarter_cni.resident --state-dir DIR [--mode warm|fork]`) with the
+plugin's modules already imported. Two modes (SMARTER_CNI_RESIDENT_MODE):
 
-- a crash, a hang or a leak in the plugin code ends with that child; the
-  server and the DNS service are untouched;
-- setns, environment and signal state are per process, as in an exec;
-- the server, not the DNS service, forks: it has no threads and no DNS
-  sockets for a child to inherit;
-- a SIGKILLed server does not take running requests with it: each child
-  holds its own connection and replies when done.
+warm (default): each request runs in this process, one at a time; the others
+wait in the listen backlog, and a client not acknowledged within
+client.ACK_TIMEOUT does the work itself. Per request the environment is the
+request's and then the server's again; an exception is the client's CNI
+error, never the server's end; a thread watches the client and the clock: the
+client gone (killed) or a request longer than the watchdog re-executes the
+server (same PID, fresh image), which stops the work where a killed plugin's
+would stop. netlink.pod_socket always steps back to the host netns (or ends
+the process). Measured ~6 ms faster per ADD than the exec (docs/internals.md).
+
+fork: per connection a pre-forked worker reads the request, acknowledges it,
+waits for the client's "go", runs it and leaves; a crash, hang or leak ends
+with that child, and a SIGKILLed server does not take running requests with it.
 
 The socket is `<state dir>/plugin.sock`, mode 0600, and the peer must be
 root or this process's user (SO_PEERCRED). Both this path and the client's
@@ -29,7 +32,7 @@ import struct
 import sys
 import time
 
-from .client import MAGIC, SOCKET_NAME
+from .client import MAGIC, SOCKET_NAME, UNRESPONSIVE_NAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,8 +43,23 @@ MAX_STDIN = 16 << 20
 SPARE = 2  # idle workers waiting in accept()
 HANDSHAKE_TIMEOUT = 5.0  # a client that connected but never says "go" is dropped
 ENABLE_ENV = "SMARTER_CNI_RESIDENT"  # the DNS service's setting: "1" on, "0" off
-DEFAULT_ENABLED = False  # measured no faster than the in-process path (docs/internals.md)
+DEFAULT_ENABLED = True  # warm mode: ~4-6 ms faster per ADD than the exec (docs/internals.md)
 RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # after a server exits: quick, then backing off
+MODE_ENV = "SMARTER_CNI_RESIDENT_MODE"  # "warm" (default) or "fork"
+MODES = ("warm", "fork")
+UNMARK_AFTER = 0.25  # seconds without a connection before the server clears the mark: in a
+# storm of concurrent pods the clients stay in-process, instead of each waiting ACK_TIMEOUT
+WARM_HANDSHAKE_TIMEOUT = 0.5  # one request at a time: a silent client must not hold the rest
+WATCHDOG = 60.0  # seconds: a warm request running longer gets the server replaced (re-exec)
+WATCHDOG_ENV = "SMARTER_CNI_RESIDENT_WATCHDOG"  # seconds, overrides WATCHDOG (tests)
+
+
+def watchdog_seconds() -> float:
+    try:
+        value = float(os.environ.get(WATCHDOG_ENV, ""))
+    except ValueError:
+        return WATCHDOG
+    return value if value > 0 else WATCHDOG
 
 
 def preload() -> Any:
@@ -61,8 +79,10 @@ class Server:
     def __init__(self, state_dir: str, verbose: bool = False) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, SOCKET_NAME)
+        self.mark = os.path.join(state_dir, UNRESPONSIVE_NAME)
         self.verbose = verbose
         self.stop = False
+        self.served = 0
         self.sock = self._bind()
         self.inode = os.stat(self.path).st_ino
 
@@ -129,6 +149,77 @@ class Server:
                     pass
             os.close(taken_r)
             os.close(taken_w)
+
+    def serve_warm(self, dispatch: Any, handlers: Any) -> None:
+        """Run each request here, one at a time, in this already-imported process.
+
+        Requests queue in the listen backlog; a client that gets no acknowledgement
+        within client.ACK_TIMEOUT does the work itself (and marks the server
+        unresponsive for a while). Once no connection came for UNMARK_AFTER the mark
+        is removed, so a server that was only busy is used again soon.
+        """
+
+        base_env = dict(os.environ)
+        watchdog = watchdog_seconds()
+        wake_r, wake_w = os.pipe()  # a stop signal wakes select at once (no 1 s poll)
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        try:
+            self._serve_warm_loop(dispatch, handlers, base_env, watchdog, wake_r)
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _serve_warm_loop(self, dispatch: Any, handlers: Any, base_env: dict[str, str],
+                         watchdog: float, wake_r: int) -> None:
+        import select
+
+        while not self.stop:
+            try:
+                ready, _, _ = select.select([self.sock, wake_r], [], [],
+                                            UNMARK_AFTER if self._marked() else 1.0)
+            except InterruptedError:
+                continue
+            if wake_r in ready:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+                continue
+            if not ready:
+                self._unmark()
+                if not self.still_mine():
+                    break
+                continue
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                time.sleep(0.01)  # e.g. EMFILE: let the backlog's clients time out and fall back
+                continue
+            try:
+                serve_warm_one(conn, dispatch, handlers, self.verbose, base_env, watchdog)
+            except (Exception, SystemExit) as err:  # never the server: the client falls back
+                sys.stderr.write(f"resident: request failed: {type(err).__name__}: {err}\n")
+                sys.stderr.flush()
+            finally:
+                conn.close()
+                if os.environ != base_env:
+                    os.environ.clear()
+                    os.environ.update(base_env)
+            self.served += 1
+
+    def _marked(self) -> bool:
+        return os.path.lexists(self.mark)
+
+    def _unmark(self) -> None:
+        try:
+            os.unlink(self.mark)
+        except OSError:
+            pass
 
     def _fork_worker(self, taken_r: int, taken_w: int, dispatch: Any, handlers: Any) -> int:
         try:
@@ -307,9 +398,124 @@ def serve_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool) 
     return 0
 
 
-def enabled(environ: Any = None) -> bool:
+def replace_self(reason: str) -> None:
+    """End the running request at once, as a killed plugin's ends, and start afresh.
+
+    Re-exec keeps this PID (the DNS service's supervisor and tests keep their handle);
+    the new image binds a new socket. Until then clients find the socket refusing
+    and do the work themselves. If exec fails, exit: the supervisor restarts us.
+    """
+    try:
+        os.write(2, f"resident: {reason}: replacing this server\n".encode())
+        os.execv(sys.executable, sys.orig_argv)
+    finally:
+        os._exit(70)
+
+
+def guard_request(conn: socket.socket, watchdog: float) -> Any:
+    """Watch one warm request: the client gone -> replace the server; too slow -> replace.
+
+    A runtime that killed the plugin and then runs DEL must not meet this ADD still
+    going on. So, as in the forked worker: a thread ends the work the moment the
+    client's end closes, and every state write first checks, under the lock, that the
+    client is still there. Returns a callable that ends the watch.
+    """
+    import select
+    import threading
+
+    from . import store
+
+    stop_r, stop_w = os.pipe()
+    deadline = time.monotonic() + watchdog
+
+    def check() -> None:
+        if client_gone(conn):
+            replace_self("client gone before the state write")
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        poller.register(stop_r, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                replace_self(f"a request ran longer than {watchdog:g} s")
+            events = poller.poll(left * 1000)
+            if any(fd == stop_r for fd, _ in events):
+                return
+            if events and client_gone(conn):
+                replace_self("client gone mid-request")
+            if events:
+                time.sleep(0.001)  # unexpected bytes from the client: keep watching
+
+    store.before_save = check
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+
+    def done() -> None:
+        store.before_save = None
+        os.write(stop_w, b"x")
+        thread.join()
+        os.close(stop_r)
+        os.close(stop_w)
+
+    return done
+
+
+def serve_warm_one(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool,
+                   base_env: dict[str, str], watchdog: float = WATCHDOG) -> None:
+    """One request in the server's own process; the environment is the request's, then ours."""
+    import io
+
+    conn.settimeout(WARM_HANDSHAKE_TIMEOUT)
+    try:
+        if not peer_allowed(conn):
+            return
+        request = read_request(conn)
+        if request is None:
+            return
+        conn.sendall(b"A")
+        if conn.recv(1) != b"G":
+            return  # the client gave up and does the work itself
+    except (OSError, EOFError):
+        return
+    environ, stdin = request
+    conn.settimeout(None)
+    if client_gone(conn):
+        return
+    done = guard_request(conn, watchdog)
+    out = io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(environ)  # as if exec'd by the runtime: the same env the plugin sees
+        code = dispatch.run(handlers, environ=os.environ, stdin=stdin, out=out)
+    finally:
+        os.environ.clear()
+        os.environ.update(base_env)
+        done()
+    data = out.getvalue().encode()
+    if verbose:
+        sys.stderr.write(f"resident: {environ.get('CNI_COMMAND', '?')} "
+                         f"{environ.get('CNI_CONTAINERID', '')[:12]} -> {code}\n")
+        sys.stderr.flush()
+    try:
+        conn.sendall(b"R %d %d\n" % (code, len(data)) + data)
+    except OSError:  # the client was killed after the work: it stands, as a killed plugin's
+        pass
+
+
+def mode(environ: Any = None) -> str:
+    value = (os.environ if environ is None else environ).get(MODE_ENV, "")
+    return value if value in MODES else MODES[0]
+
+
+def enabled(environ: Any = None, network_mode: str = "bridge") -> bool:
+    """SMARTER_CNI_RESIDENT "1"/"0"; unset: on for bridge mode. Docker mode stays off
+    unless asked for: no docker test has run through the server yet."""
     value = (os.environ if environ is None else environ).get(ENABLE_ENV, "")
-    return DEFAULT_ENABLED if value not in ("0", "1") else value == "1"
+    if value in ("0", "1"):
+        return value == "1"
+    return DEFAULT_ENABLED and network_mode != "docker"
 
 
 class Supervisor:
@@ -372,9 +578,11 @@ class Supervisor:
         self.thread.join(timeout=10)
 
 
-def start_supervisor(state_dir: str, log: Any = None, verbose: bool = False) -> Supervisor | None:
-    """Started by `smarter-cni dns` when SMARTER_CNI_RESIDENT=1 (off by default)."""
-    return Supervisor(state_dir, log, verbose) if enabled() else None
+def start_supervisor(state_dir: str, log: Any = None, verbose: bool = False,
+                     network_mode: str = "bridge") -> Supervisor | None:
+    """Started by `smarter-cni dns` unless SMARTER_CNI_RESIDENT=0 (on by default in bridge
+    mode, see enabled())."""
+    return Supervisor(state_dir, log, verbose) if enabled(network_mode=network_mode) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,6 +594,12 @@ def main(argv: list[str] | None = None) -> int:
     from .paths import state_dir as default_state_dir
 
     state_dir = state_dir or default_state_dir()
+    serve_mode = mode()
+    if "--mode" in argv and argv.index("--mode") + 1 < len(argv):
+        serve_mode = argv[argv.index("--mode") + 1]
+    if serve_mode not in MODES:
+        sys.stderr.write(f"resident: --mode must be one of {', '.join(MODES)}\n")
+        return 2
     dispatch, handlers = preload()
     server = Server(state_dir, verbose)
 
@@ -395,10 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if verbose:
-        sys.stderr.write(f"resident: serving {server.path}\n")
+        sys.stderr.write(f"resident: serving {server.path} ({serve_mode})\n")
         sys.stderr.flush()
     try:
-        server.serve_forever(dispatch, handlers)
+        if serve_mode == "warm":
+            server.serve_warm(dispatch, handlers)
+        else:
+            server.serve_forever(dispatch, handlers)
     finally:
         server.close()
         reap()

@@ -16,14 +16,18 @@ from helpers.plugin import SRC
 SOCKET = "plugin.sock"
 
 
-def start_server(state_dir: Path, log: Path | None = None) -> subprocess.Popen:
-    """The server as the DNS service starts it; returns once its socket is there."""
+def start_server(state_dir: Path, log: Path | None = None, mode: str | None = None,
+                 env: dict | None = None) -> subprocess.Popen:
+    """The server as the DNS service starts it; returns once its socket is there.
+
+    `mode` "warm" or "fork" (--mode); None: the server's default (SMARTER_CNI_RESIDENT_MODE)."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     boot = (f"import sys; sys.path.insert(0, {str(SRC)!r}); "
             "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot, "--state-dir", str(state_dir),
-                             "--verbose"], stdout=subprocess.DEVNULL, stderr=out,
-                            env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
+                             "--verbose", *(["--mode", mode] if mode else [])],
+                            stdout=subprocess.DEVNULL, stderr=out,
+                            env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir), **(env or {})))
     if log:
         out.close()
     deadline = time.monotonic() + 20
@@ -46,8 +50,9 @@ def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 @contextmanager
-def running_server(state_dir: Path, log: Path | None = None) -> Iterator[subprocess.Popen]:
-    proc = start_server(state_dir, log)
+def running_server(state_dir: Path, log: Path | None = None, mode: str | None = None,
+                   env: dict | None = None) -> Iterator[subprocess.Popen]:
+    proc = start_server(state_dir, log, mode, env)
     try:
         yield proc
     finally:

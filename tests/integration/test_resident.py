@@ -45,7 +45,7 @@ def state_dir(tmp_path: Path) -> Path:
 
 def _served(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith("resident: ") and
-            "serving" not in line]
+            "serving" not in line and "replacing" not in line]
 
 
 def _state(state_dir: Path) -> dict:
@@ -171,7 +171,9 @@ def test_sixteen_concurrent_adds_and_dels_through_the_server(plugin, bridge_netw
 
 def _paused_add(plugin, config: dict, container: str, path: str, fifo: Path) -> subprocess.Popen:
     os.mkfifo(fifo, 0o600)
-    env = plugin.env("ADD", container, path, extra={PAUSE_ENV: str(fifo)})
+    env = plugin.env("ADD", container, path, extra={PAUSE_ENV: str(fifo),
+                                                    # a loaded machine must not send it local
+                                                    "SMARTER_CNI_CLIENT_ACK_TIMEOUT": "5"})
     return subprocess.Popen([str(plugin.bin_dir / "smarter-cni")], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -212,7 +214,7 @@ def _wait_paused(fifo: Path, timeout: float = 30) -> int:
 def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, netns, state_dir,
                                                      tmp_path):
     _, path = netns.create()
-    server = start_server(state_dir, tmp_path / "server.log")
+    server = start_server(state_dir, tmp_path / "server.log", mode="fork")
     try:
         proc = _paused_add(plugin, bridge_network, f"{RUN}-k", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
@@ -245,7 +247,7 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
     """The client sees the connection end without a reply and does the ADD itself: the
     half-made attachment answers as a killed plugin's does today, and DEL clears it."""
     _, path = netns.create()
-    with running_server(state_dir, tmp_path / "server.log") as server:
+    with running_server(state_dir, tmp_path / "server.log", mode="fork") as server:
         proc = _paused_add(plugin, bridge_network, f"{RUN}-w", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
@@ -329,7 +331,7 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
                                                               state_dir, tmp_path):
     """As with the plugin's own process: kill the exec and its work stops there."""
     _, path = netns.create()
-    with running_server(state_dir, tmp_path / "server.log") as server:
+    with running_server(state_dir, tmp_path / "server.log", mode="fork") as server:
         proc = _paused_add(plugin, bridge_network, f"{RUN}-c", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
@@ -347,10 +349,25 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
         assert not link_exists(record["host_ifname"])
 
 
-def test_the_dns_service_runs_no_server_by_default(bridge_network, state_dir, tmp_path,
-                                                   monkeypatch):
+def test_the_dns_service_runs_a_warm_server_by_default_and_0_turns_it_off(
+        bridge_network, state_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("SMARTER_CNI_RESIDENT", raising=False)
-    service = _dns_service(tmp_path, state_dir, bridge_network)
+    monkeypatch.delenv("SMARTER_CNI_RESIDENT_MODE", raising=False)
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    service = _dns_service(tmp_path / "on", state_dir, bridge_network)
+    try:
+        service.start()
+        assert _wait_for((state_dir / SOCKET).exists)
+        servers = [pid for pid in _children(service.pid)
+                   if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(servers) == 1, servers
+        assert not _children(servers[0])  # warm: no workers
+    finally:
+        service.stop()
+    assert not (state_dir / SOCKET).exists()
+    monkeypatch.setenv("SMARTER_CNI_RESIDENT", "0")
+    service = _dns_service(tmp_path / "off", state_dir, bridge_network)
     try:
         service.start()
         time.sleep(0.5)
@@ -359,3 +376,123 @@ def test_the_dns_service_runs_no_server_by_default(bridge_network, state_dir, tm
                     if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     finally:
         service.stop()
+
+
+# --- warm mode: the server runs each request in its own process, one at a time ---------
+
+
+def _holds(pid: int, target: Path) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(target):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_warm_a_killed_client_replaces_the_server_and_del_leaves_nothing(
+        plugin, bridge_network, netns, state_dir, tmp_path):
+    """The server stops the ADD where the killed plugin would have (it re-execs itself,
+    keeping its PID), so the runtime's DEL never races it; then it serves again."""
+    _, path = netns.create()
+    log = tmp_path / "server.log"
+    with running_server(state_dir, log, mode="warm") as server:
+        inode = (state_dir / SOCKET).stat().st_ino
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-wc", path, tmp_path / "fifo")
+        proc.stdin.write(json.dumps(bridge_network).encode())
+        proc.stdin.close()
+        writer = _wait_paused(tmp_path / "fifo")
+        # the server itself runs the ADD (its open of the FIFO returns just after ours)
+        assert _wait_for(lambda: _holds(server.pid, tmp_path / "fifo"), timeout=5)
+        assert not _children(server.pid)  # no worker: warm
+        proc.kill()  # our own child, by its PID
+        proc.wait(10)
+        assert _wait_for(lambda: (state_dir / SOCKET).exists()
+                         and (state_dir / SOCKET).stat().st_ino != inode, timeout=10)
+        os.close(writer)
+        assert server.poll() is None  # the same process, re-executed
+        assert "client gone" in log.read_text()
+        record = next(iter(_state(state_dir)["attachments"].values()))
+        assert record["ready"] is False  # stopped between the transactions, as a killed plugin
+        assert plugin("DEL", bridge_network, f"{RUN}-wc", path).ok
+        assert _state(state_dir)["attachments"] == {}
+        assert not link_exists(record["host_ifname"])
+        added = plugin("ADD", bridge_network, f"{RUN}-wd", path)
+        assert added.ok, added
+        assert plugin("DEL", bridge_network, f"{RUN}-wd", path).ok
+        assert [line.split()[1] for line in _served(log)][-2:] == ["ADD", "DEL"], _served(log)
+
+
+def test_warm_the_watchdog_replaces_a_server_stuck_in_a_request(
+        plugin, bridge_network, netns, state_dir, tmp_path):
+    """A request longer than SMARTER_CNI_RESIDENT_WATCHDOG: the server re-execs; the client
+    sees no reply and does the ADD itself, which meets the half-made record (code 101)."""
+    _, path = netns.create()
+    log = tmp_path / "server.log"
+    with running_server(state_dir, log, mode="warm",
+                        env={"SMARTER_CNI_RESIDENT_WATCHDOG": "1"}) as server:
+        inode = (state_dir / SOCKET).stat().st_ino
+        proc = _paused_add(plugin, bridge_network, f"{RUN}-ww", path, tmp_path / "fifo")
+        proc.stdin.write(json.dumps(bridge_network).encode())
+        proc.stdin.close()
+        writer = _wait_paused(tmp_path / "fifo")
+        assert _wait_for(lambda: (state_dir / SOCKET).exists()
+                         and (state_dir / SOCKET).stat().st_ino != inode, timeout=15)
+        assert "longer than 1 s" in log.read_text()
+        assert server.poll() is None
+        os.close(writer)  # the client's own ADD may pause on the FIFO too: let it through
+        out, err = _finish(proc)
+        answer = json.loads(out)
+        assert proc.returncode == 1 and answer["code"] == 101, answer
+        assert plugin("DEL", bridge_network, f"{RUN}-ww", path).ok
+        assert _state(state_dir)["attachments"] == {}
+
+
+def test_warm_a_hung_server_costs_one_wait_then_clients_skip_it(plugin, bridge_network, netns,
+                                                                state_dir):
+    """A listener that never accepts: the first exec waits ACK_TIMEOUT and marks it; the
+    next ones do not connect at all until the mark expires."""
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hung.bind(str(state_dir / SOCKET))
+    hung.listen(16)
+    try:
+        pods = [netns.create()[1] for _ in range(3)]
+        for i, path in enumerate(pods):
+            assert plugin("ADD", bridge_network, f"{RUN}-h{i}", path).ok
+        mark = state_dir / client.UNRESPONSIVE_NAME
+        assert mark.stat().st_mtime > time.time() + client.UNRESPONSIVE_HOLD / 2
+        hung.setblocking(False)
+        connections = []
+        while True:
+            try:
+                connections.append(hung.accept()[0])
+            except BlockingIOError:
+                break
+        assert len(connections) == 1  # only the first exec tried
+        for conn in connections:
+            conn.close()
+        for i, path in enumerate(pods):
+            assert plugin("DEL", bridge_network, f"{RUN}-h{i}", path).ok
+    finally:
+        hung.close()
+    assert _state(state_dir)["attachments"] == {}
+
+
+def test_warm_an_idle_server_clears_the_mark_and_serves_again(plugin, bridge_network, netns,
+                                                              state_dir, tmp_path):
+    log = tmp_path / "server.log"
+    mark = state_dir / client.UNRESPONSIVE_NAME
+    with running_server(state_dir, log, mode="warm"):
+        mark.touch()
+        until = time.time() + 60
+        os.utime(mark, (until, until))
+        assert _wait_for(lambda: not mark.exists(), timeout=5)
+        _, path = netns.create()
+        assert plugin("ADD", bridge_network, f"{RUN}-m", path).ok
+        assert plugin("DEL", bridge_network, f"{RUN}-m", path).ok
+        assert [line.split()[1] for line in _served(log)][-2:] == ["ADD", "DEL"], _served(log)

@@ -378,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
                      None if args.no_address_setup else args.interface, server)
     from ..resident import start_supervisor  # the plugin's work without an exec (issue 16)
 
-    resident = start_supervisor(state_dir, log, bool(args.verbose))
+    resident = start_supervisor(state_dir, log, bool(args.verbose), conf.mode)
     log.info("serving %s mode network %s (%s) on %s:%d udp+tcp; domain %s; pods %s; "
              "registry %s; upstreams %s; metrics %s", conf.mode, conf.name, path, listen,
              args.port, conf.domain, conf.cidr(), state_dir,
