@@ -32,7 +32,12 @@ import struct
 import sys
 import time
 
-from .client import MAGIC, SOCKET_NAME, UNRESPONSIVE_NAME
+from .paths import PLUGIN_SOCKET as SOCKET_NAME
+from .paths import PLUGIN_UNRESPONSIVE as UNRESPONSIVE_NAME
+
+# client.py's own copy (it imports built-ins only); tests/unit/test_resident_warm.py checks
+# that the two agree, as it does for the socket and mark names in paths.py.
+MAGIC = b"SCNI1"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -88,3 +88,12 @@ def test_on_by_default_in_bridge_mode_off_in_docker_mode_unless_asked():
     assert resident.enabled({"SMARTER_CNI_RESIDENT": "0"}, "bridge") is False
     assert resident.mode({}) == "warm" and resident.mode({"SMARTER_CNI_RESIDENT_MODE": "fork"}) \
         == "fork"
+
+
+def test_the_client_and_the_server_agree_on_the_protocol_names():
+    """client.py keeps its own copies (it imports built-in modules only)."""
+    from smarter_cni import client, paths, resident
+
+    assert resident.MAGIC == client.MAGIC
+    assert resident.SOCKET_NAME == paths.PLUGIN_SOCKET == client.SOCKET_NAME
+    assert resident.UNRESPONSIVE_NAME == paths.PLUGIN_UNRESPONSIVE == client.UNRESPONSIVE_NAME
