@@ -9,7 +9,7 @@ import shutil
 import socket
 import tempfile
 
-from smarter_cni import client, resident, store
+from smarter_cni import client, resident, resident_supervisor, store
 from smarter_cni.cni import dispatch
 
 STATE = tempfile.mkdtemp(prefix="smarter-cni-warm-")
@@ -82,10 +82,10 @@ def test_a_client_that_gave_up_is_not_served():
 
 
 def test_on_by_default_in_bridge_mode_off_in_docker_mode_unless_asked():
-    assert resident.enabled({}, "bridge") is True
-    assert resident.enabled({}, "docker") is False
-    assert resident.enabled({"SMARTER_CNI_RESIDENT": "1"}, "docker") is True
-    assert resident.enabled({"SMARTER_CNI_RESIDENT": "0"}, "bridge") is False
+    assert resident_supervisor.enabled({}, "bridge") is True
+    assert resident_supervisor.enabled({}, "docker") is False
+    assert resident_supervisor.enabled({"SMARTER_CNI_RESIDENT": "1"}, "docker") is True
+    assert resident_supervisor.enabled({"SMARTER_CNI_RESIDENT": "0"}, "bridge") is False
     assert resident.mode({}) == "warm" and resident.mode({"SMARTER_CNI_RESIDENT_MODE": "fork"}) \
         == "fork"
 

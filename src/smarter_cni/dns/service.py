@@ -376,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
 
     start_reconciler(conf, state_dir, listen, args.port,
                      None if args.no_address_setup else args.interface, server)
-    from ..resident import start_supervisor  # the plugin's work without an exec (issue 16)
+    from ..resident_supervisor import start_supervisor  # the plugin's work without an exec (issue 16)
 
     resident = start_supervisor(state_dir, log, bool(args.verbose), conf.mode)
     log.info("serving %s mode network %s (%s) on %s:%d udp+tcp; domain %s; pods %s; "
