@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers.sample_state import sample_state
 from smarter_cni import cli
 from smarter_cni.cli import main
 from smarter_cni.node.console import format_table
@@ -95,29 +95,8 @@ def test_status_with_a_broken_config_has_no_traceback(tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
 
 
-def _state(tmp_path: Path) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    now = time.time()
-    records = {
-        "smarter/c1/eth0": {"network": "smarter", "mode": "bridge", "container_id": "a" * 64,
-                            "ifname": "eth0", "ips": ["10.42.0.5/16"], "ready": True,
-                            "created": now - 4000,
-                            "pod": {"name": "web", "namespace": "shop", "uid": "u1",
-                                    "hostname": "web-0"}},
-        "smarter/c2/eth0": {"network": "smarter", "mode": "bridge", "container_id": "b" * 64,
-                            "ifname": "eth0", "ips": ["10.42.0.6/16"], "ready": False,
-                            "created": now - 3,
-                            "pod": {"name": "db", "namespace": "shop", "uid": "u2",
-                                    "hostname": ""}},
-    }
-    (state / "attachments.json").write_text(json.dumps(
-        {"version": 1, "networks": {}, "attachments": records}))
-    return state
-
-
 def test_pods_table_and_json(tmp_path):
-    env = {"SMARTER_CNI_STATE_DIR": str(_state(tmp_path))}
+    env = {"SMARTER_CNI_STATE_DIR": str(sample_state(tmp_path))}
     done = run_cli("pods", env=env)
     assert done.returncode == 0
     lines = done.stdout.splitlines()
@@ -130,7 +109,7 @@ def test_pods_table_and_json(tmp_path):
     assert rows[1]["container"] == "a" * 64
 
 
-def test_pods_with_no_state(tmp_path):
+def test_pods_with_nosample_state(tmp_path):
     done = run_cli("pods", env={"SMARTER_CNI_STATE_DIR": str(tmp_path / "none")})
     assert done.returncode == 0 and "no pods attached" in done.stdout
     assert json.loads(run_cli("pods", "--json",

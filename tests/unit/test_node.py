@@ -6,12 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from helpers.sample_state import sample_state
 from smarter_cni import conflist, files
 from smarter_cni.netconf import parse_netconf
 from smarter_cni.node import console, install, service, status, uninstall
@@ -136,27 +135,6 @@ def test_systemd_unit_runs_this_installation(monkeypatch):
     assert "Restart=" in text and "WantedBy=multi-user.target" in text
 
 
-def _state(tmp_path: Path) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    now = time.time()
-    records = {
-        "smarter/c1/eth0": {"network": "smarter", "mode": "bridge", "container_id": "a" * 64,
-                            "ifname": "eth0", "ips": ["10.42.0.5/16"], "ready": True,
-                            "created": now - 4000,
-                            "pod": {"name": "web", "namespace": "shop", "uid": "u1",
-                                    "hostname": "web-0"}},
-        "smarter/c2/eth0": {"network": "smarter", "mode": "bridge", "container_id": "b" * 64,
-                            "ifname": "eth0", "ips": ["10.42.0.6/16"], "ready": False,
-                            "created": now - 3,
-                            "pod": {"name": "db", "namespace": "shop", "uid": "u2",
-                                    "hostname": ""}},
-    }
-    (state / "attachments.json").write_text(json.dumps(
-        {"version": 1, "networks": {}, "attachments": records}))
-    return state
-
-
 # ---------------------------------------------------------------- what uninstall may remove
 
 def test_a_step_that_found_a_failure_never_says_ok():
@@ -172,7 +150,7 @@ def test_a_step_that_found_a_failure_never_says_ok():
 
 
 def test_state_dir_keeps_files_smarter_cni_did_not_write(tmp_path, monkeypatch):
-    state = _state(tmp_path)
+    state = sample_state(tmp_path)
     for name in ("lock", "dns.log", "dns-supervisor.pid", "smarter-cni.log",
                  ".dns-supervisor.pid.77.tmp"):
         (state / name).write_text("x")
