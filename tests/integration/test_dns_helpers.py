@@ -337,6 +337,44 @@ class NetnsUpstream:
         self.made.clear()
 
 
+class DnsNode:
+    """A node for DNS service tests: a unique loopback listen address, a conflist, a
+    registry, and every service and upstream it started, stopped newest first."""
+
+    def __init__(self, tmp_path: Path, state_dir: Path) -> None:
+        self.tmp_path = tmp_path
+        self.state_dir = state_dir
+        self.listen = unique_loopback()
+        self.conf = write_conflist(tmp_path)
+        self.registry = Registry(state_dir)
+        self.parts: list = []
+
+    def track(self, part):
+        """Stop `part` (anything with stop()) at cleanup."""
+        self.parts.append(part)
+        return part
+
+    def start(self, upstreams: list[str] = (), extra: list[str] = ()) -> DnsService:
+        """The service on the listen address, forwarding to `upstreams`."""
+        return self.track(DnsService(self.tmp_path, self.listen, self.state_dir, self.conf,
+                                     upstreams, ["--no-address-setup", *extra])).start()
+
+    def dnsmasq(self, records: dict[str, str], extra: list[str] = (), **where) -> Dnsmasq:
+        """A dnsmasq upstream on loopback."""
+        return self.track(Dnsmasq(self.tmp_path, records, extra, **where)).start()
+
+    def netns_upstream(self, records: dict[str, str], extra: list[str] = ()) -> NetnsUpstream:
+        """A dnsmasq upstream in a network namespace of its own, whose link can be cut."""
+        return self.track(NetnsUpstream(records, list(extra))).start()
+
+    def dig(self, *args: str, **kw) -> DigResult:
+        return dig(self.listen, *args, **kw)
+
+    def cleanup(self) -> None:
+        for part in reversed(self.parts):
+            part.stop()
+
+
 class DigResult:
     def __init__(self, proc: subprocess.CompletedProcess) -> None:
         self.returncode = proc.returncode

@@ -15,14 +15,9 @@ import time
 
 import pytest
 from test_dns_helpers import (
-    Dnsmasq,
-    DnsService,
-    NetnsUpstream,
-    Registry,
+    DnsNode,
     dig,
     needs_tools,
-    unique_loopback,
-    write_conflist,
 )
 
 pytestmark = [pytest.mark.root, needs_tools]
@@ -34,31 +29,7 @@ AUTH = ["--auth-zone=zone.test", "--auth-server=ns.zone.test,{IF}",
         "--auth-soa=1,hostmaster.zone.test,1200,180,1209600"]
 
 
-class Offline:
-    def __init__(self, tmp_path, state_dir) -> None:
-        self.tmp_path = tmp_path
-        self.state_dir = state_dir
-        self.listen = unique_loopback()
-        self.conf = write_conflist(tmp_path)
-        self.registry = Registry(state_dir)
-        self.parts: list = []
-
-    def upstream(self, records: dict[str, str], extra: list[str] = ()) -> NetnsUpstream:
-        upstream = NetnsUpstream(records, list(extra))
-        self.parts.append(upstream)
-        return upstream.start()
-
-    def loopback_upstream(self, records: dict[str, str]) -> Dnsmasq:
-        upstream = Dnsmasq(self.tmp_path, records)
-        self.parts.append(upstream)
-        return upstream.start()
-
-    def service(self, upstreams: list[str], extra: list[str] = ()) -> DnsService:
-        service = DnsService(self.tmp_path, self.listen, self.state_dir, self.conf, upstreams,
-                             ["--no-address-setup", *extra])
-        self.parts.append(service)
-        return service.start()
-
+class Offline(DnsNode):
     def timed(self, *args: str):
         """(dig's answer, seconds to the answer: dig's own query time, which leaves out
         the ~30 ms of starting dig; the wall time when dig got no answer)."""
@@ -66,10 +37,6 @@ class Offline:
         answer = dig(self.listen, *args, timeout=5)
         wall = time.monotonic() - started
         return answer, (answer.query_ms / 1000 if answer.query_ms is not None else wall)
-
-    def cleanup(self) -> None:
-        for part in reversed(self.parts):
-            part.stop()
 
 
 @pytest.fixture
@@ -82,10 +49,10 @@ def offline(tmp_path, state_dir):
 
 
 def test_uplink_cut_pod_names_answer_cached_names_stale_new_names_servfail_fast(offline):
-    upstream = offline.upstream({"cached.zone.test": "192.0.2.10",
-                                 "later.zone.test": "192.0.2.11"}, ["--auth-ttl=2", *AUTH])
+    upstream = offline.netns_upstream({"cached.zone.test": "192.0.2.10",
+                                      "later.zone.test": "192.0.2.11"}, ["--auth-ttl=2", *AUTH])
     offline.registry.add("c1", "web", "10.99.0.5")
-    offline.service([upstream.upstream])
+    offline.start([upstream.upstream])
     assert offline.timed("cached.zone.test")[0].values() == ["192.0.2.10"]
     negative = offline.timed("nx.zone.test")[0]
     assert negative.status == "NXDOMAIN", negative
@@ -135,8 +102,8 @@ def test_uplink_cut_pod_names_answer_cached_names_stale_new_names_servfail_fast(
 
 
 def test_negative_answers_are_cached_for_the_soa_minimum(offline):
-    upstream = offline.upstream({"a.zone.test": "192.0.2.1"}, ["--auth-ttl=60", *AUTH])
-    offline.service([upstream.upstream])
+    upstream = offline.netns_upstream({"a.zone.test": "192.0.2.1"}, ["--auth-ttl=60", *AUTH])
+    offline.start([upstream.upstream])
     first = offline.timed("nx.zone.test")[0]
     assert first.status == "NXDOMAIN" and first.counts.get("AUTHORITY") == 1, first
     nodata = offline.timed("a.zone.test", "AAAA")[0]
@@ -154,8 +121,8 @@ def test_negative_answers_are_cached_for_the_soa_minimum(offline):
 
 
 def test_a_never_seen_name_as_the_first_query_after_the_cut_fails_within_the_bound(offline):
-    upstream = offline.upstream({"x.test": "192.0.2.1"})
-    offline.service([upstream.upstream])
+    upstream = offline.netns_upstream({"x.test": "192.0.2.1"})
+    offline.start([upstream.upstream])
     assert offline.timed("x.test")[0].values() == ["192.0.2.1"]
     upstream.cut()
     answer, took = offline.timed("first.example.test")
@@ -167,9 +134,9 @@ def test_a_never_seen_name_as_the_first_query_after_the_cut_fails_within_the_bou
 
 
 def test_two_upstreams_the_dead_one_is_skipped_and_taken_back(offline):
-    first = offline.upstream({"which.test": "192.0.2.1"})  # TTL 0: never cached
-    second = offline.loopback_upstream({"which.test": "192.0.2.2"})
-    offline.service([first.upstream, second.upstream])
+    first = offline.netns_upstream({"which.test": "192.0.2.1"})  # TTL 0: never cached
+    second = offline.dnsmasq({"which.test": "192.0.2.2"})
+    offline.start([first.upstream, second.upstream])
     assert offline.timed("which.test")[0].values() == ["192.0.2.1"]  # the first is preferred
     first.cut()
     answer, took = offline.timed("which.test")

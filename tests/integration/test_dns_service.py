@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 from test_dns_helpers import (
     SRC,
-    Dnsmasq,
+    DnsNode,
     DnsService,
-    Registry,
-    dig,
     free_port,
     needs_tools,
     unique_loopback,
@@ -30,40 +28,9 @@ from test_dns_helpers import (
 pytestmark = [pytest.mark.root, needs_tools]
 
 
-class Env:
-    def __init__(self, tmp_path, state_dir) -> None:
-        self.tmp_path = tmp_path
-        self.state_dir = state_dir
-        self.listen = unique_loopback()
-        self.conf = write_conflist(tmp_path)
-        self.registry = Registry(state_dir)
-        self.services: list[DnsService] = []
-        self.upstreams: list[Dnsmasq] = []
-
-    def start(self, upstreams: list[str] = (), extra: list[str] = ()) -> DnsService:
-        service = DnsService(self.tmp_path, self.listen, self.state_dir, self.conf,
-                             upstreams, ["--no-address-setup", *extra])
-        self.services.append(service)
-        return service.start()
-
-    def dnsmasq(self, records: dict[str, str], extra: list[str] = (), **where) -> Dnsmasq:
-        upstream = Dnsmasq(self.tmp_path, records, extra, **where)
-        self.upstreams.append(upstream)
-        return upstream.start()
-
-    def dig(self, *args: str, **kw) -> object:
-        return dig(self.listen, *args, **kw)
-
-    def cleanup(self) -> None:
-        for service in self.services:
-            service.stop()
-        for upstream in self.upstreams:
-            upstream.stop()
-
-
 @pytest.fixture
 def env(tmp_path, state_dir):
-    env = Env(tmp_path, state_dir)
+    env = DnsNode(tmp_path, state_dir)
     try:
         yield env
     finally:
@@ -212,7 +179,7 @@ def test_upstreams_follow_changes_of_resolv_conf(env, tmp_path):
     resolv.write_text(f"nameserver {env.listen}\nnameserver {first.address}\n")  # we are skipped
     service = DnsService(env.tmp_path, env.listen, env.state_dir, env.conf,
                          extra=["--no-address-setup", "--resolv-conf", str(resolv)])
-    env.services.append(service)
+    env.track(service)
     service.start()
     assert env.dig("moved.test").values() == ["192.0.2.1"]
     temp = tmp_path / "node-resolv.conf.new"
@@ -382,7 +349,7 @@ def test_the_service_goes_on_in_a_lean_interpreter_and_stays_small(env, monkeypa
 
     plain = DnsService(env.tmp_path, env.listen, env.state_dir, env.conf,
                        extra=["--no-address-setup"])
-    env.services.append(plain)
+    env.track(plain)
     monkeypatch.setenv("SMARTER_CNI_DNS_LEAN", "0")
     plain.start()
     cmdline = Path(f"/proc/{plain.pid}/cmdline").read_bytes()
