@@ -172,6 +172,26 @@ def make_bin_dir(directory: Path, python: str, src: Path = SRC) -> Path:
     return directory
 
 
+def start_resident(python: str, src: Path, state_dir: Path, mode: str = "",
+                   log: Path | None = None) -> subprocess.Popen:
+    """The resident plugin server of `src` (issue 16) on `state_dir`, up (its socket there)
+    when this returns. `mode` "warm"/"fork" ("": the server's default); `log`: its
+    --verbose lines go there."""
+    boot = (f"import sys; sys.path.insert(0, {str(src)!r}); "
+            "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
+    argv = [python, "-I", "-S", "-c", boot, "--state-dir", str(state_dir)]
+    argv += (["--mode", mode] if mode else []) + (["--verbose"] if log else [])
+    with open(log or os.devnull, "wb") as err:
+        proc = subprocess.Popen(argv, stderr=err if log else None,
+                                env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
+    deadline = time.monotonic() + 20
+    while not (state_dir / "plugin.sock").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the resident plugin server did not start")
+        time.sleep(0.01)
+    return proc
+
+
 class Chain:
     """A conflist: plugins called in order with prevResult on ADD, reversed on DEL."""
 

@@ -49,20 +49,6 @@ def _git_head() -> str:
     return done.stdout.decode().strip() if done.returncode == 0 else ""
 
 
-def _start_resident(python: str, src: Path, state_dir: Path) -> subprocess.Popen:
-    """The resident plugin server of `src` (issue 16) on `state_dir`, up when this returns."""
-    boot = (f"import sys; sys.path.insert(0, {str(src)!r}); "
-            "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([python, "-I", "-S", "-c", boot, "--state-dir", str(state_dir)],
-                            env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
-    deadline = time.monotonic() + 20
-    while not (state_dir / "plugin.sock").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the resident plugin server did not start")
-        time.sleep(0.01)
-    return proc
-
-
 class Bench:
     """Owns every resource of one run; `cleanup` removes all of them."""
 
@@ -118,7 +104,8 @@ class Bench:
             self.bridges["N"] = self.candidate_conf["bridge"]
         self.resident: subprocess.Popen | None = None
         if args.candidate_src and args.candidate_resident:
-            self.resident = _start_resident(args.python, args.candidate_src, self.candidate_state)
+            self.resident = common.start_resident(args.python, args.candidate_src,
+                                                  self.candidate_state)
         # live attachments: (chain key, container id) -> (netns, prevResult)
         self.live: dict[tuple[str, str], tuple[str, Any]] = {}
         self.docker: DockerSide | None = None

@@ -27,28 +27,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 MODES = ("warm", "fork", "missing", "stale", "hung")
-
-
-def start_server(python: str, src: Path, state_dir: Path, mode: str) -> subprocess.Popen:
-    boot = (f"import sys; sys.path.insert(0, {str(src)!r}); "
-            "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
-    with open(state_dir.parent / f"server-{mode}.log", "wb") as log:
-        proc = subprocess.Popen([python, "-I", "-S", "-c", boot, "--state-dir", str(state_dir),
-                                 "--mode", mode, "--verbose"], stderr=log,
-                                env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
-    deadline = time.monotonic() + 20
-    while not (state_dir / "plugin.sock").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the resident server did not start")
-        time.sleep(0.01)
-    return proc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                            "type": "smarter-cni", "bridge": f"scm{mode[:2]}{run_id}",
                            "subnet": subnet}
         for mode in ("warm", "fork"):
-            servers.append(start_server(args.python, args.src.resolve(), states[mode], mode))
+            servers.append(common.start_resident(args.python, args.src.resolve(), states[mode], mode,
+                                                 states[mode].parent / f"server-{mode}.log"))
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(states["stale"] / "plugin.sock"))
         stale.close()

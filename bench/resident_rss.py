@@ -15,10 +15,8 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,17 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     samples: list[tuple[int, int]] = []
     try:
-        boot = (f"import sys; sys.path.insert(0, {str(src)!r}); "
-                "from smarter_cni.resident import main; sys.exit(main(sys.argv[1:]))")
-        with open(log, "wb") as out:
-            server = subprocess.Popen([args.python, "-I", "-S", "-c", boot, "--state-dir",
-                                       str(state), "--mode", "warm", "--verbose"], stderr=out,
-                                      env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state)))
-        deadline = time.monotonic() + 20
-        while not (state / "plugin.sock").exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the resident server did not start")
-            time.sleep(0.01)
+        server = common.start_resident(args.python, src, state, "warm", log)
         netns = namespaces.create(1)[0]
         program = str(bin_dir / "smarter-cni")
         stdin = json.dumps(conf).encode()
