@@ -20,17 +20,15 @@ marker); anything else about it is reported once, never changed.
 
 from __future__ import annotations
 
-import errno
 import os
-import random
-import socket
-import struct
 import threading
 import time
 
 from . import ipv4, store
 from .cni.errors import CNIError
+from .dns.acl import host_has
 from .dns.log import log  # the DNS service's own logger: `logging` costs ~1.3 MB there
+from .dns.probe import dns_answers
 from .repairs import note_repairs, recent_repairs
 
 TYPE_CHECKING = False
@@ -45,39 +43,6 @@ LISTENER_FAILURES_BEFORE_REPORT = 2
 
 
 # ---------------------------------------------------------------- checks
-
-def is_node_address(address: str) -> bool:
-    """Whether a socket can bind the address here (no packet is sent)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((address, 0))
-        return True
-    except OSError as err:
-        return err.errno != errno.EADDRNOTAVAIL
-    finally:
-        sock.close()
-
-
-def dns_answers(address: str, port: int, domain: str, timeout: float = 1.0) -> bool:
-    """One SOA query for the cluster domain (answered locally, never forwarded)."""
-    qid = random.randint(1, 0xFFFF)
-    name = b"".join(bytes((len(p),)) + p.encode() for p in domain.split(".")) + b"\0"
-    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 6, 1)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(timeout)
-    try:
-        sock.sendto(packet, (address, port))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = sock.recv(4096)
-            if data[:2] == packet[:2]:
-                return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return False
-
 
 def network_is_ours(conf: NetConf, directory: str | None = None) -> bool:
     """Set up on this node by smarter-cni (the marker ADD writes), so ours to keep whole."""
@@ -121,9 +86,9 @@ def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
     else:
         problems += _docker_problems(conf)
     if dns_address:
-        if not is_node_address(dns_address):
+        if not host_has(dns_address):
             problems.append(f"DNS address {dns_address} is not on the node")
-        elif not dns_answers(dns_address, dns_port, conf.domain):
+        elif not dns_answers(dns_address, conf.domain, port=dns_port)[0]:
             problems.append(f"DNS service does not answer on {dns_address}:{dns_port}")
     return problems
 
@@ -311,7 +276,7 @@ class Reconciler(threading.Thread):
 
     def _dns(self) -> list[str]:
         repairs = []
-        if not is_node_address(self.dns_address):
+        if not host_has(self.dns_address):
             if self.dns_interface is None or self.stopping():
                 self._report("dns", [f"DNS address {self.dns_address} is not on the node"])
                 return []
@@ -331,7 +296,7 @@ class Reconciler(threading.Thread):
         else:
             self._report("dns", [])
         queries = self._queries()
-        if dns_answers(self.dns_address, self.dns_port, self.conf.domain) or \
+        if dns_answers(self.dns_address, self.conf.domain, port=self.dns_port)[0] or \
                 self._queries() > queries >= 0:  # busy: our probe dropped, but the loop runs
             if self.listener_failures:
                 log.warning("DNS listener on %s:%d answers again", self.dns_address,

@@ -64,11 +64,13 @@ def ask_a(server: str, name: str, timeout: float = 1.0, port: int = 53
         sock.close()
 
 
-def dns_answers(address: str, domain: str, timeout: float = 1.0) -> tuple[bool, str]:
-    """One real query for a name under the cluster domain; (answered, what it said)."""
+def dns_answers(address: str, domain: str, timeout: float = 1.0, port: int = 53
+                ) -> tuple[bool, str]:
+    """One real query for a name under the cluster domain (answered by the service itself,
+    never forwarded); (answered, what it said)."""
     if not host_has(address):
         return False, f"{address} is not an address of this node"
-    rcode, _, error = ask_a(address, f"{STATUS_PROBE_LABEL}.{domain}", timeout)
+    rcode, _, error = ask_a(address, f"{STATUS_PROBE_LABEL}.{domain}", timeout, port)
     if rcode is None:
         return False, error
     return True, rcode_text(rcode)
