@@ -362,7 +362,7 @@ def test_the_dns_service_runs_a_warm_server_by_default_and_0_turns_it_off(
         servers = [pid for pid in _children(service.pid)
                    if b"smarter_cni.resident" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(servers) == 1, servers
-        assert not _children(servers[0])  # warm: no workers
+        assert _wait_for(lambda: len(_children(servers[0])) == 1)  # warm: one spare worker
     finally:
         service.stop()
     assert not (state_dir / SOCKET).exists()
@@ -378,7 +378,7 @@ def test_the_dns_service_runs_a_warm_server_by_default_and_0_turns_it_off(
         service.stop()
 
 
-# --- warm mode: the server runs each request in its own process, one at a time ---------
+# --- warm mode: a pool of forked workers, each serving many requests one at a time ------
 
 
 def _holds(pid: int, target: Path) -> bool:
@@ -395,10 +395,15 @@ def _holds(pid: int, target: Path) -> bool:
     return False
 
 
-def test_warm_a_killed_client_replaces_the_server_and_del_leaves_nothing(
+def _worker_holding(server_pid: int, target: Path) -> int:
+    """The pool's worker that has `target` open (0 if none)."""
+    return next((pid for pid in _children(server_pid) if _holds(pid, target)), 0)
+
+
+def test_warm_a_killed_client_ends_its_worker_and_del_leaves_nothing(
         plugin, bridge_network, netns, state_dir, tmp_path):
-    """The server stops the ADD where the killed plugin would have (it re-execs itself,
-    keeping its PID), so the runtime's DEL never races it; then it serves again."""
+    """The worker stops the ADD where the killed plugin would have (it leaves at once),
+    so the runtime's DEL never races it; the pool forks a fresh worker and serves on."""
     _, path = netns.create()
     log = tmp_path / "server.log"
     with running_server(state_dir, log, mode="warm") as server:
@@ -407,15 +412,15 @@ def test_warm_a_killed_client_replaces_the_server_and_del_leaves_nothing(
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
-        # the server itself runs the ADD (its open of the FIFO returns just after ours)
-        assert _wait_for(lambda: _holds(server.pid, tmp_path / "fifo"), timeout=5)
-        assert not _children(server.pid)  # no worker: warm
+        # a warm worker runs the ADD (its open of the FIFO returns just after ours)
+        assert _wait_for(lambda: _worker_holding(server.pid, tmp_path / "fifo"), timeout=5)
+        worker = _worker_holding(server.pid, tmp_path / "fifo")
+        assert not _holds(server.pid, tmp_path / "fifo")  # the server itself runs no request
         proc.kill()  # our own child, by its PID
         proc.wait(10)
-        assert _wait_for(lambda: (state_dir / SOCKET).exists()
-                         and (state_dir / SOCKET).stat().st_ino != inode, timeout=10)
+        assert _wait_for(lambda: worker not in _children(server.pid), timeout=10)
         os.close(writer)
-        assert server.poll() is None  # the same process, re-executed
+        assert server.poll() is None and (state_dir / SOCKET).stat().st_ino == inode
         assert "client gone" in log.read_text()
         record = next(iter(_state(state_dir)["attachments"].values()))
         assert record["ready"] is False  # stopped between the transactions, as a killed plugin
@@ -428,22 +433,19 @@ def test_warm_a_killed_client_replaces_the_server_and_del_leaves_nothing(
         assert [line.split()[1] for line in _served(log)][-2:] == ["ADD", "DEL"], _served(log)
 
 
-def test_warm_the_watchdog_replaces_a_server_stuck_in_a_request(
+def test_warm_the_watchdog_ends_a_worker_stuck_in_a_request(
         plugin, bridge_network, netns, state_dir, tmp_path):
-    """A request longer than SMARTER_CNI_RESIDENT_WATCHDOG: the server re-execs; the client
+    """A request longer than SMARTER_CNI_RESIDENT_WATCHDOG: its worker leaves; the client
     sees no reply and does the ADD itself, which meets the half-made record (code 101)."""
     _, path = netns.create()
     log = tmp_path / "server.log"
     with running_server(state_dir, log, mode="warm",
                         env={"SMARTER_CNI_RESIDENT_WATCHDOG": "1"}) as server:
-        inode = (state_dir / SOCKET).stat().st_ino
         proc = _paused_add(plugin, bridge_network, f"{RUN}-ww", path, tmp_path / "fifo")
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
-        assert _wait_for(lambda: (state_dir / SOCKET).exists()
-                         and (state_dir / SOCKET).stat().st_ino != inode, timeout=15)
-        assert "longer than 1 s" in log.read_text()
+        assert _wait_for(lambda: "longer than 1 s" in log.read_text(), timeout=15)
         assert server.poll() is None
         os.close(writer)  # the client's own ADD may pause on the FIFO too: let it through
         out, err = _finish(proc)
@@ -451,6 +453,32 @@ def test_warm_the_watchdog_replaces_a_server_stuck_in_a_request(
         assert proc.returncode == 1 and answer["code"] == 101, answer
         assert plugin("DEL", bridge_network, f"{RUN}-ww", path).ok
         assert _state(state_dir)["attachments"] == {}
+
+
+def test_warm_workers_serve_many_requests_and_a_storm_grows_the_pool_within_its_limit(
+        plugin, bridge_network, netns, state_dir, tmp_path):
+    log = tmp_path / "server.log"
+    pods = [netns.create()[1] for _ in range(12)]
+    with running_server(state_dir, log, mode="warm",
+                        env={"SMARTER_CNI_RESIDENT_WORKERS": "3"}) as server:
+        assert _wait_for(lambda: len(_children(server.pid)) == 1, timeout=5)  # SPARE idle
+        first = _children(server.pid)
+        for i in range(2):
+            assert plugin("ADD", bridge_network, f"{RUN}-p{i}", pods[i]).ok
+        peak = [len(_children(server.pid))]
+        with ThreadPoolExecutor(10) as pool:
+            futures = [pool.submit(plugin, "ADD", bridge_network, f"{RUN}-p{i}", pods[i])
+                       for i in range(2, 12)]
+            while not all(f.done() for f in futures):
+                peak.append(len(_children(server.pid)))
+                time.sleep(0.002)
+            assert all(f.result().ok for f in futures)
+        assert max(peak) <= 3, peak  # never more workers than SMARTER_CNI_RESIDENT_WORKERS
+        assert set(first) & set(_children(server.pid))  # a worker outlives its requests
+        for i in range(12):
+            assert plugin("DEL", bridge_network, f"{RUN}-p{i}", pods[i]).ok
+    assert len(_served(log)) >= 4
+    assert _state(state_dir)["attachments"] == {}
 
 
 def test_warm_a_hung_server_costs_one_wait_then_clients_skip_it(plugin, bridge_network, netns,

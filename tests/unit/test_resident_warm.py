@@ -1,4 +1,4 @@
-"""Warm mode's per-request hygiene (resident.serve_warm_one), over a real socket pair and the
+"""A worker's per-request hygiene (resident_request.serve_request), over a real socket pair and the
 real dispatch.run; the handlers are small test ones so each guarantee is visible alone."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shutil
 import socket
 import tempfile
 
-from smarter_cni import client, resident, resident_supervisor, store
+from smarter_cni import client, resident, resident_request, resident_supervisor, store
 from smarter_cni.cni import dispatch
 
 STATE = tempfile.mkdtemp(prefix="smarter-cni-warm-")
@@ -22,7 +22,7 @@ def _ask(handlers: dict, env: dict[bytes, bytes]) -> tuple[int, bytes] | None:
         ours.sendall(client.encode_request(env, b'{"cniVersion": "1.0.0", "name": "n", '
                                                 b'"type": "smarter-cni"}') + b"G")
         base = dict(os.environ)
-        resident.serve_warm_one(theirs, dispatch, handlers, False, base, watchdog=30)
+        resident_request.serve_request(theirs, dispatch, handlers, False, base, 30)
         theirs.close()
         data = b""
         while chunk := ours.recv(65536):
@@ -75,8 +75,8 @@ def test_a_client_that_gave_up_is_not_served():
     ran = []
     ours.sendall(client.encode_request(_env(b"ADD"), b"{}"))
     ours.close()  # gone before "go"
-    resident.serve_warm_one(theirs, dispatch, {"ADD": lambda r: ran.append(r)}, False,
-                            dict(os.environ), watchdog=30)
+    resident_request.serve_request(theirs, dispatch, {"ADD": lambda r: ran.append(r)}, False,
+                                   dict(os.environ), 30)
     theirs.close()
     assert ran == []
 
