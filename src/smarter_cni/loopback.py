@@ -161,7 +161,9 @@ def main() -> int:
 
 
 def write_launcher(dest: str, python: str, package_root: str) -> None:
-    """Install the `loopback` executable (the plugin's launcher, pointed at this module)."""
+    """Install the `loopback` executable: the thin client (client.py), named "loopback", so
+    the resident server does the work when it runs and this module's HANDLERS otherwise.
+    main() below still serves launchers written before that."""
     from .launcher import write
 
-    write(dest, python, package_root, module=__name__, header=LAUNCHER_HEADER)
+    write(dest, python, package_root, header=LAUNCHER_HEADER, plugin="loopback")

@@ -47,8 +47,29 @@ def call(plugin: Path, command: str, netns: str = "", config: dict | None = None
 def test_launcher_is_small_and_isolated(plugin):
     text = plugin.read_text()
     assert text.startswith(f"#!{sys.executable} -IS\n")
-    assert "from smarter_cni.loopback import main" in text
+    assert "from smarter_cni.client import main\nsys.exit(main('loopback'))" in text
     assert plugin.stat().st_mode & 0o755 == 0o755
+
+
+def test_a_launcher_written_before_the_client_still_works(tmp_path):
+    """Nodes installed earlier have `from smarter_cni.loopback import main` launchers."""
+    from smarter_cni import launcher
+
+    old = tmp_path / "loopback"
+    launcher.write(str(old), sys.executable, str(SRC), module="smarter_cni.loopback",
+                   header=loopback.LAUNCHER_HEADER)
+    code, out = call(old, "VERSION", version="0.4.0")
+    assert code == 0 and out["cniVersion"] == "0.4.0", out
+    code, out = call(old, "ADD")
+    assert code == 1 and out["code"] == 4 and "CNI_NETNS" in out["msg"]
+
+
+def test_without_cni_variables_it_is_still_a_cni_plugin_not_the_cli(plugin):
+    """The client serves smarter-cni's command line when no CNI_* is set; never for loopback."""
+    done = subprocess.run([str(plugin)], input=b"", capture_output=True, timeout=30,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    out = json.loads(done.stdout)
+    assert done.returncode == 1 and out["code"] == 4 and "CNI_COMMAND" in out["msg"], done
 
 
 def test_version(plugin):
