@@ -15,6 +15,14 @@ Interleaved rounds; in each, one pod is added and deleted in every state:
 
 Every state has its own bridge network and state dir, so the five never share a lock.
 The smarter-cni exec alone is timed (no loopback). Everything made is removed in `finally`.
+
+    sudo /usr/bin/python3 bench/resident_modes.py --loopback --rounds 60
+
+`--loopback` measures the `loopback` plugin instead, ADD and DEL in a fresh netns (lo
+down), interleaved round by round: the Go reference (/usr/lib/cni/loopback), the old
+Python one (`--loopback-base`'s loopback.py, default `main`, in a copy of the package:
+nsenter + ip execs), the new one in-process (its thin client, no server) and the new one
+through a warm resident server.
 """
 
 from __future__ import annotations
@@ -33,6 +41,85 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 MODES = ("warm", "fork", "missing", "stale", "hung")
+LOOPBACKS = ("go", "python-old", "in-process", "warm")
+LOOPBACK_CONFIG = {"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"}
+
+
+def _ms(values: list[float]) -> str:
+    return (f"{common.percentile(values, 50) * 1000:.2f} ({common.percentile(values, 10) * 1000:.2f}"
+            f"-{common.percentile(values, 90) * 1000:.2f})")
+
+
+def _loopback_bin(tmp: Path, python: str, src: Path, base: str) -> dict[str, str]:
+    """The four loopback executables: Go, the old module (a package copy), the new client."""
+    sys.path.insert(0, str(src))
+    from smarter_cni import launcher, loopback
+
+    old_src = tmp / "old-src"
+    shutil.copytree(src, old_src, ignore=shutil.ignore_patterns("__pycache__"))
+    old = common.sh("git", "-C", str(common.ROOT), "show", f"{base}:src/smarter_cni/loopback.py")
+    (old_src / "smarter_cni" / "loopback.py").write_bytes(old.stdout)
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    launcher.write(str(bin_dir / "loopback-old"), python, str(old_src),
+                   module="smarter_cni.loopback", header=loopback.LAUNCHER_HEADER)
+    launcher.write(str(bin_dir / "loopback"), python, str(src), header=loopback.LAUNCHER_HEADER,
+                   plugin="loopback")
+    new = str(bin_dir / "loopback")
+    return {"go": str(common.REFERENCE_PLUGINS / "loopback"),
+            "python-old": str(bin_dir / "loopback-old"), "in-process": new, "warm": new}
+
+
+def loopback_side_by_side(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="smarter-cni-loopback-"))
+    namespaces = common.Namespaces(f"scl{common.token(6)}")
+    server: subprocess.Popen | None = None
+    times: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []} for v in LOOPBACKS}
+    load = [os.getloadavg()[0]]
+    served = 0
+    try:
+        src = args.src.resolve()
+        programs = _loopback_bin(tmp, args.python, src, args.loopback_base)
+        states = {v: tmp / f"state-{v}" for v in LOOPBACKS}
+        for state in states.values():
+            state.mkdir(mode=0o700)
+        server = common.start_resident(args.python, src, states["warm"], "warm",
+                                       tmp / "server.log")
+        stdin = json.dumps(LOOPBACK_CONFIG).encode()
+        for round_no in range(args.rounds + 1):  # round 0: bytecode and caches, not counted
+            order = LOOPBACKS if round_no % 2 else tuple(reversed(LOOPBACKS))
+            for variant, path in zip(order, namespaces.create(len(LOOPBACKS))):
+                extra = {"SMARTER_CNI_STATE_DIR": str(states[variant])}
+                for op in ("ADD", "DEL"):
+                    done = common.exec_plugin(programs[variant], common.cni_env(
+                        op, tmp, f"l{round_no}", path, "lo", extra=extra), stdin)
+                    if not done.ok or (op == "ADD" and "127.0.0.1/8" not in done.stdout.decode()):
+                        raise RuntimeError(f"{variant} {op}: {done.describe()}")
+                    if round_no:
+                        times[variant][op].append(done.wall)
+            namespaces.cleanup()
+        load.append(os.getloadavg()[0])
+        served = sum(1 for line in (tmp / "server.log").read_text().splitlines()
+                     if line.startswith("resident: ") and "->" in line)
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()  # our own child, by its PID
+            server.wait(10)
+        namespaces.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    go = {op: common.percentile(times["go"][op], 50) for op in ("ADD", "DEL")}
+    rows = [[v, _ms(times[v]["ADD"]), _ms(times[v]["DEL"]),
+             common.fmt_ratio(common.ratio(common.percentile(times[v]["ADD"], 50), go["ADD"])),
+             common.fmt_ratio(common.ratio(common.percentile(times[v]["DEL"], 50), go["DEL"]))]
+            for v in LOOPBACKS]
+    print(f"loopback, {args.rounds} interleaved rounds, load {load[0]:.1f} -> {load[-1]:.1f}; "
+          "median (p10-p90) ms")
+    print(common.table(["loopback", "ADD ms", "DEL ms", "ADD / go", "DEL / go"], rows))
+    print(f"served by the warm server: {served} of {2 * (args.rounds + 1)} requests")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"loopback": times, "load": load,
+                                               "served": served}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         common.DEBIAN_PYTHON) else sys.executable)
     parser.add_argument("--src", type=Path, default=common.SRC)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--loopback", action="store_true",
+                        help="the loopback plugin side by side instead (see the docstring)")
+    parser.add_argument("--loopback-base", default="main",
+                        help="git revision of the old Python loopback.py (default main)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (netns, bridges)")
+    if args.loopback:
+        return loopback_side_by_side(args)
     run_id = common.token(6)
     tmp = Path(tempfile.mkdtemp(prefix="smarter-cni-modes-"))
     bin_dir = common.make_bin_dir(tmp / "bin", args.python, args.src.resolve())

@@ -12,6 +12,13 @@ Protocol over `$SMARTER_CNI_STATE_DIR/plugin.sock` (SOCK_STREAM, 0600):
     client: b"G"                  go: from here on the server does the work
     server: b"R <code> <n>\\n" <n bytes of stdout>
 
+The env always carries one reserved key, SMARTER_CNI_PLUGIN=<name>: the plugin
+this client was exec'd as ("smarter-cni" for smarter-cni and c2d, "loopback"
+for the loopback launcher), set by the client over any value the runtime
+passed. The server runs that plugin's handlers (resident.handlers_for); a
+request without the key (an older client) is smarter-cni's; an unknown name
+gets a CNI error (code 4), from the server or in-process alike.
+
 The client falls back to doing the work itself, in this process exactly as
 the plain plugin does, when the socket is missing or refuses (at once), no
 acknowledgement arrives within ACK_TIMEOUT, or the connection ends without a
@@ -35,6 +42,9 @@ DISABLE_ENV = b"SMARTER_CNI_CLIENT_LOCAL"  # "1": never try the resident server
 ACK_TIMEOUT_ENV = b"SMARTER_CNI_CLIENT_ACK_TIMEOUT"  # seconds, overrides ACK_TIMEOUT (tests)
 UNRESPONSIVE_NAME = "plugin.unresponsive"  # mtime = until when clients skip the server
 UNRESPONSIVE_HOLD = 10.0  # seconds a missed acknowledgement sends every client in-process
+PLUGIN_ENV = b"SMARTER_CNI_PLUGIN"  # reserved request key: which plugin's handlers serve it
+DEFAULT_PLUGIN = "smarter-cni"
+PLUGINS = (DEFAULT_PLUGIN, "loopback")
 
 
 def socket_path(environ: dict) -> bytes:
@@ -168,31 +178,56 @@ def write_out(data: bytes) -> None:
             return
 
 
-def main() -> int:
-    """Serve one exec: through the resident server when it answers, else in-process."""
+def main(name: str = DEFAULT_PLUGIN) -> int:
+    """Serve one exec of plugin `name` (the launcher's): through the resident server when
+    it answers, else in-process."""
     environ = posix.environ
     argv = sys.argv[1:]
-    plugin = b"CNI_COMMAND" in environ or (not argv and any(k.startswith(b"CNI_") for k in environ))
+    plugin = name != DEFAULT_PLUGIN or b"CNI_COMMAND" in environ or (
+        not argv and any(k.startswith(b"CNI_") for k in environ))
     if not plugin:
         from smarter_cni.entry import main as entry_main
 
         return entry_main()  # the operator's command line: a normal exit
     stdin = read_all(0)
     answer = None
-    if environ.get(b"CNI_COMMAND") in COMMANDS and environ.get(DISABLE_ENV) != b"1":
-        answer = ask_resident(environ, stdin, ack_timeout(environ))
+    if (environ.get(b"CNI_COMMAND") in COMMANDS and environ.get(DISABLE_ENV) != b"1"
+            and name in PLUGINS):
+        request_env = dict(environ)
+        request_env[PLUGIN_ENV] = name.encode()
+        answer = ask_resident(request_env, stdin, ack_timeout(environ))
     if answer is not None:
         write_out(answer[1])
         posix._exit(answer[0])
-    posix._exit(run_local(stdin))
+    posix._exit(run_local(stdin, name))
 
 
-def run_local(stdin: bytes) -> int:
-    """Today's plugin, in this process: the fallback, and the only path without a server."""
+def plugin_handlers(name: str):
+    """The CNI handler table of plugin `name` (its modules imported now); for a name no
+    launcher should carry, a table that answers every command with a CNI error (code 4)."""
+    if name == DEFAULT_PLUGIN:
+        from smarter_cni.plugin import HANDLERS
+
+        return HANDLERS
+    if name == "loopback":
+        from smarter_cni.loopback import HANDLERS
+
+        return HANDLERS
+    from smarter_cni.cni.errors import INVALID_ENVIRONMENT, CNIError
+
+    def unknown(request):
+        raise CNIError(INVALID_ENVIRONMENT, f"unknown plugin {name[:40]!r} (SMARTER_CNI_PLUGIN or "
+                       f"the launcher); known: {', '.join(PLUGINS)}. Rewrite the launchers "
+                       "with `smarter-cni install`")
+
+    return dict.fromkeys(("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC"), unknown)
+
+
+def run_local(stdin: bytes, name: str = DEFAULT_PLUGIN) -> int:
+    """The plugin itself, in this process: the fallback, and the only path without a server."""
     from smarter_cni.cni import dispatch
-    from smarter_cni.plugin import HANDLERS
 
-    code = dispatch.run(HANDLERS, stdin=stdin)
+    code = dispatch.run(plugin_handlers(name), stdin=stdin)
     try:
         sys.stdout.flush()
     except (OSError, ValueError):

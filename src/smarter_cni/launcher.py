@@ -5,7 +5,8 @@ environment or user site influence, nothing a caller can inject) and -S (no
 site import, ~10 ms saved), puts the package on sys.path itself and jumps
 straight to the thin client (`client.py`), which hands the request to the
 resident server or runs the plugin in-process, and leaves through
-`posix._exit`.
+`posix._exit`. The `loopback` launcher runs the same client, named
+`main('loopback')`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ TEMPLATE = """#!{python} -IS
 import sys
 sys.path.insert(0, {package_root!r})
 from {module} import main
-sys.exit(main())
+sys.exit(main({plugin}))
 """
 
 
@@ -30,12 +31,13 @@ def package_root() -> str:
 
 
 def render(python: str, root: str = "", module: str = "smarter_cni.client",
-           header: str = PLUGIN_HEADER) -> str:
+           header: str = PLUGIN_HEADER, plugin: str = "") -> str:
+    """`plugin`: the name passed to main() (the client's plugin, e.g. "loopback"); "": none."""
     return TEMPLATE.format(python=python, package_root=root or package_root(), module=module,
-                           header=header)
+                           header=header, plugin=repr(plugin) if plugin else "")
 
 
 def write(dest: str, python: str, root: str = "", module: str = "smarter_cni.client",
-          header: str = PLUGIN_HEADER) -> None:
+          header: str = PLUGIN_HEADER, plugin: str = "") -> None:
     """Write a launcher of `module`'s main() atomically (temp file + rename), mode 0755."""
-    write_atomic(dest, render(python, root, module, header), 0o755)
+    write_atomic(dest, render(python, root, module, header, plugin), 0o755)

@@ -25,7 +25,7 @@ from helpers.plugin import SRC, pod_args
 from helpers.resident import SOCKET, running_server, start_server, stop_server
 
 sys.path.insert(0, str(SRC))
-from smarter_cni import client  # noqa: E402
+from smarter_cni import client, launcher  # noqa: E402
 from smarter_cni.dataplane import PAUSE_ENV  # noqa: E402
 
 # Container ids unique to this run: host veth names derive from them and are shared by
@@ -524,3 +524,114 @@ def test_warm_an_idle_server_clears_the_mark_and_serves_again(plugin, bridge_net
         assert plugin("ADD", bridge_network, f"{RUN}-m", path).ok
         assert plugin("DEL", bridge_network, f"{RUN}-m", path).ok
         assert [line.split()[1] for line in _served(log)][-2:] == ["ADD", "DEL"], _served(log)
+
+
+# --- the loopback launcher: the same client, named "loopback" ------------------------------
+
+LOOPBACK_CONFIG = {"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"}
+
+
+@pytest.fixture
+def loopback_plugin(tmp_path: Path, state_dir: Path):
+    """Our loopback launcher alone in a bin dir (the session's bin dir holds the reference one)."""
+    from helpers.plugin import PluginRunner
+    from smarter_cni import loopback
+
+    directory = tmp_path / "loopback-bin"
+    directory.mkdir()
+    for name in ("loopback", "bogus"):  # "bogus": a launcher naming a plugin nobody knows
+        launcher.write(str(directory / name), sys.executable, str(SRC),
+                       header=loopback.LAUNCHER_HEADER, plugin=name)
+    return PluginRunner(directory, state_dir)
+
+
+def _lo_up(netns, name: str) -> bool:
+    shown = netns.exec(name, "ip", "-o", "link", "show", "lo").stdout.decode()
+    return "UP" in shown.split("<", 1)[1].split(">", 1)[0].split(",")
+
+
+def _loopback_round(loopback_plugin, netns, container: str, extra: dict | None = None) -> None:
+    """ADD (lo down before, up after, its addresses), CHECK, chained ADD, DEL, VERSION."""
+    name, path = netns.create("lo")
+    netns.exec(name, "ip", "link", "set", "lo", "down")
+    added = loopback_plugin("ADD", LOOPBACK_CONFIG, container, path, ifname="lo",
+                            plugin="loopback", extra=extra)
+    assert added.ok, added
+    assert added.json["interfaces"] == [{"name": "lo", "mac": "00:00:00:00:00:00",
+                                         "sandbox": path}], added
+    assert added.json["ips"][0] == {"address": "127.0.0.1/8", "interface": 0}, added
+    assert _lo_up(netns, name)
+    assert netns.exec(name, "ping", "-c1", "-W1", "127.0.0.1", check=False).returncode == 0
+    checked = loopback_plugin("CHECK", dict(LOOPBACK_CONFIG, prevResult=added.json), container,
+                              path, ifname="lo", plugin="loopback", extra=extra)
+    assert checked.ok and checked.stdout == "", checked
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": path}],
+            "ips": [{"address": "10.42.0.9/16", "gateway": "10.42.0.1", "interface": 0}]}
+    chained = loopback_plugin("ADD", dict(LOOPBACK_CONFIG, prevResult=prev), container, path,
+                              ifname="lo", plugin="loopback", extra=extra)
+    assert chained.ok and chained.json["ips"] == prev["ips"], chained
+    netns.exec(name, "ip", "link", "set", "lo", "down")
+    down = loopback_plugin("CHECK", LOOPBACK_CONFIG, container, path, ifname="lo",
+                           plugin="loopback", extra=extra)
+    assert down.returncode == 1 and down.code == 103 and "lo is not up" in down.json["msg"], down
+    deleted = loopback_plugin("DEL", LOOPBACK_CONFIG, container, path, ifname="lo",
+                              plugin="loopback", extra=extra)
+    assert deleted.ok and deleted.stdout == "", deleted
+    version = loopback_plugin("VERSION", {"cniVersion": "0.4.0"}, plugin="loopback", extra=extra)
+    assert version.ok and version.json["cniVersion"] == "0.4.0", version
+
+
+@pytest.mark.parametrize("mode", ["warm", "fork"])
+def test_loopback_goes_through_the_server(loopback_plugin, netns, state_dir, tmp_path, mode):
+    log = tmp_path / "server.log"
+    with running_server(state_dir, log, mode=mode) as server:
+        # a runtime's own SMARTER_CNI_PLUGIN never changes which plugin the launcher is
+        _loopback_round(loopback_plugin, netns, f"{RUN}-lo",
+                        extra={"SMARTER_CNI_PLUGIN": "smarter-cni",
+                               "SMARTER_CNI_CLIENT_ACK_TIMEOUT": "5"})  # a busy machine
+        assert server.poll() is None
+    # VERSION is always answered in-process; everything else was the server's
+    assert [line.split()[1] for line in _served(log)] == ["ADD", "CHECK", "ADD", "CHECK", "DEL"]
+    assert _state(state_dir)["attachments"] == {}  # loopback keeps no state
+
+
+def test_loopback_works_alone_with_the_server_down(loopback_plugin, netns, state_dir, tmp_path):
+    # no socket at all
+    _loopback_round(loopback_plugin, netns, f"{RUN}-l1")
+    # a dead server's socket file: connect is refused
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(state_dir / SOCKET))
+    stale.close()
+    _loopback_round(loopback_plugin, netns, f"{RUN}-l2")
+    # a server that was stopped: its socket is gone, the client works alone again
+    log = tmp_path / "server.log"
+    os.unlink(state_dir / SOCKET)
+    with running_server(state_dir, log):
+        pass
+    _loopback_round(loopback_plugin, netns, f"{RUN}-l3")
+    assert _served(log) == []
+
+
+def test_an_unknown_plugin_name_is_a_clean_error_from_the_server_and_in_process(
+        loopback_plugin, netns, state_dir, tmp_path):
+    _, path = netns.create("lo")
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": f"{RUN}-u".encode(),
+           b"CNI_NETNS": path.encode(), b"CNI_IFNAME": b"lo", b"CNI_PATH": b"/nonexistent",
+           b"SMARTER_CNI_STATE_DIR": str(state_dir).encode(), client.PLUGIN_ENV: b"bogus"}
+    log = tmp_path / "server.log"
+    with running_server(state_dir, log) as server:
+        answer = client.ask_resident(env, json.dumps(LOOPBACK_CONFIG).encode(), ack_timeout=5)
+        assert answer is not None, "the server did not answer"
+        out = json.loads(answer[1])
+        assert answer[0] == 1 and out["code"] == 4 and "unknown plugin 'bogus'" in out["msg"], out
+        assert "Traceback" not in answer[1].decode()
+        # the launcher naming it: the client never sends it, the in-process answer is the same
+        local = loopback_plugin("ADD", LOOPBACK_CONFIG, f"{RUN}-u", path, ifname="lo",
+                                plugin="bogus")
+        assert local.returncode == 1 and local.code == 4, local
+        assert "unknown plugin 'bogus'" in local.json["msg"] and "Traceback" not in local.stderr
+        # and the server serves the next request as usual
+        assert loopback_plugin("ADD", LOOPBACK_CONFIG, f"{RUN}-u", path, ifname="lo",
+                               plugin="loopback").ok
+        assert server.poll() is None
+    assert [line.split()[1] for line in _served(log)] == ["ADD", "ADD"]

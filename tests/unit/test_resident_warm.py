@@ -97,3 +97,32 @@ def test_the_client_and_the_server_agree_on_the_protocol_names():
     assert resident.MAGIC == client.MAGIC
     assert resident.SOCKET_NAME == paths.PLUGIN_SOCKET == client.SOCKET_NAME
     assert resident.UNRESPONSIVE_NAME == paths.PLUGIN_UNRESPONSIVE == client.UNRESPONSIVE_NAME
+
+
+def test_the_server_picks_the_handlers_the_client_names():
+    from smarter_cni import loopback, plugin
+
+    ours = {"ADD": lambda request: None}
+    assert resident.handlers_for({}) is plugin.HANDLERS  # an older client sends no name
+    assert resident.handlers_for({}, ours) is ours
+    assert resident.handlers_for({"SMARTER_CNI_PLUGIN": "smarter-cni"}, ours) is ours
+    assert resident.handlers_for({"SMARTER_CNI_PLUGIN": "loopback"}, ours) is loopback.HANDLERS
+    assert client.PLUGIN_ENV == b"SMARTER_CNI_PLUGIN"
+
+
+def test_an_unknown_plugin_name_is_a_cni_error_through_the_warm_path():
+    dispatcher = resident.PerPlugin(dispatch)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours.sendall(client.encode_request(_env(b"VERSION", SMARTER_CNI_PLUGIN=b"nosuch"),
+                                           b'{"cniVersion": "0.4.0"}') + b"G")
+        resident.serve_warm_one(theirs, dispatcher, {}, False, dict(os.environ), watchdog=30)
+        theirs.close()
+        data = b""
+        while chunk := ours.recv(65536):
+            data += chunk
+    finally:
+        ours.close()
+    code, body = client.decode_reply(data[1:])
+    assert code == 1 and b'"code": 4' in body and b"unknown plugin 'nosuch'" in body, body
+    assert b'"cniVersion": "0.4.0"' in body  # answered in the version asked

@@ -86,8 +86,7 @@ def attach(name: str, bridge: str, hairpin: bool) -> None:
 
 
 NAMED_NETNS_DIRS = ("/var/run/netns", "/run/netns")
-# Set (to anything) to do without rtnetlink: tests run both paths.
-FORCE_IPROUTE2 = "SMARTER_CNI_USE_IPROUTE2"
+FORCE_IPROUTE2 = netlink.FORCE_IPROUTE2  # set (to anything): no rtnetlink (tests run both paths)
 
 
 def ip_argv(netns: str = "") -> list[str]:

@@ -50,6 +50,10 @@ IFA_F_NODAD = 0x02  # an address usable at once: no duplicate address detection 
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 
 
+# Set (to anything) to do without rtnetlink: tests run both paths (links.py, loopback.py).
+FORCE_IPROUTE2 = "SMARTER_CNI_USE_IPROUTE2"
+
+
 class NetlinkUnavailable(Exception):
     """Raw netlink or setns cannot be used here; use iproute2 instead."""
 
@@ -187,8 +191,13 @@ class Socket:
                      + _attr(IFLA_MASTER, _u32(master)))
 
     def ifindex(self, name: str) -> int:
+        return self.link(name)[0]
+
+    def link(self, name: str) -> tuple[int, int]:
+        """(ifindex, flags) of link `name`; OSError ENODEV when there is none."""
         reply = self.request(RTM_GETLINK, _ifinfomsg() + _attr(IFLA_IFNAME, _name(name)))
-        return int.from_bytes(reply[4:8], "little", signed=True)
+        return (int.from_bytes(reply[4:8], "little", signed=True),
+                int.from_bytes(reply[8:12], "little"))
 
     def create_veth(self, host: str, host_mac: str, peer: str, peer_mac: str, peer_netns_fd: int,
                     mtu: int, master: int) -> None:
