@@ -15,7 +15,7 @@ Protocol over `$SMARTER_CNI_STATE_DIR/plugin.sock` (SOCK_STREAM, 0600):
 The env always carries one reserved key, SMARTER_CNI_PLUGIN=<name>: the plugin
 this client was exec'd as ("smarter-cni" for smarter-cni and c2d, "loopback"
 for the loopback launcher), set by the client over any value the runtime
-passed. The server runs that plugin's handlers (resident.handlers_for); a
+passed. The server runs that plugin's handlers (resident_request.handlers_for); a
 request without the key (an older client) is smarter-cni's; an unknown name
 gets a CNI error (code 4), from the server or in-process alike.
 

@@ -63,31 +63,6 @@ def _number_from_env(name: str, default: float) -> float:
     return value if value > 0 else default
 
 
-def handlers_for(environ: Any, default: Any = None) -> Any:
-    """The handler table of the plugin the client names (client.PLUGIN_ENV): `default`
-    (else smarter-cni's) when it names none or smarter-cni, loopback's for "loopback", and
-    for any other name a table that answers with a CNI error (code 4)."""
-    from . import client
-
-    name = environ.get(client.PLUGIN_ENV.decode()) or client.DEFAULT_PLUGIN
-    if name == client.DEFAULT_PLUGIN and default is not None:
-        return default
-    return client.plugin_handlers(name)
-
-
-class PerPlugin:
-    """`dispatch` as the serving loops call it, running each request with the handlers
-    its client names (handlers_for); the loops' own table is smarter-cni's."""
-
-    def __init__(self, dispatch: Any) -> None:
-        self.dispatch = dispatch
-
-    def run(self, handlers: Any, environ: Any = None, stdin: bytes | None = None,
-            out: Any = None) -> int:
-        chosen = handlers_for(os.environ if environ is None else environ, handlers)
-        return self.dispatch.run(chosen, environ=environ, stdin=stdin, out=out)
-
-
 def preload() -> Any:
     """Import everything an ADD or DEL runs, once, so no worker imports anything."""
     import fcntl  # noqa: F401  (the request guard)
@@ -98,7 +73,7 @@ def preload() -> Any:
     from .dataplane import bridge, bridge_network, firewall, links, netlink  # noqa: F401
     from .plugin import HANDLERS
 
-    return PerPlugin(dispatch), HANDLERS
+    return dispatch, HANDLERS
 
 
 class Server:

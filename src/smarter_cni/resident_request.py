@@ -163,6 +163,18 @@ def restore_environment(undo: dict[str, str | None], base: dict[str, str]) -> No
         env.update(base)
 
 
+def handlers_for(environ: Any, default: Any = None) -> Any:
+    """The handler table of the plugin the client names (client.PLUGIN_ENV): `default`
+    (else smarter-cni's) when it names none or smarter-cni, loopback's for "loopback", and
+    for any other name a table that answers with a CNI error (code 4)."""
+    from . import client
+
+    name = environ.get(client.PLUGIN_ENV.decode()) or client.DEFAULT_PLUGIN
+    if name == client.DEFAULT_PLUGIN and default is not None:
+        return default
+    return client.plugin_handlers(name)
+
+
 def serve_request(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bool,
                   base_env: dict[str, str], watchdog: float) -> None:
     """One request on `conn`: handshake, then the plugin run with the client's env and stdin."""
@@ -186,7 +198,8 @@ def serve_request(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bo
     with Guard(conn, watchdog):
         undo = swap_environment(environ)  # as if exec'd by the runtime: the plugin's own env
         try:
-            code = dispatch.run(handlers, environ=os.environ, stdin=stdin, out=out)
+            code = dispatch.run(handlers_for(environ, handlers), environ=os.environ,
+                                stdin=stdin, out=out)
         finally:
             restore_environment(undo, base_env)
     data = out.getvalue().encode()

@@ -202,6 +202,9 @@ def _finish(proc: subprocess.Popen) -> tuple[bytes, bytes]:
 
 
 def _wait_paused(fifo: Path, timeout: float = 30) -> int:
+    """Our end of the FIFO the paused ADD reads. The open succeeds as soon as the reader
+    waits in its own open(), before that open returns: the reader's fd may show up in
+    /proc a moment later (callers looking for it wait with _wait_for)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -220,6 +223,7 @@ def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, ne
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
+        assert _wait_for(lambda: _busy_workers(server.pid, tmp_path / "fifo"), timeout=5)
         busy = _busy_workers(server.pid, tmp_path / "fifo")
         idle = [pid for pid in _children(server.pid) if pid not in busy]
         assert idle  # workers wait in accept() before any request comes
@@ -252,6 +256,7 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
+        assert _wait_for(lambda: _busy_workers(server.pid, tmp_path / "fifo"), timeout=5)
         workers = _busy_workers(server.pid, tmp_path / "fifo")
         assert len(workers) == 1, workers
         os.kill(workers[0], signal.SIGKILL)  # the server's own child, by its PID
@@ -336,7 +341,7 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
         proc.stdin.write(json.dumps(bridge_network).encode())
         proc.stdin.close()
         writer = _wait_paused(tmp_path / "fifo")
-        assert len(_busy_workers(server.pid, tmp_path / "fifo")) == 1
+        assert _wait_for(lambda: len(_busy_workers(server.pid, tmp_path / "fifo")) == 1, timeout=5)
         proc.kill()  # our own child, by its PID
         proc.wait(10)
         assert _wait_for(lambda: not _busy_workers(server.pid, tmp_path / "fifo"), timeout=5), \

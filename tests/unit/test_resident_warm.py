@@ -103,20 +103,19 @@ def test_the_server_picks_the_handlers_the_client_names():
     from smarter_cni import loopback, plugin
 
     ours = {"ADD": lambda request: None}
-    assert resident.handlers_for({}) is plugin.HANDLERS  # an older client sends no name
-    assert resident.handlers_for({}, ours) is ours
-    assert resident.handlers_for({"SMARTER_CNI_PLUGIN": "smarter-cni"}, ours) is ours
-    assert resident.handlers_for({"SMARTER_CNI_PLUGIN": "loopback"}, ours) is loopback.HANDLERS
+    assert resident_request.handlers_for({}) is plugin.HANDLERS  # an older client sends no name
+    assert resident_request.handlers_for({}, ours) is ours
+    assert resident_request.handlers_for({"SMARTER_CNI_PLUGIN": "smarter-cni"}, ours) is ours
+    assert resident_request.handlers_for({"SMARTER_CNI_PLUGIN": "loopback"}, ours) is loopback.HANDLERS
     assert client.PLUGIN_ENV == b"SMARTER_CNI_PLUGIN"
 
 
 def test_an_unknown_plugin_name_is_a_cni_error_through_the_warm_path():
-    dispatcher = resident.PerPlugin(dispatch)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         ours.sendall(client.encode_request(_env(b"VERSION", SMARTER_CNI_PLUGIN=b"nosuch"),
                                            b'{"cniVersion": "0.4.0"}') + b"G")
-        resident.serve_warm_one(theirs, dispatcher, {}, False, dict(os.environ), watchdog=30)
+        resident_request.serve_request(theirs, dispatch, {}, False, dict(os.environ), 30)
         theirs.close()
         data = b""
         while chunk := ours.recv(65536):
