@@ -192,6 +192,49 @@ def start_resident(python: str, src: Path, state_dir: Path, mode: str = "",
     return proc
 
 
+# Run by start_reconciler: the DNS service's reconciler thread (reconcile.start, the
+# service's own hook: interval from SMARTER_CNI_RECONCILE_INTERVAL) without the DNS part
+# (no address to watch, no listener to probe), until SIGTERM or SIGINT.
+RECONCILER_BOOT = """
+import json, signal, sys
+sys.path.insert(0, sys.argv[1])
+from smarter_cni import reconcile
+from smarter_cni.netconf import parse_netconf
+conf = parse_netconf(json.loads(sys.argv[2]))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # the thread too
+thread = reconcile.start(conf, sys.argv[3], "", 53, None)
+if thread is None:
+    sys.exit("the reconciler is off (SMARTER_CNI_RECONCILE_INTERVAL=0)")
+print("up", flush=True)
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
+thread.stop()
+thread.join(10)
+"""
+
+
+def start_reconciler(python: str, src: Path, state_dir: Path, config: dict[str, Any],
+                     log: Path | None = None) -> subprocess.Popen:
+    """The node DNS service's reconciler of `src` for the network of `config` (a plugin
+    config with name and cniVersion) on `state_dir`, as a process of its own, running when
+    this returns. It is what writes the `verified-<network>` stamp an ADD trusts instead of
+    its own `iptables-save` (bridge_network.rules_verified), once the network is marked
+    as set up here (the first ADD). Stop it with terminate() (SIGTERM); `log`: its
+    log lines (repairs, errors) go there."""
+    argv = [python, "-I", "-S", "-c", RECONCILER_BOOT, str(src), json.dumps(config),
+            str(state_dir)]
+    with open(log or os.devnull, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
+                                env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir)))
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    if not ready or proc.stdout.readline().strip() != b"up":
+        if proc.poll() is None:
+            proc.kill()  # our own child, by its PID
+        proc.wait(10)
+        raise RuntimeError("the reconciler did not start" + (f" (see {log})" if log else ""))
+    return proc
+
+
 class Chain:
     """A conflist: plugins called in order with prevResult on ADD, reversed on DEL."""
 

@@ -103,9 +103,23 @@ class Bench:
                                      {"SMARTER_CNI_STATE_DIR": str(self.candidate_state)})
             self.bridges["N"] = self.candidate_conf["bridge"]
         self.resident: subprocess.Popen | None = None
+        self.reconciler: subprocess.Popen | None = None
         if args.candidate_src and args.candidate_resident:
+            # as on an installed node, whose DNS service runs both: the resident server and
+            # the reconciler (whose fresh rules stamp spares each ADD its `iptables-save`)
             self.resident = common.start_resident(args.python, args.candidate_src,
                                                   self.candidate_state)
+            if args.candidate_reconciler:
+                try:
+                    self.reconciler = common.start_reconciler(
+                        args.python, args.candidate_src, self.candidate_state,
+                        dict(self.candidate_conf, name=self.chains["N"].name,
+                             cniVersion=self.chains["N"].cni_version),
+                        self.tmp / "reconciler.log")
+                except (RuntimeError, OSError):
+                    self._stop(self.resident)
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                    raise
         # live attachments: (chain key, container id) -> (netns, prevResult)
         self.live: dict[tuple[str, str], tuple[str, Any]] = {}
         self.docker: DockerSide | None = None
@@ -113,6 +127,8 @@ class Bench:
                                         "pods": args.pods, "python": args.python,
                                         "src": str(args.src), "git_head": _git_head(),
                                         "candidate_src": str(args.candidate_src or ""),
+                                        "candidate_resident": self.resident is not None,
+                                        "candidate_reconciler": self.reconciler is not None,
                                         "subnets": dict(zip("ABCN", subnets))}
 
     def _reference(self, bridge: str, subnet: str, masq: bool) -> dict[str, Any]:
@@ -144,11 +160,37 @@ class Bench:
 
     # ------------------------------------------------------------ cleanup
 
+    @staticmethod
+    def _stop(proc: subprocess.Popen | None) -> None:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # our own child, by its PID
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def reconciler_report(self) -> dict[str, Any]:
+        """Whether N's reconciler vouched for the rules (its stamp is fresh) and what it
+        logged: repairs or errors would mean it was not idle as on a healthy node."""
+        stamp = self.candidate_state / f"verified-{self.chains['N'].name}"
+        try:
+            fresh = float(stamp.read_text()) > time.time()
+        except (OSError, ValueError):
+            fresh = False
+        try:
+            logged = (self.tmp / "reconciler.log").read_text().splitlines()
+        except OSError:
+            logged = []
+        return {"pid": self.reconciler.pid if self.reconciler else None,
+                "running": self.reconciler is not None and self.reconciler.poll() is None,
+                "stamp_fresh": fresh, "log": logged[-20:]}
+
     def cleanup(self) -> list[str]:
         problems: list[str] = []
-        if self.resident is not None and self.resident.poll() is None:
-            self.resident.terminate()  # our own child, by its PID
-            self.resident.wait(10)
+        # the reconciler first: it must not rebuild what the teardown below removes
+        self._stop(self.reconciler)
+        self._stop(self.resident)
         for (key, container_id), (netns, prev) in list(self.live.items()):
             try:
                 self.chains[key].delete(container_id, netns, prev, self.pod_args(container_id))
@@ -581,6 +623,20 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
     lines.append(f"plugin from {results.get('src')} (checkout at {results.get('git_head')})")
     lines.append(f"load average at start {m['loadavg_start']}, at end {results.get('loadavg_end')} "
                  "(other work on the machine inflates every number; compare ratios)")
+    if results.get("candidate_src"):
+        served = "a resident server" if results.get("candidate_resident") else \
+            "in-process (no resident server: the service-down path)"
+        lines.append(f"candidate N from {results['candidate_src']}: {served}")
+        rec = results.get("reconciler")
+        if rec is not None:
+            lines.append(f"  and the reconciler (pid {rec['pid']}): "
+                         f"{'running' if rec['running'] else 'NOT running'} at the end, rules "
+                         f"stamp {'fresh' if rec['stamp_fresh'] else 'STALE'}; "
+                         f"{len(rec['log'])} log line(s)"
+                         + ("".join(f"\n    {line}" for line in rec["log"][-5:])))
+        elif results.get("candidate_resident"):
+            lines.append("  no reconciler (--no-candidate-reconciler): each ADD runs "
+                         "`iptables-save` itself")
     seq = results["sequential"]
     labels = {"A": "smarter-cni", "N": "candidate (--candidate-src)",
               "B": "reference (bridge+host-local, ipMasq)",
@@ -731,6 +787,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--candidate-resident", action="store_true",
                         help="serve chain N through a resident plugin server (the candidate's "
                              "smarter_cni.resident, as the DNS service runs it) on N's state dir")
+    parser.add_argument("--candidate-reconciler", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="with --candidate-resident, also run the DNS service's reconciler "
+                             "for N's network on N's state dir, as an installed node does: its "
+                             "rules stamp spares each ADD an `iptables-save` (default: on)")
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON")
     parser.add_argument("--append-results", metavar="MD",
                         help="append the command and the printed report to this markdown file "
@@ -825,6 +886,8 @@ def run(args: argparse.Namespace) -> int:
         results["docker"] = ({"skipped": "--no-docker"} if args.no_docker
                              else docker_mode(bench, spaces["A"]))
         results["footprint"] = footprint(bench, spaces["C"])
+        if bench.reconciler is not None:
+            results["reconciler"] = bench.reconciler_report()
         results["seconds"] = round(time.monotonic() - started, 1)
         results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         text, ratios = report(results, keys)

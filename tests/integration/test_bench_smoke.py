@@ -81,3 +81,32 @@ def test_plugin_bench_quick(tmp_path: Path, dockerd) -> None:
     assert not {n for n in _links() - before_links if n.startswith("scb")}
     assert not {r for r in _nat_rules() - before_nat if "scb-" in r}
 
+
+
+def _ours(pid: int, marker: bytes) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_plugin_bench_candidate_runs_the_resident_server_and_the_reconciler(tmp_path: Path) -> None:
+    """As on an installed node, whose DNS service runs both: the resident server serves
+    chain N and the real reconciler keeps N's rules stamp fresh; both stop with the bench."""
+    before_ns, before_links, before_nat = _netns(), _links(), _nat_rules()
+    proc, data = _run("plugin_bench.py", tmp_path, "--no-docker", "--candidate-src",
+                      str(ROOT / "src"), "--candidate-resident")
+    assert data["candidate_resident"] is True and data["candidate_reconciler"] is True
+    rec = data["reconciler"]
+    assert rec["running"] is True and rec["stamp_fresh"] is True, rec
+    assert not [line for line in rec["log"] if line.startswith(("WARNING", "ERROR"))], rec
+    assert "rules stamp fresh" in proc.stdout and f"pid {rec['pid']}" in proc.stdout
+    assert not _ours(rec["pid"], b"smarter_cni import reconcile"), "the reconciler outlived it"
+    seq = data["sequential"]
+    assert seq["add"]["N"]["n"] == data["pods"] and seq["del"]["N"]["n"] == data["pods"]
+    for workers in ("4", "16"):
+        slot = data["concurrency"][workers]["N"]
+        assert slot["duplicates"] == [] and slot["leftovers"] == [], slot
+    assert not {n for n in _netns() - before_ns if n.startswith("scb")}
+    assert not {n for n in _links() - before_links if n.startswith("scb")}
+    assert not {r for r in _nat_rules() - before_nat if "scb-" in r}
