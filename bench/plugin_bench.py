@@ -108,7 +108,8 @@ class Bench:
             # as on an installed node, whose DNS service runs both: the resident server and
             # the reconciler (whose fresh rules stamp spares each ADD its `iptables-save`)
             self.resident = common.start_resident(args.python, args.candidate_src,
-                                                  self.candidate_state)
+                                                  self.candidate_state,
+                                                  log=self.tmp / "resident.log")
             if args.candidate_reconciler:
                 try:
                     self.reconciler = common.start_reconciler(
@@ -120,6 +121,8 @@ class Bench:
                     self._stop(self.resident)
                     shutil.rmtree(self.tmp, ignore_errors=True)
                     raise
+        self.candidate_requests = 0  # chain N's smarter-cni ADDs and DELs
+        self.stamp_waited = 0.0  # after the warm-up pods, for N's reconciler's first stamp
         # live attachments: (chain key, container id) -> (netns, prevResult)
         self.live: dict[tuple[str, str], tuple[str, Any]] = {}
         self.docker: DockerSide | None = None
@@ -148,12 +151,14 @@ class Bench:
 
     def add(self, key: str, container_id: str, netns: str) -> tuple[float, float, Any]:
         self.live[(key, container_id)] = (netns, None)  # DEL it even if ADD fails half-way
+        self.candidate_requests += key == "N"
         wall, cpu, result, _ = self.chains[key].add(container_id, netns, self.pod_args(container_id))
         self.live[(key, container_id)] = (netns, result)
         return wall, cpu, result
 
     def delete(self, key: str, container_id: str) -> tuple[float, float]:
         netns, prev = self.live[(key, container_id)]
+        self.candidate_requests += key == "N"
         wall, cpu, _ = self.chains[key].delete(container_id, netns, prev, self.pod_args(container_id))
         del self.live[(key, container_id)]
         return wall, cpu
@@ -169,6 +174,33 @@ class Bench:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+    def resident_report(self) -> dict[str, Any]:
+        """How many of chain N's requests the resident server ran; the rest fell back
+        in-process (no acknowledgement within the client's ACK_TIMEOUT: a busy server)."""
+        try:
+            lines = (self.tmp / "resident.log").read_text().splitlines()
+        except OSError:
+            lines = []
+        served = sum(1 for line in lines if line.startswith("resident: ") and " -> " in line)
+        return {"served": served, "requests": self.candidate_requests,
+                "failed": [line for line in lines if "request failed" in line][-5:]}
+
+    def wait_for_stamp(self) -> float:
+        """Seconds until N's reconciler vouched for the rules (it does so once a pod's ADD
+        marked the network as set up here, at its next look), as on a node whose DNS
+        service has been running; RuntimeError if it never does."""
+        started = time.monotonic()
+        interval = float(os.environ.get("SMARTER_CNI_RECONCILE_INTERVAL") or 2.0)
+        deadline = started + 3 * interval + 5
+        while not self.reconciler_report()["stamp_fresh"]:
+            if time.monotonic() > deadline or self.reconciler is None \
+                    or self.reconciler.poll() is not None:
+                raise RuntimeError("chain N's reconciler did not vouch for its rules within "
+                                   f"{deadline - started:.0f} s (see its log: "
+                                   f"{self.reconciler_report()['log'][-3:]})")
+            time.sleep(0.05)
+        return time.monotonic() - started
 
     def reconciler_report(self) -> dict[str, Any]:
         """Whether N's reconciler vouched for the rules (its stamp is fresh) and what it
@@ -237,6 +269,8 @@ def sequential(bench: Bench, keys: list[str]) -> dict[str, Any]:
         wall, _, _ = bench.add(key, f"warm{key}{bench.run_id}", spaces[key][pods])
         first[key] = wall
         bench.delete(key, f"warm{key}{bench.run_id}")
+    if bench.reconciler is not None:  # from here on N's ADDs trust the stamp, as on a node
+        bench.stamp_waited = bench.wait_for_stamp()
     add_t: dict[str, list[float]] = {k: [] for k in keys}
     del_t: dict[str, list[float]] = {k: [] for k in keys}
     add_cpu: dict[str, list[float]] = {k: [] for k in keys}
@@ -627,11 +661,19 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
         served = "a resident server" if results.get("candidate_resident") else \
             "in-process (no resident server: the service-down path)"
         lines.append(f"candidate N from {results['candidate_src']}: {served}")
+        res = results.get("resident")
+        if res is not None:
+            lines.append(f"  which ran {res['served']} of N's {res['requests']} ADDs/DELs, "
+                         f"{res['served_sequential']} of the {res['requests_sequential']} "
+                         "sequential ones (the rest fell back in-process: no acknowledgement "
+                         "in time)"
+                         + "".join(f"\n    {line}" for line in res["failed"]))
         rec = results.get("reconciler")
         if rec is not None:
-            lines.append(f"  and the reconciler (pid {rec['pid']}): "
-                         f"{'running' if rec['running'] else 'NOT running'} at the end, rules "
-                         f"stamp {'fresh' if rec['stamp_fresh'] else 'STALE'}; "
+            lines.append(f"  and the reconciler (pid {rec['pid']}): its first rules stamp "
+                         f"{rec['stamp_waited_s']:.1f} s after the warm-up pods (waited for), "
+                         f"{'running' if rec['running'] else 'NOT running'} at the end, stamp "
+                         f"{'fresh' if rec['stamp_fresh'] else 'STALE'}; "
                          f"{len(rec['log'])} log line(s)"
                          + ("".join(f"\n    {line}" for line in rec["log"][-5:])))
         elif results.get("candidate_resident"):
@@ -877,6 +919,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"plugin_bench: {args.pods} pods per chain, interleaved; "
               f"bin dir {bench.bin_dir} ...", flush=True)
         seq = sequential(bench, keys)
+        after_sequential = bench.resident_report() if bench.resident is not None else {}
         spaces = seq.pop("netns")
         results["sequential"] = seq
         results["concurrency"] = {}
@@ -886,8 +929,13 @@ def run(args: argparse.Namespace) -> int:
         results["docker"] = ({"skipped": "--no-docker"} if args.no_docker
                              else docker_mode(bench, spaces["A"]))
         results["footprint"] = footprint(bench, spaces["C"])
+        if bench.resident is not None:
+            results["resident"] = dict(bench.resident_report(),
+                                       served_sequential=after_sequential["served"],
+                                       requests_sequential=after_sequential["requests"])
         if bench.reconciler is not None:
-            results["reconciler"] = bench.reconciler_report()
+            results["reconciler"] = dict(bench.reconciler_report(),
+                                         stamp_waited_s=round(bench.stamp_waited, 2))
         results["seconds"] = round(time.monotonic() - started, 1)
         results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         text, ratios = report(results, keys)

@@ -100,8 +100,13 @@ def test_plugin_bench_candidate_runs_the_resident_server_and_the_reconciler(tmp_
     rec = data["reconciler"]
     assert rec["running"] is True and rec["stamp_fresh"] is True, rec
     assert not [line for line in rec["log"] if line.startswith(("WARNING", "ERROR"))], rec
-    assert "rules stamp fresh" in proc.stdout and f"pid {rec['pid']}" in proc.stdout
+    assert "at the end, stamp fresh" in proc.stdout and f"pid {rec['pid']}" in proc.stdout
     assert not _ours(rec["pid"], b"smarter_cni import reconcile"), "the reconciler outlived it"
+    assert 0 <= rec["stamp_waited_s"] < 15, rec  # the measured pods start once it vouched
+    served = data["resident"]
+    assert 0 < served["served"] <= served["requests"] and served["failed"] == [], served
+    assert 0 < served["served_sequential"] <= served["requests_sequential"], served
+    assert f"which ran {served['served']} of N's {served['requests']}" in proc.stdout
     seq = data["sequential"]
     assert seq["add"]["N"]["n"] == data["pods"] and seq["del"]["N"]["n"] == data["pods"]
     for workers in ("4", "16"):
