@@ -24,6 +24,7 @@ SRC = ROOT / "src"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 DEBIAN_PYTHON = "/usr/bin/python3"
 GNU_TIME = "/usr/bin/time"
+TMPFS_DIR = "/dev/shm"
 EXEC_TIMEOUT = 60.0
 
 
@@ -170,6 +171,15 @@ def make_bin_dir(directory: Path, python: str, src: Path = SRC) -> Path:
         if not target.exists():
             target.symlink_to(plugin)
     return directory
+
+
+def is_tmpfs(path: str) -> bool:
+    """Whether `path` is the mount point of a tmpfs (per /proc/self/mounts)."""
+    try:
+        with open("/proc/self/mounts") as handle:
+            return any(line.split()[1:3] == [path, "tmpfs"] for line in handle)
+    except OSError:
+        return False
 
 
 def start_resident(python: str, src: Path, state_dir: Path, mode: str = "",

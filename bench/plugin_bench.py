@@ -55,8 +55,14 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="smarter-cni-bench-"))
+        # smarter-cni's state on tmpfs, as /run is on a node (Debian, Raspberry Pi OS);
+        # host-local's dataDir stays on disk, as /var/lib/cni/networks is
+        self.state_root = self.tmp
+        if args.state_tmpfs and common.is_tmpfs(common.TMPFS_DIR):
+            self.state_root = Path(tempfile.mkdtemp(prefix="smarter-cni-bench-",
+                                                    dir=common.TMPFS_DIR))
         self.run_id = common.token(6)
-        self.state_dir = self.tmp / "state"
+        self.state_dir = self.state_root / "state"
         self.state_dir.mkdir(mode=0o700)
         self.bin_dir = common.make_bin_dir(self.tmp / "bin", args.python, args.src)
         self.netns = common.Namespaces(f"scb{self.run_id}")
@@ -64,7 +70,7 @@ class Bench:
         try:
             subnets = common.free_subnets(4 if args.candidate_src else 3, self.prefix)
         except RuntimeError:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_dirs()
             raise
         pod_args_env = {"SMARTER_CNI_STATE_DIR": str(self.state_dir)}
         self.smarter_conf = {"type": "smarter-cni", "bridge": f"scbA{self.run_id}",
@@ -83,7 +89,7 @@ class Bench:
                         "C": f"scbC{self.run_id}"}
         if args.candidate_src:
             # N: the same plugin from another source tree (a change under evaluation)
-            self.candidate_state = self.tmp / "state-candidate"
+            self.candidate_state = self.state_root / "state-candidate"
             self.candidate_state.mkdir(mode=0o700)
             candidate_bin = self.tmp / "bin-candidate"
             candidate_bin.mkdir()
@@ -119,7 +125,7 @@ class Bench:
                         self.tmp / "reconciler.log")
                 except (RuntimeError, OSError):
                     self._stop(self.resident)
-                    shutil.rmtree(self.tmp, ignore_errors=True)
+                    self._remove_dirs()
                     raise
         self.candidate_requests = 0  # chain N's smarter-cni ADDs and DELs
         self.stamp_waited = 0.0  # after the warm-up pods, for N's reconciler's first stamp
@@ -129,6 +135,7 @@ class Bench:
         self.results: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv),
                                         "pods": args.pods, "python": args.python,
                                         "src": str(args.src), "git_head": _git_head(),
+                                        "state_dirs": str(self.state_root),
                                         "candidate_src": str(args.candidate_src or ""),
                                         "candidate_resident": self.resident is not None,
                                         "candidate_reconciler": self.reconciler is not None,
@@ -218,6 +225,10 @@ class Bench:
                 "running": self.reconciler is not None and self.reconciler.poll() is None,
                 "stamp_fresh": fresh, "log": logged[-20:]}
 
+    def _remove_dirs(self) -> None:
+        for directory in {self.tmp, self.state_root}:
+            shutil.rmtree(directory, ignore_errors=True)
+
     def cleanup(self) -> list[str]:
         problems: list[str] = []
         # the reconciler first: it must not rebuild what the teardown below removes
@@ -254,7 +265,7 @@ class Bench:
         leftover = sum(common.purge_iptables(f"scb-{k}-{self.run_id}") for k in "abcn")
         if leftover:
             problems.append(f"removed {leftover} leftover iptables rules")
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._remove_dirs()
         return problems
 
 
@@ -654,7 +665,8 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
     m = results["machine"]
     lines.append(f"smarter-cni plugin bench — {m['date_utc']}, nproc {m['nproc']}, "
                  f"kernel {m['kernel']}, {m['cpu']}, {results['pods']} pods, python {results['python']}")
-    lines.append(f"plugin from {results.get('src')} (checkout at {results.get('git_head')})")
+    lines.append(f"plugin from {results.get('src')} (checkout at {results.get('git_head')}); "
+                 f"smarter-cni state under {results.get('state_dirs')}, host-local's on disk")
     lines.append(f"load average at start {m['loadavg_start']}, at end {results.get('loadavg_end')} "
                  "(other work on the machine inflates every number; compare ratios)")
     if results.get("candidate_src"):
@@ -814,6 +826,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--docker-pods", type=int, default=30,
                         help=f"sandbox containers for docker mode (max {MAX_DOCKER_PODS})")
     parser.add_argument("--no-docker", action="store_true", help="skip the docker mode section")
+    parser.add_argument("--state-tmpfs", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"smarter-cni's state dirs on tmpfs ({common.TMPFS_DIR}), as /run is on "
+                             "a node; host-local's files stay on disk either way (default: on)")
     parser.add_argument("--python", default=common.DEBIAN_PYTHON if os.path.exists(
         common.DEBIAN_PYTHON) else sys.executable, help="interpreter for the plugin launcher")
     parser.add_argument("--priority", type=int, metavar="NICE", default=None,
