@@ -47,9 +47,10 @@ MODE_ENV = "SMARTER_CNI_RESIDENT_MODE"  # "warm" (default) or "fork"
 MODES = ("warm", "fork")
 SPARE = {"warm": 1, "fork": 2}  # idle workers kept waiting in accept()
 WORKER_REQUESTS = {"warm": 10000, "fork": 1}  # then the worker leaves and a fresh one comes
-MAX_WORKERS = 4  # busy + idle; a storm beyond it waits in the listen backlog
+MAX_WORKERS = 8  # busy + idle; a storm beyond it waits in the listen backlog (measured: 4, 8, 16)
 WORKERS_ENV = "SMARTER_CNI_RESIDENT_WORKERS"
 IDLE_EXIT = 30.0  # seconds an idle worker beyond SPARE stays
+IDLE_EXIT_ENV = "SMARTER_CNI_RESIDENT_IDLE_EXIT"  # seconds, overrides IDLE_EXIT (tests)
 UNMARK_AFTER = 0.25  # seconds without a connection before an idle worker clears the mark
 WATCHDOG = 60.0  # seconds: a request running longer ends its worker
 WATCHDOG_ENV = "SMARTER_CNI_RESIDENT_WATCHDOG"  # seconds, overrides WATCHDOG (tests)
@@ -86,6 +87,7 @@ class Server:
         self.stop = False
         self.max_workers = max(int(_number_from_env(WORKERS_ENV, MAX_WORKERS)), SPARE[serve_mode])
         self.watchdog = _number_from_env(WATCHDOG_ENV, WATCHDOG)
+        self.idle_exit = _number_from_env(IDLE_EXIT_ENV, IDLE_EXIT)
         self.workers: set[int] = set()
         self.idle: dict[int, float] = {}  # pid -> since when
         self.sock = self._bind()
@@ -180,11 +182,11 @@ class Server:
             self.idle.pop(pid, None)
 
     def _trim(self) -> None:
-        """Idle workers beyond SPARE that waited IDLE_EXIT: told to leave (SIGTERM)."""
+        """Idle workers beyond SPARE that waited idle_exit seconds: told to leave (SIGTERM)."""
         surplus = len(self.idle) - SPARE[self.mode]
         now = time.monotonic()
         for pid, since in sorted(self.idle.items(), key=lambda item: item[1]):
-            if surplus <= 0 or now - since < IDLE_EXIT:
+            if surplus <= 0 or now - since < self.idle_exit:
                 break
             _signal(pid, signal.SIGTERM)
             self.idle.pop(pid)

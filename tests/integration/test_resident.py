@@ -465,7 +465,8 @@ def test_warm_workers_serve_many_requests_and_a_storm_grows_the_pool_within_its_
     log = tmp_path / "server.log"
     pods = [netns.create()[1] for _ in range(12)]
     with running_server(state_dir, log, mode="warm",
-                        env={"SMARTER_CNI_RESIDENT_WORKERS": "3"}) as server:
+                        env={"SMARTER_CNI_RESIDENT_WORKERS": "3",
+                             "SMARTER_CNI_RESIDENT_IDLE_EXIT": "1"}) as server:
         assert _wait_for(lambda: len(_children(server.pid)) == 1, timeout=5)  # SPARE idle
         first = _children(server.pid)
         for i in range(2):
@@ -479,7 +480,11 @@ def test_warm_workers_serve_many_requests_and_a_storm_grows_the_pool_within_its_
                 time.sleep(0.002)
             assert all(f.result().ok for f in futures)
         assert max(peak) <= 3, peak  # never more workers than SMARTER_CNI_RESIDENT_WORKERS
+        assert max(peak) >= 2, peak  # the storm grew the pool
         assert set(first) & set(_children(server.pid))  # a worker outlives its requests
+        # idle beyond SMARTER_CNI_RESIDENT_IDLE_EXIT: the pool shrinks back to its one spare
+        assert _wait_for(lambda: len(_children(server.pid)) == 1, timeout=10), \
+            _children(server.pid)
         for i in range(12):
             assert plugin("DEL", bridge_network, f"{RUN}-p{i}", pods[i]).ok
     assert len(_served(log)) >= 4
