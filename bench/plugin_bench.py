@@ -189,8 +189,14 @@ class Bench:
             lines = (self.tmp / "resident.log").read_text().splitlines()
         except OSError:
             lines = []
-        served = sum(1 for line in lines if line.startswith("resident: ") and " -> " in line)
-        return {"served": served, "requests": self.candidate_requests,
+        served = [line for line in lines if line.startswith("resident: ") and " -> " in line]
+        work: dict[str, list[float]] = {}
+        for line in served:  # "resident: ADD <id> -> 0 (1.80 ms)": the server-side time
+            words = line.split()
+            if line.endswith(" ms)") and words[-2].lstrip("(").replace(".", "", 1).isdigit():
+                work.setdefault(words[1], []).append(float(words[-2].lstrip("(")))
+        return {"served": len(served), "requests": self.candidate_requests,
+                "work_ms": {command: common.summary(values) for command, values in work.items()},
                 "failed": [line for line in lines if "request failed" in line][-5:]}
 
     def wait_for_stamp(self) -> float:
@@ -680,6 +686,9 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
                          "sequential ones (the rest fell back in-process: no acknowledgement "
                          "in time)"
                          + "".join(f"\n    {line}" for line in res["failed"]))
+            for command, stats in sorted(res.get("work_ms", {}).items()):
+                lines.append(f"  server-side time of a {command} (the work, from its log): median "
+                             f"{stats['median']:.2f} ms, p90 {stats['p90']:.2f} ms")
         rec = results.get("reconciler")
         if rec is not None:
             lines.append(f"  and the reconciler (pid {rec['pid']}): its first rules stamp "

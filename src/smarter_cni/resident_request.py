@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 from . import store
 
@@ -194,6 +195,7 @@ def serve_request(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bo
     except OSError:
         return
     conn.settimeout(None)  # blocking: MSG_DONTWAIT peeks must not wait for a timeout
+    started = time.monotonic()
     out = io.StringIO()
     with Guard(conn, watchdog):
         undo = swap_environment(environ)  # as if exec'd by the runtime: the plugin's own env
@@ -205,7 +207,8 @@ def serve_request(conn: socket.socket, dispatch: Any, handlers: Any, verbose: bo
     data = out.getvalue().encode()
     if verbose:
         sys.stderr.write(f"resident: {environ.get('CNI_COMMAND', '?')} "
-                         f"{environ.get('CNI_CONTAINERID', '')[:12]} -> {code}\n")
+                         f"{environ.get('CNI_CONTAINERID', '')[:12]} -> {code} "
+                         f"({(time.monotonic() - started) * 1000:.2f} ms)\n")
         sys.stderr.flush()
     if "logging" in sys.modules:  # the repair path logs through handlers that buffer
         for handler in sys.modules["logging"].getLogger().handlers:
