@@ -687,7 +687,7 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
                          "in time)"
                          + "".join(f"\n    {line}" for line in res["failed"]))
             for command, stats in sorted(res.get("work_ms", {}).items()):
-                lines.append(f"  server-side time of a {command} (the work, from its log): median "
+                lines.append(f"  server-side time of a sequential {command} (its work, from its log): median "
                              f"{stats['median']:.2f} ms, p90 {stats['p90']:.2f} ms")
         rec = results.get("reconciler")
         if rec is not None:
@@ -956,7 +956,8 @@ def run(args: argparse.Namespace) -> int:
         if bench.resident is not None:
             results["resident"] = dict(bench.resident_report(),
                                        served_sequential=after_sequential["served"],
-                                       requests_sequential=after_sequential["requests"])
+                                       requests_sequential=after_sequential["requests"],
+                                       work_ms=after_sequential["work_ms"])
         if bench.reconciler is not None:
             results["reconciler"] = dict(bench.reconciler_report(),
                                          stamp_waited_s=round(bench.stamp_waited, 2))
