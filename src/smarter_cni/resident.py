@@ -33,6 +33,7 @@ import socket
 import sys
 import time
 
+from .paths import PLUGIN_POOL as POOL_NAME
 from .paths import PLUGIN_SOCKET as SOCKET_NAME
 from .paths import PLUGIN_UNRESPONSIVE as UNRESPONSIVE_NAME
 from .resident_request import MAGIC, serve_request
@@ -90,6 +91,9 @@ class Server:
         self.idle_exit = _number_from_env(IDLE_EXIT_ENV, IDLE_EXIT)
         self.workers: set[int] = set()
         self.idle: dict[int, float] = {}  # pid -> since when
+        self.served = 0  # requests taken by workers
+        self.ended = 0  # workers that ended mid-request (client gone, watchdog, crash)
+        self.reported: tuple[int, ...] = ()
         self.sock = self._bind()
         self.inode = os.stat(self.path).st_ino
 
@@ -149,6 +153,7 @@ class Server:
                     self._note(line)
                 self._reap()
                 self._trim()
+                self._report()
                 if not self.still_mine():
                     break
         finally:
@@ -167,19 +172,40 @@ class Server:
             return
         if line[:1] == b"B":
             self.idle.pop(pid, None)
+            self.served += 1
         elif line[:1] == b"I":
             self.idle[pid] = time.monotonic()
 
     def _reap(self) -> None:
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             self.workers.discard(pid)
             self.idle.pop(pid, None)
+            if status:
+                self.ended += 1
+
+    def _report(self) -> None:
+        """`<state dir>/plugin.pool` for `smarter-cni status`, rewritten when a count changed
+        (at most once per loop turn: a storm of 16 pods is a few writes, to tmpfs)."""
+        now = (len(self.workers), len(self.idle), self.served, self.ended)
+        if now == self.reported:
+            return
+        self.reported = now
+        from .files import write_atomic
+
+        workers, idle, served, ended = now
+        text = (f'{{"pid": {os.getpid()}, "mode": "{self.mode}", "workers": {workers}, '
+                f'"idle": {idle}, "max_workers": {self.max_workers}, "served": {served}, '
+                f'"ended": {ended}}}\n')
+        try:
+            write_atomic(os.path.join(self.state_dir, POOL_NAME), text)
+        except OSError:
+            pass
 
     def _trim(self) -> None:
         """Idle workers beyond SPARE that waited idle_exit seconds: told to leave (SIGTERM)."""
@@ -219,10 +245,11 @@ class Server:
     def close(self) -> None:
         self.sock.close()
         if self.still_mine():
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            for path in (self.path, os.path.join(self.state_dir, POOL_NAME)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
 
 class Worker:

@@ -436,6 +436,17 @@ def test_warm_a_killed_client_ends_its_worker_and_del_leaves_nothing(
         assert added.ok, added
         assert plugin("DEL", bridge_network, f"{RUN}-wd", path).ok
         assert [line.split()[1] for line in _served(log)][-2:] == ["ADD", "DEL"], _served(log)
+        # what `smarter-cni status` shows of it: four requests taken (the killed ADD, DEL,
+        # ADD, DEL), one worker ended
+        from smarter_cni.node.status import resident_status, resident_summary
+
+        assert _wait_for(lambda: resident_status(str(state_dir)).get("served") == 4, timeout=5), \
+            json.dumps(resident_status(str(state_dir)))
+        pool = resident_status(str(state_dir))
+        assert pool["running"] and pool["pid"] == server.pid and pool["ended"] == 1, pool
+        assert "4 requests served, 1 worker(s) ended mid-request" in resident_summary(pool)
+    assert resident_status(str(state_dir)) == {"running": False}  # stopped: its file is gone
+    assert "not running" in resident_summary({"running": False})
 
 
 def test_warm_the_watchdog_ends_a_worker_stuck_in_a_request(

@@ -93,8 +93,43 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
             report.problem(f"the node DNS service does not answer on [{conf.dns_address6}]:53 "
                            f"({said6})", _dns_fix(record))
     _pool_status(report, conf)
+    report.data["resident"] = resident_status()
     _heal_status(report, conf, record)
     return report
+
+
+def resident_status(directory: str | None = None) -> dict[str, Any]:
+    """The resident plugin server's pool as it last wrote it (plugin.pool), if it runs.
+
+    Not a problem when it does not: the plugin then works in its own process."""
+    import json
+
+    directory = directory or paths.state_dir()
+    try:
+        with open(os.path.join(directory, paths.PLUGIN_POOL)) as handle:
+            pool = json.load(handle)
+        os.kill(int(pool["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"running": False}
+    pool["running"] = os.path.exists(os.path.join(directory, paths.PLUGIN_SOCKET))
+    try:
+        until = os.stat(os.path.join(directory, paths.PLUGIN_UNRESPONSIVE)).st_mtime
+    except OSError:
+        until = 0.0
+    pool["unresponsive_until"] = until if until > time.time() else None
+    return pool
+
+
+def resident_summary(pool: dict[str, Any]) -> str:
+    if not pool.get("running"):
+        return "not running: the plugin does its work in its own process"
+    text = (f"{pool['mode']} pool, {pool['workers']} worker(s) ({pool['idle']} idle, "
+            f"{pool['max_workers']} at most), {pool['served']} requests served, "
+            f"{pool['ended']} worker(s) ended mid-request")
+    if pool.get("unresponsive_until"):
+        text += (", skipped by the plugin until "
+                 + time.strftime("%H:%M:%S", time.localtime(pool["unresponsive_until"])))
+    return text
 
 
 def _heal_status(report: Report, conf: Any, record: dict[str, Any]) -> None:
@@ -241,6 +276,8 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
 
                 rows.append(("counters", summary(dns["metrics"])))
                 rows.append(("metrics", f"http://{dns['address']}:{DEFAULT_PORT}/metrics"))
+        if "resident" in data:
+            rows.append(("resident", resident_summary(data["resident"])))
         pool = data.get("pool")
         if pool:
             rows.append(("pool", f"{pool['used']}/{pool['size']} addresses used ({pool['percent']}%)"))
