@@ -182,6 +182,16 @@ def is_tmpfs(path: str) -> bool:
         return False
 
 
+def served_requests(log: Path) -> list[str]:
+    """The request lines of a resident server's --verbose log ("resident: ADD <id> -> 0
+    (1.80 ms)"), one per request a worker ran; [] when there is no log."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if line.startswith("resident: ") and " -> " in line]
+
+
 def start_resident(python: str, src: Path, state_dir: Path, mode: str = "",
                    log: Path | None = None) -> subprocess.Popen:
     """The resident plugin server of `src` (issue 16) on `state_dir`, up (its socket there)

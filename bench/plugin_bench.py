@@ -185,11 +185,8 @@ class Bench:
     def resident_report(self) -> dict[str, Any]:
         """How many of chain N's requests the resident server ran; the rest fell back
         in-process (no acknowledgement within the client's ACK_TIMEOUT: a busy server)."""
-        try:
-            lines = (self.tmp / "resident.log").read_text().splitlines()
-        except OSError:
-            lines = []
-        served = [line for line in lines if line.startswith("resident: ") and " -> " in line]
+        log = self.tmp / "resident.log"
+        served = common.served_requests(log)
         work: dict[str, list[float]] = {}
         for line in served:  # "resident: ADD <id> -> 0 (1.80 ms)": the server-side time
             words = line.split()
@@ -197,7 +194,8 @@ class Bench:
                 work.setdefault(words[1], []).append(float(words[-2].lstrip("(")))
         return {"served": len(served), "requests": self.candidate_requests,
                 "work_ms": {command: common.summary(values) for command, values in work.items()},
-                "failed": [line for line in lines if "request failed" in line][-5:]}
+                "failed": [line for line in (log.read_text().splitlines() if log.exists() else [])
+                           if "request failed" in line][-5:]}
 
     def wait_for_stamp(self) -> float:
         """Seconds until N's reconciler vouched for the rules (it does so once a pod's ADD

@@ -99,8 +99,7 @@ def loopback_side_by_side(args: argparse.Namespace) -> int:
                         times[variant][op].append(done.wall)
             namespaces.cleanup()
         load.append(os.getloadavg()[0])
-        served = sum(1 for line in (tmp / "server.log").read_text().splitlines()
-                     if line.startswith("resident: ") and "->" in line)
+        served = len(common.served_requests(tmp / "server.log"))
     finally:
         if server is not None and server.poll() is None:
             server.terminate()  # our own child, by its PID
@@ -187,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces.cleanup()
         load.append(os.getloadavg()[0])
         for mode in ("warm", "fork"):  # requests the server ran (the rest fell back in-process)
-            served[mode] = sum(1 for line in (tmp / f"server-{mode}.log").read_text().splitlines()
-                               if line.startswith("resident: ") and "->" in line)
+            served[mode] = len(common.served_requests(tmp / f"server-{mode}.log"))
     finally:
         for sock in held:
             sock.close()

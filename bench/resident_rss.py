@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 done += 1
                 if done % 100 == 0:
                     samples.append((done, vm_rss_kb(server.pid)))
-        served = sum(1 for line in log.read_text().splitlines()
-                     if line.startswith("resident: ") and "->" in line)
+        served = len(common.served_requests(log))
     finally:
         if server is not None and server.poll() is None:
             server.terminate()  # our own child, by its PID

@@ -342,16 +342,6 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def reap_all() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def mode(environ: Any = None) -> str:
     value = (os.environ if environ is None else environ).get(MODE_ENV, "")
     return value if value in MODES else MODES[0]
@@ -388,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         server.serve(dispatch, handlers)
     finally:
         server.close()
-        reap_all()
+        server._reap()  # the workers that already left; the rest are init's
     return 0
 
 
