@@ -119,9 +119,9 @@ def detached_ports(conf: NetConf, attachments: dict[str, Any]) -> list[str]:
     return loose
 
 
-def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> None:
+def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> list[str]:
     """Create or correct the bridge, its gateway address, forwarding and NAT; put the pods'
-    host veths back on a rebuilt bridge."""
+    host veths back on a rebuilt bridge. Returns the rules that were missing (firewall.ensure)."""
     if conf.subnet6 is not None:
         _refuse_overlap6(conf)  # before anything changes
     if not links.exists(conf.bridge):
@@ -140,7 +140,7 @@ def setup_network(conf: NetConf, attachments: dict[str, Any] | None = None) -> N
                 links.attach(host, conf.bridge, conf.hairpin)
             except CNIError:
                 pass  # deleted meanwhile (a DEL in flight): nothing to put back
-    _firewall().ensure(conf)
+    return _firewall().ensure(conf)
 
 
 def _correct_bridge_address(conf: NetConf) -> None:
@@ -209,11 +209,11 @@ def ensure_network(tx: store.Transaction, conf: NetConf, problems: list[str]) ->
     first = conf.name not in tx.networks
     if first:
         _adopt_survivors(tx, conf)
-    setup_network(conf, tx.attachments)
+    fixed = setup_network(conf, tx.attachments)
     tx.networks[conf.name] = network_marker(conf)
     tx.dirty = True
-    if problems and not first:
-        _note_repairs(conf, problems, "ADD")
+    if problems and not first:  # the rules ADD did not look at itself (see bridge.add) too
+        _note_repairs(conf, problems + [p for p in fixed if p not in problems], "ADD")
 
 
 def claim_network(conf: NetConf, directory: str | None = None) -> None:
