@@ -1,0 +1,165 @@
+"""How many iptables execs a network's set-up and repair cost (issue 16), counted with a
+PATH of logging wrappers around the real programs, and that the rules come out the same."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.netns import unique
+from helpers.plugin import pod_args, state_dir_env, teardown_bridge_network
+
+pytestmark = pytest.mark.root
+
+WRAPPED = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
+           "ip6tables-restore", "nft", "ip")
+PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.fixture
+def exec_log(tmp_path: Path):
+    """(wrapper dir, log file): each wrapper logs its name and arguments, then execs the real one."""
+    wrappers, log = tmp_path / "wrappers", tmp_path / "execs.log"
+    wrappers.mkdir()
+    log.touch()
+    for name in WRAPPED:
+        real = shutil.which(name, path=PLAIN_PATH)
+        if real is None:
+            continue
+        script = wrappers / name
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
+        script.chmod(0o755)
+    return wrappers, log
+
+
+def _execs(log: Path, prefix: str) -> list[str]:
+    """The logged execs of `prefix` (iptables or ip6tables) and its -save/-restore."""
+    return [line for line in log.read_text().splitlines()
+            if line.split(" ", 1)[0] in (prefix, f"{prefix}-save", f"{prefix}-restore")]
+
+
+def _ula() -> str:
+    return f"fd{random.randint(0, 255):02x}:{random.randint(1, 0xFFFF):x}:" \
+        f"{random.randint(1, 0xFFFF):x}::/64"
+
+
+def _ours(config: dict, program: str = "iptables-save") -> list[str]:
+    """This network's lines in the listing, in order (the rules and its NAT chain's)."""
+    from smarter_cni.dataplane.names import chain_name
+
+    chain = chain_name(config["name"])
+    out = subprocess.run([program], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines()
+            if f'"smarter-cni {config["name"]}"' in line or line.startswith(f"-A {chain} ")]
+
+
+@pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual-stack"])
+def test_first_add_costs_one_listing_and_one_restore_per_family(
+        plugin, bridge_network, state_dir, netns, exec_log, dual):
+    config = dict(bridge_network, subnet6=_ula()) if dual else bridge_network
+    wrappers, log = exec_log
+    _, path = netns.create()
+    try:
+        added = plugin("ADD", config, unique("ctr-"), path, args=pod_args("first"),
+                       extra={"PATH": f"{wrappers}:{PLAIN_PATH}"})
+        assert added.ok, added
+        families = ["iptables", "ip6tables"] if dual else ["iptables"]
+        for family in families:
+            execs = _execs(log, family)
+            assert len(execs) <= 2, execs
+            assert [e.split(" ", 1)[0] for e in execs] == [f"{family}-save", f"{family}-restore"], \
+                execs
+            assert execs[1].endswith("--noflush -w 5"), execs
+        if not dual:
+            assert not _execs(log, "ip6tables")
+        from smarter_cni.dataplane import firewall
+        from smarter_cni.netconf import parse_netconf
+
+        assert firewall.present(parse_netconf(config)) == []
+        lines = _ours(config)
+        assert len(lines) == 6, lines  # 2 FORWARD accepts, the jump, the chain's 3 rules
+        if dual:
+            assert len(_ours(config, "ip6tables-save")) == 6
+    finally:
+        if dual:
+            teardown_bridge_network(config, state_dir)
+
+
+def test_second_ensure_writes_nothing_and_a_repair_one_restore(
+        plugin, bridge_network, state_dir, netns, exec_log, monkeypatch):
+    """On a whole network ensure() only lists; after the rules are gone one restore brings
+    them back exactly as they were (same lines, same order in their chains)."""
+    from smarter_cni.dataplane import firewall
+    from smarter_cni.dataplane.names import chain_name
+    from smarter_cni.netconf import parse_netconf
+
+    config = dict(bridge_network, subnet6=_ula())
+    wrappers, log = exec_log
+    _, path = netns.create()
+    try:
+        added = plugin("ADD", config, unique("ctr-"), path, args=pod_args("second"))
+        assert added.ok, added
+        conf = parse_netconf(config)
+        before4, before6 = _ours(config), _ours(config, "ip6tables-save")
+        monkeypatch.setenv("PATH", f"{wrappers}:{PLAIN_PATH}")
+        with state_dir_env(state_dir):
+            assert firewall.ensure(conf) == []
+        assert [e.split(" ", 1)[0] for e in log.read_text().splitlines()] == \
+            ["ip6tables-save", "iptables-save"]
+        assert _ours(config) == before4 and _ours(config, "ip6tables-save") == before6
+
+        # A repair: the FORWARD accepts, the jump and the chain's rules gone (a flush by hand)
+        chain = chain_name(config["name"])
+        for program in ("iptables", "ip6tables"):
+            prefix = f"-A {chain} "
+            listing = before4 if program == "iptables" else before6
+            for line in listing:
+                if not line.startswith(prefix):
+                    words = firewall.split_words(line)
+                    table = "filter" if words[1] == "FORWARD" else "nat"
+                    subprocess.run([program, "-t", table, "-D", *words[1:]], check=True)
+            subprocess.run([program, "-t", "nat", "-F", chain], check=True)
+        log.write_text("")
+        with state_dir_env(state_dir):
+            missing = firewall.ensure(conf)
+        assert len(missing) == 8, missing  # per family: 2 accepts, the jump, the chain
+        assert [e.split(" ", 1)[0] for e in log.read_text().splitlines()] == \
+            ["ip6tables-save", "ip6tables-restore", "iptables-save", "iptables-restore"]
+        assert _ours(config) == before4 and _ours(config, "ip6tables-save") == before6
+        assert firewall.present(conf) == []
+    finally:
+        teardown_bridge_network(config, state_dir)
+
+
+def test_stale_rules_of_the_network_go_in_the_same_restore(
+        bridge_network, state_dir, exec_log, monkeypatch):
+    """A changed bridge name: the old accepts are deleted, the new ones inserted at the top,
+    in one restore; rules of other networks stay."""
+    from smarter_cni.dataplane import firewall
+    from smarter_cni.dataplane.bridge_network import setup_network
+    from smarter_cni.netconf import parse_netconf
+
+    old = dict(bridge_network, bridge=unique("bro", 15))
+    new = bridge_network
+    wrappers, log = exec_log
+    try:
+        with state_dir_env(state_dir):
+            setup_network(parse_netconf(old))
+            setup_network(parse_netconf(new))  # bridge (and accepts) now named differently
+        assert all(old["bridge"] not in line for line in _ours(new))
+        forward = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True,
+                                 text=True).stdout.splitlines()
+        ours = [line for line in forward if f'"smarter-cni {new["name"]}"' in line]
+        # inserted one after the other at the top: the -o accept ends up before the -i one
+        assert [line.split()[2:4] for line in ours] == [["-o", new["bridge"]], ["-i", new["bridge"]]]
+        monkeypatch.setenv("PATH", f"{wrappers}:{PLAIN_PATH}")
+        with state_dir_env(state_dir):
+            assert firewall.ensure(parse_netconf(new)) == []
+        assert [e.split(" ", 1)[0] for e in log.read_text().splitlines()] == ["iptables-save"]
+    finally:
+        subprocess.run(["ip", "link", "del", old["bridge"]], capture_output=True)
+        teardown_bridge_network(new, state_dir)
