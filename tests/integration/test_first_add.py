@@ -3,6 +3,7 @@ PATH of logging wrappers around the real programs, and that the rules come out t
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
@@ -76,6 +77,10 @@ def test_first_add_costs_one_listing_and_one_restore_per_family(
             assert execs[1].endswith("--noflush -w 5"), execs
         if not dual:
             assert not _execs(log, "ip6tables")
+        # the bridge, its addresses and the pod's links over rtnetlink: no `ip` but the
+        # dual-stack overlap check's route listing
+        assert [e for e in log.read_text().splitlines() if e.split(" ", 1)[0] == "ip"] == \
+            (["ip -j -6 route show"] if dual else [])
         from smarter_cni.dataplane import firewall
         from smarter_cni.netconf import parse_netconf
 
@@ -163,3 +168,53 @@ def test_stale_rules_of_the_network_go_in_the_same_restore(
     finally:
         subprocess.run(["ip", "link", "del", old["bridge"]], capture_output=True)
         teardown_bridge_network(new, state_dir)
+
+
+def _bridge_view(bridge: str) -> tuple:
+    """What the set-up leaves on the bridge, without what differs per creation (ifindex)."""
+    link = json.loads(subprocess.run(["ip", "-d", "-j", "link", "show", "dev", bridge],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    addrs = json.loads(subprocess.run(["ip", "-j", "addr", "show", "dev", bridge],
+                                      capture_output=True, text=True, check=True).stdout)[0]
+    found = sorted((a["family"], a["local"], a["prefixlen"], a.get("scope"), a.get("broadcast"),
+                    a.get("nodad", False), a.get("noprefixroute", False))
+                   for a in addrs["addr_info"] if not a["local"].startswith("fe80:"))
+    return (link["linkinfo"]["info_kind"], link["address"], "UP" in link["flags"], link["mtu"],
+            found)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["fresh", "stale-addresses"])
+def test_bridge_comes_out_the_same_over_netlink_and_iproute2(bridge_network, state_dir,
+                                                             monkeypatch, stale):
+    """setup_network's rtnetlink path leaves the bridge as the `ip` path does: kind, MAC,
+    up, exactly the gateway addresses (stale ones replaced)."""
+    from smarter_cni.dataplane.bridge_network import bridge_mac, setup_network
+    from smarter_cni.netconf import parse_netconf
+
+    config = dict(bridge_network, subnet6=_ula())
+    conf = parse_netconf(config)
+    views = {}
+    try:
+        for tool in ("netlink", "iproute2"):
+            if tool == "iproute2":
+                monkeypatch.setenv("SMARTER_CNI_USE_IPROUTE2", "1")
+            if stale:
+                subprocess.run(["ip", "link", "add", conf.bridge, "type", "bridge"], check=True)
+                base = bridge_network["subnet"].rsplit(".", 1)[0]
+                for cidr in (f"{base}.77/24", f"{base}.1/25", "fd00:1:2:3::9/64"):
+                    subprocess.run(["ip", "addr", "add", cidr, "dev", conf.bridge], check=True)
+            with state_dir_env(state_dir):
+                setup_network(conf)
+            view = _bridge_view(conf.bridge)
+            # a bridge made by hand keeps its own (random) MAC either way
+            views[tool] = (view[0], "" if stale else view[1], *view[2:])
+            teardown_bridge_network(config, state_dir)
+        assert views["netlink"] == views["iproute2"]
+        kind, mac, up, _, addresses = views["netlink"]
+        assert (kind, up) == ("bridge", True)
+        assert mac == ("" if stale else bridge_mac(conf))
+        gateway = bridge_network["subnet"].replace(".0/24", ".1")
+        assert [(a[0], a[1], a[2]) for a in addresses] == \
+            [("inet", gateway, 24), ("inet6", conf.gateway6_text(), 64)]
+    finally:
+        teardown_bridge_network(config, state_dir)
