@@ -218,3 +218,63 @@ def test_bridge_comes_out_the_same_over_netlink_and_iproute2(bridge_network, sta
             [("inet", gateway, 24), ("inet6", conf.gateway6_text(), 64)]
     finally:
         teardown_bridge_network(config, state_dir)
+
+
+BACKEND_SCRIPT = r"""
+import json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from smarter_cni.dataplane import firewall
+from smarter_cni.netconf import parse_netconf
+
+conf = parse_netconf(json.loads(sys.argv[2]))
+def ours(program):
+    out = subprocess.run([program], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("-A ")]
+first = firewall.ensure(conf)
+listing = {p: ours(p) for p in ("iptables-save", "ip6tables-save")}
+again = firewall.ensure(conf)
+for program in ("iptables", "ip6tables"):
+    subprocess.run([program, "-F", "FORWARD"], check=True)
+    subprocess.run([program, "-t", "nat", "-F"], check=True)
+repaired = firewall.ensure(conf)
+print(json.dumps({"first": first, "listing": listing, "again": again, "repaired": repaired,
+                  "after": {p: ours(p) for p in ("iptables-save", "ip6tables-save")},
+                  "present": firewall.present(conf)}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_restore_path_on_both_iptables_backends(netns, tmp_path, backend):
+    """In a netns of the test's own, with iptables (and -save/-restore, ip6tables) pointing at
+    the `backend` variant: rules made, a second ensure writes nothing, a flush is repaired to
+    the same listing."""
+    from helpers.plugin import SRC
+
+    ns, _ = netns.create("fw")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    log = tmp_path / "execs.log"
+    for family in ("iptables", "ip6tables"):
+        for tail in ("", "-save", "-restore"):
+            real = f"/usr/sbin/{family}-{backend}{tail}"
+            (tools / f"{family}{tail}").write_text(
+                f'#!/bin/sh\necho "{family}{tail} $*" >> {log}\nexec {real} "$@"\n')
+            (tools / f"{family}{tail}").chmod(0o755)
+    config = {"cniVersion": "1.0.0", "name": "net-fw", "type": "smarter-cni", "bridge": "brfw",
+              "subnet": "10.99.0.0/24", "subnet6": "fd99:1:2::/64"}
+    done = subprocess.run(["ip", "netns", "exec", ns, "env", f"PATH={tools}:{PLAIN_PATH}",
+                           "python3", "-c", BACKEND_SCRIPT, str(SRC), json.dumps(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert len(out["first"]) == 8 and out["again"] == [] and len(out["repaired"]) == 8, out
+    assert out["present"] == []
+    assert out["after"] == out["listing"]
+    for program in ("iptables-save", "ip6tables-save"):
+        assert len(out["listing"][program]) == 6, out["listing"]  # accepts, jump, 3 in the chain
+    restores = [line for line in log.read_text().splitlines() if "-restore" in line]
+    assert len(restores) == 4, restores  # first and repair, per family; none for "again"
+    writes = [line for line in log.read_text().splitlines()
+              if line.split(" ", 1)[0] in ("iptables", "ip6tables")
+              and not line.split(" ", 2)[1].startswith(("-F", "-t"))]
+    assert writes == [], writes  # every change went through the restores
