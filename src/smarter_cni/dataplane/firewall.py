@@ -87,6 +87,8 @@ def ensure(conf: NetConf) -> list[str]:
             _nft_ensure6(conf)
         return []
     missing = ensure6(conf) if conf.subnet6 is not None else []
+    # Within each family NAT is restored before the FORWARD accepts: nothing is forwarded
+    # un-NATed while a repair is half done (why, in full: _changes).
     found = _restore(conf, "iptables", ipv6=False, active=conf.ipv4)
     if found is None:
         _ensure_by_rules(conf)
