@@ -114,3 +114,65 @@ def test_summary_for_status(tmp_path):
     report = reconcile.summary(conf, str(tmp_path), last=3)
     assert [r["what"] for r in report["repairs"]] == ["fix 12", "fix 13", "fix 14"]
     assert len(report["drift"]) == 1 and "dockerd does not answer" in report["drift"][0]
+
+
+def _conf(**extra):
+    from smarter_cni.netconf import parse_netconf
+
+    return parse_netconf({"cniVersion": "1.0.0", "name": "net-a", "type": "smarter-cni",
+                          "bridge": "br0", "subnet": "10.1.0.0/24", **extra})
+
+
+def test_restore_script_holds_only_what_is_missing_nat_first():
+    from smarter_cni.dataplane.names import chain_name
+
+    conf = _conf()
+    chain = chain_name("net-a")
+    # the listing: the -o accept there, a stale jump (old subnet), the chain flushed
+    listing = firewall.parse_chains(SAVE.replace("SMARTER-CNI-1", chain)
+                                    .replace(f"-A {chain} -j MASQUERADE\n", ""))
+    script = firewall._changes(listing, conf, ipv6=False, active=True)
+    lines = script.splitlines()
+    assert lines == [
+        "*nat",
+        f":{chain} - [0:0]",
+        f"-A {chain} -d 10.1.0.0/24 -j RETURN",
+        f"-A {chain} -d 224.0.0.0/4 -j RETURN",
+        f"-A {chain} -j MASQUERADE",
+        "COMMIT",
+        "*filter",
+        '-I FORWARD 1 -i br0 -m comment --comment "smarter-cni net-a" -j ACCEPT',
+        "COMMIT",
+    ]
+    # the jump is the wanted one (same subnet): kept; with another subnet it is replaced
+    moved = firewall._changes(listing, _conf(subnet="10.2.0.0/24"), ipv6=False, active=True)
+    assert f'-D POSTROUTING -s 10.1.0.0/24 -m comment --comment "smarter-cni net-a" -j {chain}' \
+        in moved.splitlines()
+    assert f'-A POSTROUTING -s 10.2.0.0/24 -m comment --comment "smarter-cni net-a" -j {chain}' \
+        in moved.splitlines()
+    assert moved.index("*nat") < moved.index("*filter")
+
+
+def test_restore_script_is_empty_when_whole_and_drops_all_when_inactive():
+    from smarter_cni.dataplane.names import chain_name
+
+    conf = _conf()
+    chain = chain_name("net-a")
+    whole = "\n".join(["*filter", ":FORWARD DROP [0:0]",
+                       '-A FORWARD -o br0 -m comment --comment "smarter-cni net-a" -j ACCEPT',
+                       '-A FORWARD -i br0 -m comment --comment "smarter-cni net-a" -j ACCEPT',
+                       "COMMIT", "*nat", f":{chain} - [0:0]",
+                       f'-A POSTROUTING -s 10.1.0.0/24 -m comment --comment "smarter-cni net-a" '
+                       f"-j {chain}",
+                       f"-A {chain} -d 10.1.0.0/24 -j RETURN",
+                       f"-A {chain} -d 224.0.0.0/4 -j RETURN", f"-A {chain} -j MASQUERADE",
+                       "COMMIT"])
+    assert firewall._changes(firewall.parse_chains(whole), conf, ipv6=False, active=True) == ""
+    gone = firewall._changes(firewall.parse_chains(whole), conf, ipv6=False, active=False)
+    assert [line.split(" ", 2)[:2] for line in gone.splitlines() if line.startswith("-")] == \
+        [["-D", "POSTROUTING"], ["-D", "FORWARD"], ["-D", "FORWARD"]]
+
+
+def test_quote_rule_round_trips_through_split_words():
+    words = ["-m", "comment", "--comment", 'say "hi" \\ there', "--x", "", "-j", "ACCEPT"]
+    assert firewall.split_words(firewall.quote_rule(words)) == words

@@ -60,7 +60,11 @@ def add(request: Request, conf: NetConf) -> Result:
                                 request.args.get("K8S_POD_UID", ""), pod_hostname(request, conf))
     # A cheap look (outside the lock, read-only) instead of trusting the marker alone:
     # rules flushed by a firewall reload, a deleted bridge or address are restored here.
-    problems = network_problems(conf, rules=not rules_verified(conf))
+    # The rules only when the rest is whole: otherwise the repair below runs anyway and its
+    # own iptables-save (firewall.ensure) finds what is missing, one exec less.
+    problems = network_problems(conf, rules=False)
+    if not problems and not rules_verified(conf):
+        problems = _firewall().present(conf)
     with store.Transaction() as tx:
         existing = tx.attachments.get(key)
         if existing and links.exists(existing.get("host_ifname", host)):

@@ -26,6 +26,7 @@ CLONE_NEWNET = 0x40000000
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLMSG_ERROR = 2
@@ -34,7 +35,7 @@ NLM_F_DUMP = 0x300
 NLA_F_NESTED = 0x8000
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE = 24
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
@@ -210,6 +211,12 @@ class Socket:
                 + _attr(IFLA_MASTER, _u32(master)) + _attr(IFLA_LINKINFO, linkinfo))
         self.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL)
 
+    def create_bridge(self, name: str, mac: str) -> None:
+        """A bridge with a fixed MAC, left down (as `ip link add NAME address MAC type bridge`)."""
+        linkinfo = _attr(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, b"bridge\0"))
+        self.request(RTM_NEWLINK, _ifinfomsg() + _attr(IFLA_IFNAME, _name(name))
+                     + _attr(IFLA_ADDRESS, _mac(mac)) + linkinfo, NLM_F_CREATE | NLM_F_EXCL)
+
     def set_hairpin(self, index: int) -> None:
         protinfo = _attr(IFLA_PROTINFO | NLA_F_NESTED, _attr(IFLA_BRPORT_MODE, b"\x01"))
         self.request(RTM_SETLINK, _ifinfomsg(index, family=AF_BRIDGE) + protinfo)
@@ -240,6 +247,32 @@ class Socket:
         message = bytes((AF_INET6, prefix, IFA_F_NODAD, RT_SCOPE_UNIVERSE)) + _u32(index)
         self.request(RTM_NEWADDR, message + _attr(IFA_ADDRESS, _ipv6(address)),
                      NLM_F_CREATE | NLM_F_EXCL)
+
+    def replace_address(self, index: int, address: str, prefix: int) -> None:
+        """As `ip addr replace` (IPv6: with nodad): created, or its settings renewed."""
+        if ":" in address:
+            message = bytes((AF_INET6, prefix, IFA_F_NODAD, RT_SCOPE_UNIVERSE)) + _u32(index)
+            attrs = _attr(IFA_ADDRESS, _ipv6(address))
+        else:
+            message = bytes((AF_INET, prefix, 0, RT_SCOPE_UNIVERSE)) + _u32(index)
+            packed = _ipv4(address)
+            attrs = _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+        self.request(RTM_NEWADDR, message + attrs, NLM_F_CREATE | NLM_F_REPLACE)
+
+    def delete_address(self, index: int, address: str, prefix: int) -> None:
+        """As `ip addr del`; an address already gone is fine."""
+        if ":" in address:
+            message = bytes((AF_INET6, prefix, 0, 0)) + _u32(index)
+            attrs = _attr(IFA_ADDRESS, _ipv6(address))
+        else:
+            message = bytes((AF_INET, prefix, 0, 0)) + _u32(index)
+            packed = _ipv4(address)
+            attrs = _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+        try:
+            self.request(RTM_DELADDR, message + attrs)
+        except OSError as err:
+            if err.errno != 99:  # EADDRNOTAVAIL: gone already (a primary took it along)
+                raise
 
     def add_default_route6(self, index: int, gateway: str) -> None:
         message = bytes((AF_INET6, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
