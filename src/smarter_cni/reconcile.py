@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_INTERVAL = 2.0
 INTERVAL_ENV = "SMARTER_CNI_RECONCILE_INTERVAL"  # seconds; 0 turns the reconciler off
 LISTENER_FAILURES_BEFORE_REPORT = 2
+PROBE_TIMEOUT = 1.0  # seconds the reconciler waits for its own DNS query's answer
 
 
 # ---------------------------------------------------------------- checks
@@ -63,14 +64,15 @@ def docker_network_is_ours(conf: NetConf, directory: str | None = None) -> bool:
 
 
 def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
-          dns_port: int = 53) -> list[str]:
+          dns_port: int = 53, dns_address6: str = "") -> list[str]:
     """What is wrong with the network and the node DNS, one sentence each ([] = whole).
 
     For `smarter-cni status`; the reconciler repairs these. Bridge mode: the
     bridge, its address and ports, forwarding, FORWARD and NAT rules. Docker
-    mode: dockerd answers and the Docker network exists. Both: the DNS
-    address is the node's and the service answers on it (pass `dns_address=""`
-    to skip the DNS part).
+    mode: dockerd answers and the Docker network exists. Both: each DNS
+    address given (`dns_address`, and `dns_address6` when the service also
+    listens on IPv6) is the node's and the service answers on it (pass "" to
+    skip one).
     """
     problems = []
     if conf.mode == "bridge":
@@ -85,19 +87,31 @@ def check(conf: NetConf, directory: str | None = None, dns_address: str = "",
         problems += bridge_network.network_problems(conf, state["attachments"])
     else:
         problems += _docker_problems(conf)
-    if dns_address:
-        if not host_has(dns_address):
-            problems.append(f"DNS address {dns_address} is not on the node")
-        elif not dns_answers(dns_address, conf.domain, port=dns_port)[0]:
-            problems.append(f"DNS service does not answer on {dns_address}:{dns_port}")
+    for address in (dns_address, dns_address6):
+        if address:
+            problems += dns_problems(address, conf.domain, dns_port)
     return problems
 
 
+def dns_problems(address: str, domain: str, port: int = 53) -> list[str]:
+    """The DNS address (either family) is the node's and the service answers there."""
+    if not host_has(address):
+        return [f"DNS address {address} is not on the node"]
+    if not dns_answers(address, domain, port=port)[0]:
+        return [f"DNS service does not answer on {address_port(address, port)}"]
+    return []
+
+
+def address_port(address: str, port: int) -> str:
+    """'169.254.0.2:53', '[fd00:169:254::2]:53': as an operator would type it."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def summary(conf: NetConf, directory: str | None = None, dns_address: str = "",
-            dns_port: int = 53, last: int = 10) -> dict[str, Any]:
+            dns_port: int = 53, last: int = 10, dns_address6: str = "") -> dict[str, Any]:
     """For `smarter-cni status`: {"drift": check()'s list, "repairs": the last `last`
     repairs, oldest first}. Drift is a problem (exit 1); repairs are history."""
-    return {"drift": check(conf, directory, dns_address, dns_port),
+    return {"drift": check(conf, directory, dns_address, dns_port, dns_address6),
             "repairs": recent_repairs(directory)[-last:] if last > 0 else []}
 
 
@@ -115,22 +129,41 @@ def _docker_problems(conf: NetConf) -> list[str]:
 
 # ---------------------------------------------------------------- the loop
 
+class Listener:
+    """One address the DNS service answers on (IPv4, or the IPv6 `dnsAddress6`), as the
+    reconciler watches it: its Server (for the query counter) and missed probes in a row."""
+
+    __slots__ = ("address", "server", "failures")
+
+    def __init__(self, address: str, server: Any = None) -> None:
+        self.address = address
+        self.server = server
+        self.failures = 0
+
+    def queries(self) -> int:
+        stats = getattr(self.server, "stats", None)
+        return int(getattr(stats, "queries", -1))
+
+
 class Reconciler(threading.Thread):
     """Checks every `interval` seconds and repairs; one log line per repair."""
 
     def __init__(self, conf: NetConf, directory: str, dns_address: str = "", dns_port: int = 53,
                  dns_interface: str | None = None, interval: float = DEFAULT_INTERVAL,
-                 server: Any = None) -> None:
+                 server: Any = None, dns_address6: str = "", server6: Any = None) -> None:
         super().__init__(name="reconciler", daemon=True)
         self.conf = conf
         self.directory = directory
         self.dns_address = dns_address
+        self.dns_address6 = dns_address6
         self.dns_port = dns_port
-        self.dns_interface = dns_interface  # None: the address is not ours to add
+        self.dns_interface = dns_interface  # None: the addresses are not ours to add
         self.interval = interval
         self.server = server  # the DNS Server: its .stop flag and query counter
+        # the IPv6 listener is a second Server (dns/listen6.py), with a counter of its own
+        self.listeners = [Listener(address, owner) for address, owner in
+                          ((dns_address, server), (dns_address6, server6)) if address]
         self.halt = threading.Event()
-        self.listener_failures = 0
         self.reported: dict[str, set[str]] = {}  # unrepairable problems, logged once each
         self.loose: set[str] = set()  # pod veths off the bridge at the last look
         self.network_missing = False  # the Docker network was missing at the last look
@@ -151,10 +184,6 @@ class Reconciler(threading.Thread):
     def stopping(self) -> bool:
         return self.halt.is_set() or bool(getattr(self.server, "stop", False))
 
-    def _queries(self) -> int:
-        stats = getattr(self.server, "stats", None)
-        return int(getattr(stats, "queries", -1))
-
     def tick(self) -> list[str]:
         """One look; returns the repairs made."""
         self.ticks += 1
@@ -163,7 +192,7 @@ class Reconciler(threading.Thread):
             repairs += self._bridge()
         else:
             repairs += self._docker()
-        if self.dns_address:
+        if self.listeners:
             repairs += self._dns()
         return repairs
 
@@ -275,41 +304,50 @@ class Reconciler(threading.Thread):
             pass
 
     def _dns(self) -> list[str]:
+        """Each DNS address (both families alike): restore it if it is gone and ours, then
+        probe its listener."""
         repairs = []
-        if not host_has(self.dns_address):
-            if self.dns_interface is None or self.stopping():
-                self._report("dns", [f"DNS address {self.dns_address} is not on the node"])
-                return []
-            from .dns.address import AddressSetupError, ensure_address
+        for listener in self.listeners:
+            repairs += self._dns_address(listener.address)
+            self._dns_listener(listener)
+        return repairs
 
-            try:
-                where = ensure_address(self.dns_address, self.dns_interface)
-            except AddressSetupError as err:
-                log.error("DNS address %s is missing and cannot be restored: %s",
-                          self.dns_address, err)
-                return []
-            problem = f"DNS address {self.dns_address} was missing ({where})"
-            log.warning("repaired %s", problem)
-            note_repairs(self.conf.name, [problem], "reconciler", self.directory)
-            _count_repairs("dns", 1)
-            repairs.append(problem)
-        else:
-            self._report("dns", [])
-        queries = self._queries()
-        if dns_answers(self.dns_address, self.conf.domain, port=self.dns_port)[0] or \
-                self._queries() > queries >= 0:  # busy: our probe dropped, but the loop runs
-            if self.listener_failures:
-                log.warning("DNS listener on %s:%d answers again", self.dns_address,
-                            self.dns_port)
-            self.listener_failures = 0
-            return repairs
-        self.listener_failures += 1
-        if self.listener_failures == LISTENER_FAILURES_BEFORE_REPORT:
+    def _dns_address(self, address: str) -> list[str]:
+        kind = f"dns {address}"
+        if host_has(address):
+            self._report(kind, [])
+            return []
+        if self.dns_interface is None or self.stopping():
+            self._report(kind, [f"DNS address {address} is not on the node"])
+            return []
+        from .dns.address import AddressSetupError, ensure_address
+
+        try:
+            where = ensure_address(address, self.dns_interface)
+        except AddressSetupError as err:
+            log.error("DNS address %s is missing and cannot be restored: %s", address, err)
+            return []
+        problem = f"DNS address {address} was missing ({where})"
+        log.warning("repaired %s", problem)
+        note_repairs(self.conf.name, [problem], "reconciler", self.directory)
+        _count_repairs("dns", 1)
+        return [problem]
+
+    def _dns_listener(self, listener: Listener) -> None:
+        queries = listener.queries()
+        if dns_answers(listener.address, self.conf.domain, PROBE_TIMEOUT, self.dns_port)[0] or \
+                listener.queries() > queries >= 0:  # busy: our probe dropped, but the loop runs
+            if listener.failures:
+                log.warning("DNS listener on %s answers again",
+                            address_port(listener.address, self.dns_port))
+            listener.failures = 0
+            return
+        listener.failures += 1
+        if listener.failures == LISTENER_FAILURES_BEFORE_REPORT:
             # Reported, not acted on: exiting for the supervisor to restart us would turn a
             # host firewall that drops only this probe into a restart loop.
-            log.error("DNS listener on %s:%d did not answer %d checks in a row",
-                      self.dns_address, self.dns_port, self.listener_failures)
-        return repairs
+            log.error("DNS listener on %s did not answer %d checks in a row",
+                      address_port(listener.address, self.dns_port), listener.failures)
 
 
 def _count_repairs(kind: str, count: int) -> None:
@@ -331,14 +369,16 @@ def interval_from_env(default: float = DEFAULT_INTERVAL) -> float:
 
 
 def start(conf: NetConf, directory: str, dns_address: str, dns_port: int,
-          dns_interface: str | None, server: Any = None) -> Reconciler | None:
-    """The DNS service's hook: start the thread (unless the interval is 0)."""
+          dns_interface: str | None, server: Any = None, dns_address6: str = "",
+          server6: Any = None) -> Reconciler | None:
+    """The DNS service's hook: start the thread (unless the interval is 0). `dns_address6`
+    and `server6`: the IPv6 listener (dnsAddress6), watched and restored alike."""
     interval = interval_from_env()
     if interval <= 0:
         log.info("reconciler off (%s=0)", INTERVAL_ENV)
         return None
     reconciler = Reconciler(conf, directory, dns_address, dns_port, dns_interface, interval,
-                            server)
+                            server, dns_address6, server6)
     reconciler.start()
     log.info("reconciler: checking network %s every %g s", conf.name, interval)
     return reconciler

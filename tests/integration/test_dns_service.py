@@ -322,6 +322,11 @@ def test_bad_settings_give_a_clear_message_not_a_traceback(tmp_path, state_dir):
         (["--config", config, "--listen", "192.0.2.250", "--no-address-setup"],
          "not an address of this node"),
         (["--config", config, "--listen", "127.0.0.1", "--upstream", "x:y"], "--upstream"),
+        # an IPv6 address the node lacks, with the IPv4 one already there (documentation
+        # prefix, never assigned here): once an UnboundLocalError traceback
+        (["--config", config, "--listen", "127.0.0.1", "--port", str(free_port()),
+          "--metrics", "off", "--no-address-setup", "--listen6", "2001:db8:53::53"],
+         "cannot listen on [2001:db8:53::53]"),
     ]
     for args, expected in cases:
         done = subprocess.run([sys.executable, "-m", "smarter_cni.dns", *args,

@@ -15,6 +15,11 @@ pod's name every 0.1 s) reports when both work again. The probe's first
 round must fail (the fault really broke the pod) and the heal must take
 under 10 s. The repair log lines of the service are kept for the table in
 docs/reliability.md (`pytest -s` prints them).
+
+A second, dual-stack node (`node6`: subnet6 and dnsAddress6, IPv6 switched on
+in its namespaces) has its IPv6 DNS address removed (the probe asks the IPv6
+listener) and its IPv6 listener silenced by an ip6tables drop, which the
+reconciler must report after LISTENER_FAILURES_BEFORE_REPORT looks.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ pytestmark = pytest.mark.root
 PROBE = Path(__file__).with_name("heal_probe.py")
 SUBNET, GATEWAY = "10.42.7.0/24", "10.42.7.1"
 DNS_ADDRESS = "169.254.20.10"
+SUBNET6, DNS_ADDRESS6 = "fd42:77:7::/64", "fd42:77:53::2"  # node6 only (unique local)
 NODE_UPLINK, UPSTREAM = "203.0.113.1", "203.0.113.2"
 HEAL_LIMIT = 10.0
 RESULTS: list[dict] = []
@@ -49,8 +55,9 @@ RESULTS: list[dict] = []
 class Node:
     """A node in its own netns: plugin, bridge network, supervised DNS service, two pods."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, ipv6: bool = False) -> None:
         self.tmp = tmp
+        self.ipv6 = ipv6
         self.ns = unique("scnode-", 20)
         self.upstream = unique("scup-", 20)
         self.pods: dict[str, dict] = {}
@@ -63,6 +70,8 @@ class Node:
         self.bin = make_bin_dir(tmp / "bin")
         self.plugin_conf = {"cniVersion": "1.0.0", "name": self.network, "type": "smarter-cni",
                             "bridge": self.bridge, "subnet": SUBNET, "dnsAddress": DNS_ADDRESS}
+        if ipv6:
+            self.plugin_conf.update(subnet6=SUBNET6, dnsAddress6=DNS_ADDRESS6)
         self.conflist = tmp / "10-heal.conflist"
         self.conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": self.network,
                                              "plugins": [{k: v for k, v in self.plugin_conf.items()
@@ -78,7 +87,7 @@ class Node:
         sh("ip", "netns", "add", self.ns)
         sh("ip", "netns", "add", self.upstream)
         for ns in (self.ns, self.upstream):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            self.prepare_ns(ns)
         sh("ip", "-n", self.ns, "link", "add", "uplink", "type", "veth", "peer", "name", "eth0",
            "netns", self.upstream)
         sh("ip", "-n", self.ns, "addr", "add", f"{NODE_UPLINK}/24", "dev", "uplink")
@@ -89,6 +98,14 @@ class Node:
         for name in ("alpha", "beta"):
             self.add_pod(name)
         self.start_dns()
+
+    def prepare_ns(self, ns: str) -> None:
+        """lo up; on node6 IPv6 switched on explicitly (a host may default to it off)."""
+        if self.ipv6:
+            for scope in ("all", "default", "lo"):
+                sh("ip", "netns", "exec", ns, "sysctl", "-qw",
+                   f"net.ipv6.conf.{scope}.disable_ipv6=0")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
 
     def plugin(self, command: str, container: str, netns: str, args: str = ""
                ) -> subprocess.CompletedProcess:
@@ -104,6 +121,7 @@ class Node:
         ns = unique(f"schp{name[0]}-", 20)
         sh("ip", "netns", "add", ns)
         self.pod_ns.append(ns)
+        self.prepare_ns(ns)
         done = self.plugin("ADD", f"ctr-{name}", f"/var/run/netns/{ns}", pod_args(name))
         assert done.returncode == 0, done
         address = json.loads(done.stdout)["ips"][0]["address"].split("/")[0]
@@ -128,10 +146,10 @@ class Node:
         children = path.read_text().split() if path.exists() else []
         return int(children[0]) if children else 0
 
-    def probe(self, limit: float = 20.0) -> dict:
+    def probe(self, limit: float = 20.0, dns: str = DNS_ADDRESS) -> dict:
         pod = self.pods["alpha"]
         done = subprocess.run(["ip", "netns", "exec", pod["ns"], sys.executable, str(PROBE),
-                               UPSTREAM, DNS_ADDRESS, "beta.default.svc.cluster.local",
+                               UPSTREAM, dns, "beta.default.svc.cluster.local",
                                self.pods["beta"]["ip"], str(limit)],
                               capture_output=True, text=True, timeout=limit + 30)
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -141,6 +159,9 @@ class Node:
         chain = chain_name(self.network)
         return sorted(line for line in text.splitlines()
                       if line.startswith("-A ") and (self.network in line or chain in line))
+
+    def log_since(self, offset: int) -> str:
+        return self.log.read_text()[offset:]
 
     def stop(self) -> None:
         if self.supervisor is not None and self.supervisor.poll() is None:
@@ -159,16 +180,30 @@ class Node:
                 sh("ip", "netns", "del", ns, check=False)
 
 
+def _built(node: Node, dns: str = DNS_ADDRESS) -> Node:
+    node.build()
+    healthy = node.probe(30, dns)
+    assert healthy["healed"], f"the node never worked: {node.log.read_text()[-3000:]}"
+    node.baseline_rules = node.our_rule_lines()
+    assert len(node.baseline_rules) == 6, node.baseline_rules  # 2 FORWARD, jump, 3 in chain
+    return node
+
+
+@pytest.fixture(scope="module")
+def node6(tmp_path_factory):
+    """A dual-stack node: the DNS service also listens on DNS_ADDRESS6."""
+    node = Node(tmp_path_factory.mktemp("heal6"), ipv6=True)
+    try:
+        yield _built(node, DNS_ADDRESS6)
+    finally:
+        node.cleanup()
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     node = Node(tmp_path_factory.mktemp("heal"))
     try:
-        node.build()
-        healthy = node.probe(30)
-        assert healthy["healed"], f"the node never worked: {node.log.read_text()[-3000:]}"
-        node.baseline_rules = node.our_rule_lines()
-        assert len(node.baseline_rules) == 6, node.baseline_rules  # 2 FORWARD, jump, 3 in chain
-        yield node
+        yield _built(node)
     finally:
         node.cleanup()
         if RESULTS:
@@ -245,3 +280,88 @@ def test_the_node_heals(node, fault):
         if (node.state / "repairs.json").exists() else []
     if fault != "DNS service SIGKILLed":
         assert any(r["time"] >= time.time() - 60 for r in repairs), repairs
+
+
+# ---------------------------------------------------------------- the IPv6 DNS listener (node6)
+
+def _dns6_device(node: Node) -> str:
+    shown = sh("ip", "-n", node.ns, "-6", "-o", "addr", "show", "to", DNS_ADDRESS6).stdout.decode()
+    assert shown, f"{DNS_ADDRESS6} is on no device: {node.log.read_text()[-2000:]}"
+    return shown.split()[1]
+
+
+def _metric(node: Node, name: str) -> str:
+    """The service's /metrics lines for `name` (read inside the node's namespace)."""
+    script = ("import urllib.request; print(urllib.request.urlopen("
+              f"'http://{DNS_ADDRESS}:9153/metrics', timeout=5).read().decode())")
+    text = node.run(sys.executable, "-c", script).stdout.decode()
+    return "\n".join(line for line in text.splitlines() if line.startswith(name))
+
+
+def test_the_ipv6_dns_address_is_restored(node6):
+    """`ip -6 addr del` of dnsAddress6: the pod's queries to it fail, then the reconciler
+    puts it back (same service, no restart): a log line, repairs.json, the metrics."""
+    before = node6.probe(15, DNS_ADDRESS6)
+    assert before["healed"] and before["first_ok"], "the IPv6 listener did not answer before"
+    dns_before = node6.dns_pid()
+    repairs_before = _metric(node6, "smarter_cni_node_repairs_total")
+    log_offset = node6.log.stat().st_size
+    at = time.monotonic()
+    sh("ip", "-n", node6.ns, "-6", "addr", "del", f"{DNS_ADDRESS6}/128", "dev", _dns6_device(node6))
+    after = node6.probe(30, DNS_ADDRESS6)
+    assert after["first_ok"] is False, "removing the IPv6 DNS address did not break the pod"
+    assert after["healed"], f"not healed after 30 s: {node6.log_since(log_offset)}"
+    seconds = after["healed"] - at
+    time.sleep(0.3)  # the repair's log line is written right after the repair itself
+    lines = [line.strip() for line in node6.log_since(log_offset).splitlines()
+             if "repaired" in line]
+    RESULTS.append({"fault": "IPv6 DNS address removed", "seconds": seconds, "log": lines})
+    print(f"IPv6 DNS address removed: healed in {seconds:.2f} s; {lines}")
+    assert seconds < HEAL_LIMIT, (seconds, lines)
+    assert len(lines) == 1 and f"repaired DNS address {DNS_ADDRESS6} was missing (added to " \
+        in lines[0], lines
+    assert _dns6_device(node6)  # back on the node
+    assert node6.dns_pid() == dns_before  # restored in place, the service was not restarted
+    repairs = json.loads((node6.state / "repairs.json").read_text())
+    assert [r for r in repairs if r["by"] == "reconciler" and r["time"] >= time.time() - 60
+            and r["what"].startswith(f"DNS address {DNS_ADDRESS6} was missing")], repairs
+    counted = _metric(node6, "smarter_cni_node_repairs_total")
+    assert counted != repairs_before and 'kind="dns"' in counted, (repairs_before, counted)
+    # the IPv4 listener was never touched
+    assert node6.probe(5)["first_ok"]
+
+
+def test_a_silent_ipv6_listener_is_reported_after_the_threshold(node6):
+    """An ip6tables drop in front of the IPv6 listener only: the reconciler logs it after
+    LISTENER_FAILURES_BEFORE_REPORT misses, keeps serving IPv4, restarts nothing, and
+    says so when it answers again."""
+    from smarter_cni.reconcile import LISTENER_FAILURES_BEFORE_REPORT
+
+    rule = ["INPUT", "-d", f"{DNS_ADDRESS6}/128", "-p", "udp", "--dport", "53", "-j", "DROP"]
+    dns_before = node6.dns_pid()
+    log_offset = node6.log.stat().st_size
+    silent = f"DNS listener on [{DNS_ADDRESS6}]:53 did not answer " \
+        f"{LISTENER_FAILURES_BEFORE_REPORT} checks in a row"
+    node6.run("ip6tables", "-I", *rule)
+    try:
+        at = time.monotonic()
+        while silent not in node6.log_since(log_offset) and time.monotonic() - at < 20:
+            time.sleep(0.2)
+        seconds = time.monotonic() - at
+        said = node6.log_since(log_offset)
+        assert silent in said, said
+        print(f"silent IPv6 listener reported after {seconds:.1f} s")
+        # not before the threshold: at least (threshold - 1) full intervals of 2 s
+        assert seconds >= (LISTENER_FAILURES_BEFORE_REPORT - 1) * 2.0 - 0.5, (seconds, said)
+        assert said.count(silent) == 1, said
+        assert "DNS listener on 169.254" not in said, said  # IPv4 is counted on its own
+        assert node6.probe(5)["first_ok"], "the IPv4 listener stopped too"
+        assert node6.dns_pid() == dns_before  # reported, not a restart
+    finally:
+        node6.run("ip6tables", "-D", *rule, check=False)
+    again = f"DNS listener on [{DNS_ADDRESS6}]:53 answers again"
+    at = time.monotonic()
+    while again not in node6.log_since(log_offset) and time.monotonic() - at < 15:
+        time.sleep(0.2)
+    assert again in node6.log_since(log_offset), node6.log_since(log_offset)
+    assert node6.probe(10, DNS_ADDRESS6)["first_ok"]

@@ -80,18 +80,30 @@ def test_netlink_attribute_runs_split_back():
     assert _attrs(data + b"\x02\x00") == _attrs(data)  # a torn tail is ignored
 
 
-def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp_path):
-    """Nobody serves the port: logged once as an error, no exit, no repair claimed."""
+@pytest.fixture
+def quick_probe(monkeypatch):
+    """Nothing answers in these tests: wait 0.1 s per probe, not 1 s."""
+    monkeypatch.setattr(reconcile, "PROBE_TIMEOUT", 0.1)
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp_path, family,
+                                                                             quick_probe):
+    """Nobody serves the port: logged once as an error, no exit, no repair claimed; the
+    IPv6 listener (dnsAddress6) is watched the same way, named as [address]:port."""
     import socket
 
     from smarter_cni.netconf import parse_netconf
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+    address, shown = ("127.0.0.1", "127.0.0.1:{}") if family == "ipv4" else ("::1", "[::1]:{}")
+    with socket.socket(socket.AF_INET if family == "ipv4" else socket.AF_INET6,
+                       socket.SOCK_DGRAM) as sock:
+        sock.bind((address, 0))
         port = sock.getsockname()[1]  # free again once closed: nothing answers there
     conf = parse_netconf({"name": "silent", "type": "smarter-cni", "mode": "docker",
                           "dockerSocket": str(tmp_path / "none.sock")})
-    reconciler = reconcile.Reconciler(conf, str(tmp_path), "127.0.0.1", port)
+    addresses = {"dns_address": address} if family == "ipv4" else {"dns_address6": address}
+    reconciler = reconcile.Reconciler(conf, str(tmp_path), dns_port=port, **addresses)
     logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
     try:
         for _ in range(4):
@@ -99,9 +111,62 @@ def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp
     finally:
         logged, reconcile.log.stream = reconcile.log.stream, logged
     said = logged.getvalue().splitlines()
-    assert said == [f"ERROR DNS listener on 127.0.0.1:{port} did not answer 2 checks in a row"]
-    assert reconcile.check(conf, str(tmp_path), "127.0.0.1", port)[-1] == \
-        f"DNS service does not answer on 127.0.0.1:{port}"
+    assert said == [f"ERROR DNS listener on {shown.format(port)} did not answer 2 checks in a row"]
+    assert reconcile.check(conf, str(tmp_path), dns_port=port, **addresses)[-1] == \
+        f"DNS service does not answer on {shown.format(port)}"
+
+
+def test_each_family_is_counted_and_reported_on_its_own(tmp_path, quick_probe):
+    """Two silent listeners: one error line each, after each one's own two misses."""
+    import socket
+
+    from smarter_cni.netconf import parse_netconf
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock6, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock4:
+        sock6.bind(("::1", 0))
+        port = sock6.getsockname()[1]
+        sock4.bind(("127.0.0.1", port))  # the same port on both, as the service has
+    conf = parse_netconf({"name": "silent", "type": "smarter-cni", "mode": "docker",
+                          "dockerSocket": str(tmp_path / "none.sock")})
+    reconciler = reconcile.Reconciler(conf, str(tmp_path), "127.0.0.1", port,
+                                      dns_address6="::1")
+    assert [listener.address for listener in reconciler.listeners] == ["127.0.0.1", "::1"]
+    logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
+    try:
+        for _ in range(3):
+            reconciler._dns()
+    finally:
+        logged, reconcile.log.stream = reconcile.log.stream, logged
+    assert logged.getvalue().splitlines() == [
+        f"ERROR DNS listener on 127.0.0.1:{port} did not answer 2 checks in a row",
+        f"ERROR DNS listener on [::1]:{port} did not answer 2 checks in a row"]
+    assert [listener.failures for listener in reconciler.listeners] == [3, 3]
+
+
+def test_an_ipv6_dns_address_the_service_does_not_own_is_reported_not_added(tmp_path):
+    """--no-address-setup (dns_interface None): a missing IPv6 DNS address is logged once,
+    never added (as for IPv4); nothing lands in repairs.json."""
+    from smarter_cni.netconf import parse_netconf
+
+    missing = "2001:db8:53::53"  # documentation prefix: never an address of this host
+    conf = parse_netconf({"name": "notours", "type": "smarter-cni", "mode": "docker",
+                          "dockerSocket": str(tmp_path / "none.sock")})
+    reconciler = reconcile.Reconciler(conf, str(tmp_path), dns_port=53, dns_interface=None,
+                                      dns_address6=missing)
+    logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
+    try:
+        for _ in range(3):
+            assert reconciler._dns() == []
+    finally:
+        logged, reconcile.log.stream = reconcile.log.stream, logged
+    said = logged.getvalue().splitlines()
+    assert said == [f"WARNING network notours: DNS address {missing} is not on the node "
+                    "(not repaired by the reconciler)",
+                    f"ERROR DNS listener on [{missing}]:53 did not answer 2 checks in a row"]
+    assert not (tmp_path / "repairs.json").exists()
+    assert reconcile.check(conf, str(tmp_path), dns_address6=missing)[-1] == \
+        f"DNS address {missing} is not on the node"
 
 
 def test_summary_for_status(tmp_path):

@@ -30,9 +30,10 @@ def prefix6_acl(conf: Any, subnets: list[tuple[int, int]]) -> Acl:
 
 
 def start(listen6: str, args: Any, conf: Any, acl: Acl, make_server: Callable[..., Any]
-          ) -> Callable[[], None]:
+          ) -> tuple[Any, Callable[[], None]]:
     """Serve on `listen6` (adding it to the interface unless --no-address-setup);
-    returns the function that stops that server and takes the address back."""
+    returns the server (the reconciler watches it) and the function that stops it and
+    takes the address back."""
     if args.no_address_setup and not is_local(listen6):
         raise OSError(f"{listen6} is not an address of this node")
     added_to = ""
@@ -53,4 +54,4 @@ def start(listen6: str, args: Any, conf: Any, acl: Acl, make_server: Callable[..
         if added_to:
             remove_address(listen6, added_to)
 
-    return stop
+    return server, stop

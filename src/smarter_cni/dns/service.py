@@ -343,17 +343,19 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise SettingsError(f"cannot listen on {listen}:{args.port}: {err.strerror}") from None
 
-    stop6 = None
+    stop6 = server6 = None
     listen6 = args.listen6 or conf.dns_address6
     if listen6:  # IPv6 (issue 13): a second server, same names and access rule
         from . import listen6 as dns6
+        from .address import AddressSetupError  # loaded by listen6 already
 
         def make_server6(address: str, acl6: Any) -> Any:
             return Server(address, args.port, state_dir, conf.domain, conf.net_subnet,
                           conf.net_prefix, acl6, upstreams, args.upstream_timeout,
                           None if args.upstream else args.resolv_conf)
         try:
-            stop6 = dns6.start(listen6, args, conf, dns6.prefix6_acl(conf, subnets), make_server6)
+            server6, stop6 = dns6.start(listen6, args, conf, dns6.prefix6_acl(conf, subnets),
+                                        make_server6)
         except (OSError, AddressSetupError) as err:
             server.close()
             raise SettingsError(f"cannot listen on [{listen6}]:{args.port}: {err}") from None
@@ -375,7 +377,8 @@ def run(args: argparse.Namespace) -> int:
     from ..reconcile import start as start_reconciler  # keeps the network whole (issue 11)
 
     start_reconciler(conf, state_dir, listen, args.port,
-                     None if args.no_address_setup else args.interface, server)
+                     None if args.no_address_setup else args.interface, server,
+                     listen6 or "", server6)
     from ..resident_supervisor import start_supervisor  # the plugin's work without an exec (issue 16)
 
     resident = start_supervisor(state_dir, log, bool(args.verbose), conf.mode)

@@ -134,7 +134,8 @@ def resident_summary(pool: dict[str, Any]) -> str:
 
 def _heal_status(report: Report, conf: Any, record: dict[str, Any]) -> None:
     """Drift (what is not whole now: each one a problem) and the last repairs (history)."""
-    heal = reconcile.summary(conf, paths.state_dir(), conf.dns_address)
+    heal = reconcile.summary(conf, paths.state_dir(), conf.dns_address,
+                             dns_address6=conf.dns_address6)
     report.data["drift"], report.data["repairs"] = heal["drift"], heal["repairs"]
     if conf.mode == "docker":
         fix = ("the node DNS service's reconciler recreates a missing Docker network it "
@@ -154,9 +155,12 @@ def _heal_status(report: Report, conf: Any, record: dict[str, Any]) -> None:
 
 def _said_already(report: Report, item: str) -> bool:
     """Drift that a check above reported with a more specific fix: the DNS service's
-    answer, Docker's answer, the Docker network's presence and DNS reservation."""
+    answer (on either family's address), Docker's answer, the Docker network's presence
+    and DNS reservation."""
     if item.startswith("DNS "):
-        return not report.data["dns"]["answering"]
+        dns6 = report.data.get("dns6")
+        asked = dns6 if dns6 and dns6["address"] in item else report.data["dns"]
+        return not asked["answering"]
     if item.startswith(("dockerd ", "docker network")):
         return report.data.get("network_present") is not True or "is not reserved" in item
     return False
