@@ -178,7 +178,7 @@ def test_a_source_that_is_not_local_nor_a_pod_is_refused(netns, tmp_path, state_
         sh("ip", "-n", ns, "addr", "add", f"{far_ip}/30", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         conf = tmp_path / "refuse.conflist"
-        conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": "refuse", "plugins": [
+        conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": run_id("refuse"), "plugins": [
             {"type": "smarter-cni", "subnet": "10.99.0.0/16", "bridge": unique("sdb")}]}))
         service = DnsService(tmp_path, host_ip, state_dir, conf, extra=["--no-address-setup"])
         service.start()

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.netns import run_id, sh, unique  # noqa: E402
+from helpers.netns import require_own_id, run_id, sh, unique  # noqa: E402
 from helpers.plugin import SRC, make_bin_dir, pod_args  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -92,6 +92,7 @@ class Node:
 
     def plugin(self, command: str, container: str, netns: str, args: str = ""
                ) -> subprocess.CompletedProcess:
+        require_own_id(container)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": netns,
                "CNI_IFNAME": "eth0", "CNI_PATH": str(self.bin), "CNI_ARGS": args,
