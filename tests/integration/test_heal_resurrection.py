@@ -132,7 +132,7 @@ def test_a_del_or_gc_between_adds_transactions_is_not_undone(plugin, network, ne
     if host_local is not None:
         assert _host_local_ips(host_local) == [resident.json["ips"][0]["address"].split("/")[0]]
     # the resident is untouched and the network still takes new pods
-    assert _state(state_dir)["attachments"][f"{config['name']}/resident-1/eth0"]["ready"]
+    assert _state(state_dir)["attachments"][f"{config['name']}/{run_id('resident-1')}/eth0"]["ready"]
     _, again = netns.create()
     readded = plugin("ADD", config, container, again, args=pod_args("again"))
     assert readded.ok, readded
@@ -147,6 +147,6 @@ def test_a_paused_add_with_nothing_in_between_completes(plugin, bridge_network, 
     paused = PausedAdd(plugin, bridge_network, run_id("lonely-1"), path, tmp_path / "pause")
     added = paused.finish()
     assert added.ok, added
-    key = f"{bridge_network['name']}/lonely-1/eth0"
+    key = f"{bridge_network['name']}/{run_id('lonely-1')}/eth0"
     assert _state(state_dir)["attachments"][key]["ready"] is True
     assert plugin("DEL", bridge_network, run_id("lonely-1"), path).ok

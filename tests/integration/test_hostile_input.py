@@ -707,7 +707,7 @@ users:
     try:
         assert added.ok, added
         record = json.loads((state_dir / "attachments.json").read_bytes())["attachments"]
-        assert record[f"{bridge_network['name']}/kcfgpod/eth0"]["pod"]["hostname"] == ""
+        assert record[f"{bridge_network['name']}/{run_id('kcfgpod')}/eth0"]["pod"]["hostname"] == ""
         expected_state = {f"{state_dir}/{n}" for n in
                           ("attachments.json", ".attachments.json.tmp", "lock", "smarter-cni.log")}
         unexpected = {p for p in seen - expected_state if "pytest" not in p}
