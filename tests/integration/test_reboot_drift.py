@@ -203,7 +203,7 @@ def test_gc_removes_exactly_the_others(plugin, bridge_network, netns, state_dir,
         kept_addrs = {p[1]: sh("ip", "-n", p[1], "-o", "addr").stdout for p in keep + bystanders}
         rules = firewall_lines(config) + firewall_lines(other)
         valid = [{"containerID": p[0], "ifname": "eth0"} for p in keep]
-        valid.append({"containerID": "never-seen", "ifname": "eth0"})
+        valid.append({"containerID": run_id("never-seen"), "ifname": "eth0"})
         gc = plugin("GC", dict(config, cniVersion="1.1.0", **{key: valid}))
         assert gc.ok, gc
 
