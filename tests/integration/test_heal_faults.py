@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.netns import require_own_id, run_id, sh, unique  # noqa: E402
+from helpers.netns import sh, unique  # noqa: E402
 from helpers.plugin import SRC, make_bin_dir, pod_args  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -92,7 +92,6 @@ class Node:
 
     def plugin(self, command: str, container: str, netns: str, args: str = ""
                ) -> subprocess.CompletedProcess:
-        require_own_id(container)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": netns,
                "CNI_IFNAME": "eth0", "CNI_PATH": str(self.bin), "CNI_ARGS": args,
@@ -105,7 +104,7 @@ class Node:
         ns = unique(f"schp{name[0]}-", 20)
         sh("ip", "netns", "add", ns)
         self.pod_ns.append(ns)
-        done = self.plugin("ADD", run_id(f"ctr-{name}"), f"/var/run/netns/{ns}", pod_args(name))
+        done = self.plugin("ADD", f"ctr-{name}", f"/var/run/netns/{ns}", pod_args(name))
         assert done.returncode == 0, done
         address = json.loads(done.stdout)["ips"][0]["address"].split("/")[0]
         self.pods[name] = {"ns": ns, "ip": address}
