@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode, path in zip(order, netns):
                 extra = {"SMARTER_CNI_STATE_DIR": str(states[mode])}
                 stdin = json.dumps(confs[mode]).encode()
-                cid = f"m{round_no}{mode}"
+                cid = f"m{round_no}{mode}{run_id}"  # host veth names derive from it
                 added = common.exec_plugin(program, common.cni_env("ADD", bin_dir, cid, path,
                                                                    extra=extra), stdin)
                 if not added.ok:

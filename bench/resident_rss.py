@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         samples.append((0, vm_rss_kb(server.pid)))
         done = 0
         while done < args.requests:
-            cid = f"r{done}"
+            cid = f"r{done}{run_id}"  # host veth names derive from it
             for command in ("ADD", "DEL"):
                 result = common.exec_plugin(program, common.cni_env(command, bin_dir, cid, netns,
                                                                     extra=extra), stdin)

@@ -64,6 +64,8 @@ from typing import Any
 
 import pytest
 
+from helpers.netns import adopt
+
 DEFAULT_SOCKET = "/var/run/docker.sock"
 START_TIMEOUT = 60.0
 BUSYBOX = "/bin/busybox"
@@ -402,7 +404,7 @@ class Sandbox:
 
     def __init__(self, daemon: Dockerd, docker_id: str) -> None:
         self.daemon = daemon
-        self.id = docker_id
+        self.id = adopt(docker_id)  # random, made by this run's dockerd: a test's own ID
         self.pid = int(daemon.inspect(docker_id)["State"]["Pid"])
         self.netns = f"/proc/{self.pid}/ns/net"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.netns import require_own_id
 from helpers.plugin import Invocation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +60,7 @@ class LibcniDriver:
         if cache_dir is not None:
             argv += ["-cache-dir", str(cache_dir)]
         if container_id:
+            require_own_id(container_id)
             argv += ["-container-id", container_id]
         if netns:
             argv += ["-netns", netns]

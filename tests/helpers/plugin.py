@@ -15,6 +15,7 @@ SRC = ROOT / "src"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 
 sys.path.insert(0, str(SRC))
+from helpers.netns import require_own_id  # noqa: E402
 from smarter_cni import launcher  # noqa: E402
 
 
@@ -80,7 +81,10 @@ class Invocation:
 
 
 class PluginRunner:
-    """Exec a plugin from `bin_dir` with a per-test state dir."""
+    """Exec a plugin from `bin_dir` with a per-test state dir.
+
+    Every container ID must be this run's own (helpers.netns.cid / unique / adopt):
+    `env` raises otherwise, so no test can share a host veth name with a concurrent run."""
 
     def __init__(self, bin_dir: Path, state_dir: Path) -> None:
         self.bin_dir = bin_dir
@@ -95,6 +99,7 @@ class PluginRunner:
             "SMARTER_CNI_STATE_DIR": str(self.state_dir),
         }
         if container_id:
+            require_own_id(container_id)
             env["CNI_CONTAINERID"] = container_id
         if netns:
             env["CNI_NETNS"] = netns

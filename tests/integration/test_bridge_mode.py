@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers.netns import link_exists
+from helpers.netns import link_exists, run_id
 from helpers.plugin import pod_args
 
 pytestmark = pytest.mark.root
@@ -38,7 +38,7 @@ def _ping(ns: str, address: str) -> bool:
 def test_add_check_del_in_every_version(plugin, bridge_network, netns, version):
     config = dict(bridge_network, cniVersion=version)
     ns, path = netns.create()
-    added = plugin("ADD", config, "ctr-a", path, args=pod_args("web"))
+    added = plugin("ADD", config, run_id("ctr-a"), path, args=pod_args("web"))
     assert added.ok, added
     result = added.json
     assert result["cniVersion"] == version
@@ -55,10 +55,10 @@ def test_add_check_del_in_every_version(plugin, bridge_network, netns, version):
     assert _ping(ns, ip["gateway"])
 
     if version >= "0.4.0":
-        checked = plugin("CHECK", dict(config, prevResult=result), "ctr-a", path)
+        checked = plugin("CHECK", dict(config, prevResult=result), run_id("ctr-a"), path)
         assert checked.ok and checked.stdout == "", checked
 
-    deleted = plugin("DEL", dict(config, prevResult=result), "ctr-a", path)
+    deleted = plugin("DEL", dict(config, prevResult=result), run_id("ctr-a"), path)
     assert deleted.ok and deleted.stdout == "", deleted
     assert not link_exists(host_if["name"])
 
@@ -67,7 +67,7 @@ def test_pods_reach_each_other_the_gateway_and_the_host(plugin, bridge_network, 
     pods = []
     for name in ("alpha", "beta", "gamma"):
         ns, path = netns.create()
-        added = plugin("ADD", bridge_network, f"ctr-{name}", path, args=pod_args(name))
+        added = plugin("ADD", bridge_network, run_id(f"ctr-{name}"), path, args=pod_args(name))
         assert added.ok, added
         pods.append((ns, path, added.json["ips"][0]["address"].split("/")[0]))
     addresses = [p[2] for p in pods]
@@ -85,27 +85,27 @@ def test_pods_reach_each_other_the_gateway_and_the_host(plugin, bridge_network, 
 
 def test_check_reports_what_is_missing(plugin, bridge_network, netns):
     ns, path = netns.create()
-    added = plugin("ADD", bridge_network, "ctr-chk", path)
+    added = plugin("ADD", bridge_network, run_id("ctr-chk"), path)
     assert added.ok, added
     subprocess.run(["ip", "-n", ns, "route", "del", "default"], check=True)
-    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "ctr-chk", path)
+    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), run_id("ctr-chk"), path)
     assert checked.code == 103 and "route 0.0.0.0/0" in checked.json["msg"], checked
     subprocess.run(["ip", "link", "del", added.json["interfaces"][0]["name"]], check=True)
-    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "ctr-chk", path)
+    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), run_id("ctr-chk"), path)
     assert checked.code == 103 and "missing" in checked.json["msg"], checked
-    assert plugin("DEL", bridge_network, "ctr-chk", path).ok
+    assert plugin("DEL", bridge_network, run_id("ctr-chk"), path).ok
 
 
 def test_del_is_idempotent_and_works_without_netns(plugin, bridge_network, netns):
     ns, path = netns.create()
-    added = plugin("ADD", bridge_network, "ctr-idem", path)
+    added = plugin("ADD", bridge_network, run_id("ctr-idem"), path)
     assert added.ok, added
     host_if = added.json["interfaces"][0]["name"]
     netns.cleanup()  # the sandbox is gone before kubelet's DEL arrives
-    assert plugin("DEL", bridge_network, "ctr-idem", path).ok
-    assert plugin("DEL", bridge_network, "ctr-idem", path).ok
-    assert plugin("DEL", bridge_network, "ctr-idem").ok
-    assert plugin("DEL", bridge_network, "never-seen", "/var/run/netns/none").ok
+    assert plugin("DEL", bridge_network, run_id("ctr-idem"), path).ok
+    assert plugin("DEL", bridge_network, run_id("ctr-idem"), path).ok
+    assert plugin("DEL", bridge_network, run_id("ctr-idem")).ok
+    assert plugin("DEL", bridge_network, run_id("never-seen"), "/var/run/netns/none").ok
     assert not link_exists(host_if)
     state = json.loads((plugin.state_dir / "attachments.json").read_text())
     assert state["attachments"] == {}
@@ -113,23 +113,23 @@ def test_del_is_idempotent_and_works_without_netns(plugin, bridge_network, netns
 
 def test_repeated_add_is_refused_and_keeps_the_pod(plugin, bridge_network, netns):
     ns, path = netns.create()
-    first = plugin("ADD", bridge_network, "ctr-twice", path)
+    first = plugin("ADD", bridge_network, run_id("ctr-twice"), path)
     assert first.ok, first
-    again = plugin("ADD", bridge_network, "ctr-twice", path)
+    again = plugin("ADD", bridge_network, run_id("ctr-twice"), path)
     assert again.code == 101 and "DEL" in again.json["msg"], again
     assert _pod_address(ns) == first.json["ips"][0]["address"]
     assert link_exists(first.json["interfaces"][0]["name"])
-    other = plugin("ADD", bridge_network, "ctr-other", path)
+    other = plugin("ADD", bridge_network, run_id("ctr-other"), path)
     assert other.code == 101 and "already exists" in other.json["msg"], other
     state = json.loads((plugin.state_dir / "attachments.json").read_text())
-    assert list(state["attachments"]) == [f"{bridge_network['name']}/ctr-twice/eth0"]
+    assert list(state["attachments"]) == [f"{bridge_network['name']}/{run_id('ctr-twice')}/eth0"]
 
 
 def test_32_concurrent_adds_and_dels(plugin, bridge_network, netns):
     spaces = [netns.create() for _ in range(32)]
 
     def add(i: int):
-        return plugin("ADD", bridge_network, f"ctr-{i}", spaces[i][1], args=pod_args(f"p{i}"))
+        return plugin("ADD", bridge_network, run_id(f"ctr-{i}"), spaces[i][1], args=pod_args(f"p{i}"))
 
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(add, range(32)))
@@ -141,7 +141,7 @@ def test_32_concurrent_adds_and_dels(plugin, bridge_network, netns):
     host_links = [r.json["interfaces"][0]["name"] for r in results]
 
     def delete(i: int):
-        return plugin("DEL", bridge_network, f"ctr-{i}", spaces[i][1])
+        return plugin("DEL", bridge_network, run_id(f"ctr-{i}"), spaces[i][1])
 
     with ThreadPoolExecutor(32) as pool:
         deleted = list(pool.map(delete, range(32)))
@@ -155,22 +155,22 @@ def test_ipam_range_and_exhaustion(plugin, bridge_network, netns):
     base = bridge_network["subnet"].rsplit(".", 1)[0]
     config = dict(bridge_network, rangeStart=f"{base}.10", rangeEnd=f"{base}.11")
     (_, p1), (_, p2), (_, p3) = netns.create(), netns.create(), netns.create()
-    a = plugin("ADD", config, "ctr-1", p1)
-    b = plugin("ADD", config, "ctr-2", p2)
+    a = plugin("ADD", config, run_id("ctr-1"), p1)
+    b = plugin("ADD", config, run_id("ctr-2"), p2)
     assert a.ok and b.ok, (a, b)
     assert {a.json["ips"][0]["address"], b.json["ips"][0]["address"]} == {
         f"{base}.10/24", f"{base}.11/24"}
-    full = plugin("ADD", config, "ctr-3", p3)
+    full = plugin("ADD", config, run_id("ctr-3"), p3)
     assert full.code == 100 and "no free address" in full.json["msg"], full
-    assert plugin("DEL", config, "ctr-1", p1).ok
-    again = plugin("ADD", config, "ctr-3", p3)
+    assert plugin("DEL", config, run_id("ctr-1"), p1).ok
+    again = plugin("ADD", config, run_id("ctr-3"), p3)
     assert again.ok and again.json["ips"][0]["address"] == f"{base}.10/24", again
 
 
 def test_forwarding_and_masquerade_rules_are_made_once(plugin, bridge_network, netns):
     (_, p1), (_, p2) = netns.create(), netns.create()
-    assert plugin("ADD", bridge_network, "ctr-1", p1).ok
-    assert plugin("ADD", bridge_network, "ctr-2", p2).ok
+    assert plugin("ADD", bridge_network, run_id("ctr-1"), p1).ok
+    assert plugin("ADD", bridge_network, run_id("ctr-2"), p2).ok
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     tag = f"smarter-cni {bridge_network['name']}"
     assert rules.count(tag) == 3  # FORWARD in, FORWARD out, POSTROUTING jump
@@ -185,12 +185,12 @@ def test_netns_given_as_a_process_path(plugin, bridge_network, netns):
     holder = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "60"])
     try:
         path = f"/proc/{holder.pid}/ns/net"
-        added = plugin("ADD", bridge_network, "ctr-proc", path)
+        added = plugin("ADD", bridge_network, run_id("ctr-proc"), path)
         assert added.ok, added
         assert _pod_address(ns) == added.json["ips"][0]["address"]
-        checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "ctr-proc", path)
+        checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), run_id("ctr-proc"), path)
         assert checked.ok, checked
-        assert plugin("DEL", bridge_network, "ctr-proc", path).ok
+        assert plugin("DEL", bridge_network, run_id("ctr-proc"), path).ok
     finally:
         holder.kill()
         holder.wait()
@@ -200,7 +200,7 @@ def test_add_keeps_an_earlier_plugins_result(plugin, bridge_network, netns):
     _, path = netns.create()
     earlier = {"cniVersion": "1.0.0", "interfaces": [{"name": "lo", "sandbox": path}],
                "ips": [], "dns": {}}
-    added = plugin("ADD", dict(bridge_network, prevResult=earlier), "ctr-prev", path)
+    added = plugin("ADD", dict(bridge_network, prevResult=earlier), run_id("ctr-prev"), path)
     assert added.ok, added
     names = [i["name"] for i in added.json["interfaces"]]
     assert names[0] == "lo" and names[2] == "eth0"
@@ -210,12 +210,12 @@ def test_add_keeps_an_earlier_plugins_result(plugin, bridge_network, netns):
 def test_a_changed_subnet_replaces_the_old_rules_and_bridge_address(plugin, bridge_network, netns,
                                                                    state_dir):
     (_, p1), (_, p2) = netns.create(), netns.create()
-    assert plugin("ADD", bridge_network, "ctr-1", p1).ok
-    assert plugin("DEL", bridge_network, "ctr-1", p1).ok
+    assert plugin("ADD", bridge_network, run_id("ctr-1"), p1).ok
+    assert plugin("DEL", bridge_network, run_id("ctr-1"), p1).ok
     old = bridge_network["subnet"]
     new = old.replace(".0/24", ".128/25")
     (state_dir / "attachments.json").unlink()  # as after a reboot: /run is empty again
-    added = plugin("ADD", dict(bridge_network, subnet=new), "ctr-2", p2)
+    added = plugin("ADD", dict(bridge_network, subnet=new), run_id("ctr-2"), p2)
     assert added.ok, added
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert f"-s {new}" in rules and f"-s {old}" not in rules
@@ -232,9 +232,9 @@ def test_both_data_plane_paths_build_the_same_pod(plugin, bridge_network, netns,
     pods = []
     for name in ("one", "two"):
         ns, path = netns.create()
-        added = plugin("ADD", bridge_network, f"ctr-{name}", path, extra=extra)
+        added = plugin("ADD", bridge_network, run_id(f"ctr-{name}"), path, extra=extra)
         assert added.ok, added
-        pods.append((ns, path, added.json, f"ctr-{name}"))
+        pods.append((ns, path, added.json, run_id(f"ctr-{name}")))
     for ns, path, result, container in pods:
         host_if = result["interfaces"][0]["name"]
         assert _pod_address(ns) == result["ips"][0]["address"]

@@ -20,7 +20,7 @@ import pytest
 
 from helpers import libcni as libcni_helper
 from helpers.libcni import LibcniDriver, LibcniResult
-from helpers.netns import link_exists, unique
+from helpers.netns import link_exists, run_id, unique
 from helpers.plugin import pod_args
 from helpers.portmap import CONTAINER_PORT, Listener, fetch, nat_rules
 
@@ -281,10 +281,10 @@ def test_delegated_ipam_at_1_1_0_with_an_older_host_local(plugin, bridge_network
     data_dir = tmp_path / "host-local"
     network = dict(delegated_network(bridge_network, data_dir), cniVersion="1.1.0")
     _, path = netns.create()
-    added = plugin("ADD", network, "ctr-110", path)
+    added = plugin("ADD", network, run_id("ctr-110"), path)
     assert added.ok, added
     assert added.json["cniVersion"] == "1.1.0"
-    assert list(host_local_reservations(data_dir, network["name"]).values()) == ["ctr-110"]
-    assert plugin("CHECK", dict(network, prevResult=added.json), "ctr-110", path).ok
-    assert plugin("DEL", network, "ctr-110", path).ok
+    assert list(host_local_reservations(data_dir, network["name"]).values()) == [run_id("ctr-110")]
+    assert plugin("CHECK", dict(network, prevResult=added.json), run_id("ctr-110"), path).ok
+    assert plugin("DEL", network, run_id("ctr-110"), path).ok
     assert host_local_reservations(data_dir, network["name"]) == {}

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.netns import link_exists, sh, unique  # noqa: E402
+from helpers.netns import link_exists, run_id, sh, unique  # noqa: E402
 from helpers.plugin import SRC, PluginRunner, pod_args, state_dir_env  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -397,7 +397,7 @@ def test_kill_gc_at_random_points(plugin, bridge_network, netns, state_dir, watc
 def test_del_while_lock_held_by_killed_process(plugin, bridge_network, netns, state_dir) -> None:
     """A process that dies holding the flock does not wedge the node: the kernel drops the lock."""
     name, path = netns.create("lock")
-    added = plugin("ADD", bridge_network, "lockpod", path)
+    added = plugin("ADD", bridge_network, run_id("lockpod"), path)
     assert added.ok, added
     holder = subprocess.Popen(
         [sys.executable, "-c",
@@ -410,7 +410,7 @@ def test_del_while_lock_held_by_killed_process(plugin, bridge_network, netns, st
     try:
         assert holder.stdout.readline().strip() == "locked"
         pending = subprocess.Popen([str(plugin.bin_dir / "smarter-cni")],
-                                   env=plugin.env("DEL", "lockpod", path, "eth0"),
+                                   env=plugin.env("DEL", run_id("lockpod"), path, "eth0"),
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         pending.stdin.write(json.dumps(bridge_network).encode())
         pending.stdin.close()
@@ -426,23 +426,23 @@ def test_del_while_lock_held_by_killed_process(plugin, bridge_network, netns, st
             holder.kill()
             holder.wait(5)
         holder.stdout.close()
-    assert not link_exists(host_ifname("lockpod", "eth0"))
+    assert not link_exists(host_ifname(run_id("lockpod"), "eth0"))
     assert load_state(state_dir)["attachments"] == {}
 
 
 def test_record_whose_link_was_deleted_by_someone_else(plugin, bridge_network, netns, state_dir) -> None:
     """An operator (or a crashed runtime) removed the veth: CHECK says so, DEL and a new ADD work."""
     name, path = netns.create("gone")
-    added = plugin("ADD", bridge_network, "gonepod", path)
+    added = plugin("ADD", bridge_network, run_id("gonepod"), path)
     assert added.ok, added
-    sh("ip", "link", "del", host_ifname("gonepod", "eth0"))
-    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "gonepod", path)
+    sh("ip", "link", "del", host_ifname(run_id("gonepod"), "eth0"))
+    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), run_id("gonepod"), path)
     assert checked.code == 103 and "missing" in checked.json["msg"], checked
-    again = plugin("ADD", bridge_network, "gonepod", path)  # runtime retries the same sandbox
+    again = plugin("ADD", bridge_network, run_id("gonepod"), path)  # runtime retries the same sandbox
     assert again.ok, again
     assert again.json["ips"][0]["address"] == added.json["ips"][0]["address"]
-    assert plugin("DEL", bridge_network, "gonepod", path).ok
-    assert plugin("DEL", bridge_network, "gonepod", path).ok
+    assert plugin("DEL", bridge_network, run_id("gonepod"), path).ok
+    assert plugin("DEL", bridge_network, run_id("gonepod"), path).ok
     assert load_state(state_dir)["attachments"] == {}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.netns import unique
+from helpers.netns import run_id, unique
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 if str(SRC) not in sys.path:
@@ -28,6 +28,8 @@ from smarter_cni.dns.acl import host_has  # noqa: E402
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 DIG = "/usr/bin/dig"
+# The DNS tests' network: its name would name host iptables rules, were any made for it.
+NETWORK = run_id("dnstest")
 
 
 def port_free(address: str, port: int) -> bool:
@@ -64,7 +66,7 @@ def free_port(address: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
-def write_conflist(directory: Path, subnet: str = "10.99.0.0/16", name: str = "dnstest",
+def write_conflist(directory: Path, subnet: str = "10.99.0.0/16", name: str = NETWORK,
                    **extra: object) -> Path:
     path = directory / "10-dnstest.conflist"
     # Never the default bridge smarter0, should anything ever act on this config's network.
@@ -76,7 +78,7 @@ def write_conflist(directory: Path, subnet: str = "10.99.0.0/16", name: str = "d
 class Registry:
     """Pod records written exactly as the plugin writes them (store.save: temp + rename)."""
 
-    def __init__(self, state_dir: Path, network: str = "dnstest") -> None:
+    def __init__(self, state_dir: Path, network: str = NETWORK) -> None:
         self.state_dir = state_dir
         self.network = network
         self.state = store.empty_state()

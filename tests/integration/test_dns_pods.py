@@ -16,7 +16,7 @@ import time
 import pytest
 from test_dns_helpers import DnsService, dig, needs_tools
 
-from helpers.netns import delete_link, sh, unique
+from helpers.netns import delete_link, run_id, sh, unique
 from helpers.plugin import pod_args
 
 pytestmark = [pytest.mark.root, needs_tools]
@@ -95,7 +95,7 @@ def _add(plugin, network, netns, name, container, **config_extra):
 def test_pods_resolve_each_other_by_every_name_from_their_namespaces(
         plugin, bridge_network, netns, services, dns_address, tmp_path):
     address, interface = dns_address
-    alpha_ns, _, alpha_ip = _add(plugin, bridge_network, netns, "alpha", "ctr-alpha")
+    alpha_ns, _, alpha_ip = _add(plugin, bridge_network, netns, "alpha", run_id("ctr-alpha"))
     service = DnsService(tmp_path, address, plugin.state_dir, _conflist(tmp_path, bridge_network),
                          extra=["--interface", interface])
     services.append(service)
@@ -107,7 +107,7 @@ def test_pods_resolve_each_other_by_every_name_from_their_namespaces(
 
     # a pod with a hostname (learned from the pod annotation, as containerd passes it)
     beta_ns, _, beta_ip = _add(
-        plugin, bridge_network, netns, "beta-x7k2p", "ctr-beta",
+        plugin, bridge_network, netns, "beta-x7k2p", run_id("ctr-beta"),
         runtimeConfig={"io.kubernetes.cri.pod-annotations": {"smarter-cni.io/hostname": "beta"}})
     # the pod's route to the DNS address is its default route: the test's bridge
     route = subprocess.run(["ip", "-n", alpha_ns, "route", "get", address],
@@ -131,7 +131,7 @@ def test_pods_resolve_each_other_by_every_name_from_their_namespaces(
 def test_a_pod_resolves_the_moment_add_returns_and_not_after_del(
         plugin, bridge_network, netns, services, dns_address, tmp_path):
     address, interface = dns_address
-    watcher_ns, _, _ = _add(plugin, bridge_network, netns, "watcher", "ctr-watch")
+    watcher_ns, _, _ = _add(plugin, bridge_network, netns, "watcher", run_id("ctr-watch"))
     service = DnsService(tmp_path, address, plugin.state_dir, _conflist(tmp_path, bridge_network),
                          extra=["--interface", interface])
     services.append(service)
@@ -139,7 +139,7 @@ def test_a_pod_resolves_the_moment_add_returns_and_not_after_del(
     delays = []
     for index in range(10):
         ns, path = netns.create()
-        added = plugin("ADD", bridge_network, f"ctr-new{index}", path,
+        added = plugin("ADD", bridge_network, run_id(f"ctr-new{index}"), path,
                        args=pod_args(f"new-{index}"))
         returned = time.monotonic()
         assert added.ok, added
@@ -153,7 +153,7 @@ def test_a_pod_resolves_the_moment_add_returns_and_not_after_del(
         else:  # first asked from a pod, with dig
             answer = dig(address, name, netns=watcher_ns)
             assert answer.values() == [ip], answer  # first try, no sleep, no retry
-        deleted = plugin("DEL", bridge_network, f"ctr-new{index}", path)
+        deleted = plugin("DEL", bridge_network, run_id(f"ctr-new{index}"), path)
         assert deleted.ok, deleted
         gone = dig(address, name, netns=watcher_ns)
         assert gone.status == "NXDOMAIN", gone
@@ -178,7 +178,7 @@ def test_a_source_that_is_not_local_nor_a_pod_is_refused(netns, tmp_path, state_
         sh("ip", "-n", ns, "addr", "add", f"{far_ip}/30", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         conf = tmp_path / "refuse.conflist"
-        conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": "refuse", "plugins": [
+        conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": run_id("refuse"), "plugins": [
             {"type": "smarter-cni", "subnet": "10.99.0.0/16", "bridge": unique("sdb")}]}))
         service = DnsService(tmp_path, host_ip, state_dir, conf, extra=["--no-address-setup"])
         service.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.netns import unique
 from helpers.plugin import pod_args
 from smarter_cni.dataplane import docker_mode
 from smarter_cni.netconf import parse_netconf
@@ -186,7 +187,7 @@ def test_add_finds_sandbox_by_netns_when_id_is_unknown(plugin, net, sandboxes, d
     """/proc/<pid>/ns/net (found through the pid's cgroup) and a named netns bind
     mount (`ip netns attach`: no pid, so every running container is compared)."""
     pod = sandboxes.create("by-netns")
-    runtime_id = uuid.uuid4().hex  # an ID dockerd has never heard of
+    runtime_id = unique("", 32)  # an ID dockerd has never heard of
     netns_path = pod.netns
     name = f"scni-{uuid.uuid4().hex[:12]}"
     if path_kind == "named":
@@ -212,7 +213,7 @@ def _add_and_del_by_netns(plugin, net, pod, dockerd, state_dir, runtime_id, netn
 
 def test_add_unknown_container_and_netns_is_code_3(plugin, net, netns):
     _, path = netns.create()  # a netns no container lives in
-    out = plugin("ADD", net, uuid.uuid4().hex, path)
+    out = plugin("ADD", net, unique("", 32), path)
     assert out.code == 3, out
 
 
@@ -252,7 +253,7 @@ def test_del_after_container_removed_succeeds(plugin, net, sandboxes, state_dir)
 
 
 def test_del_of_never_seen_container_succeeds(plugin, net):
-    out = plugin("DEL", net, uuid.uuid4().hex, "")
+    out = plugin("DEL", net, unique("", 32), "")
     assert out.ok, out
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.netns import sh  # noqa: E402
+from helpers.netns import run_id, sh  # noqa: E402
 from helpers.plugin import SRC, pod_args  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -76,24 +76,24 @@ EXPECTED = {
 def test_check_reports_and_add_restores(plugin, bridge_network, netns, state_dir, fault):
     conf = parse_netconf(bridge_network)
     resident_ns, resident_path = netns.create()
-    added = plugin("ADD", bridge_network, "resident", resident_path, args=pod_args("resident"))
+    added = plugin("ADD", bridge_network, run_id("resident"), resident_path, args=pod_args("resident"))
     assert added.ok, added
     rules_before = _our_rules(conf)
     assert len(rules_before) == 6, rules_before
     check_conf = dict(bridge_network, prevResult=added.json)
-    assert plugin("CHECK", check_conf, "resident", resident_path).ok
+    assert plugin("CHECK", check_conf, run_id("resident"), resident_path).ok
 
     _fault(bridge_network, fault)
-    checked = plugin("CHECK", check_conf, "resident", resident_path)
+    checked = plugin("CHECK", check_conf, run_id("resident"), resident_path)
     assert checked.code == 103, checked
     assert f"network {bridge_network['name']} is not whole" in checked.json["msg"]
     assert EXPECTED[fault] in checked.json["msg"], checked.json["msg"]
 
     _, path = netns.create()
-    again = plugin("ADD", bridge_network, "newcomer", path, args=pod_args("newcomer"))
+    again = plugin("ADD", bridge_network, run_id("newcomer"), path, args=pod_args("newcomer"))
     assert again.ok, again
     assert _our_rules(conf) == rules_before  # restored, nothing duplicated
-    assert plugin("CHECK", check_conf, "resident", resident_path).ok
+    assert plugin("CHECK", check_conf, run_id("resident"), resident_path).ok
     # the resident pod reaches its gateway again (a rebuilt bridge got its port back)
     gateway = added.json["ips"][0]["gateway"]
     pinged = subprocess.run(["ip", "netns", "exec", resident_ns, "ping", "-c1", "-W2", gateway],
@@ -109,12 +109,12 @@ def test_check_reports_and_add_restores(plugin, bridge_network, netns, state_dir
 def test_a_rebuilt_bridge_keeps_its_mac(plugin, bridge_network, netns):
     """Pods keep the gateway's MAC in their ARP cache: a rebuilt bridge must answer to it."""
     _, path = netns.create()
-    assert plugin("ADD", bridge_network, "one", path, args=pod_args("one")).ok
+    assert plugin("ADD", bridge_network, run_id("one"), path, args=pod_args("one")).ok
     bridge = bridge_network["bridge"]
     mac = Path(f"/sys/class/net/{bridge}/address").read_text()
     sh("ip", "link", "del", bridge)
     _, other = netns.create()
-    assert plugin("ADD", bridge_network, "two", other, args=pod_args("two")).ok
+    assert plugin("ADD", bridge_network, run_id("two"), other, args=pod_args("two")).ok
     assert Path(f"/sys/class/net/{bridge}/address").read_text() == mac
     assert len(list(Path(f"/sys/class/net/{bridge}/brif").iterdir())) == 2  # both pods on it
 
@@ -123,17 +123,17 @@ def test_a_fresh_reconciler_stamp_spares_adds_rule_look_and_a_stale_one_does_not
         plugin, bridge_network, netns, state_dir):
     conf = parse_netconf(bridge_network)
     _, path = netns.create()
-    assert plugin("ADD", bridge_network, "one", path, args=pod_args("one")).ok
+    assert plugin("ADD", bridge_network, run_id("one"), path, args=pod_args("one")).ok
     rules = _our_rules(conf)
     stamp = state_dir / f"verified-{bridge_network['name']}"
     _delete_rules(conf, "forward")
     stamp.write_text(f"{time.time() + 30:.3f}")  # as the reconciler writes after a clean look
     _, second = netns.create()
-    assert plugin("ADD", bridge_network, "two", second, args=pod_args("two")).ok
+    assert plugin("ADD", bridge_network, run_id("two"), second, args=pod_args("two")).ok
     assert len(_our_rules(conf)) == 4  # trusted the fresh look: the reconciler will repair
     stamp.write_text(f"{time.time() - 1:.3f}")  # the reconciler stopped vouching
     _, third = netns.create()
-    assert plugin("ADD", bridge_network, "three", third, args=pod_args("three")).ok
+    assert plugin("ADD", bridge_network, run_id("three"), third, args=pod_args("three")).ok
     assert _our_rules(conf) == rules
 
 
@@ -188,7 +188,7 @@ def test_a_busy_reconciler_during_a_burst_repairs_nothing_and_breaks_nothing(
 
     extra = {"SMARTER_CNI_USE_IPROUTE2": "1"} if tool == "iproute2" else {}
     _, first = netns.create()
-    assert plugin("ADD", bridge_network, "first", first, args=pod_args("first"), extra=extra).ok
+    assert plugin("ADD", bridge_network, run_id("first"), first, args=pod_args("first"), extra=extra).ok
     conf = parse_netconf(bridge_network)
     reconciler = reconcile.Reconciler(conf, str(state_dir), interval=0.05)
     repairs: list[str] = []
@@ -201,7 +201,7 @@ def test_a_busy_reconciler_during_a_burst_repairs_nothing_and_breaks_nothing(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        pods = [(f"burst-{i}", netns.create()[1]) for i in range(24)]
+        pods = [(run_id(f"burst-{i}"), netns.create()[1]) for i in range(24)]
         with ThreadPoolExecutor(8) as pool:
             added = list(pool.map(lambda p: plugin("ADD", bridge_network, p[0], p[1],
                                                    args=pod_args(p[0]), extra=extra), pods))

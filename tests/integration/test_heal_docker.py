@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.dockerd import free_subnet  # noqa: E402
+from helpers.netns import run_id  # noqa: E402
 from helpers.plugin import SRC  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -50,7 +51,7 @@ class Logged:
 
 
 def test_dockerd_not_answering_is_reported_once_and_nothing_is_made(tmp_path, state_dir):
-    conf = parse_netconf({"cniVersion": "1.0.0", "name": "gone", "type": "smarter-cni",
+    conf = parse_netconf({"cniVersion": "1.0.0", "name": run_id("gone"), "type": "smarter-cni",
                           "mode": "docker", "dockerSocket": str(tmp_path / "docker.sock")})
     problems = reconcile.check(conf, str(state_dir))
     assert len(problems) == 1 and problems[0].startswith("dockerd does not answer on"), problems

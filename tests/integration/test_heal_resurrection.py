@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.netns import link_exists  # noqa: E402
+from helpers.netns import link_exists, run_id, unique  # noqa: E402
 from helpers.plugin import SRC, Invocation, pod_args  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -99,10 +98,10 @@ def test_a_del_or_gc_between_adds_transactions_is_not_undone(plugin, network, ne
     config, host_local = network
     # a resident pod so the GC has something valid to keep
     _, resident_path = netns.create()
-    resident = plugin("ADD", config, "resident-1", resident_path, args=pod_args("resident"))
+    resident = plugin("ADD", config, run_id("resident-1"), resident_path, args=pod_args("resident"))
     assert resident.ok, resident
     ns, path = netns.create()
-    container = f"paused-{random.randint(0, 1 << 30):08x}"
+    container = unique("paused-", 15)
     paused = PausedAdd(plugin, config, container, path, tmp_path / "pause")
     try:
         key = f"{config['name']}/{container}/eth0"
@@ -111,7 +110,7 @@ def test_a_del_or_gc_between_adds_transactions_is_not_undone(plugin, network, ne
         assert link_exists(host_ifname(container, "eth0"))  # already plumbed
         if between == "GC":
             gc = dict(config, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [
-                {"containerID": "resident-1", "ifname": "eth0"}]})
+                {"containerID": run_id("resident-1"), "ifname": "eth0"}]})
             done = plugin("GC", gc)
         else:
             done = plugin("DEL", config, container, "" if between == "DEL-no-netns" else path)
@@ -133,21 +132,21 @@ def test_a_del_or_gc_between_adds_transactions_is_not_undone(plugin, network, ne
     if host_local is not None:
         assert _host_local_ips(host_local) == [resident.json["ips"][0]["address"].split("/")[0]]
     # the resident is untouched and the network still takes new pods
-    assert _state(state_dir)["attachments"][f"{config['name']}/resident-1/eth0"]["ready"]
+    assert _state(state_dir)["attachments"][f"{config['name']}/{run_id('resident-1')}/eth0"]["ready"]
     _, again = netns.create()
     readded = plugin("ADD", config, container, again, args=pod_args("again"))
     assert readded.ok, readded
     assert plugin("DEL", config, container, again).ok
-    assert plugin("DEL", config, "resident-1", resident_path).ok
+    assert plugin("DEL", config, run_id("resident-1"), resident_path).ok
 
 
 def test_a_paused_add_with_nothing_in_between_completes(plugin, bridge_network, netns, state_dir,
                                                         tmp_path):
     """The control: the hook alone changes nothing."""
     _, path = netns.create()
-    paused = PausedAdd(plugin, bridge_network, "lonely-1", path, tmp_path / "pause")
+    paused = PausedAdd(plugin, bridge_network, run_id("lonely-1"), path, tmp_path / "pause")
     added = paused.finish()
     assert added.ok, added
-    key = f"{bridge_network['name']}/lonely-1/eth0"
+    key = f"{bridge_network['name']}/{run_id('lonely-1')}/eth0"
     assert _state(state_dir)["attachments"][key]["ready"] is True
-    assert plugin("DEL", bridge_network, "lonely-1", path).ok
+    assert plugin("DEL", bridge_network, run_id("lonely-1"), path).ok

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.netns import NetnsFactory, sh, unique  # noqa: E402
+from helpers.netns import NetnsFactory, run_id, sh, unique  # noqa: E402
 from helpers.plugin import SRC, PluginRunner, pod_args, teardown_bridge_network  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -448,7 +448,7 @@ def test_table_has_enough_cases() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile(node: Node, case: Case) -> None:
-    container_id = "hostile-" + case.id[:40]
+    container_id = run_id("hostile-" + case.id[:40])
     tokens = [host_ifname(container_id, "eth0"), host_ifname(container_id, "lo")]
     if isinstance(case.env.get("CNI_CONTAINERID"), str) and case.env["CNI_CONTAINERID"]:
         tokens.append(host_ifname(case.env["CNI_CONTAINERID"], "eth0"))
@@ -582,7 +582,7 @@ def test_fresh_state_dir_is_private(plugin, bridge_network, netns, state_dir) ->
     env_state = {"SMARTER_CNI_STATE_DIR": str(fresh)}
     old_umask = os.umask(0)  # a careless parent process must not make the files writable
     try:
-        added = plugin("ADD", bridge_network, "lp1", path, extra=env_state)
+        added = plugin("ADD", bridge_network, run_id("lp1"), path, extra=env_state)
     finally:
         os.umask(old_umask)
     try:
@@ -591,7 +591,7 @@ def test_fresh_state_dir_is_private(plugin, bridge_network, netns, state_dir) ->
         for item in fresh.iterdir():
             assert not item.stat().st_mode & 0o022, f"{item} is writable by others"
     finally:
-        deleted = plugin("DEL", bridge_network, "lp1", path, extra=env_state)
+        deleted = plugin("DEL", bridge_network, run_id("lp1"), path, extra=env_state)
         assert deleted.ok, deleted
 
 
@@ -633,10 +633,10 @@ def test_no_state_left_in_tmp(plugin, bridge_network, netns) -> None:
 
     _, path = netns.create()
     before = listing()
-    added = plugin("ADD", bridge_network, "tmpcheck", path)
+    added = plugin("ADD", bridge_network, run_id("tmpcheck"), path)
     assert added.ok, added
-    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), "tmpcheck", path)
-    deleted = plugin("DEL", bridge_network, "tmpcheck", path)
+    checked = plugin("CHECK", dict(bridge_network, prevResult=added.json), run_id("tmpcheck"), path)
+    deleted = plugin("DEL", bridge_network, run_id("tmpcheck"), path)
     assert checked.ok, checked
     assert deleted.ok, deleted
     new = {name for name in listing() - before if "smarter" in name}
@@ -699,7 +699,7 @@ users:
     watcher.start()
     _, path = netns.create("kcfg")
     try:
-        added = plugin("ADD", dict(bridge_network, kubeconfig=str(kubeconfig)), "kcfgpod", path,
+        added = plugin("ADD", dict(bridge_network, kubeconfig=str(kubeconfig)), run_id("kcfgpod"), path,
                        args=pod_args("kcfg-pod"))
     finally:
         done.set()
@@ -707,7 +707,7 @@ users:
     try:
         assert added.ok, added
         record = json.loads((state_dir / "attachments.json").read_bytes())["attachments"]
-        assert record[f"{bridge_network['name']}/kcfgpod/eth0"]["pod"]["hostname"] == ""
+        assert record[f"{bridge_network['name']}/{run_id('kcfgpod')}/eth0"]["pod"]["hostname"] == ""
         expected_state = {f"{state_dir}/{n}" for n in
                           ("attachments.json", ".attachments.json.tmp", "lock", "smarter-cni.log")}
         unexpected = {p for p in seen - expected_state if "pytest" not in p}
@@ -720,4 +720,4 @@ users:
             assert secret not in added.stdout + added.stderr + log
         assert kubeconfig.read_bytes() == original
     finally:
-        plugin("DEL", bridge_network, "kcfgpod", path)
+        plugin("DEL", bridge_network, run_id("kcfgpod"), path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.netns import run_id
 from helpers.plugin import pod_args
 
 pytestmark = pytest.mark.root
@@ -118,8 +119,8 @@ def test_hostname_from_pod_annotation(plugin, bridge_network, netns):
     _, path = netns.create()
     config = dict(bridge_network, runtimeConfig={
         "io.kubernetes.cri.pod-annotations": {"smarter-cni.io/hostname": "Example"}})
-    assert plugin("ADD", config, "ctr-ann", path, args=pod_args("example-x7k2p")).ok
-    pod = _recorded_pod(plugin, bridge_network["name"], "ctr-ann")
+    assert plugin("ADD", config, run_id("ctr-ann"), path, args=pod_args("example-x7k2p")).ok
+    pod = _recorded_pod(plugin, bridge_network["name"], run_id("ctr-ann"))
     assert pod["name"] == "example-x7k2p" and pod["hostname"] == "example"
 
 
@@ -129,9 +130,9 @@ def test_hostname_from_the_api_server(plugin, bridge_network, netns, api_server,
     config = dict(bridge_network, kubeconfig=str(
         _kubeconfig(tmp_path / "kubelet.kubeconfig", pki, api_server.server_address[1])))
     _, path = netns.create()
-    added = plugin("ADD", config, "ctr-api", path, args=pod_args("example-x7k2p", "edge"))
+    added = plugin("ADD", config, run_id("ctr-api"), path, args=pod_args("example-x7k2p", "edge"))
     assert added.ok, added
-    assert _recorded_pod(plugin, bridge_network["name"], "ctr-api")["hostname"] == "example"
+    assert _recorded_pod(plugin, bridge_network["name"], run_id("ctr-api"))["hostname"] == "example"
     assert FakeAPI.seen_client_cn == ["system:node:client"]
 
 
@@ -142,11 +143,11 @@ def test_a_slow_api_server_costs_the_hostname_not_the_pod(
         _kubeconfig(tmp_path / "kubelet.kubeconfig", pki, api_server.server_address[1])))
     _, path = netns.create()
     started = time.monotonic()
-    added = plugin("ADD", config, "ctr-slow", path, args=pod_args("web", "edge"))
+    added = plugin("ADD", config, run_id("ctr-slow"), path, args=pod_args("web", "edge"))
     elapsed = time.monotonic() - started
     assert added.ok, added
     assert elapsed < 5.0, f"ADD waited {elapsed:.1f} s for the API server"
-    assert _recorded_pod(plugin, bridge_network["name"], "ctr-slow")["hostname"] == ""
+    assert _recorded_pod(plugin, bridge_network["name"], run_id("ctr-slow"))["hostname"] == ""
     log = (plugin.state_dir / "smarter-cni.log").read_text()
     assert "pod lookup edge/web failed" in log
 
@@ -154,5 +155,5 @@ def test_a_slow_api_server_costs_the_hostname_not_the_pod(
 def test_a_missing_kubeconfig_is_logged_not_fatal(plugin, bridge_network, netns, tmp_path):
     _, path = netns.create()
     config = dict(bridge_network, kubeconfig=str(tmp_path / "absent.kubeconfig"))
-    assert plugin("ADD", config, "ctr-nokc", path, args=pod_args("web")).ok
-    assert _recorded_pod(plugin, bridge_network["name"], "ctr-nokc")["hostname"] == ""
+    assert plugin("ADD", config, run_id("ctr-nokc"), path, args=pod_args("web")).ok
+    assert _recorded_pod(plugin, bridge_network["name"], run_id("ctr-nokc"))["hostname"] == ""

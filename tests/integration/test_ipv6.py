@@ -404,7 +404,7 @@ def test_portmap_ipv6_host_port_after_the_plugin(plugin, dual_network, netns, up
         plugin("DEL", portmap, "ctr-pm", path, plugin="portmap")
         plugin("DEL", dual_network, "ctr-pm", path)
     nat = subprocess.run(["ip6tables-save", "-t", "nat"], capture_output=True, text=True).stdout
-    assert "ctr-pm" not in nat
+    assert plugin.cid("ctr-pm") not in nat  # this run's ID: another run's "ctr-pm-..." may be there
 
 
 # ---------------------------------------------------------------- names (AAAA, PTR, IPv6 listener)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.netns import delete_link, link_exists, sh, unique  # noqa: E402
+from helpers.netns import delete_link, link_exists, run_id, sh, unique  # noqa: E402
 from helpers.plugin import SRC, pod_args, teardown_bridge_network  # noqa: E402
 
 sys.path.insert(0, str(SRC))
@@ -176,10 +176,10 @@ def test_name_taken_by_a_non_bridge(plugin, bridge_network, netns, state_dir) ->
     try:
         name, path = netns.create("dummy")
         before = sh("ip", "-o", "link", "show", config["bridge"]).stdout
-        added = plugin("ADD", config, "notabridge", path)
+        added = plugin("ADD", config, run_id("notabridge"), path)
         assert added.code == 7 and "not a bridge" in added.json["msg"], added
         assert sh("ip", "-o", "link", "show", config["bridge"]).stdout == before
-        assert not link_exists(host_ifname("notabridge", "eth0"))
+        assert not link_exists(host_ifname(run_id("notabridge"), "eth0"))
         assert records(state_dir) == {}
         assert "eth0" not in sh("ip", "-n", name, "-o", "link").stdout.decode()
     finally:
@@ -203,7 +203,7 @@ def test_gc_removes_exactly_the_others(plugin, bridge_network, netns, state_dir,
         kept_addrs = {p[1]: sh("ip", "-n", p[1], "-o", "addr").stdout for p in keep + bystanders}
         rules = firewall_lines(config) + firewall_lines(other)
         valid = [{"containerID": p[0], "ifname": "eth0"} for p in keep]
-        valid.append({"containerID": "never-seen", "ifname": "eth0"})
+        valid.append({"containerID": run_id("never-seen"), "ifname": "eth0"})
         gc = plugin("GC", dict(config, cniVersion="1.1.0", **{key: valid}))
         assert gc.ok, gc
 
@@ -257,9 +257,9 @@ def test_gc_with_a_record_that_names_no_link(plugin, bridge_network, netns, stat
     (pod,) = add_pods(plugin, bridge_network, netns, 1, "gcodd")
     path = state_dir / "attachments.json"
     state = json.loads(path.read_bytes())
-    key = f"{bridge_network['name']}/odd-container/eth0"
+    key = f"{bridge_network['name']}/{run_id('odd-container')}/eth0"
     state["attachments"][key] = dict(next(iter(state["attachments"].values())),
-                                     container_id="odd-container", host_ifname="", ips=[])
+                                     container_id=run_id("odd-container"), host_ifname="", ips=[])
     path.write_text(json.dumps(state))
     gc = plugin("GC", dict(bridge_network, cniVersion="1.1.0",
                            **{"cni.dev/valid-attachments": [{"containerID": pod[0], "ifname": "eth0"}]}))
@@ -278,11 +278,11 @@ def test_corrupt_state_file_is_reported_and_touches_nothing(plugin, bridge_netwo
     state_file = state_dir / "attachments.json"
     state_file.write_bytes(content)
     try:
-        added = plugin("ADD", bridge_network, "corruptpod", path)
+        added = plugin("ADD", bridge_network, run_id("corruptpod"), path)
         assert added.code == 5 and "attachments.json" in added.json["msg"], added
         assert not added.json["msg"].startswith("unexpected failure"), added
         assert "Traceback" not in added.stdout + added.stderr
-        assert not link_exists(host_ifname("corruptpod", "eth0"))
+        assert not link_exists(host_ifname(run_id("corruptpod"), "eth0"))
         assert not link_exists(bridge_network["bridge"])
         assert "eth0" not in sh("ip", "-n", name, "-o", "link").stdout.decode()
         assert state_file.read_bytes() == content
@@ -306,10 +306,10 @@ def test_unusable_state_dir(plugin, bridge_network, netns, state_dir, tmp_path, 
     try:
         name, path = netns.create("nostate")
         extra = {"SMARTER_CNI_STATE_DIR": str(target)}
-        added = plugin("ADD", bridge_network, "nostatepod", path, extra=extra)
+        added = plugin("ADD", bridge_network, run_id("nostatepod"), path, extra=extra)
         assert added.code == 5 and str(target) in added.json["msg"], added
         assert not added.json["msg"].startswith("unexpected failure"), added
-        assert not link_exists(host_ifname("nostatepod", "eth0"))
+        assert not link_exists(host_ifname(run_id("nostatepod"), "eth0"))
         assert "eth0" not in sh("ip", "-n", name, "-o", "link").stdout.decode()
         status = plugin("STATUS", dict(bridge_network, cniVersion="1.1.0"), extra=extra)
         assert status.code == 50, status
