@@ -83,6 +83,8 @@ def test_counters_move_as_queries_are_made(tmp_path, state_dir, parts):
     assert sample(text, "coredns_forward_responses_total", to=upstream.upstream,
                   rcode="NOERROR") == 1
     assert sample(text, "coredns_dns_request_duration_seconds_count") >= 11
+    assert sample(text, "coredns_dns_request_duration_seconds_count", server=server, zone=".",
+                  type="A") >= 11
     assert sample(text, "coredns_dns_request_duration_seconds_bucket", le="+Inf") == \
         sample(text, "coredns_dns_request_duration_seconds_count")
     assert "# TYPE coredns_dns_request_duration_seconds histogram" in text
@@ -93,6 +95,55 @@ def test_counters_move_as_queries_are_made(tmp_path, state_dir, parts):
     later = metrics.fetch_counters(listen)
     assert later["pods"] == 3 and later["registry_reloads"] == after["registry_reloads"] + 1
     assert "3 pods" in metrics.summary(later)
+
+
+def test_request_duration_is_counted_per_query_type(tmp_path, state_dir, parts):
+    """A, AAAA, a forwarded TXT and an unassigned type (CoreDNS' "other") each land
+    in their own histogram, as many as asked, matching coredns_dns_requests_total."""
+    upstream = Dnsmasq(tmp_path, {"fwd.test": "192.0.2.7"}, ["--local-ttl=60"]).start()
+    parts.append(upstream.stop)
+    Registry(state_dir).add("c1", "web", "10.99.0.5")
+    listen = unique_loopback()
+    service = DnsService(tmp_path, listen, state_dir, write_conflist(tmp_path),
+                         [upstream.upstream], ["--no-address-setup"]).start()
+    parts.append(service.stop)
+    name = "web.default.svc.cluster.local"
+
+    def per_type(text: str, metric: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for labels, value in metrics.parse_text(text).get(metric, []):
+            if "le" not in labels:
+                out[labels["type"]] = out.get(labels["type"], 0) + value
+        return out
+
+    before = metrics.fetch(listen)[1]
+    for _ in range(3):  # the 2nd and 3rd from the cache of complete answers (fast path)
+        assert dig(listen, name, "A", "+nocookie").values() == ["10.99.0.5"]
+    assert dig(listen, name, "A", "+tcp").values() == ["10.99.0.5"]
+    for _ in range(2):
+        aaaa = dig(listen, name, "AAAA", "+nocookie")
+        assert aaaa.status == "NOERROR" and aaaa.counts.get("ANSWER") == 0, aaaa
+    assert dig(listen, "fwd.test", "TXT").status               # forwarded, timed alone
+    assert dig(listen, name, "TYPE65280").status               # no name for it: "other"
+    assert dig(listen, "fwd.test", "TYPE64").status            # SVCB: "other" in CoreDNS too
+    status, after = metrics.fetch(listen)
+    assert status == 200
+    name_ = "coredns_dns_request_duration_seconds_count"
+    counts = per_type(after, name_)
+    earlier = per_type(before, name_)
+    delta = {t: counts[t] - earlier.get(t, 0) for t in counts if counts[t] != earlier.get(t)}
+    assert delta == {"A": 4, "AAAA": 2, "TXT": 1, "other": 2}, delta
+    assert "SVCB" not in counts
+    forwarded = "coredns_forward_requests_total"
+    assert sample(after, forwarded) - sample(before, forwarded) == 2  # TXT and SVCB
+    requests = per_type(after, "coredns_dns_requests_total")
+    assert requests == counts, (requests, counts)  # every answer timed once, by its type
+    for kind in counts:
+        assert sample(after, "coredns_dns_request_duration_seconds_bucket", type=kind,
+                      le="+Inf") == counts[kind]
+        assert 0 < sample(after, "coredns_dns_request_duration_seconds_sum", type=kind) < 5
+    assert "# TYPE coredns_dns_request_duration_seconds histogram" in after
+    assert after.count("# TYPE coredns_dns_request_duration_seconds ") == 1
 
 
 def test_count_repair_is_exported(tmp_path, state_dir, parts):

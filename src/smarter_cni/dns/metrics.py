@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 9153   # CoreDNS' prometheus plugin port
 # CoreDNS' request duration buckets: 0.25 ms doubling to 8.192 s
 BUCKETS = tuple(0.00025 * 2 ** i for i in range(16))
+# The query types CoreDNS names in its `type` label (its prometheus plugin's
+# README); every other type is counted as "other".
 TYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT",
-              28: "AAAA", 33: "SRV", 43: "DS", 46: "RRSIG", 48: "DNSKEY", 64: "SVCB",
-              65: "HTTPS", 255: "ANY"}
+              28: "AAAA", 33: "SRV", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY",
+              50: "NSEC3", 65: "HTTPS", 251: "IXFR", 252: "AXFR", 255: "ANY"}
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
                5: "REFUSED", 16: "BADVERS"}
 
@@ -61,13 +63,57 @@ class Histogram:
         self.count += times
 
 
+class Latency:
+    """The request duration histograms, one per query type seen: at most
+    len(TYPE_NAMES) + 1 ("other"), however many types clients ask.
+
+    The server's loop adds each answer of a batch to `pending[kind]` (one list
+    increment; `kind` is kept with the slot and with each cached response) and
+    `flush`es the batch once with its time; a forwarded answer, given later,
+    is `observe`d alone."""
+
+    __slots__ = ("kinds", "names", "histograms", "pending")
+
+    def __init__(self) -> None:
+        self.kinds: dict[int, int] = {}  # qtype (-1: every other) -> index in the lists
+        self.names: list[str] = []
+        self.histograms: list[Histogram] = []
+        self.pending: list[int] = []
+
+    def kind(self, qtype: int) -> int:
+        """The index of `qtype`'s histogram, made on its first use."""
+        if qtype not in TYPE_NAMES:
+            qtype = -1
+        index = self.kinds.get(qtype)
+        if index is None:
+            index = self.kinds[qtype] = len(self.names)
+            self.names.append(TYPE_NAMES.get(qtype, "other"))
+            self.histograms.append(Histogram())
+            self.pending.append(0)
+        return index
+
+    def observe(self, kind: int, seconds: float) -> None:
+        self.histograms[kind].observe(seconds)
+
+    def flush(self, seconds: float) -> None:
+        """Each answer counted in `pending` took `seconds` (its batch's time)."""
+        pending = self.pending
+        for index, times in enumerate(pending):
+            if times:
+                self.histograms[index].observe(seconds, times)
+                pending[index] = 0
+
+
 class Counts:
     """Responses by (proto, qtype, rcode), kept as a list indexed by a slot number so
-    the server's fast path counts an answer with one list increment."""
+    the server's fast path counts an answer with one list increment; `kinds[slot]`
+    is the slot's histogram in `latency`."""
 
     def __init__(self) -> None:
         self.slots: dict[tuple[str, int, int], int] = {}
         self.values: list[int] = []
+        self.kinds: list[int] = []
+        self.latency = Latency()
 
     def slot(self, proto: str, qtype: int, rcode: int) -> int:
         key = (proto, qtype if qtype in TYPE_NAMES else -1, rcode)
@@ -75,6 +121,7 @@ class Counts:
         if index is None:
             index = self.slots[key] = len(self.values)
             self.values.append(0)
+            self.kinds.append(self.latency.kind(qtype))
         return index
 
     def add(self, proto: str, qtype: int, rcode: int, times: int = 1) -> None:
@@ -104,17 +151,20 @@ class Text:
         for labels, value in samples:
             self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
 
-    def histogram(self, name: str, help_text: str, labels: dict[str, Any],
-                  histogram: Histogram) -> None:
+    def histogram(self, name: str, help_text: str,
+                  series: list[tuple[dict[str, Any], Histogram]]) -> None:
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} histogram")
-        running = 0
-        for bound, count in zip(BUCKETS, histogram.counts):
-            running += count
-            self.lines.append(f"{name}_bucket{_labels({**labels, 'le': f'{bound:g}'})} {running}")
-        self.lines.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {histogram.count}")
-        self.lines.append(f"{name}_sum{_labels(labels)} {_number(histogram.sum)}")
-        self.lines.append(f"{name}_count{_labels(labels)} {histogram.count}")
+        for labels, histogram in series:
+            running = 0
+            for bound, count in zip(BUCKETS, histogram.counts):
+                running += count
+                self.lines.append(
+                    f"{name}_bucket{_labels({**labels, 'le': f'{bound:g}'})} {running}")
+            self.lines.append(
+                f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {histogram.count}")
+            self.lines.append(f"{name}_sum{_labels(labels)} {_number(histogram.sum)}")
+            self.lines.append(f"{name}_count{_labels(labels)} {histogram.count}")
 
     def render(self) -> bytes:
         return ("\n".join(self.lines) + "\n").encode()
@@ -124,6 +174,10 @@ def _number(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     return repr(float(value))
+
+
+def first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
 
 
 def process_samples(text: Text) -> None:
@@ -167,9 +221,11 @@ def render(server: Any) -> bytes:
     text.family("coredns_dns_responses_total", "counter",
                 "Counter of response status codes.",
                 [({**zone, "rcode": r, "plugin": ""}, v) for r, v in sorted(responses.items())])
+    latency = counts.latency
     text.histogram("coredns_dns_request_duration_seconds",
-                   "Histogram of the time (in seconds) each request took.", zone,
-                   server.latency)
+                   "Histogram of the time (in seconds) each request took.",
+                   [({**zone, "type": t}, h)
+                    for t, h in sorted(zip(latency.names, latency.histograms), key=first)])
     forwarder = server.forwarder
     fstats = forwarder.stats
     positive, negative = forwarder.cache.counts(time.monotonic())

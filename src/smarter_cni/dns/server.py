@@ -23,7 +23,7 @@ from .answers import Names
 from .cache import DEFAULT_STALE_FOR
 from .forwarder import DEFAULT_TIMEOUT, Client, Forwarder, Pending, TcpFetch
 from .log import log
-from .metrics import Counts, Histogram
+from .metrics import Counts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -86,17 +86,17 @@ class Server:
         self.acl = acl
         self.stats = Stats()
         self.counts = Counts()        # answers by (proto, qtype, rcode), for /metrics
-        self.latency = Histogram()    # time from reading a query to its answer
+        # time from reading a query to its answer, per query type
+        self.latency = self.counts.latency
         self.server_label = f"dns://{listen}:{port}"
-        self.deferred = 0             # queries handed to the forwarder (answered later)
         self.stop = False
         self.log_stats = False  # set by SIGUSR1
         self.names = Names(domain, subnet, prefix)
         self.memo: dict[str, Any] = {}  # attachment key -> (record, encoded contribution)
         self.signature: Any = ()
-        # query minus ID -> (response minus ID, valid until, Counts slot)
-        self.udp_cache: dict[bytes, tuple[bytes, float, int]] = {}
-        self.tcp_cache: dict[bytes, tuple[bytes, float, int]] = {}
+        # query minus ID -> (response minus ID, valid until, Counts slot, Latency kind)
+        self.udp_cache: dict[bytes, tuple[bytes, float, int, int]] = {}
+        self.tcp_cache: dict[bytes, tuple[bytes, float, int, int]] = {}
         self.turns: dict[bytes, int] = {}  # name -> answers given, for rotating several A records
         self.conns: dict[int, Conn] = {}
         self.selector = selectors.DefaultSelector()
@@ -194,6 +194,8 @@ class Server:
         allowed = self.acl.allowed
         stats = self.stats
         counts = self.counts.values
+        timed = self.latency.pending  # answers of this batch, per query type
+        flush = self.latency.flush
         monotonic = time.monotonic
         next_sweep = time.monotonic() + 1.0
         while not self.stop:
@@ -246,13 +248,13 @@ class Server:
             # Read first, then check the registry: nothing read above predates this stat.
             self.refresh_registry()
             hits = 0
-            deferred = self.deferred
             for data, address in batch:
                 if address[0] in allowed:
                     hit = udp_cache.get(data[2:])
                     if hit is not None and hit[1] > now:
                         hits += 1
                         counts[hit[2]] += 1
+                        timed[hit[3]] += 1
                         try:
                             sendto(data[:2] + hit[0], address)
                         except OSError:
@@ -271,10 +273,10 @@ class Server:
                         self._answer(frame, (conn, None), now)
                     except Exception as err:
                         self._bug(err)
-            answered = len(batch) + len(frames) - (self.deferred - deferred)
-            if answered:
-                # Each query's time is at most the batch's: read at `now`, all sent by now.
-                self.latency.observe(monotonic() - now, answered)
+            if batch or frames:
+                # Each answer's time is at most the batch's: read at `now`, all sent by now.
+                # (Forwarded queries are not in `pending`: _deliver times them.)
+                flush(monotonic() - now)
             for pending in upstream:
                 try:
                     self.forwarder.on_udp_event(pending, now)
@@ -334,6 +336,7 @@ class Server:
             if hit is not None and hit[1] > now:
                 self.stats.cached += 1
                 self.counts.values[hit[2]] += 1
+                self.latency.pending[hit[3]] += 1
                 self._send(where, data[:2] + hit[0])
                 return
         self.stats.misses += 1
@@ -368,36 +371,46 @@ class Server:
                 records = records[shift:] + records[:shift]
             response = wire.build_response(query, answer.rcode, records,
                                            answer.authority, True, limit)
-            slot = self.counts.slot(proto, query.qtype, answer.rcode)
-            self.counts.values[slot] += 1
+            slot, kind = self._count(proto, query.qtype, answer.rcode)
             if len(records) <= 1:
-                cache[data[2:]] = (response[2:], FOREVER, slot)
+                cache[data[2:]] = (response[2:], FOREVER, slot, kind)
             self._send(where, response)
             return
         self.stats.forwarded += 1
         response, valid = self.forwarder.cached(query, limit, now)
         if response is not None:
-            slot = self.counts.slot(proto, query.qtype, response[3] & 0xF)
-            self.counts.values[slot] += 1
+            slot, kind = self._count(proto, query.qtype, response[3] & 0xF)
             if valid > 0:
-                cache[data[2:]] = (response[2:], now + min(valid, FORWARDED_FAST_TTL), slot)
+                cache[data[2:]] = (response[2:], now + min(valid, FORWARDED_FAST_TTL), slot,
+                                   kind)
             self._send(where, response)
             return
-        self.deferred += 1
         self.forwarder.ask(query, (transport, address, query, limit, now), now)
 
     def _reply(self, where: tuple[Any, Any], proto: str, qtype: int, rcode: int,
                response: bytes | None) -> None:
         """An error answer, counted (none is sent for packets too short to answer)."""
         if response is not None:
-            self.counts.add(proto, qtype, rcode)
+            self._count(proto, qtype, rcode)
         self._send(where, response)
+
+    def _count(self, proto: str, qtype: int, rcode: int) -> tuple[int, int]:
+        """An answer given in this turn of the loop (timed with its batch):
+        its Counts slot and Latency kind."""
+        counts = self.counts
+        slot = counts.slot(proto, qtype, rcode)
+        counts.values[slot] += 1
+        kind = counts.kinds[slot]
+        self.latency.pending[kind] += 1
+        return slot, kind
 
     def _deliver(self, client: Client, response: bytes) -> None:
         """A forwarded query's answer (or SERVFAIL, or a stale answer) is ready."""
-        self.counts.add("udp" if client[1] is not None else "tcp", client[2].qtype,
-                        response[3] & 0xF)
-        self.latency.observe(time.monotonic() - client[4])
+        counts = self.counts
+        slot = counts.slot("udp" if client[1] is not None else "tcp", client[2].qtype,
+                           response[3] & 0xF)
+        counts.values[slot] += 1
+        self.latency.observe(counts.kinds[slot], time.monotonic() - client[4])
         self._send((client[0], client[1]), response)
 
     def _send(self, where: tuple[Any, Any], response: bytes | None) -> None:
