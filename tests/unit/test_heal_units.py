@@ -30,6 +30,20 @@ COMMIT
 """
 
 
+def _logged_by_looks(reconciler, looks: int, expect: list | None = []) -> list[str]:  # noqa: B006
+    """The reconciler's log lines over `looks` DNS looks (each returning `expect` repairs,
+    unless None)."""
+    logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
+    try:
+        for _ in range(looks):
+            repairs = reconciler._dns()
+            if expect is not None:
+                assert repairs == expect
+    finally:
+        logged, reconcile.log.stream = reconcile.log.stream, logged
+    return logged.getvalue().splitlines()
+
+
 def test_split_words_honours_quotes_and_escapes():
     assert firewall.split_words('-A X -m comment --comment "a b" -j Y') == \
         ["-A", "X", "-m", "comment", "--comment", "a b", "-j", "Y"]
@@ -104,13 +118,7 @@ def test_a_silent_listener_is_reported_after_two_looks_and_the_service_stays(tmp
                           "dockerSocket": str(tmp_path / "none.sock")})
     addresses = {"dns_address": address} if family == "ipv4" else {"dns_address6": address}
     reconciler = reconcile.Reconciler(conf, str(tmp_path), dns_port=port, **addresses)
-    logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
-    try:
-        for _ in range(4):
-            assert reconciler._dns() == []
-    finally:
-        logged, reconcile.log.stream = reconcile.log.stream, logged
-    said = logged.getvalue().splitlines()
+    said = _logged_by_looks(reconciler, 4)
     assert said == [f"ERROR DNS listener on {shown.format(port)} did not answer 2 checks in a row"]
     assert reconcile.check(conf, str(tmp_path), dns_port=port, **addresses)[-1] == \
         f"DNS service does not answer on {shown.format(port)}"
@@ -132,13 +140,7 @@ def test_each_family_is_counted_and_reported_on_its_own(tmp_path, quick_probe):
     reconciler = reconcile.Reconciler(conf, str(tmp_path), "127.0.0.1", port,
                                       dns_address6="::1")
     assert [listener.address for listener in reconciler.listeners] == ["127.0.0.1", "::1"]
-    logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
-    try:
-        for _ in range(3):
-            reconciler._dns()
-    finally:
-        logged, reconcile.log.stream = reconcile.log.stream, logged
-    assert logged.getvalue().splitlines() == [
+    assert _logged_by_looks(reconciler, 3, expect=None) == [
         f"ERROR DNS listener on 127.0.0.1:{port} did not answer 2 checks in a row",
         f"ERROR DNS listener on [::1]:{port} did not answer 2 checks in a row"]
     assert [listener.failures for listener in reconciler.listeners] == [3, 3]
@@ -154,13 +156,7 @@ def test_an_ipv6_dns_address_the_service_does_not_own_is_reported_not_added(tmp_
                           "dockerSocket": str(tmp_path / "none.sock")})
     reconciler = reconcile.Reconciler(conf, str(tmp_path), dns_port=53, dns_interface=None,
                                       dns_address6=missing)
-    logged, reconcile.log.stream = reconcile.log.stream, io.StringIO()
-    try:
-        for _ in range(3):
-            assert reconciler._dns() == []
-    finally:
-        logged, reconcile.log.stream = reconcile.log.stream, logged
-    said = logged.getvalue().splitlines()
+    said = _logged_by_looks(reconciler, 3)
     assert said == [f"WARNING network notours: DNS address {missing} is not on the node "
                     "(not repaired by the reconciler)",
                     f"ERROR DNS listener on [{missing}]:53 did not answer 2 checks in a row"]
