@@ -182,6 +182,22 @@ def is_tmpfs(path: str) -> bool:
         return False
 
 
+def reference_bridge(bridge: str, subnet: str, masq: bool, data_dir: Path) -> dict[str, Any]:
+    """The reference `bridge` + `host-local` plugin entry of a chain (B: masq, C: without)."""
+    conf: dict[str, Any] = {"type": "bridge", "bridge": bridge, "isGateway": True,
+                            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                                     "dataDir": str(data_dir)}}
+    if masq:
+        conf["ipMasq"] = True
+    return conf
+
+
+def pod_args(container_id: str) -> str:
+    """CNI_ARGS as kubelet passes them, for a bench pod."""
+    return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{container_id[-10:]};"
+            f"K8S_POD_INFRA_CONTAINER_ID={container_id}")
+
+
 def served_requests(log: Path) -> list[str]:
     """The request lines of a resident server's --verbose log ("resident: ADD <id> -> 0
     (1.80 ms)"), one per request a worker ran; [] when there is no log."""

@@ -237,17 +237,9 @@ class Run:
         self.inprocess_live: dict[str, str] = {}  # container id -> netns (in-process pods)
 
     def _reference(self, bridge: str, subnet: str, masq: bool) -> dict[str, Any]:
-        conf: dict[str, Any] = {"type": "bridge", "bridge": bridge, "isGateway": True,
-                                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                                         "dataDir": str(self.tmp / f"host-local-{bridge}")}}
-        if masq:
-            conf["ipMasq"] = True
-        return conf
+        return common.reference_bridge(bridge, subnet, masq, self.tmp / f"host-local-{bridge}")
 
-    @staticmethod
-    def pod_args(container_id: str) -> str:
-        return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{container_id[-10:]};"
-                f"K8S_POD_INFRA_CONTAINER_ID={container_id}")
+    pod_args = staticmethod(common.pod_args)
 
     def cleanup(self) -> list[str]:
         problems: list[str] = []
