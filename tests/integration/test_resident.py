@@ -169,31 +169,38 @@ def test_sixteen_concurrent_adds_and_dels_through_the_server(plugin, bridge_netw
     assert _served(log)  # some went through the server (under load a late ack falls back)
 
 
-def _paused_add(plugin, config: dict, container: str, path: str, fifo: Path) -> subprocess.Popen:
+def _paused_add(plugin, config: dict, container: str, path: str,
+                fifo: Path) -> tuple[subprocess.Popen, int]:
+    """An ADD exec that pauses between its two transactions on `fifo`: (the process, our
+    end of the FIFO once the ADD waits there; closing it lets the ADD go on)."""
     os.mkfifo(fifo, 0o600)
     env = plugin.env("ADD", container, path, extra={PAUSE_ENV: str(fifo),
                                                     # a loaded machine must not send it local
                                                     "SMARTER_CNI_CLIENT_ACK_TIMEOUT": "5"})
-    return subprocess.Popen([str(plugin.bin_dir / "smarter-cni")], env=env, stdin=subprocess.PIPE,
+    proc = subprocess.Popen([str(plugin.bin_dir / "smarter-cni")], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(json.dumps(config).encode())
+    proc.stdin.close()
+    return proc, _wait_paused(fifo)
+
+
+def _holds(pid: int, target: Path) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(target):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _busy_workers(server_pid: int, fifo: Path) -> list[int]:
     """The server's workers that hold `fifo` open (idle ones wait in accept())."""
-    busy = []
-    for pid in _children(server_pid):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo):
-                    busy.append(pid)
-                    break
-            except OSError:
-                continue
-    return busy
+    return [pid for pid in _children(server_pid) if _holds(pid, fifo)]
 
 
 def _finish(proc: subprocess.Popen) -> tuple[bytes, bytes]:
@@ -219,10 +226,7 @@ def test_a_killed_server_finishes_the_adds_it_started(plugin, bridge_network, ne
     _, path = netns.create()
     server = start_server(state_dir, tmp_path / "server.log", mode="fork")
     try:
-        proc = _paused_add(plugin, bridge_network, f"{RUN}-k", path, tmp_path / "fifo")
-        proc.stdin.write(json.dumps(bridge_network).encode())
-        proc.stdin.close()
-        writer = _wait_paused(tmp_path / "fifo")
+        proc, writer = _paused_add(plugin, bridge_network, f"{RUN}-k", path, tmp_path / "fifo")
         assert _wait_for(lambda: _busy_workers(server.pid, tmp_path / "fifo"), timeout=5)
         busy = _busy_workers(server.pid, tmp_path / "fifo")
         idle = [pid for pid in _children(server.pid) if pid not in busy]
@@ -252,10 +256,7 @@ def test_a_worker_killed_mid_add_leaves_nothing_after_del(plugin, bridge_network
     half-made attachment answers as a killed plugin's does today, and DEL clears it."""
     _, path = netns.create()
     with running_server(state_dir, tmp_path / "server.log", mode="fork") as server:
-        proc = _paused_add(plugin, bridge_network, f"{RUN}-w", path, tmp_path / "fifo")
-        proc.stdin.write(json.dumps(bridge_network).encode())
-        proc.stdin.close()
-        writer = _wait_paused(tmp_path / "fifo")
+        proc, writer = _paused_add(plugin, bridge_network, f"{RUN}-w", path, tmp_path / "fifo")
         assert _wait_for(lambda: _busy_workers(server.pid, tmp_path / "fifo"), timeout=5)
         workers = _busy_workers(server.pid, tmp_path / "fifo")
         assert len(workers) == 1, workers
@@ -337,10 +338,7 @@ def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_n
     """As with the plugin's own process: kill the exec and its work stops there."""
     _, path = netns.create()
     with running_server(state_dir, tmp_path / "server.log", mode="fork") as server:
-        proc = _paused_add(plugin, bridge_network, f"{RUN}-c", path, tmp_path / "fifo")
-        proc.stdin.write(json.dumps(bridge_network).encode())
-        proc.stdin.close()
-        writer = _wait_paused(tmp_path / "fifo")
+        proc, writer = _paused_add(plugin, bridge_network, f"{RUN}-c", path, tmp_path / "fifo")
         assert _wait_for(lambda: len(_busy_workers(server.pid, tmp_path / "fifo")) == 1, timeout=5)
         proc.kill()  # our own child, by its PID
         proc.wait(10)
@@ -386,25 +384,6 @@ def test_the_dns_service_runs_a_warm_server_by_default_and_0_turns_it_off(
 # --- warm mode: a pool of forked workers, each serving many requests one at a time ------
 
 
-def _holds(pid: int, target: Path) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(target):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _worker_holding(server_pid: int, target: Path) -> int:
-    """The pool's worker that has `target` open (0 if none)."""
-    return next((pid for pid in _children(server_pid) if _holds(pid, target)), 0)
-
-
 def test_warm_a_killed_client_ends_its_worker_and_del_leaves_nothing(
         plugin, bridge_network, netns, state_dir, tmp_path):
     """The worker stops the ADD where the killed plugin would have (it leaves at once),
@@ -413,13 +392,10 @@ def test_warm_a_killed_client_ends_its_worker_and_del_leaves_nothing(
     log = tmp_path / "server.log"
     with running_server(state_dir, log, mode="warm") as server:
         inode = (state_dir / SOCKET).stat().st_ino
-        proc = _paused_add(plugin, bridge_network, f"{RUN}-wc", path, tmp_path / "fifo")
-        proc.stdin.write(json.dumps(bridge_network).encode())
-        proc.stdin.close()
-        writer = _wait_paused(tmp_path / "fifo")
+        proc, writer = _paused_add(plugin, bridge_network, f"{RUN}-wc", path, tmp_path / "fifo")
         # a warm worker runs the ADD (its open of the FIFO returns just after ours)
-        assert _wait_for(lambda: _worker_holding(server.pid, tmp_path / "fifo"), timeout=5)
-        worker = _worker_holding(server.pid, tmp_path / "fifo")
+        assert _wait_for(lambda: _busy_workers(server.pid, tmp_path / "fifo"), timeout=5)
+        worker = _busy_workers(server.pid, tmp_path / "fifo")[0]
         assert not _holds(server.pid, tmp_path / "fifo")  # the server itself runs no request
         proc.kill()  # our own child, by its PID
         proc.wait(10)
@@ -457,10 +433,7 @@ def test_warm_the_watchdog_ends_a_worker_stuck_in_a_request(
     log = tmp_path / "server.log"
     with running_server(state_dir, log, mode="warm",
                         env={"SMARTER_CNI_RESIDENT_WATCHDOG": "1"}) as server:
-        proc = _paused_add(plugin, bridge_network, f"{RUN}-ww", path, tmp_path / "fifo")
-        proc.stdin.write(json.dumps(bridge_network).encode())
-        proc.stdin.close()
-        writer = _wait_paused(tmp_path / "fifo")
+        proc, writer = _paused_add(plugin, bridge_network, f"{RUN}-ww", path, tmp_path / "fifo")
         assert _wait_for(lambda: "longer than 1 s" in log.read_text(), timeout=15)
         assert server.poll() is None
         os.close(writer)  # the client's own ADD may pause on the FIFO too: let it through
