@@ -11,7 +11,7 @@ import time
 import pytest
 from test_dns_helpers import (
     SRC,
-    Dnsmasq,
+    DnsNode,
     DnsService,
     NetnsUpstream,
     Registry,
@@ -25,6 +25,16 @@ from test_dns_helpers import (
 from smarter_cni.dns import metrics
 
 pytestmark = [pytest.mark.root, needs_tools]
+
+
+@pytest.fixture
+def node(tmp_path, state_dir):
+    """The service, its conflist, registry and upstreams (test_dns_helpers.DnsNode)."""
+    made = DnsNode(tmp_path, state_dir)
+    try:
+        yield made
+    finally:
+        made.cleanup()
 
 
 @pytest.fixture
@@ -43,16 +53,13 @@ def sample(text: str, name: str, **labels: str) -> float:
                if all(got.get(k) == v for k, v in labels.items()))
 
 
-def test_counters_move_as_queries_are_made(tmp_path, state_dir, parts):
-    upstream = Dnsmasq(tmp_path, {"fwd.test": "192.0.2.7"}, ["--local-ttl=60"]).start()
-    parts.append(upstream.stop)
-    registry = Registry(state_dir)
+def test_counters_move_as_queries_are_made(node):
+    upstream = node.dnsmasq({"fwd.test": "192.0.2.7"}, ["--local-ttl=60"])
+    registry = node.registry
     registry.add("c1", "web", "10.99.0.5")
     registry.add("c2", "db", "10.99.0.6")
-    listen = unique_loopback()
-    service = DnsService(tmp_path, listen, state_dir, write_conflist(tmp_path),
-                         [upstream.upstream], ["--no-address-setup"]).start()
-    parts.append(service.stop)
+    listen = node.listen
+    node.start([upstream.upstream])
     before = metrics.fetch_counters(listen)  # the default: the DNS address, port 9153
     assert before["pods"] == 2 and before["registry_reloads"] >= 1, before
     for _ in range(5):  # no cookie (a fresh one each time), as glibc asks: cached bytes
@@ -97,16 +104,13 @@ def test_counters_move_as_queries_are_made(tmp_path, state_dir, parts):
     assert "3 pods" in metrics.summary(later)
 
 
-def test_request_duration_is_counted_per_query_type(tmp_path, state_dir, parts):
+def test_request_duration_is_counted_per_query_type(node):
     """A, AAAA, a forwarded TXT and an unassigned type (CoreDNS' "other") each land
     in their own histogram, as many as asked, matching coredns_dns_requests_total."""
-    upstream = Dnsmasq(tmp_path, {"fwd.test": "192.0.2.7"}, ["--local-ttl=60"]).start()
-    parts.append(upstream.stop)
-    Registry(state_dir).add("c1", "web", "10.99.0.5")
-    listen = unique_loopback()
-    service = DnsService(tmp_path, listen, state_dir, write_conflist(tmp_path),
-                         [upstream.upstream], ["--no-address-setup"]).start()
-    parts.append(service.stop)
+    upstream = node.dnsmasq({"fwd.test": "192.0.2.7"}, ["--local-ttl=60"])
+    node.registry.add("c1", "web", "10.99.0.5")
+    listen = node.listen
+    node.start([upstream.upstream])
     name = "web.default.svc.cluster.local"
 
     def per_type(text: str, metric: str) -> dict[str, float]:
