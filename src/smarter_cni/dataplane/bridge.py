@@ -313,7 +313,8 @@ def delete(request: Request, conf: NetConf) -> None:
     """Idempotent: unknown container, missing netns and lost state all succeed."""
     key = store.attachment_key(conf.name, request.container_id, request.ifname)
     record = store.load()["attachments"].get(key) or {}
-    links.delete(record.get("host_ifname") or host_ifname(request.container_id, request.ifname))
+    links.delete_unlisted(record.get("host_ifname") or
+                          host_ifname(request.container_id, request.ifname))
     if conf.delegated_ipam:
         _delegate().delete(request, conf.delegated_ipam)
     if record:
