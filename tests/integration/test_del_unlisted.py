@@ -6,13 +6,14 @@ Root only: real veths, a real bridge and network namespaces, all with this run's
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from helpers.netns import link_exists, unique
+from helpers.netns import link_exists, run_id, unique
 from helpers.plugin import SRC
 
 sys.path.insert(0, str(SRC))
@@ -98,3 +99,29 @@ def test_a_link_the_kernel_will_not_delete_is_a_clear_error(netns):
     assert done.stdout.startswith(f"{DATAPLANE_FAILURE} cannot delete link lo: "), done.stdout
     still = subprocess.run(["ip", "-n", ns, "link", "show", "lo"], capture_output=True)
     assert still.returncode == 0
+
+
+def test_gc_of_many_stale_pods_leaves_none_of_their_links(plugin, bridge_network, netns):
+    """GC deletes every stale veth the same way (each returns once unlisted): all of them
+    are gone when GC returns, and the valid pods keep theirs."""
+    pods = []
+    for i in range(12):
+        ns, path = netns.create()
+        added = plugin("ADD", bridge_network, run_id(f"gc{i}"), path)
+        assert added.ok, added
+        pods.append((run_id(f"gc{i}"), ns, added.json["interfaces"][0]["name"]))
+    keep = pods[:2]
+    config = dict(bridge_network, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [
+        {"containerID": cid, "ifname": "eth0"} for cid, _, _ in keep]})
+    collected = plugin("GC", config, ifname="")
+    assert collected.ok, collected
+    for cid, ns, host in pods:
+        pod_side = subprocess.run(["ip", "-n", ns, "link", "show", "eth0"], capture_output=True)
+        kept = (cid, ns, host) in keep
+        assert link_exists(host) == kept, host
+        assert (pod_side.returncode == 0) == kept, ns
+    state = json.loads((plugin.state_dir / "attachments.json").read_text())
+    assert sorted(r["container_id"] for r in state["attachments"].values()) == \
+        sorted(cid for cid, _, _ in keep)
+    for cid, ns, _ in keep:
+        assert plugin("DEL", bridge_network, cid, f"/var/run/netns/{ns}").ok

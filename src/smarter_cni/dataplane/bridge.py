@@ -397,7 +397,7 @@ def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
                 (record.get("container_id"), record.get("ifname")) not in valid:
             doomed[key] = record
     for record in doomed.values():
-        links.delete(record.get("host_ifname", ""))
+        links.delete_unlisted(record.get("host_ifname", ""))
     if conf.delegated_ipam:
         stale = [(r.get("container_id", ""), r.get("ifname", "")) for r in doomed.values()]
         _delegate().gc(request, conf.delegated_ipam, stale)
