@@ -520,7 +520,7 @@ class InProcess:
     def del_steps(self, container_id: str, netns: str) -> dict[str, float]:
         """bridge.delete, one step at a time."""
         clock = self.clock = Clock()
-        store, netlink = self.store, self.netlink
+        store = self.store
         env, raw = self._request("DEL", container_id, netns)
         total = time.perf_counter()
         request = clock.lap("parse request (env + stdin JSON)", self.request_mod.parse_request, env, raw)
@@ -529,11 +529,9 @@ class InProcess:
         record = clock.lap("state read without lock (store.load)", store.load)["attachments"].get(key) or {}
         host = record.get("host_ifname") or self.names.host_ifname(request.container_id, request.ifname)
         if clock.lap("netlink: pre-checks (sysfs)", self.links.exists, host):
-            sock = clock.lap("netlink: host socket", netlink.host_socket)
-            try:
-                clock.lap("netlink: delete veth (RTM_DELLINK, kernel)", sock.delete_link, host)
-            finally:
-                clock.lap("netlink: close sockets + fd", sock.close)
+            # The kernel's acknowledgement follows an RCU grace period; a thread waits for it
+            # (an exec's exit still does: see "exit" above).
+            clock.lap("netlink: delete veth until unlisted (kernel)", self.links.delete_unlisted, host)
         if record:
             def drop(tx: Any) -> None:
                 if tx.attachments.pop(key, None) is not None:

@@ -146,7 +146,15 @@ def assert_no_duplicates(state: dict) -> None:
 
 
 def stray_temp_files(state_dir: Path) -> list[str]:
-    return [p.name for p in state_dir.iterdir() if p.name.endswith(".tmp")]
+    """Temp files no live process is writing (`.NAME.PID.tmp` of a running writer, such
+    as the resident server's plugin.pool, is a write in progress, not a leftover)."""
+    return [p.name for p in state_dir.iterdir()
+            if p.name.endswith(".tmp") and not _writer_alive(p.name)]
+
+
+def _writer_alive(name: str) -> bool:
+    pid = name[:-len(".tmp")].rpartition(".")[2]
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
 
 
 def firewall_lines(config: dict) -> list[str]:

@@ -92,6 +92,26 @@ def test_add_check_del_go_through_the_server(plugin, bridge_network, netns, stat
     assert not (state_dir / SOCKET).exists()  # a stopped server takes its socket away
 
 
+def test_a_pod_added_again_right_after_its_del_through_the_server(plugin, bridge_network,
+                                                                   netns, state_dir, tmp_path):
+    """DEL replies once the veth is unlisted, while the kernel still frees it: the same
+    pod added again at once gets the same host veth name, and every DEL leaves nothing."""
+    log = tmp_path / "server.log"
+    with running_server(state_dir, log):
+        ns, path = netns.create()
+        for _ in range(5):
+            added = plugin("ADD", bridge_network, f"{RUN}-again", path)
+            assert added.ok, added
+            host = added.json["interfaces"][0]["name"]
+            deleted = plugin("DEL", bridge_network, f"{RUN}-again", path)
+            assert deleted.ok, deleted
+            assert not link_exists(host)
+            pod = subprocess.run(["ip", "-n", ns, "link", "show", "eth0"], capture_output=True)
+            assert pod.returncode != 0, "the pod's eth0 outlived its DEL"
+            assert _state(state_dir)["attachments"] == {}
+    assert [line.split()[1] for line in _served(log)] == ["ADD", "DEL"] * 5
+
+
 def test_a_missing_refusing_or_silent_server_means_the_client_works_alone(
         plugin, bridge_network, netns, state_dir):
     _, path = netns.create()

@@ -313,7 +313,8 @@ def delete(request: Request, conf: NetConf) -> None:
     """Idempotent: unknown container, missing netns and lost state all succeed."""
     key = store.attachment_key(conf.name, request.container_id, request.ifname)
     record = store.load()["attachments"].get(key) or {}
-    links.delete(record.get("host_ifname") or host_ifname(request.container_id, request.ifname))
+    links.delete_unlisted(record.get("host_ifname") or
+                          host_ifname(request.container_id, request.ifname))
     if conf.delegated_ipam:
         _delegate().delete(request, conf.delegated_ipam)
     if record:
@@ -396,7 +397,7 @@ def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
                 (record.get("container_id"), record.get("ifname")) not in valid:
             doomed[key] = record
     for record in doomed.values():
-        links.delete(record.get("host_ifname", ""))
+        links.delete_unlisted(record.get("host_ifname", ""))
     if conf.delegated_ipam:
         stale = [(r.get("container_id", ""), r.get("ifname", "")) for r in doomed.values()]
         _delegate().gc(request, conf.delegated_ipam, stale)

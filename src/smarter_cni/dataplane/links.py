@@ -125,6 +125,52 @@ def delete(name: str) -> bool:
     return True
 
 
+def delete_unlisted(name: str) -> bool:
+    """Delete a link if present and return once the kernel has taken both ends of it
+    out of its tables: names and indexes free, bridge port detached, sysfs entry gone.
+
+    The kernel acknowledges RTM_DELLINK only after it has also waited for an RCU
+    grace period to free the device (15-35 ms here), most of a DEL's time, and nothing
+    a runtime can observe. A thread waits for that acknowledgement instead; the
+    caller goes on once the link is unlisted. True when something was removed."""
+    if not name or not exists(name):
+        return False
+    if os.environ.get(FORCE_IPROUTE2):
+        return delete(name)
+    try:
+        sock = netlink.host_socket()
+    except netlink.NetlinkUnavailable:
+        return delete(name)
+    import _thread
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    outcome: list[bool | OSError] = []
+    _thread.start_new_thread(_delete_and_signal, (sock, name, outcome, done))
+    entry = f"/sys/class/net/{name}"
+    while not done.acquire(timeout=UNLISTED_POLL):
+        if not os.path.exists(entry):
+            return True
+    if isinstance(outcome[0], OSError):
+        if exists(name):
+            raise CNIError(DATAPLANE_FAILURE, f"cannot delete link {name}: {outcome[0].strerror}")
+        return True
+    return outcome[0]
+
+
+UNLISTED_POLL = 0.0002  # seconds between looks at sysfs while the kernel unlists a link
+
+
+def _delete_and_signal(sock: netlink.Socket, name: str, outcome: list, done: Any) -> None:
+    try:
+        outcome.append(sock.delete_link(name))
+    except OSError as err:
+        outcome.append(err)
+    finally:
+        sock.close()
+        done.release()
+
+
 def show_json(args: Sequence[str], netns: str = "") -> Any:
     argv = [*ip_argv(netns), "-j", *args]
     done = run(argv)
