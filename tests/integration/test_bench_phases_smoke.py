@@ -62,7 +62,7 @@ def test_phases_quick(tmp_path: Path) -> None:
                   "result: encode (to_dict + JSON)"):
         assert add[phase]["n"] == 3 and add[phase]["median"] > 0, (phase, add.get(phase))
     assert "network look: iptables-save (stale stamp)" not in data["inprocess"]["ADD fresh stamp"]
-    assert data["inprocess"]["DEL"]["netlink: delete veth (RTM_DELLINK, kernel)"]["median"] > 0
+    assert data["inprocess"]["DEL"]["netlink: delete veth until unlisted (kernel)"]["median"] > 0
     # the replayed steps cost about what the real call costs (same work, same process);
     # the fastest of 3 rounds each, as other load on a shared machine hits single rounds
     steps = add["(sum of steps)"]["min"]
