@@ -134,7 +134,7 @@ class Bench:
         self.docker: DockerSide | None = None
         self.results: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv),
                                         "pods": args.pods, "python": args.python,
-                                        "src": str(args.src), "git_head": _git_head(),
+                                        "settle_ms": args.settle_ms, "src": str(args.src), "git_head": _git_head(),
                                         "state_dirs": str(self.state_root),
                                         "candidate_src": str(args.candidate_src or ""),
                                         "candidate_resident": self.resident is not None,
@@ -288,11 +288,13 @@ def sequential(bench: Bench, keys: list[str]) -> dict[str, Any]:
             wall, cpu, _ = bench.add(key, ids[key][i], spaces[key][i])
             add_t[key].append(wall)
             add_cpu[key].append(cpu)
+    settle = bench.args.settle_ms / 1000
     for i in range(pods):
         for key in (keys if i % 2 == 0 else keys[::-1]):
             wall, cpu = bench.delete(key, ids[key][i])
             del_t[key].append(wall)
             del_cpu[key].append(cpu)
+            time.sleep(settle)
     tenth = max(1, pods // 10)
     growth = {k: {"first_tenth_cpu": percentile(add_cpu[k][:tenth], 50),
                   "last_tenth_cpu": percentile(add_cpu[k][-tenth:], 50),
@@ -665,6 +667,8 @@ def report(results: dict[str, Any], keys: list[str]) -> tuple[str, list[dict[str
                  f"smarter-cni state under {results.get('state_dirs')}, host-local's on disk")
     lines.append(f"load average at start {m['loadavg_start']}, at end {results.get('loadavg_end')} "
                  "(other work on the machine inflates every number; compare ratios)")
+    if results.get("settle_ms"):
+        lines.append(f"an untimed {results['settle_ms']:g} ms pause after each sequential DEL")
     if results.get("candidate_src"):
         served = "a resident server" if results.get("candidate_resident") else \
             "in-process (no resident server: the service-down path)"
@@ -821,6 +825,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pods", type=int, default=120, help="pods per chain (default 120)")
     parser.add_argument("--quick", action="store_true", help="a few pods, for smoke tests")
+    parser.add_argument("--settle-ms", type=float, default=0.0,
+                        help="untimed pause after each sequential DEL, so the kernel's deferred "
+                             "veth freeing (an RCU grace period that a DEL replying once the veth "
+                             "is unlisted leaves running) ends before the next chain's DEL")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per concurrency level")
     parser.add_argument("--docker-pods", type=int, default=30,
                         help=f"sandbox containers for docker mode (max {MAX_DOCKER_PODS})")
