@@ -255,7 +255,7 @@ def _refuse_overlap6(conf: NetConf) -> None:
 
 def _routes6() -> list[tuple[str, str]]:
     """(destination as `ip` prints it, device) of each IPv6 route in the main table; the
-    device is "" for a multipath route. One rtnetlink dump (no `ip` exec, ~3 ms less per
+    device is "" for a multipath route. One rtnetlink dump (no `ip` exec: ~0.2 ms against ~2.2 ms per
     dual-stack set-up), else `ip -j -6 route show`; [] when neither can list them."""
     from . import netlink
 
