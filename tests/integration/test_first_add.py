@@ -5,42 +5,23 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from helpers.execlog import PLAIN_PATH, make_wrappers
+from helpers.execlog import execs as _execs
 from helpers.netns import unique
 from helpers.plugin import pod_args, state_dir_env, teardown_bridge_network
 
 pytestmark = pytest.mark.root
 
-WRAPPED = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
-           "ip6tables-restore", "nft", "ip")
-PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 
 @pytest.fixture
 def exec_log(tmp_path: Path):
     """(wrapper dir, log file): each wrapper logs its name and arguments, then execs the real one."""
-    wrappers, log = tmp_path / "wrappers", tmp_path / "execs.log"
-    wrappers.mkdir()
-    log.touch()
-    for name in WRAPPED:
-        real = shutil.which(name, path=PLAIN_PATH)
-        if real is None:
-            continue
-        script = wrappers / name
-        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
-        script.chmod(0o755)
-    return wrappers, log
-
-
-def _execs(log: Path, prefix: str) -> list[str]:
-    """The logged execs of `prefix` (iptables or ip6tables) and its -save/-restore."""
-    return [line for line in log.read_text().splitlines()
-            if line.split(" ", 1)[0] in (prefix, f"{prefix}-save", f"{prefix}-restore")]
+    return make_wrappers(tmp_path)
 
 
 def _ula() -> str:
@@ -77,10 +58,9 @@ def test_first_add_costs_one_listing_and_one_restore_per_family(
             assert execs[1].endswith("--noflush -w 5"), execs
         if not dual:
             assert not _execs(log, "ip6tables")
-        # the bridge, its addresses and the pod's links over rtnetlink: no `ip` but the
-        # dual-stack overlap check's route listing
-        assert [e for e in log.read_text().splitlines() if e.split(" ", 1)[0] == "ip"] == \
-            (["ip -j -6 route show"] if dual else [])
+        # the bridge, its addresses, the pod's links and (dual-stack) the subnet6 overlap
+        # check's route listing over rtnetlink: no `ip`
+        assert [e for e in log.read_text().splitlines() if e.split(" ", 1)[0] == "ip"] == []
         from smarter_cni.dataplane import firewall
         from smarter_cni.netconf import parse_netconf
 

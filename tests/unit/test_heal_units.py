@@ -237,3 +237,40 @@ def test_restore_script_is_empty_when_whole_and_drops_all_when_inactive():
 def test_quote_rule_round_trips_through_split_words():
     words = ["-m", "comment", "--comment", 'say "hi" \\ there', "--x", "", "-j", "ACCEPT"]
     assert firewall.split_words(firewall.quote_rule(words)) == words
+
+
+def test_teardown_script_removes_only_the_networks_rules_filter_first():
+    from smarter_cni.dataplane.names import chain_name
+
+    conf = _conf()
+    chain = chain_name("net-a")
+    listing = "\n".join([
+        "*filter", ":FORWARD DROP [0:0]", ":OWN - [0:0]",
+        '-A FORWARD -o br0 -m comment --comment "smarter-cni net-a" -j ACCEPT',
+        '-A FORWARD -o br1 -m comment --comment "smarter-cni net-ab" -j ACCEPT',
+        "-A FORWARD -j DOCKER-USER",
+        '-A FORWARD -i br0 -m comment --comment "smarter-cni net-a" -j ACCEPT',
+        '-A OWN -i br0 -m comment --comment "smarter-cni net-a" -j RETURN',
+        "COMMIT", "*nat", f":{chain} - [0:0]", ":SMARTER-CNI-OTHER - [0:0]",
+        f'-A POSTROUTING -s 10.1.0.0/24 -m comment --comment "smarter-cni net-a" -j {chain}',
+        '-A POSTROUTING -s 10.2.0.0/24 -m comment --comment "smarter-cni net-b" '
+        "-j SMARTER-CNI-OTHER",
+        f"-A {chain} -j MASQUERADE", "-A SMARTER-CNI-OTHER -j MASQUERADE", "COMMIT"])
+    script = firewall._removals(firewall.parse_chains(listing), conf)
+    assert script.splitlines() == [
+        "*filter",
+        '-D FORWARD -o br0 -m comment --comment "smarter-cni net-a" -j ACCEPT',
+        '-D FORWARD -i br0 -m comment --comment "smarter-cni net-a" -j ACCEPT',
+        "COMMIT",
+        "*nat",
+        f'-D POSTROUTING -s 10.1.0.0/24 -m comment --comment "smarter-cni net-a" -j {chain}',
+        f":{chain} - [0:0]",
+        f"-X {chain}",
+        "COMMIT",
+    ]
+    # nothing of the network there (another network's rules only): no restore at all
+    other = listing.replace('"smarter-cni net-a"', '"smarter-cni net-c"').replace(chain, "X")
+    assert firewall._removals(firewall.parse_chains(other), conf) == ""
+    # only the chain left (a half-done earlier teardown): flushed and deleted
+    assert firewall._removals(firewall.parse_chains(f"*nat\n:{chain} - [0:0]\nCOMMIT\n"), conf) \
+        .splitlines() == ["*nat", f":{chain} - [0:0]", f"-X {chain}", "COMMIT"]

@@ -239,12 +239,7 @@ def _correct_bridge_address6(conf: NetConf) -> None:
 def _refuse_overlap6(conf: NetConf) -> None:
     """subnet6 must not overlap a route the host already has on another interface (its
     uplink's prefix, a VPN, another bridge): pods would shadow or steal that traffic."""
-    try:
-        routes = links.show_json(["-6", "route", "show"])
-    except CNIError:
-        return
-    for route in routes:
-        dst, dev = route.get("dst") or "", route.get("dev") or ""
+    for dst, dev in _routes6():
         if dev == conf.bridge or dst == "default" or dst.startswith(("fe80:", "ff")):
             continue
         try:
@@ -254,8 +249,41 @@ def _refuse_overlap6(conf: NetConf) -> None:
         if ipv6.overlaps(network, prefix, conf.subnet6, conf.prefix6):
             raise CNIError(INVALID_NETWORK_CONFIG,
                            f"invalid network config: subnet6 {conf.cidr6()} overlaps the host's "
-                           f"route {dst} on {dev}; choose another prefix (e.g. a unique local "
-                           "fdXX:XXXX:XXXX::/64)")
+                           f"route {dst} on {dev or 'several interfaces'}; choose another "
+                           "prefix (e.g. a unique local fdXX:XXXX:XXXX::/64)")
+
+
+def _routes6() -> list[tuple[str, str]]:
+    """(destination as `ip` prints it, device) of each IPv6 route in the main table; the
+    device is "" for a multipath route. One rtnetlink dump (no `ip` exec: ~0.2 ms against ~2.2 ms per
+    dual-stack set-up), else `ip -j -6 route show`; [] when neither can list them."""
+    from . import netlink
+
+    if not os.environ.get(netlink.FORCE_IPROUTE2):
+        try:
+            sock = netlink.host_socket()
+            try:
+                routes = sock.routes6()
+            finally:
+                sock.close()
+        except (netlink.NetlinkUnavailable, OSError):
+            pass
+        else:
+            import _socket
+
+            def name(index: int) -> str:
+                try:
+                    return _socket.if_indextoname(index) if index else ""
+                except OSError:  # gone meanwhile
+                    return ""
+
+            return [("default" if prefix == 0 else dst if prefix == 128 else f"{dst}/{prefix}",
+                     name(oif)) for dst, prefix, oif in routes]
+    try:
+        routes = links.show_json(["-6", "route", "show"])
+    except CNIError:
+        return []
+    return [(route.get("dst") or "", route.get("dev") or "") for route in routes]
 
 
 def ensure_network(tx: store.Transaction, conf: NetConf, problems: list[str]) -> None:

@@ -244,18 +244,67 @@ def _drop_stale(table: str, chain: str, conf: NetConf, wanted: list[list[str]]) 
 
 
 def teardown(conf: NetConf) -> None:
-    """Remove every rule `ensure` made; absent rules are fine."""
+    """Remove every rule `ensure` made, both families: this network's FORWARD accepts and
+    POSTROUTING jump (found by comment) and its NAT chain; absent ones are fine.
+
+    Per family one `iptables-save` and, when any of them is there, one
+    `iptables-restore --noflush` (`_removals`); one `iptables` exec per rule
+    without save/restore or when the restore fails.
+    """
     if not find_program("iptables"):
         if find_program("nft"):
             run(["nft", "delete", "table", "ip", _nft_table(conf)])
             run(["nft", "delete", "table", "ip6", _nft_table(conf)])
         return
     teardown6(conf)
+    if not _remove_by_restore(conf, "iptables"):
+        _teardown_by_rules(conf)
+
+
+def _teardown_by_rules(conf: NetConf) -> None:
+    """`teardown` for IPv4 one `iptables` exec per step (the fallback)."""
     _drop_stale("filter", "FORWARD", conf, [])
     _drop_stale("nat", "POSTROUTING", conf, [])
     chain = chain_name(conf.name)
     _iptables("-t", "nat", "-F", chain)
     _iptables("-t", "nat", "-X", chain)
+
+
+def _removals(tables: Chains, conf: NetConf) -> str:
+    """The `iptables-restore --noflush` script that removes this network's rules from one
+    family ("" when none is there): each FORWARD and POSTROUTING rule with its comment
+    deleted, its NAT chain flushed (declared: `-X` alone fails on a chain with rules) and
+    deleted after the jump to it is gone. `*filter` first: forwarding stops before NAT."""
+    nat, filt = tables.get("nat", {}), tables.get("filter", {})
+    filter_lines = [f"-D FORWARD {quote_rule(rule)}" for rule in filt.get("FORWARD", [])
+                    if _tagged(rule, conf)]
+    nat_lines = [f"-D POSTROUTING {quote_rule(rule)}" for rule in nat.get("POSTROUTING", [])
+                 if _tagged(rule, conf)]
+    chain = chain_name(conf.name)
+    if chain in nat:
+        nat_lines += [f":{chain} - [0:0]", f"-X {chain}"]
+    script = ""
+    if filter_lines:
+        script += "*filter\n" + "\n".join(filter_lines) + "\nCOMMIT\n"
+    if nat_lines:
+        script += "*nat\n" + "\n".join(nat_lines) + "\nCOMMIT\n"
+    return script
+
+
+def _remove_by_restore(conf: NetConf, program: str) -> bool:
+    """`teardown` of one family with one listing and at most one restore. False: no
+    save/restore here, or the listing or the restore failed (a restore commits table by
+    table, so part may be done): the caller removes what is left one rule at a time."""
+    save, restore = find_program(f"{program}-save"), find_program(f"{program}-restore")
+    if save is None or restore is None:
+        return False
+    listing = run([save])
+    if listing.returncode != 0:
+        return False
+    script = _removals(parse_chains(listing.stdout.decode("utf-8", "replace")), conf)
+    if not script:
+        return True
+    return run([restore, "--noflush", "-w", "5"], script.encode()).returncode == 0
 
 
 FORWARDING = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
@@ -501,8 +550,11 @@ def present6(conf: NetConf) -> list[str]:
 
 
 def teardown6(conf: NetConf) -> None:
-    """Remove this network's ip6tables rules (by comment) and chain; absent ones are fine."""
+    """`teardown`'s IPv6 half (also run for an IPv4-only config: an earlier one may have
+    had subnet6): one ip6tables-save, one ip6tables-restore when anything is there."""
     if not find_program("ip6tables"):
+        return
+    if _remove_by_restore(conf, "ip6tables"):
         return
     for table, parent in (("filter", "FORWARD"), ("nat", "POSTROUTING")):
         for rule in _rules6(table, parent, conf):

@@ -36,7 +36,7 @@ NLA_F_NESTED = 0x8000
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
-RTM_NEWROUTE = 24
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
@@ -44,7 +44,8 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_OIF, RTA_GATEWAY = 4, 5
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTM_F_CLONED = 0x200
 IFF_UP = 1
 AF_INET, AF_BRIDGE, AF_INET6 = 2, 7, 10
 IFA_F_NODAD = 0x02  # an address usable at once: no duplicate address detection wait
@@ -273,6 +274,29 @@ class Socket:
         except OSError as err:
             if err.errno != 99:  # EADDRNOTAVAIL: gone already (a primary took it along)
                 raise
+
+    def routes6(self) -> list[tuple[str, int, int]]:
+        """(destination, prefix length, output ifindex) of each IPv6 route in the main table,
+        as `ip -6 route show` lists them (one dump; cached clones left out). The ifindex is
+        0 for a route without one (a multipath route)."""
+        from ..ipv6 import to_text
+
+        found = []
+        for payload in self.dump(RTM_GETROUTE, bytes((AF_INET6,)) + b"\0" * 11):
+            if len(payload) < 12 or payload[0] != AF_INET6 \
+                    or int.from_bytes(payload[8:12], "little") & RTM_F_CLONED:
+                continue
+            table, dst, oif = payload[4], 0, 0
+            for kind, value in _attrs(payload[12:]):
+                if kind == RTA_TABLE and len(value) == 4:
+                    table = int.from_bytes(value, "little")
+                elif kind == RTA_DST and len(value) == 16:
+                    dst = int.from_bytes(value, "big")
+                elif kind == RTA_OIF and len(value) == 4:
+                    oif = int.from_bytes(value, "little")
+            if table == RT_TABLE_MAIN:
+                found.append((to_text(dst), payload[1], oif))
+        return found
 
     def add_default_route6(self, index: int, gateway: str) -> None:
         message = bytes((AF_INET6, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
