@@ -186,8 +186,10 @@ def metrics_address(text: str | None, listen: str) -> tuple[str, int] | None:
     if text.lower() in ("off", "none", "no", "0"):
         return None
     if text.startswith("["):
-        address, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else rest
+        address, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise SettingsError(f"--metrics {text!r} is not [ADDR]:PORT")
+        port_text = rest[1:]
     elif text.count(":") > 1:
         address, port_text = text, ""
     else:
