@@ -834,6 +834,56 @@ def test_install_ipv6_only_then_uninstall(tmp_path, netns):
                            capture_output=True)
 
 
+def test_reinstalling_an_ipv4_node_ipv6_only_leaves_no_ipv4(tmp_path):
+    """Install (IPv4), then install --ipv6-only over it with the same names: the bridge's
+    IPv4 gateway, the IPv4 rules and the IPv4 DNS address go; the IPv6 DNS answers."""
+    import sys
+
+    from test_dns_helpers import dig
+    from test_install import Install, dns_address_present
+
+    inst = Install(tmp_path)
+    subnet6 = _ula()
+    dns6 = _ula().split("/")[0] + "53"
+    cli = [sys.executable, "-m", "smarter_cni"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    try:
+        done = run("install", *inst.options, "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _ipv4_addresses(inst.bridge) and dns_address_present(inst.dns_ip)
+        done = run("install", *_ipv4_free_options(inst), "--ipv6-only", "--subnet6", subnet6,
+                   "--dns-ip6", dns6, "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"{inst.dns_ip} removed" in done.stdout, done.stdout
+        assert _ipv4_addresses(inst.bridge) == [], "the IPv4 gateway stayed on the bridge"
+        assert not dns_address_present(inst.dns_ip), "the IPv4 DNS address stayed"
+        rules4 = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        assert inst.bridge not in rules4 and inst.subnet not in rules4
+        assert dig(dns6, "cluster.local", "SOA").status == "NOERROR"
+        status = run("status", "--json")
+        data = json.loads(status.stdout)
+        assert status.returncode == 0 and data["families"] == ["ipv6"], status.stdout
+        gone = run("uninstall")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not link_exists(inst.bridge)
+        assert not subprocess.run(["ip", "-6", "-o", "addr", "show", "to", dns6],
+                                  capture_output=True, text=True).stdout.strip()
+    finally:
+        if (inst.prefix / "install.json").exists():
+            run("uninstall", "--force")
+        inst.cleanup()
+        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
+                                 "bridge": inst.bridge, "subnet": "", "subnet6": subnet6},
+                                inst.state_dir)
+        for device in (inst.dns_interface, "lo"):
+            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
+                           capture_output=True)
+
+
 def _is_supervisor_left(inst) -> bool:
     from test_install import _is_our_supervisor
 

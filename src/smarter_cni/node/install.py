@@ -257,6 +257,8 @@ def install(opts: Options, out: Output) -> int:
             paths.ensure_state_dir()
             bridge_network.setup_network(conf)
             bridge_network.claim_network(conf)  # the reconciler keeps it whole from now on
+            if not conf.ipv4:
+                _drop_bridge_ipv4(conf.bridge)
     else:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode
@@ -459,6 +461,17 @@ def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
         out.say("  (agents take --cluster-dns from the server; install every node with "
                 f"{spread} so pod addresses differ between nodes, and give the DNS service "
                 "--kubeconfig for Service names; see docs/k3s.md)")
+
+
+def _drop_bridge_ipv4(bridge: str) -> None:
+    """An IPv6-only network's bridge carries no IPv4 address: an earlier IPv4 install's
+    gateway (same bridge, reinstalled --ipv6-only) goes."""
+    from ..dataplane import links
+
+    stale = [f"addr del {address}/{prefix} dev {bridge}"
+             for address, prefix in links.ipv4_addresses(bridge)]
+    if stale:
+        links.batch(stale, what=f"remove the IPv4 addresses of {bridge}")
 
 
 def _drop_previous_dns_address(previous: dict[str, Any], conf: NetConf) -> str:
