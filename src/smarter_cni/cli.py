@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 169.254.0.2 bridge, 172.38.0.2 docker)")
     inst.add_argument("--subnet6", metavar="PREFIX",
                       help="also give pods IPv6 addresses from this prefix (dual-stack; "
-                           "/48 to /120, e.g. a unique local fdXX:XXXX:XXXX::/64)")
+                           "with --ipv6-only their only addresses; /48 to /120, e.g. a "
+                           "unique local fdXX:XXXX:XXXX::/64)")
     inst.add_argument("--ipv6", action="store_true",
                       help="dual-stack with the default prefix fd00:10:42::/64 unless "
                            "--subnet6 names one; the node DNS also listens on fd00:169:254::2")

@@ -800,6 +800,11 @@ def test_install_ipv6_only_then_uninstall(tmp_path, netns):
         assert "subnet" not in data and "gateway" not in data and "dns_address" not in data
         assert data["dns"]["address"] == dns6 and data["dns"]["answering"] is True, data
         assert data["pool"]["used"] == 2 and "dns6" not in data
+        assert data["dns"]["metrics"]["queries"] >= 1, data["dns"]  # metrics on [dns6]:9153
+        from smarter_cni.dns.metrics import fetch
+
+        ready = fetch(dns6, 9153, "/readyz")  # its own probe query goes to [dns6]:53
+        assert ready[0] == 200, ready
         human = run("status")
         assert human.returncode == 0, human.stdout + human.stderr
         network = [line for line in human.stdout.splitlines() if line.startswith("network ")]
