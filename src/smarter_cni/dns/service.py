@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "--cni-conf-dir)")
     parser.add_argument("--cni-conf-dir", default=DEFAULT_CNI_CONF_DIR, metavar="DIR")
     parser.add_argument("--listen", metavar="ADDR",
-                        help="IPv4 address to serve on (default: dnsAddress from the config)")
+                        help="IPv4 address to serve on (default: dnsAddress from the config; "
+                             "an IPv6-only config has none, and the service then serves on "
+                             "the IPv6 address only)")
     parser.add_argument("--listen6", metavar="ADDR",
                         help="also serve on this IPv6 address (default: dnsAddress6 from the "
                              "config, if any)")
