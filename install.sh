@@ -30,7 +30,8 @@ die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 usage() {
     cat <<'EOF'
 usage: sudo ./install.sh [--mode bridge|docker] [--subnet CIDR] [--gateway IP]
-                         [--dns-ip IP] [--bridge NAME] [--network NAME]
+                         [--dns-ip IP] [--subnet6 PREFIX] [--ipv6] [--ipv6-only]
+                         [--dns-ip6 IP] [--bridge NAME] [--network NAME]
                          [--dns-interface NAME] [--service auto|systemd|supervisor]
                          [--domain DOMAIN] [--cni-bin-dir DIR] [--cni-conf-dir DIR]
                          [--k3s] [--no-selftest] [--no-dns-service] [--json]
@@ -41,6 +42,9 @@ usage: sudo ./install.sh [--mode bridge|docker] [--subnet CIDR] [--gateway IP]
                   for Docker via cri-dockerd (k3s --docker)
   --k3s           the CNI dirs k3s uses with --flannel-backend=none, and print
                   the k3s server/agent command lines
+  --ipv6          dual-stack: pods also get IPv6 from fd00:10:42::/64 (or --subnet6)
+  --ipv6-only     bridge mode without IPv4: pods get only IPv6 (fd00:10:42::/64 or
+                  --subnet6), the node DNS listens only on fd00:169:254::2 (or --dns-ip6)
 
 Everything after the checks is `smarter-cni install`: see `smarter-cni install --help`.
 Remove it all again with `sudo smarter-cni uninstall`.

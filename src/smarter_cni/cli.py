@@ -21,6 +21,7 @@ typical use:
   sudo smarter-cni install                 bridge mode, defaults, self-test at the end
   sudo smarter-cni install --mode docker   Docker network `mynet` (k3s --docker)
   sudo smarter-cni install --k3s           same, and print the k3s command lines
+  sudo smarter-cni install --ipv6-only     IPv6-only pods (fd00:10:42::/64), DNS on fd00:169:254::2
   smarter-cni status                       is everything in place? what to fix?
   smarter-cni pods                         pods on this node and their addresses
   sudo smarter-cni selftest                two throwaway pods: ping and resolve each other
@@ -104,13 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 169.254.0.2 bridge, 172.38.0.2 docker)")
     inst.add_argument("--subnet6", metavar="PREFIX",
                       help="also give pods IPv6 addresses from this prefix (dual-stack; "
-                           "/48 to /120, e.g. a unique local fdXX:XXXX:XXXX::/64)")
+                           "with --ipv6-only their only addresses; /48 to /120, e.g. a "
+                           "unique local fdXX:XXXX:XXXX::/64)")
     inst.add_argument("--ipv6", action="store_true",
                       help="dual-stack with the default prefix fd00:10:42::/64 unless "
                            "--subnet6 names one; the node DNS also listens on fd00:169:254::2")
+    inst.add_argument("--ipv6-only", action="store_true",
+                      help="no IPv4 at all: pods get only an IPv6 address from --subnet6 "
+                           "(default fd00:10:42::/64) and the node DNS listens only on "
+                           "--dns-ip6 (default fd00:169:254::2); not with --subnet, --gateway, "
+                           "--dns-ip, --pod-cidr-from-node, --containerd-template or "
+                           "--mode docker")
     inst.add_argument("--dns-ip6", metavar="IP",
-                      help="the node DNS's IPv6 address (default with --ipv6/--subnet6: "
-                           "fd00:169:254::2)")
+                      help="the node DNS's IPv6 address (default with --ipv6/--subnet6/"
+                           "--ipv6-only: fd00:169:254::2)")
     inst.add_argument("--bridge", metavar="NAME", help="bridge name in bridge mode (default smarter0)")
     inst.add_argument("--network", metavar="NAME",
                       help="the CNI network's name (default smarter); in docker mode also the "

@@ -169,8 +169,14 @@ def render(opts: Any, template: str | None = None) -> dict[str, Any]:
         conflist["name"] = opts.network
         if opts.mode == "docker":
             plugin["network"] = opts.network
+    ipv6_only = getattr(opts, "ipv6_only", False)
+    if ipv6_only:  # no IPv4 at all: no subnet, gateway or IPv4 DNS address (node/install checks)
+        plugin["subnet"] = ""
+        for key in ("gateway", "dnsAddress", "rangeStart", "rangeEnd"):
+            plugin.pop(key, None)
+        plugin.get("capabilities", {}).pop("ipRanges", None)  # the runtime's are IPv4 here
     subnet6 = getattr(opts, "subnet6", None) or \
-        (DEFAULT_SUBNET6 if getattr(opts, "ipv6", False) else None)
+        (DEFAULT_SUBNET6 if getattr(opts, "ipv6", False) or ipv6_only else None)
     if subnet6:  # dual-stack (issue 13); netconf refuses it in docker mode with the fix
         plugin["subnet6"] = subnet6
     dns_ip6 = getattr(opts, "dns_ip6", None) or (DEFAULT_DNS6 if subnet6 else None)
@@ -181,6 +187,6 @@ def render(opts: Any, template: str | None = None) -> dict[str, Any]:
         # the docker default puts the DNS address at .2 of the subnet, as the original did
         plugin["dnsAddress"] = ipv4.to_text(conf.subnet + 2)
         conf = netconf_of(conflist)
-    if not opts.dns_ip and "dnsAddress" not in plugin:
+    if not opts.dns_ip and "dnsAddress" not in plugin and conf.dns_address:
         plugin["dnsAddress"] = conf.dns_address
     return conflist

@@ -59,6 +59,11 @@ class NetConf:
     def gateway6_text(self) -> str:
         return ipv6.to_text(self.gateway6) if self.gateway6 is not None else ""
 
+    def dns_addresses(self) -> list[str]:
+        """Every address the node DNS answers on, IPv4 first: `dnsAddress` (none on an
+        IPv6-only network unless the config names one), then `dnsAddress6`."""
+        return [a for a in (self.dns_address, self.dns_address6) if a]
+
     @property
     def delegated_ipam(self) -> str | None:
         kind = self.ipam.get("type")
@@ -151,7 +156,8 @@ def _ipv6_only(conf: NetConf, config: dict) -> None:
     if conf.subnet6 is None:
         raise _fail("subnet is empty and subnet6 is not set: give pods an IPv4 subnet, an "
                     "IPv6 subnet6, or both")
-    _common(conf, config, DEFAULTS[conf.mode])
+    # no IPv4 DNS address unless the config names one (for the node's own processes)
+    _common(conf, config, dict(DEFAULTS[conf.mode], dnsAddress=""))
     if not conf.dns_address6:  # the pods have no IPv4 to reach the IPv4 DNS address with
         conf.dns_address6 = DEFAULT_DNS6
 
@@ -168,9 +174,9 @@ def _common(conf: NetConf, config: dict, defaults: dict[str, str]) -> None:
     if ipam_type is not None and (not isinstance(ipam_type, str) or "/" in ipam_type
                                   or ipam_type in ("", ".", "..")):
         raise _fail("ipam.type must be the file name of an IPAM plugin such as 'host-local'")
+    dns_text = _get(config, "dnsAddress", str, defaults["dnsAddress"]).strip()
     try:
-        conf.dns_address = ipv4.to_text(ipv4.to_int(
-            _get(config, "dnsAddress", str, defaults["dnsAddress"])))
+        conf.dns_address = ipv4.to_text(ipv4.to_int(dns_text)) if dns_text or conf.ipv4 else ""
     except ipv4.AddressError as err:
         raise _fail(f"dnsAddress: {err}") from None
     conf.dns_address6 = _parse_dns6(conf, config)

@@ -688,6 +688,240 @@ def test_install_with_subnet6_then_uninstall(tmp_path):
                        capture_output=True)
 
 
+def _ipv4_free_options(inst) -> list[str]:
+    """The test install's private options without its IPv4 ones (--subnet, --dns-ip)."""
+    options, skip = [], False
+    for word in inst.options:
+        if skip:
+            skip = False
+        elif word in ("--subnet", "--dns-ip"):
+            skip = True
+        else:
+            options.append(word)
+    return options
+
+
+def _ipv4_addresses(device: str) -> list[str]:
+    if not link_exists(device):
+        return []
+    return [f"{i['local']}/{i['prefixlen']}" for e in json.loads(subprocess.run(
+        ["ip", "-j", "-4", "addr", "show", "dev", device], capture_output=True, text=True,
+        check=True).stdout or "[]") for i in e.get("addr_info", [])]
+
+
+def _dns_service_sockets(supervisor: int) -> list[str]:
+    """Local addresses of the port-53 sockets held by the DNS service under `supervisor`."""
+    children = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True,
+                              text=True).stdout.split()
+    assert children, "the supervisor runs no DNS service"
+    lines = subprocess.run(["ss", "-H", "-lnup", "-t", "sport = :53"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    return sorted({line.split()[4] for line in lines
+                   if any(f"pid={pid}," in line for pid in children)})
+
+
+def test_install_ipv6_only_then_uninstall(tmp_path, netns):
+    """`smarter-cni install --ipv6-only --subnet6 --dns-ip6` in private locations: no IPv4
+    anywhere (config, bridge, DNS address, listeners), the self-test passes over IPv6, two
+    pods of ours find each other's AAAA with dig against the IPv6 DNS address and ping over
+    IPv6, status reads right, and uninstall leaves nothing."""
+    import sys
+
+    from test_dns_helpers import dig
+    from test_install import Added, Install
+
+    inst = Install(tmp_path)
+    subnet6 = _ula()
+    dns6 = _ula().split("/")[0] + "53"
+    cli = [sys.executable, "-m", "smarter_cni"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    def addresses6(address: str) -> str:
+        return subprocess.run(["ip", "-6", "-o", "addr", "show", "to", address],
+                              capture_output=True, text=True).stdout.strip()
+
+    pods = []
+    try:
+        done = run("install", *_ipv4_free_options(inst), "--ipv6-only", "--subnet6", subnet6,
+                   "--dns-ip6", dns6)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        assert "IPv6 only" in out and "Traceback" not in out
+        assert "self-test passed" in out and "FAILED" not in out, out
+        assert "Checking ping and names between the pods ... ok: 8 checks" in out, out
+        assert f"--cluster-dns={dns6} " in out and "169.254" not in out, out
+        plugin_conf = inst.plugin_config()
+        assert plugin_conf["subnet"] == "" and plugin_conf["subnet6"] == subnet6
+        assert plugin_conf["dnsAddress6"] == dns6
+        assert "dnsAddress" not in plugin_conf and "gateway" not in plugin_conf
+        record = json.loads((inst.prefix / "install.json").read_text())
+        assert record["dns_address"] == dns6 and record["options"]["ipv6_only"] is True
+        # no IPv4 on the bridge, on the DNS interface, or in the DNS service's listeners
+        bridge6 = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", inst.bridge],
+                                 capture_output=True, text=True, check=True).stdout
+        assert subnet6.split("/")[0] + "1/64" in bridge6
+        assert _ipv4_addresses(inst.bridge) == [], "an IPv4 address on the bridge"
+        assert _ipv4_addresses(inst.dns_interface) == []
+        device = addresses6(dns6).split()[1]
+        assert device in (inst.dns_interface, "lo") and record["dns_address_device"] == device
+        sockets = _dns_service_sockets(inst.supervisor_pid())
+        assert sockets == [f"[{dns6}]:53"], sockets
+
+        # the self-test as a command: both pods IPv6 only, AAAA answers, ping over IPv6
+        selftest = run("selftest", "--json")
+        report = json.loads(selftest.stdout)
+        assert selftest.returncode == 0 and report["passed"] is True, selftest.stdout
+        for pod in report["pods"]:
+            assert pod["address"].startswith(subnet6.split("/")[0]), report
+            assert {c["check"] for c in pod["checks"]} == {"ping", "resolve"}
+            assert all(c["ok"] and ":" in c["detail"] for c in pod["checks"]
+                       if c["check"] == "resolve"), pod["checks"]
+
+        # two pods through the installed plugin: dig asks the IPv6 DNS address for AAAA
+        pods = [Added(inst, netns, "alpha", "alpha-0"), Added(inst, netns, "beta")]
+        alpha, beta = pods
+        assert [":" in ip["address"] for ip in alpha.result["ips"]] == [True]
+        assert alpha.result["dns"]["nameservers"] == [dns6]
+        for pod, peer, name in ((alpha, beta, "beta"), (beta, alpha, "alpha-0"),
+                                (beta, alpha, "alpha.edge.svc.cluster.local")):
+            got = dig(dns6, name, "AAAA", netns=pod.ns_name)
+            assert got.status == "NOERROR" and got.values("AAAA") == [peer.address], got.stdout
+            assert dig(dns6, name, "A", netns=pod.ns_name).values("A") == []
+            ping = netns.exec(pod.ns_name, "ping", "-6", "-c1", "-W2", peer.address, check=False)
+            assert ping.returncode == 0, ping
+
+        status = run("status", "--json")
+        data = json.loads(status.stdout)
+        assert status.returncode == 0 and data["ok"] is True, status.stdout
+        assert data["families"] == ["ipv6"] and data["subnet6"] == subnet6
+        assert "subnet" not in data and "gateway" not in data and "dns_address" not in data
+        assert data["dns"]["address"] == dns6 and data["dns"]["answering"] is True, data
+        assert data["pool"]["used"] == 2 and "dns6" not in data
+        assert data["dns"]["metrics"]["queries"] >= 1, data["dns"]  # metrics on [dns6]:9153
+        from smarter_cni.dns.metrics import fetch
+
+        ready = fetch(dns6, 9153, "/readyz")  # its own probe query goes to [dns6]:53
+        assert ready[0] == 200, ready
+        human = run("status")
+        assert human.returncode == 0, human.stdout + human.stderr
+        network = [line for line in human.stdout.splitlines() if line.startswith("network ")]
+        assert network == [f"network   {inst.network}  {subnet6} via "
+                           f"{subnet6.split('/')[0]}1  (IPv6 only)"], human.stdout
+        assert f"[{dns6}]:53 answering" in human.stdout and "169.254" not in human.stdout
+        for pod in pods:
+            pod.delete()
+        pods = []
+
+        gone = run("uninstall")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not link_exists(inst.bridge) and not link_exists(inst.dns_interface)
+        assert not addresses6(dns6), "the IPv6 DNS address is still on the node"
+        assert not (inst.prefix / "install.json").exists() and not inst.conflist_path.exists()
+        assert not inst.bin_dir.exists() or not list(inst.bin_dir.iterdir())
+        assert not inst.state_dir.exists() or not list(inst.state_dir.iterdir())
+        rules6 = subprocess.run(["ip6tables-save"], capture_output=True, text=True).stdout
+        assert inst.bridge not in rules6 and subnet6 not in rules6
+        assert not _is_supervisor_left(inst)
+    finally:
+        for pod in pods:
+            pod.call("DEL")
+        if (inst.prefix / "install.json").exists():
+            run("uninstall", "--force")
+        inst.cleanup()
+        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
+                                 "bridge": inst.bridge, "subnet": "", "subnet6": subnet6},
+                                inst.state_dir)
+        for device in (inst.dns_interface, "lo"):
+            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
+                           capture_output=True)
+
+
+def test_reinstalling_an_ipv4_node_ipv6_only_leaves_no_ipv4(tmp_path):
+    """Install (IPv4), then install --ipv6-only over it with the same names: the bridge's
+    IPv4 gateway, the IPv4 rules and the IPv4 DNS address go; the IPv6 DNS answers."""
+    import sys
+
+    from test_dns_helpers import dig
+    from test_install import Install, dns_address_present
+
+    inst = Install(tmp_path)
+    subnet6 = _ula()
+    dns6 = _ula().split("/")[0] + "53"
+    cli = [sys.executable, "-m", "smarter_cni"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    try:
+        done = run("install", *inst.options, "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _ipv4_addresses(inst.bridge) and dns_address_present(inst.dns_ip)
+        done = run("install", *_ipv4_free_options(inst), "--ipv6-only", "--subnet6", subnet6,
+                   "--dns-ip6", dns6, "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"{inst.dns_ip} removed" in done.stdout, done.stdout
+        assert _ipv4_addresses(inst.bridge) == [], "the IPv4 gateway stayed on the bridge"
+        assert not dns_address_present(inst.dns_ip), "the IPv4 DNS address stayed"
+        rules4 = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        assert inst.bridge not in rules4 and inst.subnet not in rules4
+        assert dig(dns6, "cluster.local", "SOA").status == "NOERROR"
+        status = run("status", "--json")
+        data = json.loads(status.stdout)
+        assert status.returncode == 0 and data["families"] == ["ipv6"], status.stdout
+        gone = run("uninstall")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not link_exists(inst.bridge)
+        assert not subprocess.run(["ip", "-6", "-o", "addr", "show", "to", dns6],
+                                  capture_output=True, text=True).stdout.strip()
+    finally:
+        if (inst.prefix / "install.json").exists():
+            run("uninstall", "--force")
+        inst.cleanup()
+        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
+                                 "bridge": inst.bridge, "subnet": "", "subnet6": subnet6},
+                                inst.state_dir)
+        for device in (inst.dns_interface, "lo"):
+            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
+                           capture_output=True)
+
+
+def _is_supervisor_left(inst) -> bool:
+    from test_install import _is_our_supervisor
+
+    pid = inst.supervisor_pid()
+    return bool(pid) and _is_our_supervisor(pid)
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--subnet", "10.250.0.0/24"], "--subnet"),
+    (["--dns-ip", "169.254.99.2"], "--dns-ip"),
+    (["--gateway", "10.42.0.9"], "--gateway"),
+    (["--mode", "docker"], "bridge mode"),
+])
+def test_install_ipv6_only_with_ipv4_options_is_refused_and_changes_nothing(tmp_path, extra,
+                                                                             named):
+    import sys
+
+    from test_install import Install
+
+    inst = Install(tmp_path)
+    options = [w for w in _ipv4_free_options(inst) if w not in ("--mode", "bridge")]
+    done = subprocess.run([sys.executable, "-m", "smarter_cni", "install", *options,
+                           "--ipv6-only", *extra], env=inst.env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "smarter-cni: error: --ipv6-only" in done.stderr and named in done.stderr
+    assert "fix: " in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""  # refused before the first step
+    for path in (inst.prefix, inst.bin_dir, inst.conf_dir, inst.state_dir):
+        assert not path.exists(), path
+    assert not link_exists(inst.bridge) and not link_exists(inst.dns_interface)
+
+
 def test_a_dual_stack_config_at_0_2_0_is_refused_clearly(plugin, dual_network, netns):
     ns, path = netns.create()
     added = plugin("ADD", dict(dual_network, cniVersion="0.2.0"), "ctr-old", path)

@@ -168,6 +168,8 @@ def _changes(tables: Chains, conf: NetConf, ipv6: bool, active: bool) -> str:
             nat_lines += [f"-A {chain} {quote_rule(rule)}" for rule in wanted]
         if jump not in nat.get("POSTROUTING", []):
             nat_lines.append(f"-A POSTROUTING {quote_rule(jump)}")
+    elif chain in nat:  # no NAT (any more) in this family: its chain goes after its jump
+        nat_lines += [f"-F {chain}", f"-X {chain}"]
     forward = _forward_rules(conf) if active else []
     have = filt.get("FORWARD", [])
     filter_lines = [f"-D FORWARD {quote_rule(rule)}" for rule in have

@@ -78,6 +78,9 @@ def remove_address(address: str, interface: str, drop_empty_dummy: bool = False)
     if drop_empty_dummy and interface != "lo":
         kind = run(["ip", "-o", "-d", "link", "show", "dev", interface], timeout=10.0)
         addresses = run(["ip", "-o", "addr", "show", "dev", interface], timeout=10.0)
+        # the kernel's own IPv6 link-local address (an up dummy gets one) does not count
+        ours = [line for line in addresses.stdout.splitlines()
+                if line.strip() and b" inet6 fe80:" not in line]
         if kind.returncode == 0 and b" dummy " in kind.stdout and addresses.returncode == 0 \
-                and not addresses.stdout.strip():
+                and not ours:
             run(["ip", "link", "del", interface], timeout=10.0)

@@ -47,7 +47,8 @@ class Endpoint:
         self.port = port
         self.conns: dict[int, HttpConn] = {}
         self.probes: list[ReadyProbe] = []
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                             socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setblocking(False)
@@ -236,7 +237,8 @@ class ReadyProbe:
         qtype = wire.A if name is not None else wire.SOA
         self.name = wire.decode_name(qname) or "."
         self.qid = int.from_bytes(os.urandom(2), "big")
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in server.listen else socket.AF_INET,
+                                  socket.SOCK_DGRAM)
         endpoint.probes.append(self)
         try:
             self.sock.setblocking(False)

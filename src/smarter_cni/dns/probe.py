@@ -19,39 +19,43 @@ RCODE_NAMES = {wire.NOERROR: "NOERROR", wire.FORMERR: "FORMERR", wire.SERVFAIL: 
 STATUS_PROBE_LABEL = "smarter-cni-status-probe"
 
 
-def a_query(name: str, qid: int) -> bytes:
-    """A plain recursion-desired A query for `name` (no EDNS: any server answers it)."""
+def a_query(name: str, qid: int, qtype: int = wire.A) -> bytes:
+    """A plain recursion-desired A (or `qtype`) query for `name` (no EDNS: any server
+    answers it)."""
     return (wire.HEADER.pack(qid, wire.RD, 1, 0, 0, 0) + wire.encode_name(name)
-            + wire.TYPE_CLASS.pack(wire.A, wire.CLASS_IN))
+            + wire.TYPE_CLASS.pack(qtype, wire.CLASS_IN))
 
 
 def rcode_text(rcode: int) -> str:
     return RCODE_NAMES.get(rcode, f"rcode {rcode}")
 
 
-def read_a(data: bytes) -> tuple[int, int, list[str]]:
-    """(id, rcode, A addresses in the answer section); raises wire.FormatError."""
+def read_a(data: bytes, qtype: int = wire.A) -> tuple[int, int, list[str]]:
+    """(id, rcode, A (or with qtype AAAA: AAAA) addresses in the answer section); raises
+    wire.FormatError."""
+    family, size = (socket.AF_INET6, 16) if qtype == wire.AAAA else (socket.AF_INET, 4)
     parsed = wire.parse_response(data)
     addresses = []
     for section, _start, _end, rtype, _ttl, _ttl_at, rdata in parsed.records:
-        if section == 0 and rtype == wire.A and data[rdata - 2:rdata] == b"\x00\x04":
-            addresses.append(socket.inet_ntoa(data[rdata:rdata + 4]))
+        if section == 0 and rtype == qtype and data[rdata - 2:rdata] == size.to_bytes(2, "big"):
+            addresses.append(socket.inet_ntop(family, data[rdata:rdata + size]))
     return parsed.id, parsed.rcode, addresses
 
 
-def ask_a(server: str, name: str, timeout: float = 1.0, port: int = 53
+def ask_a(server: str, name: str, timeout: float = 1.0, port: int = 53, qtype: int = wire.A
           ) -> tuple[int | None, list[str], str]:
-    """(rcode or None, addresses, error) of one UDP A query to server:port."""
+    """(rcode or None, addresses, error) of one UDP A (or `qtype` AAAA) query to
+    server:port."""
     qid = random.randrange(1, 0xFFFF)
     sock = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
     deadline = time.monotonic() + timeout
     try:
-        sock.sendto(a_query(name, qid), (server, port))
+        sock.sendto(a_query(name, qid, qtype), (server, port))
         while True:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             data, _ = sock.recvfrom(4096)
             try:
-                answer_id, rcode, addresses = read_a(data)
+                answer_id, rcode, addresses = read_a(data, qtype)
             except wire.FormatError:
                 continue
             if answer_id == qid:

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "--cni-conf-dir)")
     parser.add_argument("--cni-conf-dir", default=DEFAULT_CNI_CONF_DIR, metavar="DIR")
     parser.add_argument("--listen", metavar="ADDR",
-                        help="IPv4 address to serve on (default: dnsAddress from the config)")
+                        help="IPv4 address to serve on (default: dnsAddress from the config; "
+                             "an IPv6-only config has none, and the service then serves on "
+                             "the IPv6 address only)")
     parser.add_argument("--listen6", metavar="ADDR",
                         help="also serve on this IPv6 address (default: dnsAddress6 from the "
                              "config, if any)")
@@ -178,23 +180,38 @@ def choose_upstreams(args: argparse.Namespace, listen: str, port: int
 
 
 def metrics_address(text: str | None, listen: str) -> tuple[str, int] | None:
-    """--metrics: None for 'off'; else (address, port), the DNS address by default."""
+    """--metrics: None for 'off'; else (address, port), the DNS address by default.
+    PORT, ADDR, ADDR:PORT, or for IPv6 [ADDR]:PORT (a bare IPv6 ADDR takes the default port)."""
     if text is None:
         return listen, DEFAULT_METRICS_PORT
-    if text.strip().lower() in ("off", "none", "no", "0"):
+    text = text.strip()
+    if text.lower() in ("off", "none", "no", "0"):
         return None
-    address, sep, port_text = text.strip().rpartition(":")
-    if not sep:
-        address, port_text = ("", text.strip()) if text.strip().isdigit() else (text.strip(), "")
+    if text.startswith("["):
+        address, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise SettingsError(f"--metrics {text!r} is not [ADDR]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") > 1:
+        address, port_text = text, ""
+    else:
+        address, sep, port_text = text.rpartition(":")
+        if not sep:
+            address, port_text = ("", text) if text.isdigit() else (text, "")
     address = address or listen
     try:
-        socket.inet_aton(address)
+        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
         port = int(port_text) if port_text else DEFAULT_METRICS_PORT
     except (OSError, ValueError):
         raise SettingsError(f"--metrics {text!r} is not [ADDR:]PORT or off") from None
     if not 0 < port < 65536:
         raise SettingsError(f"--metrics port {port} is out of range")
     return address, port
+
+
+def address_port(address: str, port: int) -> str:
+    """'169.254.0.2:53', '[fd00:169:254::2]:53'."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def raise_file_limit(wanted: int = 4096) -> None:
@@ -287,11 +304,25 @@ def run(args: argparse.Namespace) -> int:
     from .server import Server  # imported late: `--help` stays fast
 
     path, conf = load_netconf(args)
-    listen = args.listen or conf.dns_address
-    try:
-        socket.inet_aton(listen)
-    except OSError:
-        raise SettingsError(f"--listen {listen!r} is not an IPv4 address") from None
+    listen4 = args.listen or conf.dns_address
+    listen6 = args.listen6 or conf.dns_address6
+    if listen4:
+        try:
+            socket.inet_aton(listen4)
+        except OSError:
+            raise SettingsError(f"--listen {listen4!r} is not an IPv4 address") from None
+    elif not listen6:
+        raise SettingsError(f"{path}: no DNS address to serve on (dnsAddress, dnsAddress6, "
+                            "--listen or --listen6)")
+    if listen6:
+        try:
+            socket.inet_pton(socket.AF_INET6, listen6)
+        except OSError:
+            raise SettingsError(f"--listen6 {listen6!r} is not an IPv6 address") from None
+    # the main server is the IPv4 one; an IPv6-only network (no dnsAddress) has only the
+    # IPv6 one, which then takes its place (address set-up, metrics, the reconciler)
+    listen = listen4 or listen6
+    second6 = listen6 if listen4 else ""
     if not 0 < args.port < 65536:
         raise SettingsError(f"--port {args.port} is out of range")
     if not 0 < args.upstream_timeout <= 30:
@@ -305,6 +336,11 @@ def run(args: argparse.Namespace) -> int:
             subnets.append(acl_module.network_and_mask(cidr))
         except ValueError as err:
             raise SettingsError(f"--allow: {err}") from None
+    acl = acl_module.Acl(subnets)
+    if not listen4:  # answers the pods' IPv6 prefix, as the second server below does
+        from .listen6 import prefix6_acl
+
+        acl = prefix6_acl(conf, subnets)
     metrics_at = metrics_address(args.metrics, listen)
     if metrics_at == (listen, args.port):
         raise SettingsError("--metrics cannot share the DNS port")
@@ -337,15 +373,15 @@ def run(args: argparse.Namespace) -> int:
             raise SettingsError(f"Service names: {err}") from None
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.net_subnet, conf.net_prefix,
-                        acl_module.Acl(subnets), upstreams, args.upstream_timeout,
+                        acl, upstreams, args.upstream_timeout,
                         None if args.upstream else args.resolv_conf, args.serve_stale,
                         metrics_at)
     except OSError as err:
-        raise SettingsError(f"cannot listen on {listen}:{args.port}: {err.strerror}") from None
+        raise SettingsError(f"cannot listen on {address_port(listen, args.port)}: "
+                            f"{err.strerror}") from None
 
     stop6 = server6 = None
-    listen6 = args.listen6 or conf.dns_address6
-    if listen6:  # IPv6 (issue 13): a second server, same names and access rule
+    if second6:  # IPv6 (issue 13): a second server, same names and access rule
         from . import listen6 as dns6
         from .address import AddressSetupError  # loaded by listen6 already
 
@@ -354,11 +390,11 @@ def run(args: argparse.Namespace) -> int:
                           conf.net_prefix, acl6, upstreams, args.upstream_timeout,
                           None if args.upstream else args.resolv_conf)
         try:
-            server6, stop6 = dns6.start(listen6, args, conf, dns6.prefix6_acl(conf, subnets),
+            server6, stop6 = dns6.start(second6, args, conf, dns6.prefix6_acl(conf, subnets),
                                         make_server6)
         except (OSError, AddressSetupError) as err:
             server.close()
-            raise SettingsError(f"cannot listen on [{listen6}]:{args.port}: {err}") from None
+            raise SettingsError(f"cannot listen on [{second6}]:{args.port}: {err}") from None
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -378,15 +414,15 @@ def run(args: argparse.Namespace) -> int:
 
     start_reconciler(conf, state_dir, listen, args.port,
                      None if args.no_address_setup else args.interface, server,
-                     listen6 or "", server6)
+                     second6, server6)
     from ..resident_supervisor import start_supervisor  # the plugin's work without an exec (issue 16)
 
     resident = start_supervisor(state_dir, log, bool(args.verbose), conf.mode)
-    log.info("serving %s mode network %s (%s) on %s:%d udp+tcp; domain %s; pods %s; "
-             "registry %s; upstreams %s; metrics %s", conf.mode, conf.name, path, listen,
-             args.port, conf.domain, conf.cidr(), state_dir,
+    log.info("serving %s mode network %s (%s) on %s udp+tcp; domain %s; pods %s; "
+             "registry %s; upstreams %s; metrics %s", conf.mode, conf.name, path,
+             address_port(listen, args.port), conf.domain, conf.cidr() or conf.cidr6(), state_dir,
              ", ".join(f"{h}:{p}" for h, p in upstreams) or "none",
-             f"http://{metrics_at[0]}:{metrics_at[1]}/metrics" if server.http else "off")
+             f"http://{address_port(*metrics_at)}/metrics" if server.http else "off")
     try:
         server.serve_forever()
     finally:

@@ -59,6 +59,7 @@ class Options:
     dns_ip: str | None = None
     subnet6: str | None = None   # dual-stack (issue 13); ipv6: with the default prefix
     ipv6: bool = False
+    ipv6_only: bool = False       # no IPv4: "subnet": "" with subnet6 and dnsAddress6
     dns_ip6: str | None = None
     bridge: str | None = None
     network: str | None = None
@@ -83,6 +84,7 @@ class Options:
         conf_dir = args.cni_conf_dir or (K3S_CONF_DIR if args.k3s else paths.DEFAULT_CNI_CONF_DIR)
         return cls(mode=args.mode, subnet=args.subnet, gateway=args.gateway, dns_ip=args.dns_ip,
                    subnet6=getattr(args, "subnet6", None), ipv6=getattr(args, "ipv6", False),
+                   ipv6_only=getattr(args, "ipv6_only", False),
                    dns_ip6=getattr(args, "dns_ip6", None),
                    bridge=args.bridge, network=args.network, domain=args.domain,
                    bin_dir=os.path.abspath(bin_dir), conf_dir=os.path.abspath(conf_dir),
@@ -101,6 +103,26 @@ def kube_options(args: Any) -> dict[str, Any]:
     from .kube import options_from_args
 
     return options_from_args(args)
+
+
+def check_ipv6_only(opts: Options) -> None:
+    """--ipv6-only with an IPv4 setting is a contradiction: refused before anything changes."""
+    if not opts.ipv6_only:
+        return
+    ipv4_options = [name for name, given in (
+        ("--subnet", opts.subnet), ("--gateway", opts.gateway), ("--dns-ip", opts.dns_ip),
+        ("--pod-cidr-from-node", opts.pod_cidr_from_node),
+        ("--containerd-template", opts.containerd_template)) if given]
+    if opts.mode != "bridge":
+        raise CLIError("--ipv6-only is for bridge mode: in docker mode Docker's IPAM hands "
+                       "out the addresses (create the Docker network with --ipv6 yourself)",
+                       "drop --ipv6-only, or install with --mode bridge")
+    if ipv4_options:
+        raise CLIError(f"--ipv6-only gives pods no IPv4, but {' and '.join(ipv4_options)} "
+                       "set IPv4 (or the node's IPv4 pod range)",
+                       "drop " + " and ".join(ipv4_options) + " (give the IPv6 prefix with "
+                       "--subnet6 PREFIX and the DNS address with --dns-ip6 IP), or drop "
+                       "--ipv6-only for a dual-stack node")
 
 
 def render_conflist(opts: Options) -> dict[str, Any]:
@@ -160,7 +182,9 @@ def copy_package(lib_dir: str) -> None:
 
 
 def install(opts: Options, out: Output) -> int:
-    out.say(f"smarter-cni {__version__}: installing in {opts.mode} mode")
+    check_ipv6_only(opts)  # before anything is looked at or changed
+    out.say(f"smarter-cni {__version__}: installing in {opts.mode} mode"
+            + (", IPv6 only" if opts.ipv6_only else ""))
     missing = missing_prerequisites(opts.mode)
     if missing:
         raise CLIError("missing prerequisite(s): " + "; ".join(missing),
@@ -185,10 +209,15 @@ def install(opts: Options, out: Output) -> int:
     for directory in (opts.bin_dir, opts.conf_dir, opts.plugin_lib):
         created += missing_dirs(directory) if directory else []
     python, root = plugin_python(opts)
+    # the address install puts on the node and waits for: IPv4, or on an IPv6-only node the
+    # IPv6 one (the service adds a dual-stack node's IPv6 address itself)
+    dns_address = conf.dns_addresses()[0]
     summary: dict[str, Any] = {"version": __version__, "mode": opts.mode,
                                "bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir,
                                "config": conf_path, "network": conf.name,
-                               "dns_address": conf.dns_address, "subnet": conf.cidr()}
+                               "dns_address": dns_address, "subnet": conf.cidr()}
+    if conf.subnet6 is not None:
+        summary.update(subnet6=conf.cidr6(), dns_address6=conf.dns_address6)
 
     with out.step(f"Installing the plugin into {opts.bin_dir}") as step:
         mkdir(opts.bin_dir)
@@ -208,19 +237,28 @@ def install(opts: Options, out: Output) -> int:
     with out.step(f"Writing {conf_path}") as step:
         mkdir(config_dir)
         write_file(conf_path, json.dumps(conflist, indent=2) + "\n", 0o644)
-        step.detail = f"network {conf.name}, subnet {conf.cidr()}, DNS {conf.dns_address}"
+        step.detail = f"network {conf.name}, " + ", ".join(
+            f"{what} {value}" for what, value in (
+                ("subnet", conf.cidr()), ("subnet6", conf.cidr6()),
+                ("DNS", " ".join(conf.dns_addresses()))) if value)
     if template_path:
         write_containerd_template(opts, template_path, conflist, out)
     for warning in _config_warnings(opts.conf_dir):
         out.note(f"  warning: {warning}")
 
+    for warning in _router_advertisement_warnings(conf):
+        out.note(f"  warning: {warning}")
     if conf.mode == "bridge":
-        with out.step(f"Creating bridge {conf.bridge} ({conf.gateway_text()}/{conf.prefix}, NAT)"):
+        gateways = ", ".join(f"{gateway}/{prefix}" for gateway, prefix in (
+            (conf.gateway_text(), conf.prefix), (conf.gateway6_text(), conf.prefix6)) if gateway)
+        with out.step(f"Creating bridge {conf.bridge} ({gateways}, NAT)"):
             from ..dataplane import bridge_network
 
             paths.ensure_state_dir()
             bridge_network.setup_network(conf)
             bridge_network.claim_network(conf)  # the reconciler keeps it whole from now on
+            if not conf.ipv4:
+                _drop_bridge_ipv4(conf.bridge)
     else:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode
@@ -234,7 +272,8 @@ def install(opts: Options, out: Output) -> int:
               "bin_dir": opts.bin_dir, "conf_dir": config_dir, "cni_conf_dir": opts.conf_dir,
               "mode": conf.mode,
               "network": conf.name, "bridge": conf.bridge, "docker_network": conf.docker_network,
-              "dns_address": conf.dns_address, "domain": conf.domain,
+              "dns_address": dns_address, "dns_address6": conf.dns_address6,
+              "domain": conf.domain,
               "dns_interface": opts.dns_interface,
               "state_dir": paths.state_dir(), "plugin_config": plugin_config(conflist),
               "loopback_installed": summary["loopback"].startswith("installed"),
@@ -245,12 +284,13 @@ def install(opts: Options, out: Output) -> int:
     save_record(record)  # before the DNS service, so a failure there can still be uninstalled
 
     if opts.dns_service:
-        with out.step(f"Starting the node DNS service on {conf.dns_address}") as step:
+        with out.step(f"Starting the node DNS service on {' '.join(conf.dns_addresses())}") \
+                as step:
             kind = service.service_kind(opts.service)
-            device = ensure_dns_address(conf.dns_address, opts.dns_interface)
+            device = ensure_dns_address(dns_address, opts.dns_interface)
             if device:
                 record["dns_address_device"] = device
-            elif previous.get("dns_address") == conf.dns_address:
+            elif previous.get("dns_address") == dns_address:
                 record["dns_address_device"] = previous.get("dns_address_device", "")
             record["dns_service"] = kind
             if kind == "systemd":
@@ -259,6 +299,9 @@ def install(opts: Options, out: Output) -> int:
             service.start_dns_service(kind, conf_path, conf, opts.dns_interface,
                                       opts.kubeconfig or "")
             step.detail = kind
+            dropped = _drop_previous_dns_address(previous, conf)
+            if dropped:
+                step.detail += f", {dropped} removed (the earlier install's)"
             if device == "lo" and opts.dns_interface != "lo":
                 step.detail += ", DNS address on lo (this kernel has no dummy interfaces)"
         summary["dns_service"] = kind
@@ -367,6 +410,18 @@ def cluster_dns(conf: NetConf) -> str:
     return ",".join(a for a in (conf.dns_address, conf.dns_address6) if a)
 
 
+# an IPv6-only k3s needs IPv6 cluster and service CIDRs (k3s' docs use a /56 and a /112)
+K3S_SERVICE_CIDR6 = "fd00:10:43::/112"
+
+
+def k3s_cluster_cidr6(conf: NetConf) -> str:
+    """The /56 holding subnet6 (subnet6 itself when it is wider): k3s' --cluster-cidr."""
+    from .. import ipv6
+
+    prefix = min(conf.prefix6, 56)
+    return f"{ipv6.to_text(conf.subnet6 & ipv6.mask(prefix))}/{prefix}"
+
+
 def k3s_command_lines(conf: NetConf, keep_kube_proxy: bool = False) -> list[str]:
     """k3s server and agent command lines for the node-local default, or for the variant
     that keeps kube-proxy (pods reach the API server and ClusterIP services whose endpoints
@@ -375,6 +430,8 @@ def k3s_command_lines(conf: NetConf, keep_kube_proxy: bool = False) -> list[str]
     if not keep_kube_proxy:
         flags += " --disable-kube-proxy"
     flags += " --disable=coredns,servicelb,traefik,metrics-server"
+    if not conf.ipv4:  # k3s' single-stack IPv6 form; pods still take subnet6 (node-local)
+        flags += f" --cluster-cidr={k3s_cluster_cidr6(conf)} --service-cidr={K3S_SERVICE_CIDR6}"
     docker = " --docker" if conf.mode == "docker" else ""
     return [
         f"curl -sfL https://get.k3s.io | sh -s - server {flags} "
@@ -387,6 +444,9 @@ def k3s_command_lines(conf: NetConf, keep_kube_proxy: bool = False) -> list[str]
 def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
     out.say(f"Point kubelet at the node DNS: --cluster-dns={cluster_dns(conf)} "
             f"--cluster-domain={conf.domain}")
+    if not conf.ipv4:
+        out.say("IPv6 only: pods get no IPv4 address; kubelet (k3s --node-ip) needs the "
+                "node's own IPv6 address")
     if opts.k3s:
         out.say("k3s, node-local (default: no kube-proxy, pods use names), server (first "
                 "node) and agents (the others):")
@@ -396,10 +456,63 @@ def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
                 "with endpoints on their node; not pods on other nodes):")
         for line in k3s_command_lines(conf, keep_kube_proxy=True):
             out.say(f"  {line}")
+        spread = ("--pod-cidr-from-node or --containerd-template" if conf.ipv4 else
+                  "its own --subnet6 (IPv6 only: pods take subnet6, not the node's podCIDR)")
         out.say("  (agents take --cluster-dns from the server; install every node with "
-                "--pod-cidr-from-node or --containerd-template so pod addresses differ "
-                "between nodes, and give the DNS service --kubeconfig for Service names; "
-                "see docs/k3s.md)")
+                f"{spread} so pod addresses differ between nodes, and give the DNS service "
+                "--kubeconfig for Service names; see docs/k3s.md)")
+
+
+def _drop_bridge_ipv4(bridge: str) -> None:
+    """An IPv6-only network's bridge carries no IPv4 address: an earlier IPv4 install's
+    gateway (same bridge, reinstalled --ipv6-only) goes."""
+    from ..dataplane import links
+
+    stale = [f"addr del {address}/{prefix} dev {bridge}"
+             for address, prefix in links.ipv4_addresses(bridge)]
+    if stale:
+        links.batch(stale, what=f"remove the IPv4 addresses of {bridge}")
+
+
+def _drop_previous_dns_address(previous: dict[str, Any], conf: NetConf) -> str:
+    """An earlier install's DNS address that this config no longer has (an IPv4 node
+    reinstalled --ipv6-only): off the device that install put it on. Returns it, or ''."""
+    address, device = previous.get("dns_address"), previous.get("dns_address_device")
+    if not isinstance(address, str) or not address or address in conf.dns_addresses() \
+            or not isinstance(device, str) or not device:
+        return ""
+    from ..dns.address import remove_address
+
+    remove_address(address, device)
+    return address
+
+
+def _router_advertisement_warnings(conf: NetConf) -> list[str]:
+    """IPv6 forwarding (which a subnet6 turns on) makes Linux ignore router advertisements
+    on interfaces with accept_ra=1: a node whose IPv6 default route came from one would
+    lose it when the route expires. Names each such interface with the fix."""
+    if conf.subnet6 is None:
+        return []
+    from ..run import run
+
+    done = run(["ip", "-j", "-6", "route", "show", "default"], timeout=10.0)
+    try:
+        routes = json.loads(done.stdout or b"[]") if done.returncode == 0 else []
+    except ValueError:
+        return []
+    warnings = []
+    for device in sorted({r.get("dev", "") for r in routes if r.get("protocol") == "ra"}):
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{device}/accept_ra") as handle:
+                accept_ra = handle.read().strip()
+        except OSError:
+            continue
+        if accept_ra == "1":
+            warnings.append(f"the IPv6 default route via {device} comes from router "
+                            "advertisements, which Linux ignores once IPv6 forwarding is on "
+                            f"(accept_ra=1): run `sysctl -w net.ipv6.conf.{device}.accept_ra=2` "
+                            "and make it permanent in /etc/sysctl.d/")
+    return warnings
 
 
 def ensure_dns_address(address: str, interface: str = DEFAULT_INTERFACE) -> str:

@@ -195,9 +195,9 @@ def ping(pod: Pod, address: str) -> tuple[bool, str]:
     return bool(result["ok"]), str(result.get("detail", ""))
 
 
-def resolve(pod: Pod, server: str, name: str) -> list[str]:
-    """A records for `name` asked of `server` from inside the pod."""
-    return list(in_pod(pod, "resolve", server, name).get("addresses") or [])
+def resolve(pod: Pod, server: str, name: str, qtype: str = "A") -> list[str]:
+    """A (or AAAA) records for `name` asked of `server` from inside the pod."""
+    return list(in_pod(pod, "resolve", server, name, qtype).get("addresses") or [])
 
 
 # ---------------------------------------------------------------- the test
@@ -280,9 +280,11 @@ def _add_pod(runner: Runner, sandboxes: Any, pod: Pod, conf: Any, failures: list
 
 
 def _check_pods(out: Output, pods: list[Pod], conf: Any, indent: str) -> None:
+    # IPv4 pods ask the IPv4 DNS address for A records; IPv6-only pods the IPv6 one for AAAA
+    server, qtype = (conf.dns_address, "A") if conf.ipv4 else (conf.dns_address6, "AAAA")
     # pods reach the DNS address through the node; were it not the node's own,
     # their queries would be forwarded out of the node: never send them then
-    dns_here = host_has(conf.dns_address)
+    dns_here = host_has(server)
     with out.step(f"{indent}Checking ping and names between the pods") as step:
         for pod, peer in ((pods[0], pods[1]), (pods[1], pods[0])):
             ok, detail = ping(pod, peer.address)
@@ -290,10 +292,10 @@ def _check_pods(out: Output, pods: list[Pod], conf: Any, indent: str) -> None:
             for name in (peer.name, f"{peer.fqdn}.{conf.domain}", peer.hostname):
                 if not dns_here:
                     pod.checks.append({"check": "resolve", "target": name, "ok": False,
-                                       "detail": f"DNS address {conf.dns_address} is not on "
+                                       "detail": f"DNS address {server} is not on "
                                                  "this node (is the DNS service running?)"})
                     continue
-                addresses = resolve(pod, conf.dns_address, name)
+                addresses = resolve(pod, server, name, qtype)
                 ok = peer.address in addresses
                 detail = " ".join(addresses) if addresses else "no answer / no record"
                 pod.checks.append({"check": "resolve", "target": name, "ok": ok, "detail": detail})

@@ -19,6 +19,7 @@ from ..dns.address import DEFAULT_INTERFACE
 from ..dns.probe import wait_for_dns
 from ..launcher import package_root
 from ..netconf import NetConf
+from ..reconcile import address_port
 from .console import CLIError
 from .record import UNIT_MARKER, find_template, mkdir, own_file, write_file
 
@@ -75,9 +76,11 @@ def start_dns_service(kind: str, conf_path: str, conf: NetConf,
     else:
         stop_supervisor()
         start_supervisor(argv)
-    if not wait_for_dns(conf.dns_address, conf.domain, 10.0):
-        raise CLIError(f"the DNS service does not answer on {conf.dns_address}:53",
-                       f"see {dns_log_hint(kind)}; `smarter-cni status` shows what else is wrong")
+    for address in conf.dns_addresses():  # each family's listener (IPv6 only: just that one)
+        if not wait_for_dns(address, conf.domain, 10.0):
+            raise CLIError(f"the DNS service does not answer on {address_port(address, 53)}",
+                           f"see {dns_log_hint(kind)}; `smarter-cni status` shows what else "
+                           "is wrong")
     return kind
 
 

@@ -57,9 +57,13 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
         report.problem(f"{path}: {err.message}", "run `sudo smarter-cni install` to rewrite it")
         return report
     record = load_record()
-    report.data.update({"mode": conf.mode, "network": conf.name, "subnet": conf.cidr(),
-                        "gateway": conf.gateway_text(), "dns_address": conf.dns_address,
-                        "domain": conf.domain, "installed_version": record.get("version")})
+    report.data.update({"mode": conf.mode, "network": conf.name, "domain": conf.domain,
+                        "families": ["ipv4"] * conf.ipv4 + ["ipv6"] * (conf.subnet6 is not None),
+                        "installed_version": record.get("version")})
+    if conf.ipv4:  # an IPv6-only network has no IPv4 subnet, gateway or (usually) DNS address
+        report.data.update({"subnet": conf.cidr(), "gateway": conf.gateway_text()})
+    if conf.dns_address:
+        report.data["dns_address"] = conf.dns_address
     if conf.subnet6 is not None:  # dual-stack or IPv6 only (issue 13)
         report.data.update({"subnet6": conf.cidr6(), "gateway6": conf.gateway6_text(),
                             "dns_address6": conf.dns_address6})
@@ -77,15 +81,17 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
                        "run `sudo smarter-cni install`, which adds one")
 
     _network_status(report, conf)
-    answered, said = dns_answers(conf.dns_address, conf.domain, 1.0)
-    report.data["dns"] = {"address": conf.dns_address, "answering": answered, "answer": said,
+    # "dns" is the main listener: the IPv4 one, or on an IPv6-only node the IPv6 one
+    main = conf.dns_addresses()[0]
+    answered, said = dns_answers(main, conf.domain, 1.0)
+    report.data["dns"] = {"address": main, "answering": answered, "answer": said,
                           "service": record.get("dns_service", "unknown")}
     if not answered:
-        report.problem(f"the node DNS service does not answer on {conf.dns_address}:53 ({said})",
-                       _dns_fix(record))
+        report.problem(f"the node DNS service does not answer on "
+                       f"{reconcile.address_port(main, 53)} ({said})", _dns_fix(record))
     else:
-        report.data["dns"]["metrics"] = _dns_counters(conf.dns_address)
-    if conf.dns_address6:  # the IPv6 listener (dnsAddress6) is asked as well
+        report.data["dns"]["metrics"] = _dns_counters(main)
+    if conf.dns_address6 and conf.dns_address6 != main:  # the IPv6 listener is asked as well
         answered6, said6 = dns_answers(conf.dns_address6, conf.domain, 1.0)
         report.data["dns6"] = {"address": conf.dns_address6, "answering": answered6,
                                "answer": said6}
@@ -259,7 +265,10 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
     rows = [("config", data.get("config") or "not found")]
     if "mode" in data:
         rows.append(("mode", data["mode"]))
-        rows.append(("network", f"{data['network']}  {data['subnet']} via {data['gateway']}"))
+        ranges = [f"{data[subnet]} via {data[gateway]}" for subnet, gateway in
+                  (("subnet", "gateway"), ("subnet6", "gateway6")) if data.get(subnet)]
+        only = "  (IPv6 only)" if data.get("families") == ["ipv6"] else ""
+        rows.append(("network", f"{data['network']}  {', '.join(ranges)}{only}"))
         if "bridge" in data:
             bridge = data["bridge"]
             rows.append(("bridge", f"{bridge['name']}: "
@@ -274,12 +283,19 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
         dns = data.get("dns")
         if dns:
             state = f"answering ({dns['answer']})" if dns["answering"] else f"NOT answering: {dns['answer']}"
-            rows.append(("dns", f"{dns['address']}:53 {state}, service: {dns['service']}"))
+            rows.append(("dns", f"{reconcile.address_port(dns['address'], 53)} {state}, "
+                                f"service: {dns['service']}"))
+            dns6 = data.get("dns6")
+            if dns6:
+                state6 = f"answering ({dns6['answer']})" if dns6["answering"] else \
+                    f"NOT answering: {dns6['answer']}"
+                rows.append(("dns6", f"{reconcile.address_port(dns6['address'], 53)} {state6}"))
             if dns.get("metrics"):
                 from ..dns.metrics import DEFAULT_PORT, summary
 
                 rows.append(("counters", summary(dns["metrics"])))
-                rows.append(("metrics", f"http://{dns['address']}:{DEFAULT_PORT}/metrics"))
+                rows.append(("metrics", f"http://{reconcile.address_port(dns['address'], DEFAULT_PORT)}"
+                                        "/metrics"))
         if "resident" in data:
             rows.append(("resident", resident_summary(data["resident"])))
         pool = data.get("pool")

@@ -81,9 +81,11 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
             kinds.append(f"systemd unit {unit} removed")
         if service.stop_supervisor():
             kinds.append("supervisor stopped")
-        if conf is not None:
+        # the address install put on the node (IPv6 on an IPv6-only node), as recorded
+        address = record.get("dns_address") or (conf.dns_addresses()[0] if conf else "")
+        if address:
             interface = record.get("dns_interface") or record.get("dns_address_device", "")
-            remove_dns_address(conf.dns_address, record.get("dns_address_device", ""), interface)
+            remove_dns_address(address, record.get("dns_address_device", ""), interface)
         step.detail = ", ".join(kinds) or "none was running"
 
     with out.step(f"Removing {conf_path}") as step:
