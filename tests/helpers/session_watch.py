@@ -1,0 +1,489 @@
+"""A session watchdog: cleans up after a test session that was killed outright.
+
+Fixtures remove what tests make, also when tests fail; but a pytest that is
+SIGKILLed (OOM killer, CI timeout, `kill -9`) runs no fixture, and its
+private dockerd (own session, so a Ctrl-C does not hit it), containers,
+netns, links and iptables rules stay on the host.
+
+At session start (tests/conftest.py, as root) `start()` spawns this file as a
+small watcher process in a session of its own. It blocks on the read end of a
+pipe whose write end only pytest holds (the fd is close-on-exec, so no
+subprocess inherits it): EOF means every thread of pytest is gone, whatever
+killed it -- no polling. PR_SET_PDEATHSIG was the other option; it tracks the
+*thread* that forked the child (a fixture running in a helper thread would
+trigger it early), arrives as a signal to handle, and needs prctl via ctypes.
+
+While the session runs, the helpers note what it makes in a registry file in
+the session's watch dir: the run's tokens (helpers.netns: SESSION, unique()
+parts, adopted runtime IDs), exact names (a dockerd's bridge), processes it
+started (PID and kernel start time, so a reused PID is never hit), temp dirs.
+A normal end writes "done" down the pipe at pytest_unconfigure, after every
+fixture; the watcher then still sweeps (so a fixture's leak is reported) and,
+finding nothing, exits quietly and removes its own watch dir.
+
+The sweep (`python session_watch.py --dir D --fd N`):
+ 1. each tracked dockerd still alive: note its networks' names and bridges,
+    `docker rm -f` its containers, SIGTERM it by PID, SIGKILL after 15 s;
+    then any process whose command line names its temp root (its containerd,
+    shims) and their descendants; other tracked processes: SIGTERM, SIGKILL.
+ 2. network namespaces whose name carries a token, and the host ends of
+    veths whose peers live in them;
+ 3. host links whose name carries a token or is a noted name (never lo,
+    docker0, smarter0, smarter-dns);
+ 4. iptables/ip6tables rules (filter, nat, mangle, raw) whose text carries a
+    token or noted name, chains whose name does, and chains only those rules
+    jumped to once nothing else refers to them;
+ 5. noted temp dirs (mounts under them unmounted first).
+"Carries a token": the token is a substring, or a run of 8+ lower-case hex
+digits in the name is the start of a token (bridge names keep only a prefix).
+Everything removed is logged to D/watch.log and stderr.
+
+No import of pytest or of the project: the watcher starts in ~30 ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REGISTRY = "registry.jsonl"
+LOG = "watch.log"
+PROTECTED_LINKS = frozenset({"lo", "docker0", "smarter0", "smarter-dns", "cni0"})
+DOCKER_BUILTIN_NETWORKS = frozenset({"bridge", "host", "none"})
+MIN_NAME = 8  # shorter noted names are not matched as substrings
+HEX_RUN = re.compile(r"[0-9a-f]{8,}")
+TABLES = ("filter", "nat", "mangle", "raw")
+
+# ---------------------------------------------------------------- pytest side
+
+_STATE: dict[str, object] = {"registry": None, "fd": None, "proc": None, "dir": None}
+_PENDING: list[dict] = []
+
+
+def note(kind: str, value: str, **extra: object) -> None:
+    """Record something this session made (kind: token, name, dir, mounts, proc)."""
+    entry = {"k": kind, "v": value, **extra}
+    registry = _STATE["registry"]
+    if registry is None:
+        _PENDING.append(entry)
+        return
+    with open(registry, "a") as handle:  # type: ignore[arg-type]
+        handle.write(json.dumps(entry) + "\n")
+
+
+def proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat): PID and this
+    together name one process, never a later one that got the same PID."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def track_process(pid: int, marker: str = "", docker_socket: str = "") -> None:
+    """A process this session started (by PID), to end if the session is killed.
+
+    `marker`: a path only this process's command line (and its helpers', e.g.
+    dockerd's containerd and shims) contains. `docker_socket`: it is a dockerd."""
+    start = proc_start_time(pid)
+    if start is not None:
+        note("proc", str(pid), start=start, marker=marker, docker=docker_socket)
+
+
+def start(watch_dir: str = "") -> str:
+    """Spawn the watcher; returns its dir (a fresh temp dir unless `watch_dir`)."""
+    own = not watch_dir
+    path = Path(watch_dir or tempfile.mkdtemp(prefix="scni-session-"))
+    path.mkdir(parents=True, exist_ok=True)
+    registry = path / REGISTRY
+    with open(registry, "a") as handle:
+        for entry in _PENDING:
+            handle.write(json.dumps(entry) + "\n")
+    _PENDING.clear()
+    _STATE["registry"] = str(registry)
+    read_end, write_end = os.pipe()  # both close-on-exec (PEP 446)
+    argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), "--dir", str(path),
+            "--fd", str(read_end), *(["--own-dir"] if own else [])]
+    proc = subprocess.Popen(argv, pass_fds=(read_end,), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    os.close(read_end)
+    _STATE.update(fd=write_end, proc=proc, dir=str(path))
+    return str(path)
+
+
+def watcher_pid() -> int:
+    proc = _STATE["proc"]
+    return proc.pid if isinstance(proc, subprocess.Popen) else 0
+
+
+def finish() -> None:
+    """Normal end (after every fixture): tell the watcher, then let it go."""
+    fd = _STATE["fd"]
+    if isinstance(fd, int):
+        try:
+            os.write(fd, b"done\n")
+        finally:
+            os.close(fd)
+            _STATE["fd"] = None
+    proc = _STATE["proc"]
+    if isinstance(proc, subprocess.Popen):
+        proc.returncode = 0  # it outlives us on purpose: no "still running" warning
+
+
+# ---------------------------------------------------------------- watcher side
+
+
+class Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def __call__(self, text: str, quiet: bool = False) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"
+        self.lines.append(line)
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line + "\n")
+        except OSError:
+            pass
+        if not quiet:
+            try:
+                sys.stderr.write(f"session-watch[{os.getpid()}]: {text}\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass  # the terminal may be gone
+
+
+def _run(*argv: str, timeout: float = 30, env: dict | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return subprocess.CompletedProcess(argv, 1, "", str(err))
+
+
+class Owned:
+    """What carries this run's mark: tokens (random parts) and exact names."""
+
+    def __init__(self, tokens: set[str], names: set[str]) -> None:
+        self.tokens = {t for t in tokens if len(t) >= 6}
+        self.names = {n for n in names if n}
+
+    def name(self, text: str) -> bool:
+        if text in self.names:
+            return True
+        if any(token in text for token in self.tokens):
+            return True
+        return any(token.startswith(run) for run in HEX_RUN.findall(text) for token in self.tokens)
+
+    def text(self, text: str) -> bool:
+        """A rule's text: a token, a noted name, or a hex run starting a token."""
+        if any(name in text for name in self.names if len(name) >= MIN_NAME):
+            return True
+        return self.name(text)
+
+
+def load(registry: Path) -> list[dict]:
+    entries = []
+    try:
+        lines = registry.read_text().splitlines()
+    except OSError:
+        return entries
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by the kill
+    return entries
+
+
+def _alive(pid: int, start: str) -> bool:
+    return proc_start_time(pid) == start
+
+
+def _end(pid: int, start: str, log: Log, grace: float) -> None:
+    """SIGTERM the process (if it is still the one we started), SIGKILL after `grace`."""
+    if not _alive(pid, start):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid, start):
+            log(f"ended process {pid} (SIGTERM)")
+            return
+        time.sleep(0.1)
+    if _alive(pid, start):
+        os.kill(pid, signal.SIGKILL)
+        log(f"ended process {pid} (SIGKILL after {grace:g} s)")
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, cmdline) of every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmd = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        table[int(entry)] = (ppid, cmd)
+    return table
+
+
+def _end_marked(marker: str, log: Log) -> None:
+    """SIGKILL processes whose command line names `marker` (a temp root of ours), and
+    their descendants: helpers our process started (containerd, shims, containers)."""
+    if len(marker) < MIN_NAME:
+        return
+    table = _processes()
+    named = re.compile(re.escape(marker.rstrip("/")) + r"(?=[/\s]|$)")
+    doomed = {pid for pid, (_, cmd) in table.items() if named.search(cmd) and pid != os.getpid()}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _) in table.items() if ppid in doomed} - doomed
+        doomed |= more
+        grew = bool(more)
+    for pid in sorted(doomed):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            log(f"ended process {pid} (SIGKILL, started under {marker}): {table[pid][1][:120]}")
+        except OSError:
+            pass
+
+
+def _docker_networks(socket: str) -> set[str]:
+    """Names, IDs and Linux bridges of the dockerd's own networks (not the built-in ones)."""
+    env = dict(os.environ, DOCKER_HOST=f"unix://{socket}")
+    ids = _run("docker", "network", "ls", "-q", env=env).stdout.split()
+    if not ids:
+        return set()
+    found: set[str] = set()
+    try:
+        nets = json.loads(_run("docker", "network", "inspect", *ids, env=env).stdout or "[]")
+    except ValueError:
+        return found
+    for net in nets:
+        if net.get("Name") in DOCKER_BUILTIN_NETWORKS:
+            continue
+        found.add(net.get("Name", ""))
+        found.add(net.get("Id", ""))
+        if net.get("Driver") == "bridge":
+            found.add((net.get("Options") or {}).get("com.docker.network.bridge.name")
+                      or f"br-{net.get('Id', '')[:12]}")
+    return found
+
+
+def _stop_dockerd(entry: dict, names: set[str], log: Log) -> None:
+    pid, start, socket = int(entry["v"]), entry["start"], entry["docker"]
+    if _alive(pid, start):
+        env = dict(os.environ, DOCKER_HOST=f"unix://{socket}")
+        nets = _docker_networks(socket)
+        names |= nets
+        ids = _run("docker", "ps", "-aq", env=env).stdout.split()
+        if ids:
+            done = _run("docker", "rm", "-f", *ids, timeout=60, env=env)
+            log(f"removed {len(ids)} container(s) of dockerd {pid}"
+                + ("" if done.returncode == 0 else f" (docker rm: {done.stderr.strip()[:200]})"))
+        _end(pid, start, log, grace=15)
+    _end_marked(entry.get("marker", ""), log)
+
+
+def _end_processes(entries: list[dict], names: set[str], log: Log) -> None:
+    for entry in entries:
+        if entry["k"] != "proc":
+            continue
+        if entry.get("docker"):
+            _stop_dockerd(entry, names, log)
+        else:
+            _end(int(entry["v"]), entry["start"], log, grace=5)
+            _end_marked(entry.get("marker", ""), log)
+
+
+def _remove_netns(owned: Owned, log: Log) -> None:
+    listing = _run("ip", "netns", "list").stdout.splitlines()
+    ours: dict[str, str] = {}
+    for line in listing:
+        words = line.split()
+        if not words or not owned.name(words[0]):
+            continue
+        match = re.search(r"\(id: (\d+)\)", line)
+        ours[words[0]] = match.group(1) if match else ""
+    if not ours:
+        return
+    ids = {nsid for nsid in ours.values() if nsid}
+    peers = []
+    try:
+        for link in json.loads(_run("ip", "-j", "link", "show").stdout or "[]"):
+            if str(link.get("link_netnsid", "")) in ids and link.get("ifname") not in PROTECTED_LINKS:
+                peers.append(link["ifname"])
+    except ValueError:
+        pass
+    for name in ours:
+        done = _run("ip", "netns", "del", name)
+        log(f"removed netns {name}" if done.returncode == 0
+            else f"could not remove netns {name}: {done.stderr.strip()}")
+    for ifname in peers:
+        if os.path.exists(f"/sys/class/net/{ifname}") and \
+                _run("ip", "link", "del", ifname).returncode == 0:
+            log(f"removed link {ifname} (its peer was in a removed netns)")
+
+
+def _remove_links(owned: Owned, log: Log) -> None:
+    try:
+        links = json.loads(_run("ip", "-j", "link", "show").stdout or "[]")
+    except ValueError:
+        return
+    # veths before bridges: a bridge goes last, once nothing is enslaved to it
+    links.sort(key=lambda link: (link.get("linkinfo", {}) or {}).get("info_kind") == "bridge")
+    for link in links:
+        name = link.get("ifname", "")
+        if not name or name in PROTECTED_LINKS or not owned.name(name):
+            continue
+        if not os.path.exists(f"/sys/class/net/{name}"):
+            continue  # went with its peer
+        done = _run("ip", "link", "del", name)
+        log(f"removed link {name}" if done.returncode == 0
+            else f"could not remove link {name}: {done.stderr.strip()}")
+
+
+def _targets(words: list[str]) -> list[str]:
+    return [words[i + 1] for i in range(len(words) - 1) if words[i] in ("-j", "-g", "--jump", "--goto")]
+
+
+def _sweep_table(program: str, table: str, owned: Owned, log: Log) -> None:
+    save = _run(f"{program}-save", "-t", table)
+    if save.returncode != 0:
+        return
+    builtin: set[str] = set()
+    user: set[str] = set()
+    rules: list[tuple[str, list[str]]] = []
+    for line in save.stdout.splitlines():
+        if line.startswith(":"):
+            chain, policy = line[1:].split()[:2]
+            (user if policy == "-" else builtin).add(chain)
+        elif line.startswith("-A "):
+            try:
+                rules.append((line, shlex.split(line)))
+            except ValueError:
+                continue
+    doomed_chains = {chain for chain in user if owned.name(chain)}
+    doomed: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for index, (line, words) in enumerate(rules):
+            if index in doomed:
+                continue
+            if words[1] in doomed_chains or owned.text(line) or set(_targets(words)) & doomed_chains:
+                doomed.add(index)
+                changed = True
+        # a user chain jumped to only from doomed rules is this run's too
+        for chain in user - doomed_chains:
+            refs = [i for i, (_, words) in enumerate(rules) if chain in _targets(words)]
+            if refs and all(i in doomed for i in refs):
+                doomed_chains.add(chain)
+                changed = True
+    tool = [program, "-w", "10", "-t", table]
+    for index in sorted(doomed, key=lambda i: rules[i][1][1] in doomed_chains):
+        line, words = rules[index]
+        if words[1] in doomed_chains:
+            continue  # goes with the chain's flush
+        done = _run(*tool, "-D", *words[1:])
+        log(f"removed {program} -t {table} rule: {line}" if done.returncode == 0
+            else f"could not remove {program} -t {table} rule {line}: {done.stderr.strip()}")
+    for chain in sorted(doomed_chains):
+        _run(*tool, "-F", chain)
+    for chain in sorted(doomed_chains):
+        done = _run(*tool, "-X", chain)
+        log(f"removed {program} -t {table} chain {chain}" if done.returncode == 0
+            else f"could not remove {program} -t {table} chain {chain}: {done.stderr.strip()}")
+
+
+def _remove_rules(owned: Owned, log: Log) -> None:
+    for program in ("iptables", "ip6tables"):
+        if shutil.which(f"{program}-save"):
+            for table in TABLES:
+                _sweep_table(program, table, owned, log)
+
+
+def _unmount_under(root: str, log: Log) -> bool:
+    """Lazily unmount every mount below `root`; True when none is left."""
+    def below() -> list[str]:
+        with open("/proc/self/mounts") as handle:
+            points = [line.split()[1] for line in handle]
+        return [p for p in points if p == root or p.startswith(root.rstrip("/") + "/")]
+
+    for point in sorted(below(), reverse=True):
+        if _run("umount", "-l", point).returncode == 0:
+            log(f"unmounted {point}")
+    return not below()
+
+
+def _remove_dirs(entries: list[dict], log: Log) -> None:
+    for entry in entries:
+        path = entry["v"]
+        if entry["k"] not in ("dir", "mounts") or len(path) < MIN_NAME or not os.path.isdir(path):
+            continue
+        if _unmount_under(path, log) and entry["k"] == "dir":
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"removed dir {path}")
+
+
+def sweep(entries: list[dict], log: Log) -> None:
+    tokens = {e["v"] for e in entries if e["k"] == "token"}
+    names = {e["v"] for e in entries if e["k"] == "name"}
+    _end_processes(entries, names, log)
+    owned = Owned(tokens, names)
+    _remove_netns(owned, log)
+    _remove_links(owned, log)
+    _remove_rules(owned, log)
+    _remove_dirs(entries, log)
+
+
+def main(argv: list[str]) -> int:
+    args = dict(zip(argv[::2], argv[1::2]))
+    path = Path(args["--dir"])
+    fd = int(args["--fd"])
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    said = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        said += chunk
+    normal = b"done" in said
+    log = Log(path / LOG)
+    log("pytest ended normally; checking that nothing of the run is left" if normal
+        else "pytest is gone without ending its session (killed?): cleaning up its run",
+        quiet=normal)
+    start = time.monotonic()
+    entries = load(path / REGISTRY)
+    sweep(entries, log)
+    removed = sum(1 for line in log.lines if line.split(" ", 2)[1] in ("removed", "ended", "unmounted"))
+    log(f"done in {time.monotonic() - start:.1f} s: {removed} thing(s) removed"
+        + (" (left behind by the session's fixtures)" if normal and removed else ""),
+        quiet=normal and not removed)
+    if normal and not removed and "--own-dir" in argv:
+        shutil.rmtree(path, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
