@@ -343,7 +343,7 @@ def _remove_netns(owned: Owned, log: Log) -> None:
 
 def _remove_links(owned: Owned, log: Log) -> None:
     try:
-        links = json.loads(_run("ip", "-j", "link", "show").stdout or "[]")
+        links = json.loads(_run("ip", "-d", "-j", "link", "show").stdout or "[]")
     except ValueError:
         return
     # veths before bridges: a bridge goes last, once nothing is enslaved to it
@@ -363,50 +363,58 @@ def _targets(words: list[str]) -> list[str]:
     return [words[i + 1] for i in range(len(words) - 1) if words[i] in ("-j", "-g", "--jump", "--goto")]
 
 
-def _sweep_table(program: str, table: str, owned: Owned, log: Log) -> None:
-    save = _run(f"{program}-save", "-t", table)
-    if save.returncode != 0:
-        return
-    builtin: set[str] = set()
+def plan_table(save: str, owned: Owned) -> tuple[list[list[str]], list[str]]:
+    """From one table's `iptables-save`: the rules to delete (words, "-A" dropped) and
+    the user chains to flush and delete.
+
+    A rule goes when its text carries a token or noted name, or it sits in or jumps
+    to a doomed chain; a user chain goes when its name carries a token, or when every
+    rule that jumps to it goes (then it was only this run's). Built-in chains never."""
     user: set[str] = set()
-    rules: list[tuple[str, list[str]]] = []
-    for line in save.stdout.splitlines():
+    rules: list[list[str]] = []
+    for line in save.splitlines():
         if line.startswith(":"):
             chain, policy = line[1:].split()[:2]
-            (user if policy == "-" else builtin).add(chain)
+            if policy == "-":
+                user.add(chain)
         elif line.startswith("-A "):
             try:
-                rules.append((line, shlex.split(line)))
+                rules.append(shlex.split(line))
             except ValueError:
                 continue
-    doomed_chains = {chain for chain in user if owned.name(chain)}
+    chains = {chain for chain in user if owned.name(chain)}
     doomed: set[int] = set()
     changed = True
     while changed:
         changed = False
-        for index, (line, words) in enumerate(rules):
-            if index in doomed:
-                continue
-            if words[1] in doomed_chains or owned.text(line) or set(_targets(words)) & doomed_chains:
+        for index, words in enumerate(rules):
+            if index not in doomed and (words[1] in chains or set(_targets(words)) & chains
+                                        or owned.text(shlex.join(words))):
                 doomed.add(index)
                 changed = True
-        # a user chain jumped to only from doomed rules is this run's too
-        for chain in user - doomed_chains:
-            refs = [i for i, (_, words) in enumerate(rules) if chain in _targets(words)]
+        for chain in user - chains:
+            refs = [i for i, words in enumerate(rules) if chain in _targets(words)]
             if refs and all(i in doomed for i in refs):
-                doomed_chains.add(chain)
+                chains.add(chain)
                 changed = True
+    # rules inside a doomed chain go with its flush
+    return ([rules[i][1:] for i in sorted(doomed) if rules[i][1] not in chains], sorted(chains))
+
+
+def _sweep_table(program: str, table: str, owned: Owned, log: Log) -> None:
+    save = _run(f"{program}-save", "-t", table)
+    if save.returncode != 0:
+        return
+    rules, chains = plan_table(save.stdout, owned)
     tool = [program, "-w", "10", "-t", table]
-    for index in sorted(doomed, key=lambda i: rules[i][1][1] in doomed_chains):
-        line, words = rules[index]
-        if words[1] in doomed_chains:
-            continue  # goes with the chain's flush
-        done = _run(*tool, "-D", *words[1:])
-        log(f"removed {program} -t {table} rule: {line}" if done.returncode == 0
-            else f"could not remove {program} -t {table} rule {line}: {done.stderr.strip()}")
-    for chain in sorted(doomed_chains):
+    for words in rules:
+        text = "-A " + shlex.join(words)
+        done = _run(*tool, "-D", *words)
+        log(f"removed {program} -t {table} rule: {text}" if done.returncode == 0
+            else f"could not remove {program} -t {table} rule {text}: {done.stderr.strip()}")
+    for chain in chains:
         _run(*tool, "-F", chain)
-    for chain in sorted(doomed_chains):
+    for chain in chains:
         done = _run(*tool, "-X", chain)
         log(f"removed {program} -t {table} chain {chain}" if done.returncode == 0
             else f"could not remove {program} -t {table} chain {chain}: {done.stderr.strip()}")

@@ -26,6 +26,7 @@ import pytest
 
 from helpers import session_watch
 from helpers.netns import sh, unique
+from smarter_cni.dataplane.names import chain_name
 
 pytestmark = pytest.mark.root
 
@@ -116,25 +117,35 @@ class Foreign:
         self.bridge = f"br{self.token[:10]}"
         self.rule = ["FORWARD", "-i", self.bridge, "-m", "comment", "--comment",
                      f"smarter-cni net-{self.token}", "-j", "ACCEPT"]
+        self.chain = chain_name(f"net-{self.token}")
+        self.jump = ["POSTROUTING", "-s", "192.0.2.0/24", "-m", "comment", "--comment",
+                     f"smarter-cni net-{self.token}", "-j", self.chain]
 
     def make(self) -> None:
         sh("ip", "netns", "add", self.netns)
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("iptables", "-w", "10", "-A", *self.rule)
         sh("ip6tables", "-w", "10", "-A", *self.rule)
+        sh("iptables", "-w", "10", "-t", "nat", "-N", self.chain)
+        sh("iptables", "-w", "10", "-t", "nat", "-A", self.chain, "-j", "RETURN")
+        sh("iptables", "-w", "10", "-t", "nat", "-A", *self.jump)
 
     def intact(self) -> list[str]:
         rules = _rules()
         return [what for what, there in (
             (f"netns {self.netns}", self.netns in _netns()),
             (f"bridge {self.bridge}", _link(self.bridge)),
-            ("iptables/ip6tables rules", rules.count(f"net-{self.token}") == 2)) if not there]
+            ("iptables/ip6tables rules", rules.count(f"net-{self.token}") == 3),
+            (f"chain {self.chain}", f"-A {self.chain} -j RETURN" in rules)) if not there]
 
     def remove(self) -> None:
         sh("ip", "netns", "del", self.netns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
         sh("iptables", "-w", "10", "-D", *self.rule, check=False)
         sh("ip6tables", "-w", "10", "-D", *self.rule, check=False)
+        sh("iptables", "-w", "10", "-t", "nat", "-D", *self.jump, check=False)
+        sh("iptables", "-w", "10", "-t", "nat", "-F", self.chain, check=False)
+        sh("iptables", "-w", "10", "-t", "nat", "-X", self.chain, check=False)
 
 
 def _run_child(tmp_path: Path, hold: bool) -> tuple[subprocess.Popen, Path, Path]:
