@@ -26,8 +26,10 @@ The sweep (`python session_watch.py --dir D --fd N`):
     `docker rm -f` its containers, SIGTERM it by PID, SIGKILL after 15 s;
     then any process whose command line names its temp root (its containerd,
     shims) and their descendants; other tracked processes: SIGTERM, SIGKILL.
- 2. network namespaces whose name carries a token, and the host ends of
-    veths whose peers live in them;
+ 2. the ports of this run's bridges (pod veths) and the named netns their
+    peers live in (a killed containerd's cni-<uuid>); network namespaces
+    whose name carries a token, and the host ends of veths whose peers live
+    in them;
  3. host links whose name carries a token or is a noted name (never lo,
     docker0, smarter0, smarter-dns);
  4. iptables/ip6tables rules (filter, nat, mangle, raw) whose text carries a
@@ -312,12 +314,48 @@ def _end_processes(entries: list[dict], names: set[str], log: Log) -> None:
             _end_marked(entry.get("marker", ""), log)
 
 
-def _remove_netns(owned: Owned, log: Log) -> None:
+def _netns_ids() -> dict[str, str]:
+    """netnsid (as the host sees it) -> name, for named netns that have an id."""
+    found = {}
+    for line in _run("ip", "netns", "list").stdout.splitlines():
+        match = re.search(r"^(\S+) \(id: (\d+)\)", line)
+        if match:
+            found[match.group(2)] = match.group(1)
+    return found
+
+
+def _remove_bridge_ports(owned: Owned, log: Log) -> set[str]:
+    """Remove links enslaved to a bridge of this run (pod veths, e.g. of a killed
+    containerd's pods); returns the named netns their peers live in (containerd's
+    cni-<uuid>), which are this run's too."""
+    try:
+        links = json.loads(_run("ip", "-d", "-j", "link", "show").stdout or "[]")
+    except ValueError:
+        return set()
+    bridges = {link["ifname"] for link in links
+               if (link.get("linkinfo") or {}).get("info_kind") == "bridge"
+               and link.get("ifname") not in PROTECTED_LINKS and owned.name(link["ifname"])}
+    ports = [link for link in links if link.get("master") in bridges
+             and link.get("ifname") not in PROTECTED_LINKS]
+    if not ports:
+        return set()
+    names, peers = _netns_ids(), set()
+    for port in ports:
+        done = _run("ip", "link", "del", port["ifname"])
+        if done.returncode == 0:
+            log(f"removed link {port['ifname']} (a port of bridge {port['master']})")
+        if str(port.get("link_netnsid", "")) in names:
+            peers.add(names[str(port["link_netnsid"])])
+    return peers
+
+
+def _remove_netns(owned: Owned, log: Log, also: set[str]) -> None:
+    """Named netns carrying a token (or in `also`), and host veths peered into them."""
     listing = _run("ip", "netns", "list").stdout.splitlines()
     ours: dict[str, str] = {}
     for line in listing:
         words = line.split()
-        if not words or not owned.name(words[0]):
+        if not words or not (owned.name(words[0]) or words[0] in also):
             continue
         match = re.search(r"\(id: (\d+)\)", line)
         ours[words[0]] = match.group(1) if match else ""
@@ -455,7 +493,7 @@ def sweep(entries: list[dict], log: Log) -> None:
     names = {e["v"] for e in entries if e["k"] == "name"}
     _end_processes(entries, names, log)
     owned = Owned(tokens, names)
-    _remove_netns(owned, log)
+    _remove_netns(owned, log, _remove_bridge_ports(owned, log))
     _remove_links(owned, log)
     _remove_rules(owned, log)
     _remove_dirs(entries, log)

@@ -56,6 +56,8 @@ def test_hold(dockerd, busybox_image, sandboxes, docker_network, netns):
     sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
     sh("ip", "link", "add", bridge, "type", "bridge")
     sh("ip", "link", "set", veth, "master", bridge)
+    loose = unique("swp")  # a veth on no bridge, its peer in the netns too
+    sh("ip", "link", "add", loose, "type", "veth", "peer", "name", "eth1", "netns", name)
     # a process in the netns keeps it alive past `ip netns del`, and with it the veth
     holder = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "600"])
     mark = ["-m", "comment", "--comment", f"smarter-cni net-{token}"]
@@ -66,7 +68,7 @@ def test_hold(dockerd, busybox_image, sandboxes, docker_network, netns):
     sh("iptables", "-w", "10", "-t", "nat", "-A", chain, "-j", "RETURN")
     sh("iptables", "-w", "10", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", *mark,
        "-j", chain)
-    info.update(network=net, network_bridge=f"br-{net_id[:12]}", netns=name, veth=veth,
+    info.update(network=net, network_bridge=f"br-{net_id[:12]}", netns=name, veth=veth, loose=loose,
                 bridge=bridge, token=token, chain=chain,
                 containers=[box.id for box in boxes], pids=[box.pid for box in boxes],
                 holder=holder.pid, holder_start=session_watch.proc_start_time(holder.pid))
@@ -80,6 +82,7 @@ def test_hold(dockerd, busybox_image, sandboxes, docker_network, netns):
     holder.wait()
     sh("ip", "link", "del", bridge)
     sh("ip", "link", "del", veth)
+    sh("ip", "link", "del", loose)
     sh("iptables", "-w", "10", "-D", "FORWARD", "-i", bridge, *mark, "-j", "ACCEPT")
     sh("ip6tables", "-w", "10", "-D", "FORWARD", "-i", bridge, *mark, "-j", "ACCEPT")
     sh("iptables", "-w", "10", "-t", "nat", "-D", "POSTROUTING", "-s", "192.0.2.0/24", *mark,
@@ -185,7 +188,7 @@ def _leftovers(info: dict) -> list[str]:
     left += [f"container process {pid}" for pid in info.get("pids", []) if os.path.exists(f"/proc/{pid}")]
     if info.get("netns") in _netns():
         left.append(f"netns {info['netns']}")
-    for key in ("veth", "bridge", "dockerd_bridge", "network_bridge"):
+    for key in ("veth", "loose", "bridge", "dockerd_bridge", "network_bridge"):
         if info.get(key) and _link(info[key]):
             left.append(f"link {info[key]}")
     for needle in (info.get("token"), info.get("chain"), info["dockerd_bridge"]):
@@ -244,7 +247,8 @@ def test_killed_session_is_cleaned_up_and_other_runs_untouched(tmp_path: Path) -
         assert left == [], f"left after the kill: {left}\n{log}"
         assert foreign.intact() == [], f"another run's things were touched\n{log}"
         for what in (f"removed netns {info['netns']}", f"removed link {info['bridge']}",
-                     f"removed link {info['veth']} (its peer was in a removed netns)",
+                     f"removed link {info['veth']} (a port of bridge {info['bridge']})",
+                     f"removed link {info['loose']} (its peer was in a removed netns)",
                      f"removed link {info['network_bridge']}", f"chain {info['chain']}",
                      "removed 3 container(s)", f"removed dir {info['dockerd_root']}"):
             assert what in log, f"{what!r} not in the log:\n{log}"
