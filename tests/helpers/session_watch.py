@@ -36,8 +36,9 @@ The sweep (`python session_watch.py --dir D --fd N`):
     token or noted name, chains whose name does, and chains only those rules
     jumped to once nothing else refers to them;
  5. noted temp dirs (mounts under them unmounted first).
-"Carries a token": the token is a substring, or a run of 8+ lower-case hex
-digits in the name is the start of a token (bridge names keep only a prefix).
+"Carries a token": the token is a substring, or the name ends in 9+ hex
+digits that start a token (a bridge name keeps only a prefix: "br" + "t" +
+9 of its digits); hash names (sm<13 hex>, br-<id>) are only ever exact.
 Everything removed is logged to D/watch.log and stderr.
 
 No import of pytest or of the project: the watcher starts in ~30 ms.
@@ -62,7 +63,9 @@ LOG = "watch.log"
 PROTECTED_LINKS = frozenset({"lo", "docker0", "smarter0", "smarter-dns", "cni0"})
 DOCKER_BUILTIN_NETWORKS = frozenset({"bridge", "host", "none"})
 MIN_NAME = 8  # shorter noted names are not matched as substrings
-HEX_RUN = re.compile(r"[0-9a-f]{8,}")
+PREFIX = 9  # digits of a token a truncated name must keep to count as ours
+TRAILING_HEX = re.compile(rf"[0-9a-f]{{{PREFIX},}}$")
+HASH_NAME = re.compile(r"^(sm[0-9a-f]{13}|br-[0-9a-f]{12}|veth[0-9a-f]{7})$")
 TABLES = ("filter", "nat", "mangle", "raw")
 
 # ---------------------------------------------------------------- pytest side
@@ -181,17 +184,27 @@ class Owned:
         self.names = {n for n in names if n}
 
     def name(self, text: str) -> bool:
-        if text in self.names:
+        """A netns, link or chain name (or one word of a rule)."""
+        if text in self.names or any(token in text for token in self.tokens):
             return True
-        if any(token in text for token in self.tokens):
-            return True
-        return any(token.startswith(run) for run in HEX_RUN.findall(text) for token in self.tokens)
+        # A name cut to 15 bytes ends with the start of a token ("br" + "t" + 9 digits;
+        # the run may begin with hex letters of the prefix: "brc" + ...). Hash names
+        # (our plugin's sm<13 hex> veths, Docker's br-<id>) never carry one: skipped, so
+        # the node's pod veths can never match by chance.
+        if HASH_NAME.match(text):
+            return False
+        run = TRAILING_HEX.search(text)
+        if not run:
+            return False
+        digits = run.group(0)
+        return any(token.startswith(digits[i:]) for i in range(len(digits) - PREFIX + 1)
+                   for token in self.tokens)
 
     def text(self, text: str) -> bool:
-        """A rule's text: a token, a noted name, or a hex run starting a token."""
+        """A rule's text: a token or noted name anywhere, or a word that is a name of ours."""
         if any(name in text for name in self.names if len(name) >= MIN_NAME):
             return True
-        return self.name(text)
+        return any(self.name(word.strip("'\"")) for word in text.split())
 
 
 def load(registry: Path) -> list[dict]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from helpers import session_watch
+from helpers.cri_containerd import CONTAINERD
 from helpers.netns import sh, unique
 from smarter_cni.dataplane.names import chain_name
 
@@ -36,6 +37,7 @@ BOUND = 20.0  # seconds from the kill until everything must be gone
 CHILD = '''
 import json, os, subprocess, time
 from helpers import session_watch
+from helpers.cri_containerd import CONTAINERD
 from helpers.netns import sh, unique
 from smarter_cni.dataplane.names import chain_name
 
@@ -91,6 +93,45 @@ def test_hold(dockerd, busybox_image, sandboxes, docker_network, netns):
     sh("iptables", "-w", "10", "-t", "nat", "-X", chain)
     for box in boxes:
         sandboxes.remove(box)
+'''
+
+CHILD_CRI = '''
+import json, os, shutil, tempfile, time
+from pathlib import Path
+from helpers import session_watch
+from helpers.cri_containerd import read_calls
+from helpers.cri_node import CriNode, free_link_local, free_subnet
+from helpers.netns import unique
+from helpers.plugin import teardown_bridge_network
+
+
+def test_hold_cri(tmp_path):
+    name = unique("c")
+    network = {"cniVersion": "1.0.0", "name": f"net-{name}", "type": "smarter-cni",
+               "bridge": f"br{name[:10]}", "subnet": free_subnet(27)}
+    base = tempfile.mkdtemp(prefix="scni-sw-")  # socket paths must stay short
+    session_watch.note("dir", base)  # the watchdog removes it if the session is killed
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    cri = CriNode(Path(base), network, free_link_local(), state_dir)
+    try:
+        cri.start()
+        pods = [cri.run_pod(unique("p")), cri.run_pod(unique("p"))]
+        info = {"containerd_pid": cri.containerd.pid, "marker": str(cri.containerd.base),
+                "containerd_start": session_watch.proc_start_time(cri.containerd.pid),
+                "bridge": network["bridge"], "token": name, "veths": cri.host_veths(),
+                "netns": sorted({c.netns for c in read_calls(cri.records) if c.netns}),
+                "pods": [pod.ip for pod in pods], "watcher": session_watch.watcher_pid(),
+                "base": base}
+        path = os.environ["CHILD_INFO"]
+        with open(path + ".tmp", "w") as handle:
+            json.dump(info, handle)
+        os.rename(path + ".tmp", path)
+        time.sleep(600)  # killed here
+    finally:
+        cri.cleanup()
+        teardown_bridge_network(network, state_dir)
+        shutil.rmtree(base, ignore_errors=True)
 '''
 
 
@@ -151,8 +192,8 @@ class Foreign:
         sh("iptables", "-w", "10", "-t", "nat", "-X", self.chain, check=False)
 
 
-def _run_child(tmp_path: Path, hold: bool) -> tuple[subprocess.Popen, Path, Path]:
-    (tmp_path / "test_child.py").write_text(CHILD)
+def _run_child(tmp_path: Path, hold: bool, code: str = CHILD) -> tuple[subprocess.Popen, Path, Path]:
+    (tmp_path / "test_child.py").write_text(code)
     info, watch = tmp_path / "info.json", tmp_path / "watch"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTER_CNI_TEST_")}
     env.update(PYTHONPATH=f"{TESTS}{os.pathsep}{TESTS.parent / 'src'}",
@@ -259,6 +300,48 @@ def test_killed_session_is_cleaned_up_and_other_runs_untouched(tmp_path: Path) -
             _fallback_cleanup(child, watch)
             _end_holder(tmp_path / "info.json")
         foreign.remove()
+
+
+def _processes_naming(marker: str) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and marker + "/" in cmd:
+            found.append(f"{entry} {cmd[:100]}")
+    return found
+
+
+@pytest.mark.skipif(not (os.path.exists(CONTAINERD) and os.path.exists("/bin/busybox")),
+                    reason="needs containerd (with its CRI plugin) and busybox-static")
+def test_killed_cri_session_ends_containerd_and_its_pods(tmp_path: Path) -> None:
+    """A killed session's containerd, its shims and pods, their pinned netns (cni-<uuid>,
+    no token in the name) and host veths (on the run's bridge), and the bridge's rules."""
+    child, info_path, watch = _run_child(tmp_path, hold=True, code=CHILD_CRI)
+    try:
+        info = _wait_for(info_path, child, tmp_path)
+        assert len(info["veths"]) == 2 and len(info["netns"]) == 2, info
+        assert _processes_naming(info["marker"]), "no shim names the containerd dir"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        killed = time.monotonic()
+        assert _watcher_gone(info["watcher"], BOUND), f"watcher still running after {BOUND:g} s"
+        took = time.monotonic() - killed
+        log = (watch / session_watch.LOG).read_text()
+        rules = _rules()
+        left = [f"link {name}" for name in [info["bridge"], *info["veths"]] if _link(name)]
+        left += [f"netns {path}" for path in info["netns"] if os.path.exists(path)]
+        left += _processes_naming(info["marker"])
+        left += [f"rule with {info['token']}"] if info["token"] in rules else []
+        left += [f"dir {info['base']}"] if os.path.exists(info["base"]) else []
+        if session_watch.proc_start_time(info["containerd_pid"]) == info["containerd_start"]:
+            left.append(f"containerd {info['containerd_pid']}")
+        assert left == [], f"left after the kill: {left}\n{log}"
+        print(f"cleanup after the kill took {took:.1f} s")
+    finally:
+        _fallback_cleanup(child, watch)
 
 
 def test_normal_end_leaves_nothing_to_remove(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ def test_names_carrying_a_token_or_its_prefix_are_ours() -> None:
     mine = owned()
     assert mine.name(f"scni-{TOKEN}a01")          # a netns from unique("scni-", 24)
     assert mine.name(f"brt{TOKEN[:9]}")           # bridge_network: "br" + name[:10]
+    assert mine.name(f"brc{TOKEN[:9]}")           # a hex letter before the token's digits
     assert mine.name("scd0123456789ab")           # a noted name, exactly
     assert mine.name("ctr-1-5ab0c3d1")            # run_id(): the SESSION token
 
@@ -24,8 +25,9 @@ def test_names_carrying_a_token_or_its_prefix_are_ours() -> None:
 def test_the_node_and_other_runs_are_not_ours() -> None:
     mine = owned()
     for name in ("docker0", "smarter0", "smarter-dns", "lo", "eth0", "cni0", "flannel.1",
-                 f"scni-{OTHER}a01", f"brt{OTHER[:9]}", "scd0123456789ac",
-                 f"sm{TOKEN[:8]}00000",  # a 13-hex host veth hash is not a token prefix
+                 f"scni-{OTHER}a01", f"brt{OTHER[:9]}", f"brc{OTHER[:9]}", "scd0123456789ac",
+                 f"sm{TOKEN[:13]}", f"br-{TOKEN[:12]}",  # hash names: only ever exact
+                 f"brt{TOKEN[:8]}",  # 8 digits are too few to tell runs apart
                  TOKEN[:7], "br-0a1b2c3d4e"):
         assert not mine.name(name), name
 
