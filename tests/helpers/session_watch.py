@@ -502,14 +502,25 @@ def _remove_dirs(entries: list[dict], log: Log) -> None:
 
 
 def sweep(entries: list[dict], log: Log) -> None:
+    """Each step on its own: one that fails (logged) does not stop the next."""
     tokens = {e["v"] for e in entries if e["k"] == "token"}
     names = {e["v"] for e in entries if e["k"] == "name"}
-    _end_processes(entries, names, log)
     owned = Owned(tokens, names)
-    _remove_netns(owned, log, _remove_bridge_ports(owned, log))
-    _remove_links(owned, log)
-    _remove_rules(owned, log)
-    _remove_dirs(entries, log)
+    also: set[str] = set()
+
+    def ports() -> None:
+        also.update(_remove_bridge_ports(owned, log))
+
+    steps = [lambda: _end_processes(entries, names, log),
+             lambda: owned.names.update(names),  # the dockerds' networks, learnt above
+             ports, lambda: _remove_netns(owned, log, also),
+             lambda: _remove_links(owned, log), lambda: _remove_rules(owned, log),
+             lambda: _remove_dirs(entries, log)]
+    for step in steps:
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001 - keep going, say what failed
+            log(f"step failed: {type(err).__name__}: {err}")
 
 
 def main(argv: list[str]) -> int:
