@@ -41,7 +41,8 @@ digits that start a token (a bridge name keeps only a prefix: "br" + "t" +
 9 of its digits); hash names (sm<13 hex>, br-<id>) are only ever exact.
 Everything removed is logged to D/watch.log and stderr.
 
-No import of pytest or of the project: the watcher starts in ~30 ms.
+No import of pytest or of the project. Measured: `start()` costs pytest under
+1 ms; a clean-end sweep takes ~0.1 s, after pytest has exited.
 """
 
 from __future__ import annotations
