@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import node_snapshot  # noqa: E402
+from helpers import node_snapshot, session_watch  # noqa: E402
 from helpers.netns import NetnsFactory, unique  # noqa: E402
 from helpers.plugin import SRC, PluginRunner, make_bin_dir, teardown_bridge_network  # noqa: E402
 
@@ -34,6 +34,7 @@ IS_ROOT = os.geteuid() == 0
 # back to the node's /run/smarter-cni: the whole session gets a private default.
 _SESSION_STATE = tempfile.mkdtemp(prefix="smarter-cni-test-state.")
 os.environ["SMARTER_CNI_STATE_DIR"] = _SESSION_STATE
+session_watch.note("dir", _SESSION_STATE)
 # Fixtures shared by the chaining tests (host_port, portmap_chains_restored), and the
 # tests' private dockerd (registered here first, so pytest rewrites its asserts).
 pytest_plugins = ("helpers.portmap", "helpers.dockerd")
@@ -44,6 +45,26 @@ _GUARD: dict[str, object] = {}
 
 def _guarding() -> bool:
     return IS_ROOT and os.environ.get("SMARTER_CNI_NODE_GUARD", "1") != "0"
+
+
+def pytest_configure(config):
+    """Start the session watchdog (helpers/session_watch.py): if pytest is killed, no
+    fixture runs, so it removes what this run left. SMARTER_CNI_TEST_WATCH=0: off;
+    SMARTER_CNI_TEST_WATCH_DIR: its registry and log go there (kept) instead of a
+    temp dir of its own (removed after a clean end)."""
+    if not IS_ROOT or os.environ.get("SMARTER_CNI_TEST_WATCH", "1") == "0":
+        return
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        session_watch.start(os.environ.get("SMARTER_CNI_TEST_WATCH_DIR", ""))
+        return
+    with capman.global_and_fixture_disabled():  # it logs to the real stderr, not a capture
+        session_watch.start(os.environ.get("SMARTER_CNI_TEST_WATCH_DIR", ""))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    session_watch.finish()  # every fixture has run: the watcher finds nothing
 
 
 def pytest_sessionstart(session):

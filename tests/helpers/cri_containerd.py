@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers import session_watch
 from helpers.cri import CRIClient, CRIError
 from helpers.plugin import SRC, make_bin_dir
 
@@ -210,6 +211,9 @@ class Containerd:
             self.proc = subprocess.Popen([CONTAINERD, "--config", str(self.config)], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
+        # the watchdog ends it and its shims (their command lines name `base`) if pytest dies
+        session_watch.track_process(self.proc.pid, marker=str(self.base))
+        session_watch.note("mounts", str(self.base))
         if self.client is None:
             self.client = CRIClient(str(self.socket))
         deadline = started + timeout

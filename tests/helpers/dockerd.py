@@ -64,7 +64,8 @@ from typing import Any
 
 import pytest
 
-from helpers.netns import adopt
+from helpers import session_watch
+from helpers.netns import adopt, unique
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 START_TIMEOUT = 60.0
@@ -244,6 +245,9 @@ def _start_once(extra: tuple[str, ...], root: str, netns: str) -> Dockerd:
     root = root or tempfile.mkdtemp(prefix="scni-dockerd-")
     sock = os.path.join(root, "docker.sock")
     bridge = _bridge_name(root)
+    session_watch.note("name", bridge)
+    if fresh:
+        session_watch.note("dir", root)
     _ensure_bridge(bridge, netns)
     _ensure_forward_rule(bridge, netns)
     # nsenter (not `ip netns exec`) keeps the mount namespace: dockerd needs the
@@ -254,6 +258,8 @@ def _start_once(extra: tuple[str, ...], root: str, netns: str) -> Dockerd:
             [*prefix, *private_argv(root, bridge, extra)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
+    # If pytest is killed, the session watchdog stops it by this PID and removes the rest.
+    session_watch.track_process(proc.pid, marker=root, docker_socket=sock)
     daemon = Dockerd(sock, proc.pid, root)
     daemon.bridge = bridge
     daemon._proc = proc  # type: ignore[attr-defined]
@@ -504,7 +510,7 @@ def remove_network(daemon: Dockerd, name: str) -> None:
 def docker_network(dockerd: Dockerd):
     """A unique Docker network name and free /24 (created by the test via ensure_network,
     or not); removed afterwards whatever happened."""
-    name = f"scni-{uuid.uuid4().hex[:10]}"
+    name = unique("scni-")  # carries a token of this run (see session_watch)
     cidr = free_subnet(dockerd)
     config = network_config(name, cidr, dockerd.socket)
     try:

@@ -6,12 +6,15 @@ import os
 import subprocess
 import uuid
 
+from helpers import session_watch
+
 # This test process's own token. Host veth names derive from the container ID alone
 # (dataplane/names.py host_ifname), so two test runs on one host (a developer's beside
 # CI, helpers side by side) that both ADD "ctr-1" would take each other's veths.
 SESSION = uuid.uuid4().hex[:8]
 _ISSUED: set[str] = {SESSION}  # random parts handed out by unique(), and adopted runtime IDs
 _MIN_TOKEN = 6  # a shorter random part could repeat across runs
+session_watch.note("token", SESSION)  # what the session watchdog removes if pytest is killed
 
 
 def unique(prefix: str, length: int = 15) -> str:
@@ -19,6 +22,7 @@ def unique(prefix: str, length: int = 15) -> str:
     name = (prefix + uuid.uuid4().hex)[:length]
     if len(name) - len(prefix) >= _MIN_TOKEN:
         _ISSUED.add(name[len(prefix):])
+        session_watch.note("token", name[len(prefix):])
     return name
 
 
@@ -31,6 +35,7 @@ def adopt(container_id: str) -> str:
     """Accept an ID a real runtime made for this run (dockerd, containerd: random, 64 hex)."""
     if len(container_id) >= 32:
         _ISSUED.add(container_id)
+        session_watch.note("token", container_id)
     return container_id
 
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from helpers import session_watch
 from helpers.plugin import SRC
 
 SOCKET = "plugin.sock"
@@ -30,6 +31,7 @@ def start_server(state_dir: Path, log: Path | None = None, mode: str | None = No
                             env=dict(os.environ, SMARTER_CNI_STATE_DIR=str(state_dir), **(env or {})))
     if log:
         out.close()
+    session_watch.track_process(proc.pid)  # ended by the watchdog if pytest is killed
     deadline = time.monotonic() + 20
     while not (state_dir / SOCKET).exists():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import session_watch
 from helpers.netns import run_id, unique
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -153,6 +154,7 @@ class DnsService:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(self.argv(), env=env, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=log)
+        session_watch.track_process(self.proc.pid)  # ended by the watchdog if pytest is killed
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -212,6 +214,7 @@ class Dnsmasq:
         argv += self.extra
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
+        session_watch.track_process(self.proc.pid)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -301,6 +304,7 @@ class NetnsUpstream:
         argv += [arg.replace("{IF}", self.ns_if) for arg in self.extra]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # `ip netns exec` execs dnsmasq
+        session_watch.track_process(self.proc.pid)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
