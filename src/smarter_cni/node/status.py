@@ -276,9 +276,12 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
             state = f"answering ({dns['answer']})" if dns["answering"] else f"NOT answering: {dns['answer']}"
             rows.append(("dns", f"{dns['address']}:53 {state}, service: {dns['service']}"))
             if dns.get("metrics"):
-                from ..dns.metrics import DEFAULT_PORT, summary
+                from ..dns.metrics import DEFAULT_PORT, summary, watch_summary
 
                 rows.append(("counters", summary(dns["metrics"])))
+                watches = watch_summary(dns["metrics"])
+                if watches:  # `dns --kubeconfig`: Services, headless EndpointSlices
+                    rows.append(("kube watch", watches))
                 rows.append(("metrics", f"http://{dns['address']}:{DEFAULT_PORT}/metrics"))
         if "resident" in data:
             rows.append(("resident", resident_summary(data["resident"])))
