@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also answer clients in this IPv4 range (repeatable)")
     parser.add_argument("--kubeconfig", metavar="FILE",
                         help="answer Service names from one list+watch of Services "
-                             "(dns/services.py)")
+                             "(dns/services.py) and headless Services' endpoints from one "
+                             "of their EndpointSlices (dns/endpoints.py)")
     parser.add_argument("--service-cidr", default="10.43.0.0/16", metavar="CIDR",
                         help="its first address answers kubernetes.default until the "
                              "Services are listed (k3s' default 10.43.0.0/16)")
@@ -329,12 +330,14 @@ def run(args: argparse.Namespace) -> int:
             added_to = done.rsplit(" ", 1)[-1]
     raise_file_limit()
     if args.kubeconfig:
+        from .endpoints import start as start_endpoints
         from .services import start as start_services
 
         try:
-            start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
+            watch = start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
         except (OSError, ValueError) as err:
             raise SettingsError(f"Service names: {err}") from None
+        start_endpoints(args.kubeconfig, watch.services)  # headless Services' endpoints
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.net_subnet, conf.net_prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,
