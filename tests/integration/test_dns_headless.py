@@ -170,6 +170,14 @@ def test_watch_events_show_and_remove_endpoints_within_a_bounded_time(env):
           "(dig polling every 20 ms included)")
 
 
+def _wait_watching(api: StandinAPI) -> None:
+    """Until both watches are open (a list lands before its watch request does)."""
+    deadline = time.monotonic() + 10
+    while api.open_watches("endpointslices") < 1 or api.open_watches("services") < 1:
+        assert time.monotonic() < deadline, "the watches never opened"
+        time.sleep(0.01)
+
+
 def test_a_410_relist_keeps_the_answers_right(env):
     """Stand-in API over real HTTPS; real DNS process; real dig. Changes made while the
     DNS service could not watch are only seen through the relist the 410 forces."""
@@ -179,6 +187,7 @@ def test_a_410_relist_keeps_the_answers_right(env):
     env.wait_for(DB, ["10.42.0.50"])
     assert api.count("get endpointslices") == 2, "the 410 forced exactly one relist"
 
+    _wait_watching(api)
     api.refuse = True     # the API server is away; changes happen meanwhile
     api.cut_watches()
     time.sleep(0.3)
@@ -201,6 +210,7 @@ def test_a_410_relist_keeps_the_answers_right(env):
 def test_a_cut_watch_reconnects_without_a_relist(env):
     """Stand-in API over real HTTPS; real DNS process; real dig."""
     api = env.api
+    _wait_watching(api)
     api.cut_watches("endpointslices")   # a proxy or the server ended the stream
     deadline = time.monotonic() + 10
     while api.count("watch endpointslices") < 2:
