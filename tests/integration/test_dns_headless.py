@@ -58,7 +58,8 @@ def _cluster(api: StandinAPI) -> None:
 
 
 class Env:
-    def __init__(self, tmp_path: Path, state_dir: Path, api: StandinAPI, pki: dict) -> None:
+    def __init__(self, tmp_path: Path, state_dir: Path, api: StandinAPI, pki: dict,
+                 extra: tuple[str, ...] = ()) -> None:
         self.listen = unique_loopback()
         self.api = api
         self.registry = Registry(state_dir)
@@ -66,7 +67,7 @@ class Env:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, pki)
         self.dns = DnsService(tmp_path, self.listen, state_dir, write_conflist(tmp_path),
                               extra=["--no-address-setup", "--kubeconfig", str(kubeconfig),
-                                     "--verbose"])
+                                     "--verbose", *extra])
 
     def dig(self, *args: str, **kw):
         return dig(self.listen, *args, **kw)
@@ -249,6 +250,23 @@ def test_metrics_and_status_show_the_endpointslice_watch(env):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert "endpointslices DOWN" in metrics.watch_summary(metrics.fetch_counters(env.listen))
+
+
+def test_endpoints_node_keeps_only_this_nodes_endpoints(tmp_path, state_dir, pki):
+    """Stand-in API over real HTTPS; real DNS process with --endpoints-node; real dig."""
+    with StandinAPI(pki) as api:
+        _cluster(api)
+        made = Env(tmp_path, state_dir, api, pki, ("--endpoints-node", "gw-1"))
+        made.dns.start()
+        try:
+            made.wait_for(DB, ["10.42.0.5", "10.42.0.7"])   # 10.42.0.8 is on gw-2
+            assert made.values(f"db-0.{DB}", "AAAA") == ["fd00:42::5"]
+            api.put_slice(endpoint_slice("db", [endpoint("10.42.0.5", "db-0", node_name="gw-2"),
+                                                endpoint("10.42.0.9", "db-9")], "data"))
+            made.wait_for(DB, ["10.42.0.9"])
+            assert made.dig(f"db-0.{DB}").answers == [], "db-0 moved to another node"
+        finally:
+            made.dns.stop()
 
 
 def test_figures_memory_per_100_endpoints():

@@ -12,10 +12,14 @@ them), so a cluster's ClusterIP Services cost nothing here. Answers (TTL 5 s):
 - a headless Service with no ready endpoint: NOERROR without data (the Service
   name exists: dns/services.py answers it).
 
-Every endpoint the API reports is answered, on any node: the slice says where
-a pod runs (nodeName) but not whether its address routes from here, which
-depends on the cluster (docs/k3s.md). No filtering keeps the answers the
-ones the Kubernetes DNS specification gives.
+By default every endpoint the API reports is answered, on any node, as the
+Kubernetes DNS specification says: the slice says where a pod runs
+(nodeName) but not whether its address routes from here, and some do from
+anywhere (host-network pods' node addresses; clusters that route pod CIDRs).
+`dns --endpoints-node NAME` keeps only the endpoints on node NAME (and those
+without a nodeName): on the node-local default, other nodes' pod addresses
+do not route here and may even be a local pod's (every node hands out the
+same subnet), and a big cluster's endpoints then cost nothing here.
 
 Held per slice: the Service's name and, per ready endpoint, its hostname and
 addresses (strings); per Service name and hostname name: the encoded records
@@ -37,10 +41,11 @@ PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 TTL = 5
 
 
-def parse_slice(obj: Any) -> tuple[str, str, str, tuple] | None:
+def parse_slice(obj: Any, node: str = "") -> tuple[str, str, str, tuple] | None:
     """(namespace, slice name, Service name, ((hostname, addresses), ...)) of an
     EndpointSlice: only ready endpoints, only addresses of the slice's family. None
-    when the object is unusable; the Service name is "" when the slice names none."""
+    when the object is unusable; the Service name is "" when the slice names none.
+    With `node`, endpoints on other nodes are left out too."""
     if not isinstance(obj, dict):
         return None
     meta = obj.get("metadata")
@@ -65,6 +70,9 @@ def parse_slice(obj: Any) -> tuple[str, str, str, tuple] | None:
             ready = conditions.get("ready") if isinstance(conditions, dict) else None
             if ready is False:
                 continue
+            where = endpoint.get("nodeName")
+            if node and isinstance(where, str) and where and where != node:
+                continue
             addresses = endpoint.get("addresses")
             if not isinstance(addresses, list):
                 continue
@@ -81,8 +89,9 @@ class Endpoints:
     kept by the EndpointSlice watch; consulted by Services.answer, whose `generation`
     it bumps (the DNS loop then clears its answer caches)."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, node: str = "") -> None:
         self.services = services
+        self.node = node   # only endpoints on this node ("": all)
         self.slices: dict[tuple[str, str], tuple[str, tuple]] = {}   # (ns, slice) -> parsed
         self.by_service: dict[tuple[str, str], set[str]] = {}         # (ns, svc) -> slices
         self.names: dict[bytes, Rec] = {}
@@ -98,7 +107,7 @@ class Endpoints:
         slices: dict[tuple[str, str], tuple[str, tuple]] = {}
         by_service: dict[tuple[str, str], set[str]] = {}
         for obj in objects:
-            parsed = parse_slice(obj)
+            parsed = parse_slice(obj, self.node)
             if parsed is None or not parsed[2]:
                 continue
             namespace, name, service, endpoints = parsed
@@ -117,7 +126,7 @@ class Endpoints:
 
     def apply(self, kind: str, obj: Any) -> bool:
         """One watch event; True when answers changed."""
-        parsed = parse_slice(obj)
+        parsed = parse_slice(obj, self.node)
         if parsed is None:
             return False
         namespace, name, service, endpoints = parsed
@@ -219,8 +228,9 @@ class EndpointSliceWatch(ListWatch):
                          selector=SELECTOR, **kw)
 
 
-def start(kubeconfig_path: str, services: Services) -> EndpointSliceWatch:
-    """Headless Services' endpoints for the DNS service, consulted by `services` from now on."""
-    endpoints = Endpoints(services)
+def start(kubeconfig_path: str, services: Services, node: str = "") -> EndpointSliceWatch:
+    """Headless Services' endpoints for the DNS service, consulted by `services` from now on
+    (with `node`: only that node's)."""
+    endpoints = Endpoints(services, node)
     services.endpoints = endpoints
     return EndpointSliceWatch(kubeconfig_path, endpoints).start()
