@@ -269,6 +269,35 @@ def test_endpoints_node_keeps_only_this_nodes_endpoints(tmp_path, state_dir, pki
             made.dns.stop()
 
 
+def test_figures_rss_per_100_endpoints(tmp_path, state_dir, pki):
+    """Stand-in API over real HTTPS; the real DNS process's RSS with no endpoint and with
+    2000 (20 headless Services of 100 pods with hostnames), the list's parse included."""
+    rss = []
+    for count in (0, 20):
+        with StandinAPI(pki) as api:
+            api.put_service(service("probe", "apps", cluster_ip="None"))
+            api.put_slice(endpoint_slice("probe", [endpoint("10.42.250.1", "p-0")], "apps"))
+            for n in range(count):
+                api.put_service(service(f"set{n}", "apps", cluster_ip="None"))
+                api.put_slice(endpoint_slice(f"set{n}", [
+                    endpoint(f"10.42.{n}.{i + 1}", f"set{n}-{i}") for i in range(100)], "apps"))
+            made = Env(tmp_path, state_dir, api, pki)
+            made.dns.start()
+            try:
+                made.wait_for(f"p-0.probe.apps.{D}", ["10.42.250.1"])
+                if count:
+                    made.wait_for(f"set{count - 1}-99.set{count - 1}.apps.{D}",
+                                  [f"10.42.{count - 1}.100"])
+                time.sleep(1.0)
+                rss.append(made.dns.rss_kib())
+            finally:
+                made.dns.stop()
+    per_100 = (rss[1] - rss[0]) / 20
+    print(f"\nRSS with 1 endpoint {rss[0]} KiB, with 2001 {rss[1]} KiB: "
+          f"{per_100:.0f} KiB per 100 endpoints (the list's parse included)")
+    assert per_100 < 1024, "well under 10 KB of RSS per endpoint"
+
+
 def test_figures_memory_per_100_endpoints():
     """In process (no API server needed): what the table holds per endpoint, with
     StatefulSet-style hostnames, 10 headless Services of 100 endpoints each."""
