@@ -98,3 +98,17 @@ def test_hostnames_that_are_not_one_label_are_ignored():
     assert _ask(services, f"a.b.db.data.{D}") is None
     assert _ask(services, f"ok.db.data.{D}") == (wire.NOERROR, 1)
     assert len(endpoints.names) == 2
+
+
+def test_status_reports_a_watch_that_is_down():
+    from smarter_cni.node.status import Report, watch_problems
+
+    report = Report()
+    counters = {"pods": 3.0, "watch_services_up": 1.0, "watch_endpointslices_up": 0.0}
+    watch_problems(report, counters, {"dns_service": "systemd"})
+    assert len(report.problems) == 1, report.problems
+    assert "not watching endpointslices" in report.problems[0]["problem"]
+    assert "journalctl -u" in report.problems[0]["fix"]
+    report = Report()
+    watch_problems(report, {"pods": 1.0}, {})
+    assert report.problems == [], "no kubeconfig: no watch, no problem"

@@ -85,6 +85,7 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
                        _dns_fix(record))
     else:
         report.data["dns"]["metrics"] = _dns_counters(conf.dns_address)
+        watch_problems(report, report.data["dns"]["metrics"] or {}, record)
     if conf.dns_address6:  # the IPv6 listener (dnsAddress6) is asked as well
         answered6, said6 = dns_answers(conf.dns_address6, conf.domain, 1.0)
         report.data["dns6"] = {"address": conf.dns_address6, "answering": answered6,
@@ -174,6 +175,19 @@ def _dns_counters(address: str) -> dict[str, float] | None:
         return metrics.fetch_counters(address, timeout=1.0)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def watch_problems(report: Report, counters: dict[str, float], record: dict[str, Any]) -> None:
+    """A Kubernetes watch of the DNS service (`dns --kubeconfig`) that is not up: its
+    names keep their last answers, but changes no longer reach them."""
+    for key, value in counters.items():
+        if key.startswith("watch_") and key.endswith("_up") and not value:
+            resource = key[len("watch_"):-len("_up")]
+            report.problem(f"the node DNS service is not watching {resource} on the API server "
+                           "(the last known answers are kept; changes are not seen)",
+                           "check the kubeconfig it was given and that its user may list and "
+                           f"watch {resource} (docs/k3s.md); its log: "
+                           + service.dns_log_hint(record.get("dns_service", "")))
 
 
 def _dns_fix(record: dict[str, Any]) -> str:
