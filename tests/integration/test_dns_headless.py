@@ -223,6 +223,30 @@ def test_a_cut_watch_reconnects_without_a_relist(env):
     assert api.count("watch services") == 1, "the Services watch was not touched"
 
 
+def test_a_restart_while_the_api_is_away_answers_the_last_known_endpoints(env):
+    """Stand-in API over real HTTPS; real DNS process restarted; real dig."""
+    api = env.api
+    api.put_slice(endpoint_slice("db", [endpoint("10.42.0.5", "db-0"),
+                                        endpoint("10.42.0.6", "db-1")], "data"))
+    env.wait_for(DB, ["10.42.0.5", "10.42.0.6"])
+    cache = env.registry.state_dir / "endpoints.json"
+    assert cache.is_file() and oct(cache.stat().st_mode & 0o777) == "0o600"
+    env.dns.stop()
+    api.refuse = True
+    env.dns.start()
+    assert env.values(DB) == ["10.42.0.5", "10.42.0.6"]
+    assert env.values(f"db-1.{DB}") == ["10.42.0.6"]
+    assert env.values(DB, "AAAA") == ["fd00:42::5"]
+    assert "endpointslices: 3 answering from" in env.dns.log_path.read_text()
+    api.delete_slice("data", "db-ipv6x7k2p")   # changed while we were away
+    api.put_slice(endpoint_slice("db", [endpoint("10.42.0.6", "db-1")], "data"))
+    api.refuse = False
+    env.wait_for(DB, ["10.42.0.6"], timeout=30)   # the restart's list replaces the cache
+    env.wait_for(DB, [], "AAAA")
+    assert env.dig(f"db-0.{DB}").status == "NXDOMAIN"
+    assert api.count("get endpointslices") == 2
+
+
 def test_metrics_and_status_show_the_endpointslice_watch(env):
     """Stand-in API over real HTTPS; the real service's /metrics."""
     from smarter_cni.dns import metrics

@@ -21,6 +21,10 @@ without a nodeName): on the node-local default, other nodes' pod addresses
 do not route here and may even be a local pod's (every node hands out the
 same subnet), and a big cluster's endpoints then cost nothing here.
 
+The last known endpoints keep answering while the API server is away, also
+across a restart of the DNS service (endpoints.json in the state dir, as
+services.json; a restart lists again first thing).
+
 Held per slice: the Service's name and, per ready endpoint, its hostname and
 addresses (strings); per Service name and hostname name: the encoded records
 (shared between the two names). Nothing else of a slice is kept.
@@ -28,6 +32,8 @@ addresses (strings); per Service name and hostname name: the encoded records
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 from typing import Any
 
@@ -105,13 +111,17 @@ class Endpoints:
     def replace_all(self, objects: list[Any]) -> None:
         """After a list: every Service's names again, in one swap."""
         slices: dict[tuple[str, str], tuple[str, tuple]] = {}
-        by_service: dict[tuple[str, str], set[str]] = {}
         for obj in objects:
             parsed = parse_slice(obj, self.node)
-            if parsed is None or not parsed[2]:
-                continue
-            namespace, name, service, endpoints = parsed
-            slices[(namespace, name)] = (service, endpoints)
+            if parsed is not None and parsed[2]:
+                slices[(parsed[0], parsed[1])] = (parsed[2], parsed[3])
+        self.replace_slices(slices)
+        self.synced = True
+
+    def replace_slices(self, slices: dict[tuple[str, str], tuple[str, tuple]]) -> None:
+        """The table from parsed slices (a list, or the cache file)."""
+        by_service: dict[tuple[str, str], set[str]] = {}
+        for (namespace, name), (service, _) in slices.items():
             by_service.setdefault((namespace, service), set()).add(name)
         names: dict[bytes, Rec] = {}
         owned: dict[tuple[str, str], tuple[bytes, ...]] = {}
@@ -122,7 +132,28 @@ class Endpoints:
         with self.services.lock:
             self.slices, self.by_service, self.names, self.owned = slices, by_service, names, owned
             self.services.generation += 1
-        self.synced = True
+
+    def save(self, path: str) -> None:
+        """The known endpoints, so a restart while the API server is away still answers."""
+        from ..files import write_atomic
+
+        with self.services.lock:
+            rows = [[ns, name, svc, [[host, list(addrs)] for host, addrs in eps]]
+                    for (ns, name), (svc, eps) in self.slices.items()]
+        write_atomic(path, json.dumps({"version": 1, "slices": rows}), 0o600)
+
+    def load(self, path: str) -> int:
+        """Answer from the cache file until the first list lands; the count loaded."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                rows = json.load(handle).get("slices") or []
+            slices = {(str(ns), str(name)): (str(svc), tuple(
+                (str(host), tuple(str(a) for a in addrs)) for host, addrs in eps))
+                for ns, name, svc, eps in rows}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0
+        self.replace_slices(slices)
+        return len(slices)
 
     def apply(self, kind: str, obj: Any) -> bool:
         """One watch event; True when answers changed."""
@@ -222,15 +253,30 @@ def _record(address: str) -> bytes:
 class EndpointSliceWatch(ListWatch):
     """One list+watch of headless Services' EndpointSlices; answers live in `endpoints`."""
 
-    def __init__(self, kubeconfig_path: str, endpoints: Endpoints, **kw: Any) -> None:
+    def __init__(self, kubeconfig_path: str, endpoints: Endpoints, cache_path: str = "",
+                 **kw: Any) -> None:
         self.endpoints = endpoints
         super().__init__("endpointslices", PATH, kubeconfig_path, endpoints,
-                         selector=SELECTOR, **kw)
+                         selector=SELECTOR,
+                         save=(lambda: endpoints.save(cache_path)) if cache_path else None, **kw)
 
 
-def start(kubeconfig_path: str, services: Services, node: str = "") -> EndpointSliceWatch:
+def start(kubeconfig_path: str, services: Services, node: str = "",
+          state_dir: str = "") -> EndpointSliceWatch:
     """Headless Services' endpoints for the DNS service, consulted by `services` from now on
-    (with `node`: only that node's)."""
+    (with `node`: only that node's). With a state dir, the last known endpoints are kept
+    there and answer at once after a restart, until the first list replaces them."""
+    from .log import log
+
     endpoints = Endpoints(services, node)
+    cache = ""
+    if state_dir:
+        from ..paths import ENDPOINTS_CACHE
+
+        cache = os.path.join(state_dir, ENDPOINTS_CACHE)
+        loaded = endpoints.load(cache)
+        if loaded:
+            log.info("endpointslices: %d answering from %s until the API server lists them",
+                     loaded, cache)
     services.endpoints = endpoints
-    return EndpointSliceWatch(kubeconfig_path, endpoints).start()
+    return EndpointSliceWatch(kubeconfig_path, endpoints, cache).start()

@@ -340,7 +340,8 @@ def run(args: argparse.Namespace) -> int:
             watch = start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
         except (OSError, ValueError) as err:
             raise SettingsError(f"Service names: {err}") from None
-        start_endpoints(args.kubeconfig, watch.services, args.endpoints_node)  # headless
+        start_endpoints(args.kubeconfig, watch.services, args.endpoints_node,  # headless
+                        state_dir)
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.net_subnet, conf.net_prefix,
                         acl_module.Acl(subnets), upstreams, args.upstream_timeout,
