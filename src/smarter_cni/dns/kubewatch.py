@@ -151,6 +151,7 @@ class ListWatch:
                 connection.close()
             items += page.get("items") or []
             meta = page.get("metadata") or {}
+            page = None  # its items are in `items`: one copy of the list at most
             token = meta.get("continue")
             if not token:
                 break
