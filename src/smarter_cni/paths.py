@@ -16,13 +16,14 @@ LOCK_FILE = "lock"
 PLUGIN_LOG = "smarter-cni.log"
 DNS_LOG = "dns.log"
 SERVICES_CACHE = "services.json"  # the DNS service's last known Services (dns/services.py)
+ENDPOINTS_CACHE = "endpoints.json"  # ... and headless Services' endpoints (dns/endpoints.py)
 SUPERVISOR_PIDFILE = "dns-supervisor.pid"
 REPAIRS_FILE = "repairs.json"
 PLUGIN_SOCKET = "plugin.sock"  # the resident plugin server's (resident.py; = client.SOCKET_NAME)
 PLUGIN_UNRESPONSIVE = "plugin.unresponsive"  # = client.UNRESPONSIVE_NAME
 PLUGIN_POOL = "plugin.pool"  # the resident server's pool counts, for `smarter-cni status`
 STATE_FILES = (ATTACHMENTS_FILE, LOCK_FILE, PLUGIN_LOG, PLUGIN_LOG + ".1", DNS_LOG, SERVICES_CACHE,
-               SUPERVISOR_PIDFILE, REPAIRS_FILE, PLUGIN_SOCKET, PLUGIN_UNRESPONSIVE, PLUGIN_POOL)
+               ENDPOINTS_CACHE, SUPERVISOR_PIDFILE, REPAIRS_FILE, PLUGIN_SOCKET, PLUGIN_UNRESPONSIVE, PLUGIN_POOL)
 
 
 def is_state_file(name: str) -> bool:

@@ -10,7 +10,13 @@ authentication made with `openssl` for each test:
   a chunked stream of watch events (ADDED, MODIFIED, DELETED, BOOKMARK), and
   an ERROR event holding a 410 Gone Status when RV is older than the server
   keeps (what a real API server does after compaction), which forces a relist;
+- GET /apis/discovery.k8s.io/v1/endpointslices[?labelSelector=KEY] -> an
+  EndpointSliceList, and its watch, the same way (events, bookmarks, 410);
+  a label selector `KEY` (exists) or `KEY=VALUE` filters lists and watches
+  as the real server does (an object that stops matching is sent DELETED);
 - Status objects with the real codes for 401, 403 and 404.
+
+resourceVersions are one counter for every kind, as etcd's revision is.
 
 Tests drive it from outside: add/modify/delete services (each bumps the
 resourceVersion and is sent to open watches), send bookmarks, expire old
@@ -133,6 +139,67 @@ def service(name: str, namespace: str = "default", cluster_ip: str | None = "10.
             "spec": spec, "status": {"loadBalancer": {}}}
 
 
+def endpoint_slice(service_name: str, endpoints: list[dict], namespace: str = "default",
+                   name: str = "", address_type: str = "IPv4", headless: bool = True,
+                   ports: list[dict] | None = None) -> dict[str, Any]:
+    """An EndpointSlice as the EndpointSlice controller makes it for a Service (labels
+    kubernetes.io/service-name, endpointslice.kubernetes.io/managed-by and, for a
+    headless Service, service.kubernetes.io/headless)."""
+    labels = {"kubernetes.io/service-name": service_name,
+              "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+              "app": service_name}
+    if headless:
+        labels["service.kubernetes.io/headless"] = ""
+    return {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+            "metadata": {"name": name or f"{service_name}-{address_type.lower()}x7k2p",
+                         "generateName": f"{service_name}-", "namespace": namespace,
+                         "uid": f"uid-slice-{namespace}-{service_name}-{address_type}",
+                         "labels": labels,
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
+                                              "name": service_name, "controller": True,
+                                              "blockOwnerDeletion": True,
+                                              "uid": f"uid-{namespace}-{service_name}"}]},
+            "addressType": address_type, "endpoints": endpoints, "ports": ports or []}
+
+
+def endpoint(address: str | list[str], hostname: str = "", ready: bool | None = True,
+             node_name: str = "gw-1", pod: str = "") -> dict[str, Any]:
+    """One endpoint of a slice; `ready=None` leaves the condition out (the API: ready)."""
+    conditions: dict[str, Any] = {}
+    if ready is not None:
+        conditions = {"ready": ready, "serving": ready, "terminating": False}
+    out: dict[str, Any] = {"addresses": [address] if isinstance(address, str) else address,
+                           "conditions": conditions, "nodeName": node_name}
+    if hostname:
+        out["hostname"] = hostname
+    if pod:
+        out["targetRef"] = {"kind": "Pod", "namespace": "default", "name": pod,
+                            "uid": f"uid-pod-{pod}"}
+    return out
+
+
+RESOURCES = {("api", "v1", "services"): ("services", "Service", "ServiceList", "v1"),
+             ("apis", "discovery.k8s.io", "v1", "endpointslices"):
+             ("endpointslices", "EndpointSlice", "EndpointSliceList", "discovery.k8s.io/v1")}
+
+
+def _matches(obj: dict, selector: str) -> bool:
+    """A label selector of `key`, `!key`, `key=value` terms, comma-separated (the subset
+    clients here send)."""
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for term in filter(None, selector.split(",")):
+        if term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif "=" in term:
+            key, _, value = term.partition("=")
+            if labels.get(key.rstrip("=")) != value:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
 class StandinAPI:
     """The server. Use as a context manager; `url` is its https://127.0.0.1:PORT."""
 
@@ -143,11 +210,14 @@ class StandinAPI:
         self.nodes = nodes or {}
         self.lock = threading.Lock()
         self.services: dict[tuple[str, str], dict] = {}
+        self.slices: dict[tuple[str, str], dict] = {}
+        self.stores = {"services": self.services, "endpointslices": self.slices}
         self.version = 1000
         self.oldest_watchable = 0          # a watch from before this gets 410 Gone
-        self.history: list[tuple[int, str, dict]] = []   # (rv, type, object) for watch replay
-        self.watchers: list[queue.Queue] = []
-        self.requests: dict[str, int] = {}
+        # (rv, resource, type, object, old object) for watch replay
+        self.history: list[tuple[int, str, str, dict, dict | None]] = []
+        self.watchers: list[tuple[str, queue.Queue]] = []   # (resource, feed)
+        self.requests: dict[str, int] = {}   # "get"/"watch" (any resource), "get endpointslices"
         self.request_log: list[str] = []
         self.refuse = False                # answer nothing (connection closed at once)
         self.list_pause = 0.0
@@ -184,33 +254,48 @@ class StandinAPI:
 
     def put_service(self, obj: dict) -> int:
         """Add or replace a service; open watches get ADDED or MODIFIED. Returns its RV."""
+        return self._put("services", obj)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self._delete("services", namespace, name)
+
+    def put_slice(self, obj: dict) -> int:
+        """Add or replace an EndpointSlice (endpoint_slice()); watches get ADDED/MODIFIED."""
+        return self._put("endpointslices", obj)
+
+    def delete_slice(self, namespace: str, name: str) -> None:
+        self._delete("endpointslices", namespace, name)
+
+    def _put(self, resource: str, obj: dict) -> int:
         obj = copy.deepcopy(obj)
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        store = self.stores[resource]
         with self.lock:
             self.version += 1
             obj["metadata"]["resourceVersion"] = str(self.version)
-            kind = "MODIFIED" if key in self.services else "ADDED"
-            self.services[key] = obj
-            self._emit(kind, obj)
+            old = store.get(key)
+            store[key] = obj
+            self._emit(resource, "MODIFIED" if old is not None else "ADDED", obj, old)
             return self.version
 
-    def delete_service(self, namespace: str, name: str) -> None:
+    def _delete(self, resource: str, namespace: str, name: str) -> None:
         with self.lock:
-            obj = self.services.pop((namespace, name))
+            obj = self.stores[resource].pop((namespace, name))
             self.version += 1
             obj = copy.deepcopy(obj)
             obj["metadata"]["resourceVersion"] = str(self.version)
-            self._emit("DELETED", obj)
+            self._emit(resource, "DELETED", obj, None)
 
     def bookmark(self) -> None:
         """A BOOKMARK event to every open watch (the server's current resourceVersion)."""
         with self.lock:
             self.version += 1   # time moves on (other kinds of objects change)
-            event = {"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1",
-                     "metadata": {"resourceVersion": str(self.version),
-                                  "annotations": {"k8s.io/initial-events-end": "true"}}}}
-            for watcher in self.watchers:
-                watcher.put(event)
+            for resource, watcher in self.watchers:
+                _, kind, _, api_version = _resource_by_name(resource)
+                watcher.put({"type": "BOOKMARK", "object": {
+                    "kind": kind, "apiVersion": api_version,
+                    "metadata": {"resourceVersion": str(self.version),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}}}})
 
     def compact(self, send_gone: bool = True) -> None:
         """Forget history: resuming from any earlier version now gets 410 Gone. With
@@ -219,24 +304,28 @@ class StandinAPI:
             self.oldest_watchable = self.version
             self.history.clear()
             if send_gone:
-                for watcher in self.watchers:
+                for _, watcher in self.watchers:
                     watcher.put(_gone_event(self.version))
                     watcher.put(None)
 
-    def cut_watches(self) -> None:
-        """End every open watch stream (the server restarted or a proxy timed out)."""
+    def cut_watches(self, resource: str = "") -> None:
+        """End every open watch stream (the server restarted or a proxy timed out), or
+        only those of `resource`."""
         with self.lock:
-            for watcher in self.watchers:
-                watcher.put(None)
+            for watching, watcher in self.watchers:
+                if not resource or watching == resource:
+                    watcher.put(None)
 
-    def open_watches(self) -> int:
+    def open_watches(self, resource: str = "") -> int:
         with self.lock:
-            return len(self.watchers)
+            return sum(1 for watching, _ in self.watchers if not resource or watching == resource)
 
-    def _emit(self, kind: str, obj: dict) -> None:
-        self.history.append((self.version, kind, copy.deepcopy(obj)))
-        for watcher in self.watchers:
-            watcher.put({"type": kind, "object": copy.deepcopy(obj)})
+    def _emit(self, resource: str, kind: str, obj: dict, old: dict | None) -> None:
+        self.history.append((self.version, resource, kind, copy.deepcopy(obj),
+                             copy.deepcopy(old)))
+        for watching, watcher in self.watchers:
+            if watching == resource:
+                watcher.put(("change", kind, copy.deepcopy(obj), copy.deepcopy(old)))
 
     # ------------------------------------------------------------ HTTP
 
@@ -282,23 +371,27 @@ class StandinAPI:
                 url = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(url.query))
                 kind = "watch" if query.get("watch") in ("1", "true") else "get"
+                parts = url.path.strip("/").split("/")
+                resource = RESOURCES.get(tuple(parts), ("",))[0]
                 with api.lock:
                     api.requests[kind] = api.requests.get(kind, 0) + 1
+                    if resource:
+                        key = f"{kind} {resource}"
+                        api.requests[key] = api.requests.get(key, 0) + 1
                     api.request_log.append(self.path)
                 if not self._authorized():
                     return
-                parts = url.path.strip("/").split("/")
                 if parts[:3] == ["api", "v1", "nodes"] and len(parts) == 4:
                     found = api.nodes.get(parts[3])
                     if found is None:
                         self._json(404, status(404, "NotFound", f'nodes "{parts[3]}" not found'))
                     else:
                         self._json(200, found)
-                elif parts == ["api", "v1", "services"]:
+                elif resource:
                     if kind == "watch":
-                        self._watch(query)
+                        self._watch(resource, query)
                     else:
-                        self._list()
+                        self._list(resource, query)
                 else:
                     self._json(404, status(404, "NotFound", "the server could not find the "
                                            "requested resource"))
@@ -322,29 +415,35 @@ class StandinAPI:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _list(self) -> None:
+            def _list(self, resource: str, query: dict[str, str]) -> None:
+                _, kind, list_kind, api_version = _resource_by_name(resource)
+                selector = query.get("labelSelector", "")
                 with api.lock:
-                    items = [copy.deepcopy(s) for s in api.services.values()]
+                    items = [copy.deepcopy(s) for s in api.stores[resource].values()
+                             if _matches(s, selector)]
                     version = api.version
-                for item in items:
-                    item.setdefault("kind", "Service")
-                self._json(200, {"kind": "ServiceList", "apiVersion": "v1",
+                for item in items:  # a real list leaves kind/apiVersion out of its items
+                    item.pop("kind", None)
+                    item.pop("apiVersion", None)
+                self._json(200, {"kind": list_kind, "apiVersion": api_version,
                                  "metadata": {"resourceVersion": str(version)}, "items": items})
 
-            def _watch(self, query: dict[str, str]) -> None:
+            def _watch(self, resource: str, query: dict[str, str]) -> None:
                 try:
                     since = int(query.get("resourceVersion") or "0")
                 except ValueError:
                     self._json(400, status(400, "BadRequest", "bad resourceVersion"))
                     return
+                selector = query.get("labelSelector", "")
+                _, object_kind, _, api_version = _resource_by_name(resource)
                 feed: queue.Queue = queue.Queue()
                 with api.lock:
                     gone = since < api.oldest_watchable
                     if not gone:
-                        for rv, kind, obj in api.history:
-                            if rv > since:
-                                feed.put({"type": kind, "object": copy.deepcopy(obj)})
-                        api.watchers.append(feed)
+                        for rv, watching, kind, obj, old in api.history:
+                            if rv > since and watching == resource:
+                                feed.put(("change", kind, copy.deepcopy(obj), copy.deepcopy(old)))
+                        api.watchers.append((resource, feed))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -361,14 +460,19 @@ class StandinAPI:
                             break
                         if event is None:
                             break
+                        if isinstance(event, tuple):  # filter as the real server does
+                            event = _filtered(event, selector)
+                            if event is None:
+                                continue
+                            event["object"].update(kind=object_kind, apiVersion=api_version)
                         if event["type"] == "BOOKMARK" and \
                                 query.get("allowWatchBookmarks") != "true":
                             continue
                         self._chunk(event)
                 finally:
                     with api.lock:
-                        if feed in api.watchers:
-                            api.watchers.remove(feed)
+                        if (resource, feed) in api.watchers:
+                            api.watchers.remove((resource, feed))
                     try:
                         self.wfile.write(b"0\r\n\r\n")
                         self.wfile.flush()
@@ -389,6 +493,27 @@ class _QuietServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hung up mid-stream is normal here
+
+
+def _resource_by_name(resource: str) -> tuple[str, str, str, str]:
+    return next(v for v in RESOURCES.values() if v[0] == resource)
+
+
+def _filtered(change: tuple, selector: str) -> dict | None:
+    """The event a watch with `selector` sees for one change: an object that stops
+    matching is DELETED for it, one that starts matching ADDED (the apiserver's cacher)."""
+    _, kind, obj, old = change
+    now = _matches(obj, selector)
+    before = old is not None and _matches(old, selector)
+    if kind == "DELETED":
+        return {"type": "DELETED", "object": obj} if now else None
+    if now and before:
+        return {"type": "MODIFIED", "object": obj}
+    if now:
+        return {"type": "ADDED", "object": obj}
+    if before:
+        return {"type": "DELETED", "object": obj}
+    return None
 
 
 def _gone_event(since: int) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def test_a_pod_name_wins_over_a_service_of_the_same_name(env):
 
 def test_the_watch_follows_changes_bookmarks_and_a_410_relist(env):
     api = env.api
-    assert api.count("get") == 1, "one list"
+    assert api.count("get services") == 1, "one list"
     started = time.monotonic()
     api.put_service(service("new", "apps", cluster_ip="10.43.1.1"))
     env.wait_for(f"new.apps.{D}", ["10.43.1.1"])
@@ -167,12 +167,12 @@ def test_the_watch_follows_changes_bookmarks_and_a_410_relist(env):
     env.wait_for(f"new.apps.{D}", [])
     assert env.dig(f"new.apps.{D}").status == "NXDOMAIN"
     assert env.dig(f"apps.{D}").status == "NXDOMAIN", "the namespace went with its last Service"
-    assert (api.count("get"), api.count("watch")) == (1, 1), "no relist, still one watch"
+    assert (api.count("get services"), api.count("watch services")) == (1, 1), "no relist, still one watch"
 
     api.compact()          # etcd compacted: the open watch gets ERROR 410 and ends
     api.put_service(service("after", "apps", cluster_ip="10.43.1.3"))
     env.wait_for(f"after.apps.{D}", ["10.43.1.3"])
-    assert api.count("get") == 2, "the 410 forced exactly one relist"
+    assert api.count("get services") == 2, "the 410 forced exactly one relist"
     assert env.dig(f"web.default.{D}").values() == ["10.43.0.20"]
     log = env.dns.log_path.read_text()
     assert "410 Gone" in log and "listing again" in log
@@ -190,7 +190,7 @@ def test_known_services_keep_answering_while_the_api_is_unreachable(env):
     api.put_service(service("late", cluster_ip="10.43.2.2"))  # changed while unreachable
     api.refuse = False
     env.wait_for(f"late.default.{D}", ["10.43.2.2"], timeout=30)  # backoff 1, 2, 4 s ...
-    assert api.count("get") == 1, "resumed from the last resourceVersion: no relist"
+    assert api.count("get services") == 1, "resumed from the last resourceVersion: no relist"
     assert "answers again" in env.dns.log_path.read_text()
 
 
@@ -208,7 +208,7 @@ def test_a_restart_while_the_api_is_away_answers_the_last_known_services(env):
     env.api.delete_service("apps", "kept")   # gone while we were away
     env.api.refuse = False
     env.wait_for(f"kept.apps.{D}", [], timeout=30)  # the restart's list replaces the cache
-    assert env.api.count("get") == 2
+    assert env.api.count("get services") == 2
 
 
 def test_kubernetes_default_answers_before_any_list(tmp_path, state_dir, pki):
@@ -316,7 +316,7 @@ def test_api_load_at_steady_state(pki):
             time.sleep(5.5)
         finally:
             watch.close()
-        lists, watches = api.count("get"), api.count("watch")
+        lists, watches = api.count("get services"), api.count("watch services")
     assert lists == 1, "no relist at steady state"
     assert 4 <= watches <= 7, watches
     assert table.count == 5

@@ -12,6 +12,8 @@ Two functions are for the rest of smarter-cni:
   counts each repair it makes (exported as smarter_cni_node_repairs_total).
 - `fetch_counters(address, port)`: `smarter-cni status` reads the main
   counters of the running service.
+- `WATCHES`: the Kubernetes list+watches running in this process
+  (kubewatch.py adds each it starts), exported as smarter_cni_dns_kube_*.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
                5: "REFUSED", 16: "BADVERS"}
 
 REPAIRS: dict[str, int] = {}
+WATCHES: list = []   # the running kubewatch.ListWatch es (Services, EndpointSlices)
 STARTED = time.time()
 
 
@@ -285,10 +288,38 @@ def render(server: Any) -> bytes:
     text.family("smarter_cni_node_repairs_total", "counter",
                 "Repairs made by the node reconciler, per kind.",
                 [({"kind": k}, v) for k, v in sorted(REPAIRS.items())])
+    watch_samples(text)
     text.family("smarter_cni_build_info", "gauge", "A metric with a constant 1 value.",
                 [({"version": __version__}, 1)])
     process_samples(text)
     return text.render()
+
+
+def watch_samples(text: Text) -> None:
+    """The Kubernetes list+watches (Services, EndpointSlices), one label set each."""
+    if not WATCHES:
+        return
+    rows = [({"resource": w.resource}, w) for w in WATCHES]
+    text.family("smarter_cni_dns_kube_watch_up", "gauge",
+                "1 once the resource is listed and while the API server answers the watch.",
+                [(labels, 1 if w.up else 0) for labels, w in rows])
+    text.family("smarter_cni_dns_kube_objects", "gauge",
+                "Objects of the resource held for answers.",
+                [(labels, w.table.count) for labels, w in rows])
+    text.family("smarter_cni_dns_kube_requests_total", "counter",
+                "List (page) and watch requests made to the API server.",
+                [({**labels, "kind": kind}, w.counts[kind])
+                 for labels, w in rows for kind in ("list", "watch")])
+    text.family("smarter_cni_dns_kube_events_total", "counter",
+                "Watch events received (ADDED/MODIFIED/DELETED: event; BOOKMARK: bookmark).",
+                [({**labels, "type": kind}, w.counts[kind + "s"])
+                 for labels, w in rows for kind in ("event", "bookmark")])
+    text.family("smarter_cni_dns_kube_relists_total", "counter",
+                "410 Gone answers that forced a relist.",
+                [(labels, w.counts["gone"]) for labels, w in rows])
+    text.family("smarter_cni_dns_kube_errors_total", "counter",
+                "Failed list/watch attempts (retried with backoff; the last answers kept).",
+                [(labels, w.counts["errors"]) for labels, w in rows])
 
 
 # -- for `smarter-cni status`
@@ -369,7 +400,28 @@ def fetch_counters(address: str, port: int = DEFAULT_PORT, timeout: float = 2.0
         else:
             samples = [v for _, v in metrics.get(spec, [])]
         counters[key] = sum(samples)
+    for labels, value in metrics.get("smarter_cni_dns_kube_watch_up", []):
+        resource = labels.get("resource", "")
+        counters[f"watch_{resource}_up"] = value
+        for name, key in (("smarter_cni_dns_kube_objects", "objects"),
+                          ("smarter_cni_dns_kube_relists_total", "relists"),
+                          ("smarter_cni_dns_kube_errors_total", "errors")):
+            counters[f"watch_{resource}_{key}"] = sum(
+                v for lab, v in metrics.get(name, []) if lab.get("resource") == resource)
     return counters
+
+
+def watch_summary(counters: dict[str, float]) -> str:
+    """One line for `smarter-cni status` about the Kubernetes watches ("" when none run)."""
+    parts = []
+    for key in counters:
+        if key.startswith("watch_") and key.endswith("_up"):
+            resource = key[len("watch_"):-len("_up")]
+            parts.append(f"{resource} {'up' if counters[key] else 'DOWN'} "
+                         f"({int(counters.get(f'watch_{resource}_objects', 0))} objects, "
+                         f"{int(counters.get(f'watch_{resource}_relists', 0))} relists, "
+                         f"{int(counters.get(f'watch_{resource}_errors', 0))} errors)")
+    return "; ".join(parts)
 
 
 def summary(counters: dict[str, float]) -> str:

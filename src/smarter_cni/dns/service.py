@@ -97,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also answer clients in this IPv4 range (repeatable)")
     parser.add_argument("--kubeconfig", metavar="FILE",
                         help="answer Service names from one list+watch of Services "
-                             "(dns/services.py)")
+                             "(dns/services.py) and headless Services' endpoints from one "
+                             "of their EndpointSlices (dns/endpoints.py)")
+    parser.add_argument("--endpoints-node", default="", metavar="NAME",
+                        help="with --kubeconfig: headless Services answer only their "
+                             "endpoints on node NAME (default: every endpoint)")
     parser.add_argument("--service-cidr", default="10.43.0.0/16", metavar="CIDR",
                         help="its first address answers kubernetes.default until the "
                              "Services are listed (k3s' default 10.43.0.0/16)")
@@ -365,12 +369,15 @@ def run(args: argparse.Namespace) -> int:
             added_to = done.rsplit(" ", 1)[-1]
     raise_file_limit()
     if args.kubeconfig:
+        from .endpoints import start as start_endpoints
         from .services import start as start_services
 
         try:
-            start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
+            watch = start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
         except (OSError, ValueError) as err:
             raise SettingsError(f"Service names: {err}") from None
+        start_endpoints(args.kubeconfig, watch.services, args.endpoints_node,  # headless
+                        state_dir)
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.net_subnet, conf.net_prefix,
                         acl, upstreams, args.upstream_timeout,

@@ -4,10 +4,11 @@ Answers, TTL 5 s as CoreDNS' kubernetes plugin:
 
 - `SERVICE.NS.svc.DOMAIN` A / AAAA: the cluster IP(s) (which route only where
   kube-proxy runs: docs/k3s.md);
-- headless Services (clusterIP None): the name exists but has no addresses
-  (NOERROR, no data): their endpoints are pods, and watching every pod or
-  EndpointSlice of the cluster is what this design avoids; same-node pods
-  answer under their own names;
+- headless Services (clusterIP None): their ready endpoints' addresses, and
+  `HOSTNAME.SERVICE.NS.svc.DOMAIN` each endpoint's own, from a second
+  list+watch of only headless Services' EndpointSlices (dns/endpoints.py);
+  no ready endpoint (or no kubeconfig for that watch): the name exists
+  without data (NOERROR, NODATA);
 - `_PORT._PROTO.SERVICE.NS.svc.DOMAIN` SRV for each named port (and SRV at
   the Service name for every port), target the Service name;
 - ExternalName: a CNAME to the external name;
@@ -21,45 +22,31 @@ Answers, TTL 5 s as CoreDNS' kubernetes plugin:
 
 Pod names (answers.Names) win over a Service of the same name.
 
-The watch (ServiceWatch, a thread) follows client-go's reflector: list
-(resourceVersion=0, in pages), then watch from the list's resourceVersion
-with allowWatchBookmarks and a server-side timeout of 5-10 min; a watch that
-ends is resumed from the last resourceVersion (a bookmark's included), a
-410 Gone (or an ERROR event with code 410) forces a relist, and errors back
-off from 1 s to 60 s with jitter. The last known Services keep answering
-while the API server is unreachable, also across a restart of the DNS
-service (services.json in the state dir; a restart still lists first thing).
-At steady state that is one watch request per 7.5 min on average: ~8
-requests per node per hour.
+The watch (ServiceWatch, a thread) is kubewatch.ListWatch, client-go's
+reflector: list, watch from the list's resourceVersion with bookmarks, resume
+after a watch ends, relist after 410 Gone, back off on errors. The last known
+Services keep answering while the API server is unreachable, also across a
+restart of the DNS service (services.json in the state dir; a restart still
+lists first thing). At steady state that is one watch request per 7.5 min on
+average: ~8 requests per node per hour.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import struct
 import threading
-import urllib.parse
 from typing import Any
 
-from .. import kubeapi, kubeconfig
 from . import wire
 from .answers import Answer, label_offsets, suffix_offset
+from .kubewatch import BACKOFF, WATCH_TIMEOUT, ListWatch
 from .log import log  # not `logging`: ~1.3 MB in the service
 
 TTL = 5
 SRV = 33
-LIST_PAGE = 500
-WATCH_TIMEOUT = (300, 600)     # seconds, chosen per watch (the reflector's 5-10 min)
-BACKOFF = (1.0, 60.0)
-REQUEST_TIMEOUT = 10.0
-
-
-class Gone(Exception):
-    """410: the resourceVersion is too old (compacted): relist."""
-
 
 # ---------------------------------------------------------------- the table
 
@@ -133,6 +120,7 @@ class Services:
         self.kubernetes_key = wire.encode_name(f"kubernetes.default.svc.{self.domain}")
         self.kubernetes_fallback = Rec(a=(_a(kubernetes_ip),),
                                        srv=(_srv(443, self.kubernetes_key),))
+        self.endpoints: Any = None  # dns/endpoints.Endpoints: headless Services' endpoints
         self.lock = threading.Lock()
 
     # -- building
@@ -267,6 +255,8 @@ class Services:
         rec = self.names.get(key)
         if rec is None and key == self.kubernetes_key:
             rec = self.kubernetes_fallback
+        if self.endpoints is not None:
+            rec = self._endpoints(key, rec)
         if rec is None:
             if key in self.nonterminals:
                 return Answer(wire.NOERROR, [], [names._soa(offset)])
@@ -289,6 +279,17 @@ class Services:
             return Answer(wire.NOERROR, list(found), [])
         return Answer(wire.NOERROR, [], [names._soa(offset)])
 
+    def _endpoints(self, key: bytes, rec: Rec | None) -> Rec | None:
+        """A headless Service's ready endpoints, or one endpoint's by its hostname
+        (`HOSTNAME.SVC.NS.svc.DOMAIN`, only while the headless Service is known)."""
+        found = self.endpoints.names.get(key)
+        if found is None:
+            return rec
+        if rec is None:  # a hostname name: its parent must be a headless Service
+            rec = self.names.get(key[key[0] + 1:])
+            return found if rec is not None and _headless(rec) else None
+        return found if _headless(rec) else rec
+
     def _search_junk(self, key: bytes) -> Answer | None:
         """`x.svc.DOMAIN.lan` and the like: a search-path form, never a real name."""
         start = key.find(self.search_junk)
@@ -303,6 +304,10 @@ class Services:
     @property
     def count(self) -> int:
         return len(self.specs)
+
+
+def _headless(rec: Rec) -> bool:
+    return rec.cname is None and not rec.a and not rec.aaaa
 
 
 def _tuples(value: Any) -> Any:
@@ -337,157 +342,17 @@ def first_address(cidr: str) -> str:
 
 # ---------------------------------------------------------------- the list+watch
 
-class ServiceWatch:
+class ServiceWatch(ListWatch):
     """One list+watch of Services, in a daemon thread; answers live in `services`."""
 
     def __init__(self, kubeconfig_path: str, services: Services,
                  backoff: tuple[float, float] = BACKOFF,
                  watch_timeout: tuple[int, int] = WATCH_TIMEOUT, cache_path: str = "") -> None:
-        self.kubeconfig_path = kubeconfig_path
         self.services = services
         self.cache_path = cache_path
-        self.backoff = backoff
-        self.watch_timeout = watch_timeout
-        self.stop = threading.Event()
-        self.resource_version = ""
-        self.counts = {"list": 0, "watch": 0, "events": 0, "bookmarks": 0, "gone": 0,
-                       "errors": 0}
-        self.last_error = ""
-        self.failing = False
-        self.connection: Any = None
-        self.thread = threading.Thread(target=self._run, name="service-watch", daemon=True)
-
-    def start(self) -> ServiceWatch:
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        connection = self.connection
-        if connection is not None and connection.sock is not None:
-            try:
-                connection.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.thread.join(timeout=5)
-
-    def _run(self) -> None:
-        delay = self.backoff[0]
-        while not self.stop.is_set():
-            try:
-                creds = kubeconfig.load(self.kubeconfig_path)  # certificates may rotate
-                if not self.resource_version:
-                    self._list(creds)
-                self._watch(creds)
-                delay = self.backoff[0]
-            except Gone:
-                self.counts["gone"] += 1
-                log.info("services: resourceVersion %s expired (410 Gone): listing again",
-                         self.resource_version)
-                self.resource_version = ""
-            except Exception as err:  # unreachable, refused, TLS, RBAC, garbage: keep answering
-                self.counts["errors"] += 1
-                self.last_error = f"{type(err).__name__}: {err}"
-                if not self.failing:
-                    log.warning("services: %s; the %d known Service(s) keep answering; "
-                                "retrying with backoff", self.last_error, self.services.count)
-                    self.failing = True
-                self.stop.wait(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.backoff[1])
-
-    def _request(self, creds: kubeconfig.Credentials, query: dict[str, str],
-                 timeout: float) -> Any:
-        connection = kubeapi.connect(creds, timeout)
-        self.connection = connection
-        path = kubeapi.base_path(creds) + "/api/v1/services?" + urllib.parse.urlencode(query)
-        connection.request("GET", path, headers=kubeapi.headers(creds))
-        response = connection.getresponse()
-        if self.failing:
-            log.info("services: API server %s answers again (HTTP %d)", creds.server,
-                     response.status)
-            self.failing = False
-        if response.status == 410:
-            connection.close()
-            raise Gone()
-        if response.status != 200:
-            body = response.read(65536)
-            connection.close()
-            try:
-                message = json.loads(body).get("message", "")
-            except (ValueError, AttributeError):
-                message = ""
-            raise kubeapi.APIError(f"GET /api/v1/services: HTTP {response.status} "
-                                   f"{message or response.reason}", response.status)
-        return connection, response
-
-    def _list(self, creds: kubeconfig.Credentials) -> None:
-        items: list[Any] = []
-        query = {"limit": str(LIST_PAGE), "resourceVersion": "0"}
-        while True:
-            self.counts["list"] += 1
-            connection, response = self._request(creds, query, REQUEST_TIMEOUT)
-            try:
-                page = json.loads(response.read())
-            finally:
-                connection.close()
-            items += page.get("items") or []
-            meta = page.get("metadata") or {}
-            token = meta.get("continue")
-            if not token:
-                break
-            query = {"limit": str(LIST_PAGE), "continue": token}
-        self.services.replace_all(items)
-        self._save()
-        self.resource_version = str(meta.get("resourceVersion") or "")
-        log.info("services: %d listed (resourceVersion %s)", self.services.count,
-                 self.resource_version)
-
-    def _watch(self, creds: kubeconfig.Credentials) -> None:
-        seconds = random.randint(*self.watch_timeout)
-        self.counts["watch"] += 1
-        connection, response = self._request(
-            creds, {"watch": "1", "resourceVersion": self.resource_version,
-                    "allowWatchBookmarks": "true", "timeoutSeconds": str(seconds)},
-            seconds + 30)  # the server ends it first; a dead link ends it here
-        try:
-            while not self.stop.is_set():
-                line = response.readline(1 << 24)
-                if not line:
-                    return  # the server's timeout: resume from the last resourceVersion
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                self._event(event)
-        finally:
-            connection.close()
-            self.connection = None
-
-    def _save(self) -> None:
-        if self.cache_path:
-            try:
-                self.services.save(self.cache_path)
-            except OSError as err:
-                log.warning("services: cannot write %s: %s", self.cache_path, err)
-
-    def _event(self, event: Any) -> None:
-        kind = event.get("type") if isinstance(event, dict) else None
-        obj = event.get("object") if isinstance(event, dict) else None
-        if kind == "ERROR":
-            code = obj.get("code") if isinstance(obj, dict) else None
-            if code == 410:
-                raise Gone()
-            message = obj.get("message", "") if isinstance(obj, dict) else ""
-            raise kubeapi.APIError(f"watch ERROR {code}: {message}", code or 0)
-        version = ((obj or {}).get("metadata") or {}).get("resourceVersion") \
-            if isinstance(obj, dict) else None
-        if kind == "BOOKMARK":
-            self.counts["bookmarks"] += 1
-        elif kind in ("ADDED", "MODIFIED", "DELETED"):
-            self.counts["events"] += 1
-            if self.services.apply(kind, obj):
-                self._save()
-        if isinstance(version, str) and version:
-            self.resource_version = version
+        super().__init__("services", "/api/v1/services", kubeconfig_path, services,
+                         backoff=backoff, watch_timeout=watch_timeout,
+                         save=(lambda: services.save(cache_path)) if cache_path else None)
 
 
 def start(kubeconfig_path: str, domain: str, service_cidr: str,

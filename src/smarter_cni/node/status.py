@@ -91,6 +91,7 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
                        f"{reconcile.address_port(main, 53)} ({said})", _dns_fix(record))
     else:
         report.data["dns"]["metrics"] = _dns_counters(main)
+        watch_problems(report, report.data["dns"]["metrics"] or {}, record)
     if conf.dns_address6 and conf.dns_address6 != main:  # the IPv6 listener is asked as well
         answered6, said6 = dns_answers(conf.dns_address6, conf.domain, 1.0)
         report.data["dns6"] = {"address": conf.dns_address6, "answering": answered6,
@@ -180,6 +181,19 @@ def _dns_counters(address: str) -> dict[str, float] | None:
         return metrics.fetch_counters(address, timeout=1.0)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def watch_problems(report: Report, counters: dict[str, float], record: dict[str, Any]) -> None:
+    """A Kubernetes watch of the DNS service (`dns --kubeconfig`) that is not up: its
+    names keep their last answers, but changes no longer reach them."""
+    for key, value in counters.items():
+        if key.startswith("watch_") and key.endswith("_up") and not value:
+            resource = key[len("watch_"):-len("_up")]
+            report.problem(f"the node DNS service is not watching {resource} on the API server "
+                           "(the last known answers are kept; changes are not seen)",
+                           "check the kubeconfig it was given and that its user may list and "
+                           f"watch {resource} (docs/k3s.md); its log: "
+                           + service.dns_log_hint(record.get("dns_service", "")))
 
 
 def _dns_fix(record: dict[str, Any]) -> str:
@@ -291,9 +305,12 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
                     f"NOT answering: {dns6['answer']}"
                 rows.append(("dns6", f"{reconcile.address_port(dns6['address'], 53)} {state6}"))
             if dns.get("metrics"):
-                from ..dns.metrics import DEFAULT_PORT, summary
+                from ..dns.metrics import DEFAULT_PORT, summary, watch_summary
 
                 rows.append(("counters", summary(dns["metrics"])))
+                watches = watch_summary(dns["metrics"])
+                if watches:  # `dns --kubeconfig`: Services, headless EndpointSlices
+                    rows.append(("kube watch", watches))
                 rows.append(("metrics", f"http://{reconcile.address_port(dns['address'], DEFAULT_PORT)}"
                                         "/metrics"))
         if "resident" in data:
