@@ -263,6 +263,23 @@ def teardown(conf: NetConf) -> None:
         _teardown_by_rules(conf)
 
 
+def drop_families(conf: NetConf) -> None:
+    """Remove this network's rules of each family `conf` does not have (a reinstall with
+    fewer families: IPv4 -> IPv6 only, IPv6 only or dual-stack -> IPv4): its FORWARD
+    accepts and NAT chain through iptables/ip6tables, or its nft table of that family."""
+    has = {"ip": conf.ipv4, "ip6": conf.subnet6 is not None}
+    if not find_program("iptables"):
+        if find_program("nft"):
+            for family in ("ip", "ip6"):
+                if not has[family]:  # absent already: nft says so, and that is fine
+                    run(["nft", "delete", "table", family, _nft_table(conf)])
+        return
+    if not has["ip6"]:
+        teardown6(conf)
+    if not has["ip"] and not _remove_by_restore(conf, "iptables"):
+        _teardown_by_rules(conf)
+
+
 def _teardown_by_rules(conf: NetConf) -> None:
     """`teardown` for IPv4 one `iptables` exec per step (the fallback)."""
     _drop_stale("filter", "FORWARD", conf, [])

@@ -31,7 +31,7 @@ from ..conflist import CONFLIST_NAME, K3S_FLANNEL_CONF_DIR, netconf_of, plugin_c
 from ..dns.address import DEFAULT_INTERFACE, AddressSetupError, ensure_address
 from ..netconf import NetConf, docker_socket_from_env
 from ..run import find_program
-from . import service
+from . import families, service
 from .console import CLIError, Output
 from .record import (
     LOOPBACK_MARKER,
@@ -205,6 +205,8 @@ def install(opts: Options, out: Output) -> int:
     config_dir = os.path.dirname(template_path) if template_path else opts.conf_dir
     conf_path = os.path.join(config_dir, CONFLIST_NAME)
     previous = load_record()
+    earlier = families.previous_conf(previous)
+    families.check_family_change(earlier, conf)  # before anything changes
     created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
     for directory in (opts.bin_dir, opts.conf_dir, opts.plugin_lib):
         created += missing_dirs(directory) if directory else []
@@ -252,13 +254,17 @@ def install(opts: Options, out: Output) -> int:
         gateways = ", ".join(f"{gateway}/{prefix}" for gateway, prefix in (
             (conf.gateway_text(), conf.prefix), (conf.gateway6_text(), conf.prefix6)) if gateway)
         with out.step(f"Creating bridge {conf.bridge} ({gateways}, NAT)"):
-            from ..dataplane import bridge_network
+            from ..dataplane import bridge_network, firewall
 
             paths.ensure_state_dir()
             bridge_network.setup_network(conf)
             bridge_network.claim_network(conf)  # the reconciler keeps it whole from now on
+            # a reinstall with fewer families: the dropped one's address and rules go
             if not conf.ipv4:
                 _drop_bridge_ipv4(conf.bridge)
+            if conf.subnet6 is None and earlier is not None and earlier.subnet6 is not None:
+                families.drop_bridge_ipv6(conf.bridge)
+            firewall.drop_families(conf)
     else:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode
@@ -299,9 +305,10 @@ def install(opts: Options, out: Output) -> int:
             service.start_dns_service(kind, conf_path, conf, opts.dns_interface,
                                       opts.kubeconfig or "")
             step.detail = kind
-            dropped = _drop_previous_dns_address(previous, conf)
+            dropped = [address for address in families.dropped_dns_addresses(previous, conf)
+                       if families.remove_dns_address(address, previous)]
             if dropped:
-                step.detail += f", {dropped} removed (the earlier install's)"
+                step.detail += f", {', '.join(dropped)} removed (the earlier install's)"
             if device == "lo" and opts.dns_interface != "lo":
                 step.detail += ", DNS address on lo (this kernel has no dummy interfaces)"
         summary["dns_service"] = kind
@@ -472,19 +479,6 @@ def _drop_bridge_ipv4(bridge: str) -> None:
              for address, prefix in links.ipv4_addresses(bridge)]
     if stale:
         links.batch(stale, what=f"remove the IPv4 addresses of {bridge}")
-
-
-def _drop_previous_dns_address(previous: dict[str, Any], conf: NetConf) -> str:
-    """An earlier install's DNS address that this config no longer has (an IPv4 node
-    reinstalled --ipv6-only): off the device that install put it on. Returns it, or ''."""
-    address, device = previous.get("dns_address"), previous.get("dns_address_device")
-    if not isinstance(address, str) or not address or address in conf.dns_addresses() \
-            or not isinstance(device, str) or not device:
-        return ""
-    from ..dns.address import remove_address
-
-    remove_address(address, device)
-    return address
 
 
 def _router_advertisement_warnings(conf: NetConf) -> list[str]:
