@@ -850,6 +850,7 @@ def test_reinstalling_an_ipv4_node_ipv6_only_leaves_no_ipv4(tmp_path):
     from test_install import Install, dns_address_present
 
     inst = Install(tmp_path)
+    inst.env["SMARTER_CNI_RECONCILE_INTERVAL"] = "0.1"  # a busy earlier reconciler
     subnet6 = _ula()
     dns6 = _ula().split("/")[0] + "53"
     cli = [sys.executable, "-m", "smarter_cni"]
@@ -937,6 +938,9 @@ def test_reinstalling_ipv4_only_leaves_no_ipv6(tmp_path, before):
     from test_install import Install, dns_address_present
 
     inst = Install(tmp_path)
+    # the earlier service's reconciler looks every 0.1 s: it would put the IPv6 pieces back
+    # between install's removal and that service's restart, unless install looks again
+    inst.env["SMARTER_CNI_RECONCILE_INTERVAL"] = "0.1"
     subnet6 = _ula()
     dns6 = _ula().split("/")[0] + "53"
     cli = [sys.executable, "-m", "smarter_cni"]
@@ -970,6 +974,9 @@ def test_reinstalling_ipv4_only_leaves_no_ipv6(tmp_path, before):
         assert len(_tagged_rules("iptables-save", inst.network)) >= 5
         assert _dns_service_sockets(inst.supervisor_pid()) == [f"{inst.dns_ip}:53"]
         assert dig(inst.dns_ip, "cluster.local", "SOA").status == "NOERROR"
+        time.sleep(1)  # ten looks of the new service's reconciler: nothing comes back
+        assert _global_ipv6(inst.bridge) == [] and not _dns6_everywhere(dns6)
+        assert _tagged_rules("ip6tables-save", inst.network) == []
         status = run("status", "--json")
         data = json.loads(status.stdout)
         assert status.returncode == 0 and data["ok"] is True, status.stdout

@@ -48,7 +48,7 @@ def check_family_change(old: NetConf | None, conf: NetConf) -> None:
     looks fine to Kubernetes and fails only on traffic. Deleting the pods first is a
     clean cut over; `uninstall --force` exists for a node whose pods cannot be removed.
     """
-    if old is None or families(old) == families(conf):
+    if not changed(old, conf):
         return
     try:
         records = store.load().get("attachments", {}).values()
@@ -67,17 +67,29 @@ def check_family_change(old: NetConf | None, conf: NetConf) -> None:
         "check `smarter-cni pods` lists none, then run install again; nothing was changed")
 
 
-def drop_bridge_ipv6(bridge: str) -> list[str]:
-    """The bridge's global IPv6 addresses (an earlier subnet6's gateway) go; its kernel
-    link-local one stays. Returns what went."""
-    from ..dataplane import links
+def changed(old: NetConf | None, conf: NetConf) -> bool:
+    return old is not None and families(old) != families(conf)
 
-    stale = [f"{address}/{prefix}" for address, prefix in links.ipv4_addresses(bridge, 6)
-             if not address.startswith("fe80:")]
-    if stale:
-        links.batch([f"addr del {cidr} dev {bridge}" for cidr in stale],
-                    what=f"remove the IPv6 addresses of {bridge}")
-    return stale
+
+def drop_unused(conf: NetConf, old: NetConf | None, reclaim: bool = False) -> None:
+    """A bridge network's pieces of each family `conf` lacks go: the bridge's addresses of
+    that family (IPv6 only after an earlier subnet6: the kernel's fe80:: stays) and its
+    rules (firewall.drop_families). `reclaim`: the state's network marker is rewritten
+    for `conf` too (an earlier reconciler may have rewritten it for its config)."""
+    from ..dataplane import bridge_network, firewall, links
+
+    if links.exists(conf.bridge):
+        stale = [f"{a}/{p}" for a, p in links.ipv4_addresses(conf.bridge)] if not conf.ipv4 \
+            else []
+        if conf.subnet6 is None and old is not None and old.subnet6 is not None:
+            stale += [f"{a}/{p}" for a, p in links.ipv4_addresses(conf.bridge, 6)
+                      if not a.startswith("fe80:")]
+        if stale:
+            links.batch([f"addr del {cidr} dev {conf.bridge}" for cidr in stale],
+                        what=f"remove the addresses of a dropped family from {conf.bridge}")
+    firewall.drop_families(conf)
+    if reclaim:
+        bridge_network.claim_network(conf)
 
 
 def dropped_dns_addresses(previous: dict[str, Any], conf: NetConf) -> list[str]:

@@ -254,17 +254,12 @@ def install(opts: Options, out: Output) -> int:
         gateways = ", ".join(f"{gateway}/{prefix}" for gateway, prefix in (
             (conf.gateway_text(), conf.prefix), (conf.gateway6_text(), conf.prefix6)) if gateway)
         with out.step(f"Creating bridge {conf.bridge} ({gateways}, NAT)"):
-            from ..dataplane import bridge_network, firewall
+            from ..dataplane import bridge_network
 
             paths.ensure_state_dir()
             bridge_network.setup_network(conf)
             bridge_network.claim_network(conf)  # the reconciler keeps it whole from now on
-            # a reinstall with fewer families: the dropped one's address and rules go
-            if not conf.ipv4:
-                _drop_bridge_ipv4(conf.bridge)
-            if conf.subnet6 is None and earlier is not None and earlier.subnet6 is not None:
-                families.drop_bridge_ipv6(conf.bridge)
-            firewall.drop_families(conf)
+            families.drop_unused(conf, earlier)  # fewer families: the dropped one's go
     else:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode
@@ -305,6 +300,10 @@ def install(opts: Options, out: Output) -> int:
             service.start_dns_service(kind, conf_path, conf, opts.dns_interface,
                                       opts.kubeconfig or "")
             step.detail = kind
+            if conf.mode == "bridge" and families.changed(earlier, conf):
+                # the earlier service's reconciler may have put the dropped family's pieces
+                # back (and its marker) before it stopped: gone again, marker this config's
+                families.drop_unused(conf, earlier, reclaim=True)
             dropped = [address for address in families.dropped_dns_addresses(previous, conf)
                        if families.remove_dns_address(address, previous)]
             if dropped:
@@ -468,17 +467,6 @@ def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
         out.say("  (agents take --cluster-dns from the server; install every node with "
                 f"{spread} so pod addresses differ between nodes, and give the DNS service "
                 "--kubeconfig for Service names; see docs/k3s.md)")
-
-
-def _drop_bridge_ipv4(bridge: str) -> None:
-    """An IPv6-only network's bridge carries no IPv4 address: an earlier IPv4 install's
-    gateway (same bridge, reinstalled --ipv6-only) goes."""
-    from ..dataplane import links
-
-    stale = [f"addr del {address}/{prefix} dev {bridge}"
-             for address, prefix in links.ipv4_addresses(bridge)]
-    if stale:
-        links.batch(stale, what=f"remove the IPv4 addresses of {bridge}")
 
 
 def _router_advertisement_warnings(conf: NetConf) -> list[str]:
