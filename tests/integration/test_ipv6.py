@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -1080,6 +1081,67 @@ def test_a_family_change_with_pods_attached_is_refused_and_changes_nothing(
         for device in (inst.dns_interface, "lo"):
             subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
                            capture_output=True)
+
+
+NFT_ONLY = """set -e
+mount --bind "$1" /usr/sbin/iptables
+mount --bind "$1" /usr/sbin/ip6tables
+shift
+exec "$@"
+"""
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="needs nft (apt-get install nftables; "
+                    "run-tests.sh installs it)")
+@pytest.mark.parametrize("before, after", [("ipv4", "ipv6-only"), ("dual-stack", "ipv4")])
+def test_reinstalling_with_fewer_families_on_an_nft_only_host(tmp_path, netns, before, after):
+    """An nft-only host (no iptables binaries): the dropped family's nft table goes. The
+    installs run in a network namespace of the test's own, in a private mount namespace
+    whose iptables and ip6tables are hidden (an empty non-executable file bound over them),
+    so the tables are made in that namespace only and the node's rules cannot be touched."""
+    import sys
+
+    from test_install import Install
+
+    from smarter_cni.dataplane.firewall import _nft_table
+    from smarter_cni.netconf import parse_netconf
+
+    inst = Install(tmp_path)
+    ns, _ = netns.create("nft")
+    hidden = tmp_path / "not-iptables"
+    hidden.write_text("")
+    hidden.chmod(0o644)
+    subnet6 = _ula()
+    table = _nft_table(parse_netconf({"cniVersion": "1.0.0", "name": inst.network,
+                                      "type": "smarter-cni"}))
+
+    def install(family: str) -> subprocess.CompletedProcess:
+        options = {"ipv4": inst.options,
+                   "dual-stack": [*inst.options, "--subnet6", subnet6],
+                   "ipv6-only": [*_ipv4_free_options(inst), "--ipv6-only", "--subnet6", subnet6]}
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private", "sh", "-c",
+             NFT_ONLY, "sh", str(hidden), sys.executable, "-m", "smarter_cni", "install",
+             *options[family], "--no-dns-service", "--no-selftest"],
+            env=inst.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    def tables() -> list[str]:
+        listing = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"],
+                                 capture_output=True, text=True, check=True).stdout
+        return sorted(line.strip() for line in listing.splitlines() if line.strip())
+
+    done = install(before)
+    assert done.returncode == 0, done.stdout + done.stderr
+    made = {"ipv4": [f"table ip {table}"],
+            "dual-stack": [f"table ip {table}", f"table ip6 {table}"],
+            "ipv6-only": [f"table ip6 {table}"]}
+    assert tables() == made[before]  # nft made them: no iptables in that mount namespace
+    done = install(after)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tables() == made[after]
+    # the tables were this namespace's only: the node's own ruleset never had them
+    assert f"table ip {table}" not in subprocess.run(
+        ["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
 
 
 def _is_supervisor_left(inst) -> bool:

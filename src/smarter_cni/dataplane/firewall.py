@@ -480,11 +480,12 @@ def _nft_ensure(conf: NetConf) -> None:
 def _nft_replace(family: str, table: str, bridge: str, masq: str, what: str) -> None:
     """Load the network's table of one family afresh (created empty first so the delete
     cannot fail): forward accepts for the bridge, and `masq`, the NAT chain, if any."""
+    # one chain a line: nft wants a newline or ';' between a table's chains
     script = (
         f"table {family} {table} {{}}\ndelete table {family} {table}\n"
-        f"table {family} {table} {{ chain forward {{ type filter hook forward priority filter; "
-        f"policy accept; iifname \"{bridge}\" accept; oifname \"{bridge}\" accept; }} "
-        f"{masq} }}\n"
+        f"table {family} {table} {{\n chain forward {{ type filter hook forward priority filter; "
+        f"policy accept; iifname \"{bridge}\" accept; oifname \"{bridge}\" accept; }}\n"
+        f" {masq}\n}}\n"
     )
     done = run(["nft", "-f", "-"], script.encode())
     if done.returncode != 0:

@@ -48,7 +48,7 @@ def check_family_change(old: NetConf | None, conf: NetConf) -> None:
     looks fine to Kubernetes and fails only on traffic. Deleting the pods first is a
     clean cut over; `uninstall --force` exists for a node whose pods cannot be removed.
     """
-    if not changed(old, conf):
+    if old is None or not changed(old, conf):
         return
     try:
         records = store.load().get("attachments", {}).values()
@@ -103,11 +103,10 @@ def remove_dns_address(address: str, previous: dict[str, Any]) -> bool:
     put it on: its recorded device or its DNS interface (lo only where the earlier install
     fell back to lo: no dummy interfaces); an address someone else put elsewhere stays."""
     from ..dns.address import remove_address
+    from ..run import run
 
     ours = {d for d in (previous.get("dns_address_device"), previous.get("dns_interface"))
             if isinstance(d, str) and d}
-    from ..run import run
-
     listing = run(["ip", "-o", "addr", "show", "to", address], timeout=10.0)
     devices = {words[1] for words in (line.split() for line in
                                       listing.stdout.decode(errors="replace").splitlines())
