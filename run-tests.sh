@@ -28,7 +28,7 @@ START=$(date +%s)
 APT_PACKAGES=(
     iproute2 iptables docker.io containernetworking-plugins
     golang-go golang-github-appc-cni-dev dnsutils dnsmasq-base containerd
-    busybox-static python3-venv procps iputils-ping openssl util-linux time
+    busybox-static python3-venv procps iputils-ping openssl util-linux time nftables
 )
 VENV="$REPO/.venv"
 DOCKERD_PID=""

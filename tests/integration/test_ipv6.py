@@ -4,9 +4,12 @@ masquerade to an "upstream" host in a namespace of the test's own, hostile prefi
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
+import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -848,6 +851,7 @@ def test_reinstalling_an_ipv4_node_ipv6_only_leaves_no_ipv4(tmp_path):
     from test_install import Install, dns_address_present
 
     inst = Install(tmp_path)
+    inst.env["SMARTER_CNI_RECONCILE_INTERVAL"] = "0.1"  # a busy earlier reconciler
     subnet6 = _ula()
     dns6 = _ula().split("/")[0] + "53"
     cli = [sys.executable, "-m", "smarter_cni"]
@@ -887,6 +891,257 @@ def test_reinstalling_an_ipv4_node_ipv6_only_leaves_no_ipv4(tmp_path):
         for device in (inst.dns_interface, "lo"):
             subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
                            capture_output=True)
+
+
+def _global_ipv6(device: str) -> list[str]:
+    """The global IPv6 addresses on `device` (not the kernel's fe80:: one)."""
+    if not link_exists(device):
+        return []
+    return [f"{i['local']}/{i['prefixlen']}" for e in json.loads(subprocess.run(
+        ["ip", "-j", "-6", "addr", "show", "dev", device], capture_output=True, text=True,
+        check=True).stdout or "[]") for i in e.get("addr_info", [])
+        if i.get("scope") == "global"]
+
+
+def _tagged_rules(program: str, network: str) -> list[str]:
+    """This network's lines in `program` (iptables-save/ip6tables-save): its rules, found
+    by their comment, and its NAT chain's declaration and rules."""
+    from smarter_cni.dataplane.names import chain_name
+
+    chain = chain_name(network)
+    text = subprocess.run([program], capture_output=True, text=True, check=True).stdout
+    return [line for line in text.splitlines()
+            if f"smarter-cni {network}" in line or chain in line.split()[:2]
+            or line.startswith(f":{chain} ")]
+
+
+def _dns6_everywhere(dns6: str) -> str:
+    return subprocess.run(["ip", "-6", "-o", "addr", "show", "to", dns6], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _ipv6_install(inst, before: str, subnet6: str, dns6: str) -> list[str]:
+    """The install options of an IPv6-only or a dual-stack node of the test's own."""
+    if before == "ipv6-only":
+        return [*_ipv4_free_options(inst), "--ipv6-only", "--subnet6", subnet6,
+                "--dns-ip6", dns6]
+    return [*inst.options, "--subnet6", subnet6, "--dns-ip6", dns6]
+
+
+@pytest.mark.parametrize("before", ["ipv6-only", "dual-stack"])
+def test_reinstalling_ipv4_only_leaves_no_ipv6(tmp_path, before):
+    """Install IPv6-only (or dual-stack), then reinstall IPv4-only with the same names: the
+    bridge's IPv6 gateway, the network's ip6tables rules and NAT chain, the IPv6 DNS
+    address and its listener all go; the IPv4 side works."""
+    import sys
+
+    from test_dns_helpers import dig
+    from test_install import Install, dns_address_present
+
+    inst = Install(tmp_path)
+    # the earlier service's reconciler looks every 0.1 s: it would put the IPv6 pieces back
+    # between install's removal and that service's restart, unless install looks again
+    inst.env["SMARTER_CNI_RECONCILE_INTERVAL"] = "0.1"
+    subnet6 = _ula()
+    dns6 = _ula().split("/")[0] + "53"
+    cli = [sys.executable, "-m", "smarter_cni"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    try:
+        done = run("install", *_ipv6_install(inst, before, subnet6, dns6), "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        # the IPv6 pieces are there to be dropped
+        assert subnet6.split("/")[0] + "1/64" in _global_ipv6(inst.bridge)
+        assert _dns6_everywhere(dns6)
+        assert len(_tagged_rules("ip6tables-save", inst.network)) >= 5  # accepts, jump, chain
+        assert dig(dns6, "cluster.local", "SOA").status == "NOERROR"
+
+        done = run("install", *inst.options, "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        if before == "ipv6-only":  # install put it there; a dual-stack node's service did
+            assert f"{dns6} removed" in done.stdout, done.stdout  # (and took it on stopping)
+        assert _global_ipv6(inst.bridge) == [], "an IPv6 gateway stayed on the bridge"
+        assert _global_ipv6(inst.dns_interface) == [] and not _dns6_everywhere(dns6)
+        assert _tagged_rules("ip6tables-save", inst.network) == [], "ip6tables rules stayed"
+        rules6 = subprocess.run(["ip6tables-save"], capture_output=True, text=True).stdout
+        assert inst.bridge not in rules6 and subnet6 not in rules6
+        # the IPv4 side is whole: gateway, rules, DNS address and the one listener
+        assert _ipv4_addresses(inst.bridge) == [inst.subnet.rsplit(".", 1)[0] + ".1/24"]
+        assert dns_address_present(inst.dns_ip)
+        assert len(_tagged_rules("iptables-save", inst.network)) >= 5
+        assert _dns_service_sockets(inst.supervisor_pid()) == [f"{inst.dns_ip}:53"]
+        assert dig(inst.dns_ip, "cluster.local", "SOA").status == "NOERROR"
+        time.sleep(1)  # ten looks of the new service's reconciler: nothing comes back
+        assert _global_ipv6(inst.bridge) == [] and not _dns6_everywhere(dns6)
+        assert _tagged_rules("ip6tables-save", inst.network) == []
+        status = run("status", "--json")
+        data = json.loads(status.stdout)
+        assert status.returncode == 0 and data["ok"] is True, status.stdout
+        assert data["families"] == ["ipv4"] and "subnet6" not in data and "dns6" not in data
+        gone = run("uninstall")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not link_exists(inst.bridge)
+        assert _tagged_rules("iptables-save", inst.network) == []
+    finally:
+        if (inst.prefix / "install.json").exists():
+            run("uninstall", "--force")
+        inst.cleanup()
+        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
+                                 "bridge": inst.bridge, "subnet": inst.subnet,
+                                 "subnet6": subnet6}, inst.state_dir)
+        for device in (inst.dns_interface, "lo"):
+            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
+                           capture_output=True)
+
+
+def _node_snapshot(inst, dns6: str) -> dict:
+    """Everything a refused reinstall must leave alone, as bytes or sorted lines: config,
+    install record, pod records, bridge and DNS addresses, both families' rules."""
+
+    def addresses(device: str) -> list[str]:
+        if not link_exists(device):  # no dummy interfaces in this kernel: on lo
+            return ["(no such device)"]
+        return sorted(f"{i['local']}/{i['prefixlen']}" for e in json.loads(subprocess.run(
+            ["ip", "-j", "addr", "show", "dev", device], capture_output=True, text=True,
+            check=True).stdout or "[]") for i in e.get("addr_info", []))
+
+    return {"conflist": inst.conflist_path.read_bytes(),
+            "record": (inst.prefix / "install.json").read_bytes(),
+            "attachments": (inst.state_dir / "attachments.json").read_bytes(),
+            "state_files": sorted(os.listdir(inst.state_dir)),
+            "bridge": addresses(inst.bridge), "dns_interface": addresses(inst.dns_interface),
+            "dns6": _dns6_everywhere(dns6), "dns4": dns_address_lines(inst.dns_ip),
+            "rules4": _tagged_rules("iptables-save", inst.network),
+            "rules6": _tagged_rules("ip6tables-save", inst.network),
+            "bin": sorted(p.name for p in inst.bin_dir.iterdir())}
+
+
+def dns_address_lines(address: str) -> str:
+    return subprocess.run(["ip", "-o", "addr", "show", "to", address], capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.mark.parametrize("before, after", [
+    ("dual-stack", "ipv4"), ("ipv6-only", "ipv4"), ("dual-stack", "ipv6-only")])
+def test_a_family_change_with_pods_attached_is_refused_and_changes_nothing(
+        tmp_path, netns, before, after):
+    """A reinstall that would drop (or add) a family while a pod is attached: exit 1, an
+    error naming the pods' count and the fix, and the node byte-identical; the pod keeps
+    its IPv6 address and reaches its gateway over it."""
+    import sys
+
+    from test_install import Added, Install
+
+    inst = Install(tmp_path)
+    subnet6 = _ula()
+    dns6 = _ula().split("/")[0] + "53"
+    cli = [sys.executable, "-m", "smarter_cni"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    pod = None
+    try:
+        done = run("install", *_ipv6_install(inst, before, subnet6, dns6), "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+        pod = Added(inst, netns, "keeper")
+        time.sleep(1)  # the DNS service's first reconciler pass is done
+        snapshot = _node_snapshot(inst, dns6)
+        options = inst.options if after == "ipv4" else \
+            [*_ipv4_free_options(inst), "--ipv6-only", "--subnet6", subnet6, "--dns-ip6", dns6]
+        done = run("install", *options, "--no-selftest")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"1 pod(s) are attached to network {inst.network}" in done.stderr, done.stderr
+        assert "drain the node" in done.stderr and "nothing was changed" in done.stderr
+        assert _node_snapshot(inst, dns6) == snapshot
+        six = [ip["address"].split("/")[0] for ip in pod.result["ips"]
+               if ":" in ip["address"]]
+        assert six and six[0] in " ".join(_global6(pod.ns_name)), pod.result
+        assert _ping6(pod.ns_name, subnet6.split("/")[0] + "1")  # its gateway, on our bridge
+        pod.delete()
+        pod = None
+        # with the pod gone the same reinstall goes through
+        done = run("install", *options, "--no-selftest")
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        if pod is not None:
+            pod.call("DEL")
+        if (inst.prefix / "install.json").exists():
+            run("uninstall", "--force")
+        inst.cleanup()
+        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
+                                 "bridge": inst.bridge, "subnet": inst.subnet,
+                                 "subnet6": subnet6}, inst.state_dir)
+        for device in (inst.dns_interface, "lo"):
+            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
+                           capture_output=True)
+
+
+NFT_ONLY = """set -e
+mount --bind "$1" /usr/sbin/iptables
+mount --bind "$1" /usr/sbin/ip6tables
+shift
+exec "$@"
+"""
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="needs nft (apt-get install nftables; "
+                    "run-tests.sh installs it)")
+@pytest.mark.parametrize("before, after", [("ipv4", "ipv6-only"), ("dual-stack", "ipv4")])
+def test_reinstalling_with_fewer_families_on_an_nft_only_host(tmp_path, netns, before, after):
+    """An nft-only host (no iptables binaries): the dropped family's nft table goes. The
+    installs run in a network namespace of the test's own, in a private mount namespace
+    whose iptables and ip6tables are hidden (an empty non-executable file bound over them),
+    so the tables are made in that namespace only and the node's rules cannot be touched."""
+    import sys
+
+    from test_install import Install
+
+    from smarter_cni.dataplane.firewall import _nft_table
+    from smarter_cni.netconf import parse_netconf
+
+    inst = Install(tmp_path)
+    ns, _ = netns.create("nft")
+    hidden = tmp_path / "not-iptables"
+    hidden.write_text("")
+    hidden.chmod(0o644)
+    subnet6 = _ula()
+    table = _nft_table(parse_netconf({"cniVersion": "1.0.0", "name": inst.network,
+                                      "type": "smarter-cni"}))
+
+    def install(family: str) -> subprocess.CompletedProcess:
+        options = {"ipv4": inst.options,
+                   "dual-stack": [*inst.options, "--subnet6", subnet6],
+                   "ipv6-only": [*_ipv4_free_options(inst), "--ipv6-only", "--subnet6", subnet6]}
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private", "sh", "-c",
+             NFT_ONLY, "sh", str(hidden), sys.executable, "-m", "smarter_cni", "install",
+             *options[family], "--no-dns-service", "--no-selftest"],
+            env=inst.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    def tables() -> list[str]:
+        listing = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"],
+                                 capture_output=True, text=True, check=True).stdout
+        return sorted(line.strip() for line in listing.splitlines() if line.strip())
+
+    done = install(before)
+    assert done.returncode == 0, done.stdout + done.stderr
+    made = {"ipv4": [f"table ip {table}"],
+            "dual-stack": [f"table ip {table}", f"table ip6 {table}"],
+            "ipv6-only": [f"table ip6 {table}"]}
+    assert tables() == made[before]  # nft made them: no iptables in that mount namespace
+    done = install(after)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tables() == made[after]
+    # the tables were this namespace's only: the node's own ruleset never had them
+    assert f"table ip {table}" not in subprocess.run(
+        ["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
 
 
 def _is_supervisor_left(inst) -> bool:

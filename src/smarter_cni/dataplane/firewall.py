@@ -263,6 +263,23 @@ def teardown(conf: NetConf) -> None:
         _teardown_by_rules(conf)
 
 
+def drop_families(conf: NetConf) -> None:
+    """Remove this network's rules of each family `conf` does not have (a reinstall with
+    fewer families: IPv4 -> IPv6 only, IPv6 only or dual-stack -> IPv4): its FORWARD
+    accepts and NAT chain through iptables/ip6tables, or its nft table of that family."""
+    has = {"ip": conf.ipv4, "ip6": conf.subnet6 is not None}
+    if not find_program("iptables"):
+        if find_program("nft"):
+            for family in ("ip", "ip6"):
+                if not has[family]:  # absent already: nft says so, and that is fine
+                    run(["nft", "delete", "table", family, _nft_table(conf)])
+        return
+    if not has["ip6"]:
+        teardown6(conf)
+    if not has["ip"] and not _remove_by_restore(conf, "iptables"):
+        _teardown_by_rules(conf)
+
+
 def _teardown_by_rules(conf: NetConf) -> None:
     """`teardown` for IPv4 one `iptables` exec per step (the fallback)."""
     _drop_stale("filter", "FORWARD", conf, [])
@@ -463,11 +480,12 @@ def _nft_ensure(conf: NetConf) -> None:
 def _nft_replace(family: str, table: str, bridge: str, masq: str, what: str) -> None:
     """Load the network's table of one family afresh (created empty first so the delete
     cannot fail): forward accepts for the bridge, and `masq`, the NAT chain, if any."""
+    # one chain a line: nft wants a newline or ';' between a table's chains
     script = (
         f"table {family} {table} {{}}\ndelete table {family} {table}\n"
-        f"table {family} {table} {{ chain forward {{ type filter hook forward priority filter; "
-        f"policy accept; iifname \"{bridge}\" accept; oifname \"{bridge}\" accept; }} "
-        f"{masq} }}\n"
+        f"table {family} {table} {{\n chain forward {{ type filter hook forward priority filter; "
+        f"policy accept; iifname \"{bridge}\" accept; oifname \"{bridge}\" accept; }}\n"
+        f" {masq}\n}}\n"
     )
     done = run(["nft", "-f", "-"], script.encode())
     if done.returncode != 0:

@@ -31,7 +31,7 @@ from ..conflist import CONFLIST_NAME, K3S_FLANNEL_CONF_DIR, netconf_of, plugin_c
 from ..dns.address import DEFAULT_INTERFACE, AddressSetupError, ensure_address
 from ..netconf import NetConf, docker_socket_from_env
 from ..run import find_program
-from . import service
+from . import families, service
 from .console import CLIError, Output
 from .record import (
     LOOPBACK_MARKER,
@@ -205,6 +205,8 @@ def install(opts: Options, out: Output) -> int:
     config_dir = os.path.dirname(template_path) if template_path else opts.conf_dir
     conf_path = os.path.join(config_dir, CONFLIST_NAME)
     previous = load_record()
+    earlier = families.previous_conf(previous)
+    families.check_family_change(earlier, conf)  # before anything changes
     created = [d for d in previous.get("created_dirs", []) if isinstance(d, str)]
     for directory in (opts.bin_dir, opts.conf_dir, opts.plugin_lib):
         created += missing_dirs(directory) if directory else []
@@ -257,8 +259,7 @@ def install(opts: Options, out: Output) -> int:
             paths.ensure_state_dir()
             bridge_network.setup_network(conf)
             bridge_network.claim_network(conf)  # the reconciler keeps it whole from now on
-            if not conf.ipv4:
-                _drop_bridge_ipv4(conf.bridge)
+            families.drop_unused(conf, earlier)  # fewer families: the dropped one's go
     else:
         with out.step(f"Creating Docker network {conf.docker_network} ({conf.cidr()})") as step:
             from ..dataplane import docker_mode
@@ -299,9 +300,14 @@ def install(opts: Options, out: Output) -> int:
             service.start_dns_service(kind, conf_path, conf, opts.dns_interface,
                                       opts.kubeconfig or "")
             step.detail = kind
-            dropped = _drop_previous_dns_address(previous, conf)
+            if conf.mode == "bridge" and families.changed(earlier, conf):
+                # the earlier service's reconciler may have put the dropped family's pieces
+                # back (and its marker) before it stopped: gone again, marker this config's
+                families.drop_unused(conf, earlier, reclaim=True)
+            dropped = [address for address in families.dropped_dns_addresses(previous, conf)
+                       if families.remove_dns_address(address, previous)]
             if dropped:
-                step.detail += f", {dropped} removed (the earlier install's)"
+                step.detail += f", {', '.join(dropped)} removed (the earlier install's)"
             if device == "lo" and opts.dns_interface != "lo":
                 step.detail += ", DNS address on lo (this kernel has no dummy interfaces)"
         summary["dns_service"] = kind
@@ -461,30 +467,6 @@ def _print_next_steps(out: Output, conf: NetConf, opts: Options) -> None:
         out.say("  (agents take --cluster-dns from the server; install every node with "
                 f"{spread} so pod addresses differ between nodes, and give the DNS service "
                 "--kubeconfig for Service names; see docs/k3s.md)")
-
-
-def _drop_bridge_ipv4(bridge: str) -> None:
-    """An IPv6-only network's bridge carries no IPv4 address: an earlier IPv4 install's
-    gateway (same bridge, reinstalled --ipv6-only) goes."""
-    from ..dataplane import links
-
-    stale = [f"addr del {address}/{prefix} dev {bridge}"
-             for address, prefix in links.ipv4_addresses(bridge)]
-    if stale:
-        links.batch(stale, what=f"remove the IPv4 addresses of {bridge}")
-
-
-def _drop_previous_dns_address(previous: dict[str, Any], conf: NetConf) -> str:
-    """An earlier install's DNS address that this config no longer has (an IPv4 node
-    reinstalled --ipv6-only): off the device that install put it on. Returns it, or ''."""
-    address, device = previous.get("dns_address"), previous.get("dns_address_device")
-    if not isinstance(address, str) or not address or address in conf.dns_addresses() \
-            or not isinstance(device, str) or not device:
-        return ""
-    from ..dns.address import remove_address
-
-    remove_address(address, device)
-    return address
 
 
 def _router_advertisement_warnings(conf: NetConf) -> list[str]:

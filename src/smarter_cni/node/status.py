@@ -7,6 +7,7 @@ answers, and never change anything, so they are safe to run at any time
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -264,8 +265,21 @@ def _pool_status(report: Report, conf: Any) -> None:
     report.data["pool"] = {"used": len(used), "size": size,
                            "percent": round(100.0 * len(used) / size, 1) if size > 0 else 100.0}
     if size > 0 and len(used) >= 0.9 * size:
-        report.problem(f"the address pool is {len(used)}/{size} used",
+        report.problem(f"the address pool is {len(used)}/{readable_count(size)} used",
                        "use a larger --subnet, or remove pods")
+
+
+def readable_count(count: int) -> str:
+    """A pool size as people read it: exact up to a million, else as a power of two with
+    its order of magnitude (an IPv6 /64 pool: "~2^64 (1.8e19)", not 20 digits)."""
+    if count < 1_000_000:
+        return str(count)
+    mantissa, power = f"{count:.1e}".split("e")
+    magnitude = f"{mantissa}e{int(power)}"
+    exponent = round(math.log2(count))
+    if abs(count - 2 ** exponent) <= count // 100:  # a prefix's pool, less a few addresses
+        return f"~2^{exponent} ({magnitude})"
+    return magnitude
 
 
 def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None) -> int:
@@ -317,7 +331,8 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
             rows.append(("resident", resident_summary(data["resident"])))
         pool = data.get("pool")
         if pool:
-            rows.append(("pool", f"{pool['used']}/{pool['size']} addresses used ({pool['percent']}%)"))
+            rows.append(("pool", f"{pool['used']}/{readable_count(pool['size'])} addresses used "
+                                 f"({pool['percent']}%)"))
         if "drift" in data:
             rows.append(("drift", f"{len(data['drift'])} (listed below)" if data["drift"]
                          else "none: the network is whole"))
