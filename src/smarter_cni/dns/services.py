@@ -46,6 +46,8 @@ from .answers import Answer, label_offsets, suffix_offset
 from .kubewatch import BACKOFF, WATCH_TIMEOUT, ListWatch, Loader
 from .log import log  # not `logging`: ~1.3 MB in the service
 
+PATH = "/api/v1/services"
+
 TTL = 5
 SRV = 33
 
@@ -352,7 +354,7 @@ class ServiceWatch(ListWatch):
                  source: str = "kubeconfig") -> None:
         self.services = services
         self.cache_path = cache_path
-        super().__init__("services", "/api/v1/services", credentials, services,
+        super().__init__("services", PATH, credentials, services,
                          backoff=backoff, watch_timeout=watch_timeout,
                          save=(lambda: services.save(cache_path)) if cache_path else None,
                          source=source)
