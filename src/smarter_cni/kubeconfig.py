@@ -112,7 +112,7 @@ class Credentials:
     """Server URL and TLS material of the kubeconfig's current context."""
 
     __slots__ = ("server", "ca_file", "ca_data", "cert_file", "key_file", "cert_data", "key_data",
-                 "token", "insecure")
+                 "token", "insecure", "source", "token_file")
 
     def __init__(self) -> None:
         self.server = ""
@@ -120,6 +120,8 @@ class Credentials:
         self.ca_data = self.cert_data = self.key_data = b""
         self.token = ""
         self.insecure = False
+        self.source = "kubeconfig"   # or "in-cluster" (incluster.py)
+        self.token_file = ""         # where `token` came from, when a file (it rotates)
 
 
 def _named(entries: Any, name: str, kind: str) -> dict:

@@ -14,7 +14,10 @@ authentication made with `openssl` for each test:
   EndpointSliceList, and its watch, the same way (events, bookmarks, 410);
   a label selector `KEY` (exists) or `KEY=VALUE` filters lists and watches
   as the real server does (an object that stops matching is sent DELETED);
-- Status objects with the real codes for 401, 403 and 404.
+- Status objects with the real codes for 401, 403 and 404 (`token` is the one
+  bearer token accepted: replace it to model a rotated service account token;
+  `forbidden` names a user whose requests get the API server's RBAC 403, for
+  every resource or only those in `forbidden_resources`).
 
 resourceVersions are one counter for every kind, as etcd's revision is.
 
@@ -221,6 +224,9 @@ class StandinAPI:
         self.request_log: list[str] = []
         self.refuse = False                # answer nothing (connection closed at once)
         self.list_pause = 0.0
+        self.forbidden = ""                # a user name: its requests get 403 (no RBAC)
+        self.forbidden_resources: set[str] = set()  # only these (empty: every resource)
+        self.refused_tokens: list[str] = []  # bearer tokens answered 401, in order
         handler = self._handler_class()
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -379,7 +385,7 @@ class StandinAPI:
                         key = f"{kind} {resource}"
                         api.requests[key] = api.requests.get(key, 0) + 1
                     api.request_log.append(self.path)
-                if not self._authorized():
+                if not self._authorized(resource or parts[-1]):
                     return
                 if parts[:3] == ["api", "v1", "nodes"] and len(parts) == 4:
                     found = api.nodes.get(parts[3])
@@ -396,10 +402,21 @@ class StandinAPI:
                     self._json(404, status(404, "NotFound", "the server could not find the "
                                            "requested resource"))
 
-            def _authorized(self) -> bool:
+            def _authorized(self, resource: str) -> bool:
                 if api.token:
                     if self.headers.get("Authorization") != f"Bearer {api.token}":
+                        with api.lock:
+                            api.refused_tokens.append(
+                                self.headers.get("Authorization", "").removeprefix("Bearer "))
                         self._json(401, status(401, "Unauthorized", "Unauthorized"))
+                        return False
+                    if api.forbidden and (not api.forbidden_resources
+                                          or resource in api.forbidden_resources):
+                        group = "discovery.k8s.io" if resource == "endpointslices" else ""
+                        self._json(403, status(403, "Forbidden", (  # the real message
+                            f'{resource} is forbidden: User "{api.forbidden}" cannot list '
+                            f'resource "{resource}" in API group "{group}" at the cluster '
+                            'scope')))
                         return False
                     return True
                 if not self.request.getpeercert():

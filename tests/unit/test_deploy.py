@@ -133,6 +133,12 @@ def render_chart(**overrides: Any) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def render_rbac(**overrides: Any) -> dict[str, dict[str, Any]]:
+    """templates/rbac.yaml's documents by kind (none unless inCluster)."""
+    text = render((CHART / "templates" / "rbac.yaml").read_text(), chart_context(**overrides))
+    return {d["kind"]: d for d in yaml.safe_load_all(text) if d}
+
+
 def test_the_renderer_handles_what_the_templates_use():
     ctx = {"Values": {"a": "x", "m": "docker", "l": {"k": "v"}, "e": ""}, "Chart": {"V": "1"}}
     assert render("{{ .Values.a }}-{{ .Values.a | quote }}", ctx) == 'x-"x"'
@@ -195,8 +201,18 @@ def _parses(argv: list[str]) -> Any:
 
 # ---------------------------------------------------------------- the plain manifest
 
+def manifest_docs() -> dict[str, dict[str, Any]]:
+    """deploy/daemonset.yaml's documents by kind (one of each)."""
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "daemonset.yaml").read_text()) if d]
+    kinds = [d["kind"] for d in docs]
+    assert len(kinds) == len(set(kinds)), kinds
+    return {d["kind"]: d for d in docs}
+
+
 def test_daemonset_manifest():
-    (doc,) = list(yaml.safe_load_all((DEPLOY / "daemonset.yaml").read_text()))
+    docs = manifest_docs()
+    assert set(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"}
+    doc = docs["DaemonSet"]
     container = _check_daemonset(doc)
     install, dns = _install_args(container)
     args = _parses(install)
@@ -257,7 +273,7 @@ def test_chart_renders_like_the_manifest_by_default():
     assert container["image"] == f"smarter-cni:{__version__}"
     assert "docker-socket" not in {v["name"] for v in doc["spec"]["template"]["spec"]["volumes"]}
     assert dns == ["--config", "/etc/cni/net.d/10-smarter-cni.conflist", "--metrics", "9153"]
-    plain = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
+    plain = manifest_docs()["DaemonSet"]
     assert plain["spec"]["template"]["spec"]["volumes"] == \
         doc["spec"]["template"]["spec"]["volumes"]
     _check_probes(container, "169.254.0.2")
@@ -336,3 +352,93 @@ def test_docker_conflist_matches_the_installer_fallback():
     keys = ("mode", "network", "subnet", "gateway", "dnsAddress", "clusterDomain")
     assert {k: shipped["plugins"][0][k] for k in keys} == \
         {k: fallback["plugins"][0][k] for k in keys}
+
+
+# ---------------------------------------------------------------- in-cluster credentials
+
+def _check_rbac(docs: dict[str, dict[str, Any]], name: str, namespace: str) -> None:
+    """A ServiceAccount allowed exactly what the two watches ask: get, list, watch on
+    services and on endpointslices (headless Services' endpoints)."""
+    account = docs["ServiceAccount"]
+    assert (account["apiVersion"], account["metadata"]["name"],
+            account["metadata"]["namespace"]) == ("v1", name, namespace)
+    role = docs["ClusterRole"]
+    assert role["apiVersion"] == "rbac.authorization.k8s.io/v1"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["services"],
+                              "verbs": ["get", "list", "watch"]},
+                             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = docs["ClusterRoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+                                    "namespace": namespace}]
+
+
+def test_the_cluster_role_covers_every_path_the_watches_ask():
+    """The API paths the DNS service lists and watches, as (apiGroup, resource): what the
+    ClusterRole must grant (a new watch without its RBAC would be a 403 on every node)."""
+    from smarter_cni.dns import endpoints, services
+
+    asked = set()
+    for path in (services.PATH, endpoints.PATH):
+        parts = path.strip("/").split("/")
+        asked.add(("", parts[2]) if parts[0] == "api" else (parts[1], parts[3]))
+    granted = {(group, resource) for rule in manifest_docs()["ClusterRole"]["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert asked == granted == {("", "services"), ("discovery.k8s.io", "endpointslices")}
+
+
+def test_manifest_carries_the_rbac_for_in_cluster_service_names():
+    docs = manifest_docs()
+    _check_rbac(docs, "smarter-cni", "kube-system")
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "smarter-cni"
+    assert pod["automountServiceAccountToken"] is False, "Service names stay off by default"
+    assert docs["ClusterRole"]["rules"] == render_rbac(inCluster=True)["ClusterRole"]["rules"]
+    # the edit the manifest's header describes is what the service's parser takes
+    header = (DEPLOY / "daemonset.yaml").read_text().split("apiVersion:", 1)[0]
+    line = next(x for x in header.splitlines() if "--in-cluster" in x)
+    args = dns_parser().parse_args(line.lstrip("# ").split())
+    assert args.in_cluster and args.api_server == "https://127.0.0.1:6443"
+
+
+def test_chart_in_cluster_renders_a_service_account_and_the_dns_options():
+    assert render_rbac() == {}, "no RBAC objects unless inCluster"
+    plain = render_chart()["spec"]["template"]["spec"]
+    assert plain["automountServiceAccountToken"] is False and "serviceAccountName" not in plain
+    _check_rbac(render_rbac(inCluster=True), "smarter-cni", "kube-system")
+    doc = render_chart(inCluster=True)
+    pod = doc["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "smarter-cni"
+    assert pod["automountServiceAccountToken"] is True
+    _, dns = _install_args(_check_daemonset(doc))
+    args = dns_parser().parse_args(dns)
+    assert args.in_cluster and args.kubeconfig is None
+    assert args.api_server == "https://127.0.0.1:6443", "k3s' server on the node by default"
+    assert args.service_cidr == "10.43.0.0/16"
+    assert args.service_account_dir == "/var/run/secrets/kubernetes.io/serviceaccount"
+    # an empty apiServer: the kubernetes Service from the pod's environment
+    _, dns = _install_args(render_chart(inCluster=True, apiServer="")["spec"]["template"]
+                           ["spec"]["containers"][0])
+    assert "--api-server" not in dns and "--in-cluster" in dns
+
+
+def test_chart_in_cluster_wins_over_a_kubeconfig_which_then_is_not_mounted():
+    doc = render_chart(inCluster=True, kubeconfig="/etc/rancher/k3s/k3s.yaml",
+                       kubeconfigDir="/etc/rancher/k3s", apiServer="https://[fd00::10]:6443")
+    pod = doc["spec"]["template"]["spec"]
+    _, dns = _install_args(pod["containers"][0])
+    args = dns_parser().parse_args(dns)
+    assert args.in_cluster and args.kubeconfig is None
+    assert args.api_server == "https://[fd00::10]:6443"
+    assert "kubeconfig" not in {v["name"] for v in pod["volumes"]}
+    assert "kubeconfig" not in {m["name"] for m in pod["containers"][0]["volumeMounts"]}
+
+
+def test_chart_notes_render_with_in_cluster():
+    text = render((CHART / "templates" / "NOTES.txt").read_text(), chart_context(inCluster=True))
+    assert "ServiceAccount\nkube-system/smarter-cni" in text
+    assert "https://127.0.0.1:6443" in text
+    assert "ServiceAccount" not in render((CHART / "templates" / "NOTES.txt").read_text(),
+                                          chart_context())

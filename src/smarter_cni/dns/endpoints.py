@@ -38,7 +38,7 @@ import socket
 from typing import Any
 
 from . import wire
-from .kubewatch import ListWatch
+from .kubewatch import ListWatch, Loader
 from .services import Rec, Services, _is_v4, _is_v6
 
 SELECTOR = "service.kubernetes.io/headless"
@@ -253,18 +253,19 @@ def _record(address: str) -> bytes:
 class EndpointSliceWatch(ListWatch):
     """One list+watch of headless Services' EndpointSlices; answers live in `endpoints`."""
 
-    def __init__(self, kubeconfig_path: str, endpoints: Endpoints, cache_path: str = "",
+    def __init__(self, credentials: str | Loader, endpoints: Endpoints, cache_path: str = "",
                  **kw: Any) -> None:
         self.endpoints = endpoints
-        super().__init__("endpointslices", PATH, kubeconfig_path, endpoints,
+        super().__init__("endpointslices", PATH, credentials, endpoints,
                          selector=SELECTOR,
                          save=(lambda: endpoints.save(cache_path)) if cache_path else None, **kw)
 
 
-def start(kubeconfig_path: str, services: Services, node: str = "",
-          state_dir: str = "") -> EndpointSliceWatch:
+def start(credentials: str | Loader, services: Services, node: str = "",
+          state_dir: str = "", source: str = "kubeconfig") -> EndpointSliceWatch:
     """Headless Services' endpoints for the DNS service, consulted by `services` from now on
-    (with `node`: only that node's). With a state dir, the last known endpoints are kept
+    (with `node`: only that node's); `credentials` as the Services watch's (the same
+    kubeconfig path or in-cluster loader). With a state dir, the last known endpoints are kept
     there and answer at once after a restart, until the first list replaces them."""
     from .log import log
 
@@ -279,4 +280,4 @@ def start(kubeconfig_path: str, services: Services, node: str = "",
             log.info("endpointslices: %d answering from %s until the API server lists them",
                      loaded, cache)
     services.endpoints = endpoints
-    return EndpointSliceWatch(kubeconfig_path, endpoints, cache).start()
+    return EndpointSliceWatch(credentials, endpoints, cache, source=source).start()

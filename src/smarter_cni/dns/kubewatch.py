@@ -8,6 +8,13 @@ bookmark's included), a 410 Gone (or an ERROR event with code 410) forces a
 relist, and errors back off from 1 s to 60 s with jitter. The table keeps
 answering meanwhile.
 
+Credentials are a kubeconfig (`dns --kubeconfig`) or the pod's ServiceAccount
+(`dns --in-cluster`, incluster.py), loaded again before every connection:
+kubeconfig certificates and service account tokens rotate. A 401 right after
+the token file changed (kubelet swapped it between read and use) is retried at
+once with the new token; other errors are logged once each, with the fix (the
+token file for a 401, the RBAC for a 403, the CA for a failed verification).
+
 A table is any object with `replace_all(items)` (after a list), `apply(kind,
 obj) -> bool` (one ADDED/MODIFIED/DELETED event; True when answers changed)
 and `count` (objects held); `save()` is called after changes when given.
@@ -35,22 +42,38 @@ BACKOFF = (1.0, 60.0)
 REQUEST_TIMEOUT = 10.0
 
 
+Loader = Callable[[], kubeconfig.Credentials]
+
+
 class Gone(Exception):
     """410: the resourceVersion is too old (compacted): relist."""
 
 
+def loader(credentials: str | Loader) -> Loader:
+    """A kubeconfig path as a loader; a loader (incluster.load bound to its options) as it is."""
+    if isinstance(credentials, str):
+        path = credentials
+        return lambda: kubeconfig.load(path)
+    return credentials
+
+
 class ListWatch:
     """One list+watch of `path` (e.g. /api/v1/services), optionally with a label selector;
-    `resource` names it in logs and metrics."""
+    `resource` names it in logs and metrics. `credentials` is a kubeconfig path or a
+    function returning fresh kubeconfig.Credentials (called before every connection);
+    `source` ("kubeconfig", "in-cluster") names them in logs, metrics and status."""
 
-    def __init__(self, resource: str, path: str, kubeconfig_path: str, table: Any,
+    def __init__(self, resource: str, path: str, credentials: str | Loader, table: Any,
                  selector: str = "", backoff: tuple[float, float] = BACKOFF,
                  watch_timeout: tuple[int, int] = WATCH_TIMEOUT,
-                 save: Callable[[], None] | None = None) -> None:
+                 save: Callable[[], None] | None = None, source: str = "kubeconfig") -> None:
         self.resource = resource
         self.path = path
         self.selector = selector
-        self.kubeconfig_path = kubeconfig_path
+        self.load_credentials = loader(credentials)
+        self.source = source
+        # the API server: known before the first load when the loader says (in-cluster)
+        self.server: str = getattr(credentials, "server", "")
         self.table = table
         self.save = save
         self.backoff = backoff
@@ -58,8 +81,9 @@ class ListWatch:
         self.stop = threading.Event()
         self.resource_version = ""
         self.counts = {"list": 0, "watch": 0, "events": 0, "bookmarks": 0, "gone": 0,
-                       "errors": 0}
+                       "errors": 0, "token_reloads": 0}
         self.last_error = ""
+        self.last_status = 0     # HTTP status of the last refused request (0: another error)
         self.failing = False
         self.synced = False      # listed at least once since start
         self.connection: Any = None
@@ -90,8 +114,10 @@ class ListWatch:
     def _run(self) -> None:
         delay = self.backoff[0]
         while not self.stop.is_set():
+            creds = None
             try:
-                creds = kubeconfig.load(self.kubeconfig_path)  # certificates may rotate
+                creds = self.load_credentials()  # certificates and tokens rotate
+                self.server = creds.server
                 if not self.resource_version:
                     self._list(creds)
                 self._watch(creds)
@@ -103,12 +129,20 @@ class ListWatch:
                 self.resource_version = ""
             except Exception as err:  # unreachable, refused, TLS, RBAC, garbage: keep answering
                 self.counts["errors"] += 1
-                self.last_error = f"{type(err).__name__}: {err}"
-                if not self.failing:
+                self.last_status = getattr(err, "status", 0) or 0
+                if self.last_status == 401 and creds is not None and token_rotated(creds):
+                    # kubelet wrote a new token since this one was read: use it now
+                    self.counts["token_reloads"] += 1
+                    log.info("%s: token %s was rotated: reading it again", self.resource,
+                             creds.token_file)
+                    continue
+                error = explain(err, creds, self.source)
+                if not self.failing or error != self.last_error:
                     log.warning("%s: %s; the %d known %s keep answering; retrying with "
-                                "backoff", self.resource, self.last_error, self.table.count,
+                                "backoff", self.resource, error, self.table.count,
                                 self.resource)
                     self.failing = True
+                self.last_error = error
                 self.stop.wait(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.backoff[1])
 
@@ -122,9 +156,10 @@ class ListWatch:
         connection.request("GET", path, headers=kubeapi.headers(creds))
         response = connection.getresponse()
         if self.failing:
-            log.info("%s: API server %s answers again (HTTP %d)", self.resource, creds.server,
-                     response.status)
+            log.info("%s: API server %s answers again (HTTP %d, %s credentials)",
+                     self.resource, creds.server, response.status, self.source)
             self.failing = False
+            self.last_status = 0
         if response.status == 410:
             connection.close()
             raise Gone()
@@ -210,3 +245,43 @@ class ListWatch:
                 self._save()
         if isinstance(version, str) and version:
             self.resource_version = version
+
+
+def token_rotated(creds: kubeconfig.Credentials) -> bool:
+    """The token file now holds another token than the one just refused."""
+    if not creds.token_file:
+        return False
+    try:
+        with open(creds.token_file, encoding="utf-8") as handle:
+            return handle.read().strip() not in ("", creds.token)
+    except (OSError, UnicodeError):
+        return False
+
+
+def explain(err: Exception, creds: kubeconfig.Credentials | None, source: str) -> str:
+    """One line an operator can act on: what failed, with which credentials, what to do."""
+    import ssl
+
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, ssl.SSLCertVerificationError) and creds is not None:
+        ca = "the service account's ca.crt" if source == "in-cluster" else "the kubeconfig's CA"
+        return (f"{text}: the API server {creds.server} has a certificate that {ca} does not "
+                "verify (wrong CA file, or --api-server names another server)")
+    if isinstance(err, ssl.SSLError) and creds is not None and source == "in-cluster":
+        return (f"{text}: TLS with {creds.server} failed; check the service account's ca.crt "
+                "and that --api-server is the API server")
+    status = getattr(err, "status", 0)
+    if creds is None or status not in (401, 403):
+        return text
+    if status == 401:
+        if source == "in-cluster":
+            return (f"{text}: the API server refused the service account token from "
+                    f"{creds.token_file} (expired, revoked, or from another cluster); it is "
+                    "read again before each retry")
+        return f"{text}: the kubeconfig's credentials are not accepted by {creds.server}"
+    if source == "in-cluster":
+        from ..incluster import RBAC_HINT
+
+        return f"{text}: {RBAC_HINT}"
+    return (f"{text}: the kubeconfig's user needs get, list and watch on services and "
+            "endpointslices (discovery.k8s.io)")

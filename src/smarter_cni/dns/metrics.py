@@ -10,8 +10,9 @@ what CoreDNS has no name for is `smarter_cni_*`. The mapping is in docs/dns.md.
 Two functions are for the rest of smarter-cni:
 - `count_repair(kind)`: the node reconciler, running in this process,
   counts each repair it makes (exported as smarter_cni_node_repairs_total).
-- `fetch_counters(address, port)`: `smarter-cni status` reads the main
-  counters of the running service.
+- `fetch_counters(address, port)` (or `fetch_metrics` + `counters_of`,
+  `watch_info`): `smarter-cni status` reads the main counters of the running
+  service, its watches' state and the credentials they use.
 - `WATCHES`: the Kubernetes list+watches running in this process
   (kubewatch.py adds each it starts), exported as smarter_cni_dns_kube_*.
 """
@@ -320,6 +321,18 @@ def watch_samples(text: Text) -> None:
     text.family("smarter_cni_dns_kube_errors_total", "counter",
                 "Failed list/watch attempts (retried with backoff; the last answers kept).",
                 [(labels, w.counts["errors"]) for labels, w in rows])
+    text.family("smarter_cni_dns_kube_last_status", "gauge",
+                "HTTP status of the last refused request while the watch fails (401: "
+                "credentials, 403: RBAC); 0 when up or the failure was not an HTTP answer.",
+                [(labels, w.last_status if w.failing else 0) for labels, w in rows])
+    text.family("smarter_cni_dns_kube_token_reloads_total", "counter",
+                "Times a rotated service account token was read again at once after a 401.",
+                [(labels, w.counts["token_reloads"]) for labels, w in rows])
+    text.family("smarter_cni_dns_kube_watch_info", "gauge",
+                "The credentials (kubeconfig, in-cluster) and API server a watch uses "
+                "(always 1).",
+                [({**labels, "credentials": w.source, "server": w.server}, 1)
+                 for labels, w in rows])
 
 
 # -- for `smarter-cni status`
@@ -384,14 +397,26 @@ def fetch(address: str, port: int = DEFAULT_PORT, path: str = "/metrics",
     return status, body
 
 
+Parsed = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def fetch_metrics(address: str, port: int = DEFAULT_PORT, timeout: float = 2.0) -> Parsed:
+    """The running DNS service's metrics, parsed; OSError when the endpoint does not answer."""
+    status, body = fetch(address, port, "/metrics", timeout)
+    if status != 200:
+        raise OSError(f"metrics endpoint {address}:{port} answered HTTP {status}")
+    return parse_text(body)
+
+
 def fetch_counters(address: str, port: int = DEFAULT_PORT, timeout: float = 2.0
                    ) -> dict[str, float]:
     """The main counters of the running DNS service, summed over their labels
     (`MAIN_COUNTERS` names them). Raises OSError when the endpoint does not answer."""
-    status, body = fetch(address, port, "/metrics", timeout)
-    if status != 200:
-        raise OSError(f"metrics endpoint {address}:{port} answered HTTP {status}")
-    metrics = parse_text(body)
+    return counters_of(fetch_metrics(address, port, timeout))
+
+
+def counters_of(metrics: Parsed) -> dict[str, float]:
+    """`MAIN_COUNTERS` and the watches' `watch_RESOURCE_*` from parsed metrics."""
     counters: dict[str, float] = {}
     for key, spec in MAIN_COUNTERS.items():
         if isinstance(spec, tuple):
@@ -405,22 +430,46 @@ def fetch_counters(address: str, port: int = DEFAULT_PORT, timeout: float = 2.0
         counters[f"watch_{resource}_up"] = value
         for name, key in (("smarter_cni_dns_kube_objects", "objects"),
                           ("smarter_cni_dns_kube_relists_total", "relists"),
-                          ("smarter_cni_dns_kube_errors_total", "errors")):
+                          ("smarter_cni_dns_kube_errors_total", "errors"),
+                          ("smarter_cni_dns_kube_last_status", "status"),
+                          ("smarter_cni_dns_kube_token_reloads_total", "token_reloads")):
             counters[f"watch_{resource}_{key}"] = sum(
                 v for lab, v in metrics.get(name, []) if lab.get("resource") == resource)
     return counters
 
 
-def watch_summary(counters: dict[str, float]) -> str:
-    """One line for `smarter-cni status` about the Kubernetes watches ("" when none run)."""
+def watch_info(metrics: Parsed) -> dict[str, dict[str, str]]:
+    """{resource: {"credentials": ..., "server": ...}} of the running watches."""
+    return {labels.get("resource", ""): {"credentials": labels.get("credentials", ""),
+                                         "server": labels.get("server", "")}
+            for labels, _ in metrics.get("smarter_cni_dns_kube_watch_info", [])}
+
+
+def credentials_text(info: dict[str, str]) -> str:
+    """'in-cluster credentials, API server https://127.0.0.1:6443'."""
+    return f"{info.get('credentials') or '?'} credentials, API server {info.get('server') or '?'}"
+
+
+def watch_summary(counters: dict[str, float],
+                  info: dict[str, dict[str, str]] | None = None) -> str:
+    """One line for `smarter-cni status` about the Kubernetes watches ("" when none run),
+    ending with the credentials and API server they use (`info`: watch_info)."""
     parts = []
     for key in counters:
         if key.startswith("watch_") and key.endswith("_up"):
             resource = key[len("watch_"):-len("_up")]
-            parts.append(f"{resource} {'up' if counters[key] else 'DOWN'} "
+            status = int(counters.get(f"watch_{resource}_status", 0))
+            state = "up" if counters[key] else f"DOWN{f' (HTTP {status})' if status else ''}"
+            parts.append(f"{resource} {state} "
                          f"({int(counters.get(f'watch_{resource}_objects', 0))} objects, "
                          f"{int(counters.get(f'watch_{resource}_relists', 0))} relists, "
                          f"{int(counters.get(f'watch_{resource}_errors', 0))} errors)")
+    sources = sorted({credentials_text(v) for v in (info or {}).values()})
+    if parts and len(sources) == 1:  # one source for every watch (dns/service.py)
+        parts.append(f"with {sources[0]}")
+    elif parts and sources:
+        parts.append("with " + "; ".join(f"{r}: {credentials_text(v)}"
+                                          for r, v in sorted((info or {}).items())))
     return "; ".join(parts)
 
 

@@ -99,9 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answer Service names from one list+watch of Services "
                              "(dns/services.py) and headless Services' endpoints from one "
                              "of their EndpointSlices (dns/endpoints.py)")
+    parser.add_argument("--in-cluster", action="store_true",
+                        help="the same Service names and headless endpoints with the pod's "
+                             "own ServiceAccount (token and CA from --service-account-dir; "
+                             "the DaemonSet), instead of --kubeconfig")
+    parser.add_argument("--api-server", metavar="URL",
+                        help="with --in-cluster: the API server's real address (k3s server: "
+                             "https://127.0.0.1:6443); default: the kubernetes Service from "
+                             "KUBERNETES_SERVICE_HOST/PORT, which needs kube-proxy to route")
+    parser.add_argument("--service-account-dir", metavar="DIR",
+                        default="/var/run/secrets/kubernetes.io/serviceaccount",
+                        help="with --in-cluster: where token, ca.crt and namespace are "
+                             "(default %(default)s)")
     parser.add_argument("--endpoints-node", default="", metavar="NAME",
-                        help="with --kubeconfig: headless Services answer only their "
-                             "endpoints on node NAME (default: every endpoint)")
+                        help="with --kubeconfig or --in-cluster: headless Services answer "
+                             "only their endpoints on node NAME (default: every endpoint)")
     parser.add_argument("--service-cidr", default="10.43.0.0/16", metavar="CIDR",
                         help="its first address answers kubernetes.default until the "
                              "Services are listed (k3s' default 10.43.0.0/16)")
@@ -211,6 +223,38 @@ def metrics_address(text: str | None, listen: str) -> tuple[str, int] | None:
     if not 0 < port < 65536:
         raise SettingsError(f"--metrics port {port} is out of range")
     return address, port
+
+
+def service_credentials(args: argparse.Namespace) -> tuple[Any, str]:
+    """(kubeconfig path or in-cluster loader, source name) for the Kubernetes watches
+    (Services, headless EndpointSlices); ("", "") for none. In-cluster is chosen explicitly,
+    never guessed from files that happen to be there: Service names are an option, and a
+    mounted token must not turn them on."""
+    in_cluster = bool(getattr(args, "in_cluster", False))
+    api_server = getattr(args, "api_server", None) or ""
+    if in_cluster and args.kubeconfig:
+        raise SettingsError("--in-cluster and --kubeconfig are two sources of credentials: "
+                            "give one")
+    if api_server and not in_cluster:
+        raise SettingsError("--api-server goes with --in-cluster (a kubeconfig names its "
+                            "own server)")
+    if not in_cluster:
+        return (args.kubeconfig or "", "kubeconfig" if args.kubeconfig else "")
+    from .. import incluster
+
+    try:
+        server = incluster.server_url(api_server)
+    except incluster.InClusterError as err:
+        raise SettingsError(str(err)) from None
+    directory = args.service_account_dir or incluster.SERVICE_ACCOUNT_DIR
+
+    # token and CA problems are retried by the watches and logged (kubelet may still be
+    # writing them; pod names must not wait): only the address is fixed at start
+    def load() -> Any:
+        return incluster.load(directory, server)
+
+    load.server = server  # type: ignore[attr-defined]  # shown before the first load
+    return load, incluster.SOURCE
 
 
 def address_port(address: str, port: int) -> str:
@@ -348,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
     metrics_at = metrics_address(args.metrics, listen)
     if metrics_at == (listen, args.port):
         raise SettingsError("--metrics cannot share the DNS port")
+    credentials, source = service_credentials(args)  # before any change to the node
     upstreams = choose_upstreams(args, listen, args.port)
     if not upstreams:
         log.warning("no upstream resolvers (from %s or --upstream): names outside the "
@@ -368,16 +413,17 @@ def run(args: argparse.Namespace) -> int:
             log.info("address %s %s", listen, done)
             added_to = done.rsplit(" ", 1)[-1]
     raise_file_limit()
-    if args.kubeconfig:
+    if credentials:  # one source for both watches (each loads it before every connection)
         from .endpoints import start as start_endpoints
         from .services import start as start_services
 
         try:
-            watch = start_services(args.kubeconfig, conf.domain, args.service_cidr, state_dir)
+            watch = start_services(credentials, conf.domain, args.service_cidr, state_dir,
+                                   source)
         except (OSError, ValueError) as err:
             raise SettingsError(f"Service names: {err}") from None
-        start_endpoints(args.kubeconfig, watch.services, args.endpoints_node,  # headless
-                        state_dir)
+        start_endpoints(credentials, watch.services, args.endpoints_node,  # headless
+                        state_dir, source)
     try:
         server = Server(listen, args.port, state_dir, conf.domain, conf.net_subnet, conf.net_prefix,
                         acl, upstreams, args.upstream_timeout,

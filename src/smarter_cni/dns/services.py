@@ -1,4 +1,5 @@
-"""Service names in the node DNS, from ONE list+watch of Services (`dns --kubeconfig`).
+"""Service names in the node DNS, from ONE list+watch of Services (`dns --kubeconfig`,
+or `dns --in-cluster` with the DaemonSet's ServiceAccount: incluster.py).
 
 Answers, TTL 5 s as CoreDNS' kubernetes plugin:
 
@@ -7,7 +8,7 @@ Answers, TTL 5 s as CoreDNS' kubernetes plugin:
 - headless Services (clusterIP None): their ready endpoints' addresses, and
   `HOSTNAME.SERVICE.NS.svc.DOMAIN` each endpoint's own, from a second
   list+watch of only headless Services' EndpointSlices (dns/endpoints.py);
-  no ready endpoint (or no kubeconfig for that watch): the name exists
+  no ready endpoint (or no credentials for that watch): the name exists
   without data (NOERROR, NODATA);
 - `_PORT._PROTO.SERVICE.NS.svc.DOMAIN` SRV for each named port (and SRV at
   the Service name for every port), target the Service name;
@@ -42,8 +43,10 @@ from typing import Any
 
 from . import wire
 from .answers import Answer, label_offsets, suffix_offset
-from .kubewatch import BACKOFF, WATCH_TIMEOUT, ListWatch
+from .kubewatch import BACKOFF, WATCH_TIMEOUT, ListWatch, Loader
 from .log import log  # not `logging`: ~1.3 MB in the service
+
+PATH = "/api/v1/services"
 
 TTL = 5
 SRV = 33
@@ -345,19 +348,22 @@ def first_address(cidr: str) -> str:
 class ServiceWatch(ListWatch):
     """One list+watch of Services, in a daemon thread; answers live in `services`."""
 
-    def __init__(self, kubeconfig_path: str, services: Services,
+    def __init__(self, credentials: str | Loader, services: Services,
                  backoff: tuple[float, float] = BACKOFF,
-                 watch_timeout: tuple[int, int] = WATCH_TIMEOUT, cache_path: str = "") -> None:
+                 watch_timeout: tuple[int, int] = WATCH_TIMEOUT, cache_path: str = "",
+                 source: str = "kubeconfig") -> None:
         self.services = services
         self.cache_path = cache_path
-        super().__init__("services", "/api/v1/services", kubeconfig_path, services,
+        super().__init__("services", PATH, credentials, services,
                          backoff=backoff, watch_timeout=watch_timeout,
-                         save=(lambda: services.save(cache_path)) if cache_path else None)
+                         save=(lambda: services.save(cache_path)) if cache_path else None,
+                         source=source)
 
 
-def start(kubeconfig_path: str, domain: str, service_cidr: str,
-          state_dir: str = "") -> ServiceWatch:
-    """Service names for the DNS service: answers.Names consults them from now on. With a
+def start(credentials: str | Loader, domain: str, service_cidr: str,
+          state_dir: str = "", source: str = "kubeconfig") -> ServiceWatch:
+    """Service names for the DNS service: answers.Names consults them from now on.
+    `credentials`: a kubeconfig path or a loader (kubewatch.ListWatch). With a
     state dir, the last known Services are kept there and answer at once after a restart
     (until the first list replaces them: a restart always lists)."""
     from .answers import Names
@@ -367,7 +373,7 @@ def start(kubeconfig_path: str, domain: str, service_cidr: str,
     except (OSError, ValueError):
         raise ValueError(f"--service-cidr {service_cidr!r} is not an IPv4 CIDR such as "
                          "10.43.0.0/16") from None
-    # a kubeconfig that is missing (k3s not up yet) or broken is retried by the watch with
+    # credentials that are missing (k3s not up yet, token not yet mounted) or broken are retried by the watch with
     # backoff and logged: pod names must never wait for the API server
     services = Services(domain, kubernetes_ip)
     cache = ""
@@ -380,5 +386,5 @@ def start(kubeconfig_path: str, domain: str, service_cidr: str,
             log.info("services: %d answering from %s until the API server lists them",
                      loaded, cache)
     Names.services = services
-    return ServiceWatch(kubeconfig_path, services, cache_path=cache).start()
+    return ServiceWatch(credentials, services, cache_path=cache, source=source).start()
 

@@ -91,8 +91,10 @@ def collect(conf_dir: str | None = None, bin_dir: str | None = None) -> Report:
         report.problem(f"the node DNS service does not answer on "
                        f"{reconcile.address_port(main, 53)} ({said})", _dns_fix(record))
     else:
-        report.data["dns"]["metrics"] = _dns_counters(main)
-        watch_problems(report, report.data["dns"]["metrics"] or {}, record)
+        report.data["dns"]["metrics"], kube = _dns_counters(main)
+        if kube:  # `dns --kubeconfig` / `--in-cluster`: which credentials, which API server
+            report.data["dns"]["kube"] = kube
+        watch_problems(report, report.data["dns"]["metrics"] or {}, record, kube)
     if conf.dns_address6 and conf.dns_address6 != main:  # the IPv6 listener is asked as well
         answered6, said6 = dns_answers(conf.dns_address6, conf.domain, 1.0)
         report.data["dns6"] = {"address": conf.dns_address6, "answering": answered6,
@@ -174,27 +176,56 @@ def _said_already(report: Report, item: str) -> bool:
     return False
 
 
-def _dns_counters(address: str) -> dict[str, float] | None:
-    """The DNS service's main counters from its metrics endpoint (None: not served there)."""
+def _dns_counters(address: str) -> tuple[dict[str, float] | None, dict[str, dict[str, str]]]:
+    """The DNS service's main counters from its metrics endpoint (None: not served there),
+    and the credentials and API server of its Kubernetes watches ({}: none run)."""
     from ..dns import metrics
 
     try:
-        return metrics.fetch_counters(address, timeout=1.0)
+        parsed = metrics.fetch_metrics(address, timeout=1.0)
+        return metrics.counters_of(parsed), metrics.watch_info(parsed)
     except (OSError, ValueError, KeyError):
-        return None
+        return None, {}
 
 
-def watch_problems(report: Report, counters: dict[str, float], record: dict[str, Any]) -> None:
-    """A Kubernetes watch of the DNS service (`dns --kubeconfig`) that is not up: its
-    names keep their last answers, but changes no longer reach them."""
+def watch_problems(report: Report, counters: dict[str, float], record: dict[str, Any],
+                   kube: dict[str, dict[str, str]] | None = None) -> None:
+    """A Kubernetes watch of the DNS service (`dns --kubeconfig` / `--in-cluster`) that is
+    not up: its names keep their last answers, but changes no longer reach them. A 401 or
+    403 says which credentials to fix (`kube`: metrics.watch_info)."""
+    from ..incluster import RBAC_HINT
+
     for key, value in counters.items():
-        if key.startswith("watch_") and key.endswith("_up") and not value:
-            resource = key[len("watch_"):-len("_up")]
-            report.problem(f"the node DNS service is not watching {resource} on the API server "
-                           "(the last known answers are kept; changes are not seen)",
-                           "check the kubeconfig it was given and that its user may list and "
-                           f"watch {resource} (docs/k3s.md); its log: "
-                           + service.dns_log_hint(record.get("dns_service", "")))
+        if not (key.startswith("watch_") and key.endswith("_up")) or value:
+            continue
+        resource = key[len("watch_"):-len("_up")]
+        info = (kube or {}).get(resource, {})
+        in_cluster = info.get("credentials") == "in-cluster"
+        server = f" {info['server']}" if info.get("server") else ""
+        status = int(counters.get(f"watch_{resource}_status", 0))
+        log_hint = "; its log: " + service.dns_log_hint(record.get("dns_service", ""))
+        if status == 401:
+            why = (": HTTP 401, the service account token is refused" if in_cluster
+                   else ": HTTP 401, the kubeconfig's credentials are refused")
+            fix = ("the token is expired, revoked or from another cluster: check the pod's "
+                   "token mount (automountServiceAccountToken: true) and that --api-server "
+                   "is this cluster's API server (docs/k3s.md)" if in_cluster
+                   else "give the DNS service a kubeconfig this API server accepts "
+                        "(docs/k3s.md)")
+        elif status == 403:
+            why = f": HTTP 403, RBAC does not allow list and watch on {resource}"
+            fix = (RBAC_HINT if in_cluster else
+                   "the kubeconfig's user needs get, list and watch on services and "
+                   "endpointslices (discovery.k8s.io) (docs/k3s.md)")
+        else:
+            why = f" (HTTP {status})" if status else ""
+            fix = ("check that the API server is reachable at --api-server, the service "
+                   "account's token and ca.crt, and the RBAC (docs/k3s.md)" if in_cluster
+                   else "check the kubeconfig it was given and that its user may list and "
+                        f"watch {resource} (docs/k3s.md)")
+        report.problem(f"the node DNS service is not watching {resource} on the API "
+                       f"server{server}{why} (the last known answers are kept; changes are "
+                       "not seen)", fix + log_hint)
 
 
 def _dns_fix(record: dict[str, Any]) -> str:
@@ -322,8 +353,8 @@ def status(out: Output, conf_dir: str | None = None, bin_dir: str | None = None)
                 from ..dns.metrics import DEFAULT_PORT, summary, watch_summary
 
                 rows.append(("counters", summary(dns["metrics"])))
-                watches = watch_summary(dns["metrics"])
-                if watches:  # `dns --kubeconfig`: Services, headless EndpointSlices
+                watches = watch_summary(dns["metrics"], dns.get("kube"))
+                if watches:  # `dns --kubeconfig`/`--in-cluster`: Services, EndpointSlices
                     rows.append(("kube watch", watches))
                 rows.append(("metrics", f"http://{reconcile.address_port(dns['address'], DEFAULT_PORT)}"
                                         "/metrics"))
