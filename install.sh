@@ -118,6 +118,9 @@ choose_python() {
         PYTHON=python3; PYTHON_WHY="python3 on PATH"
         if [[ -x $SYSTEM_PYTHON ]]; then PYTHON_WHY+="; $SYSTEM_PYTHON is older than 3.9"; fi
     fi
+    if [[ -n $PYTHON_RECORDED && $PYTHON != "$PYTHON_RECORDED" ]]; then
+        PYTHON_WHY+="; PYTHON=$PYTHON_RECORDED of an earlier run no longer works"
+    fi
 }
 
 check_prerequisites() {

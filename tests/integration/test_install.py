@@ -601,6 +601,7 @@ def test_install_sh_builds_the_venv_on_the_distributions_python(tmp_path):
     (tmp_path / "alt").rename(tmp_path / "alt-gone")
     done = _venv_only(inst, env)
     assert "does not run (its interpreter is gone?): rebuilding it" in done.stdout
+    assert f"the distribution's; PYTHON={wrapper} of an earlier run no longer works" in done.stdout
     assert _base_of(venv / "bin" / "python") == distro
     assert "python" not in program()
     shebangs_name_the_venv()
