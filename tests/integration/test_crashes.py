@@ -9,18 +9,23 @@ no address is ever handed out twice.
 The kill lands after a random delay spread over the whole ADD (not only
 its first 40 ms, which is mostly interpreter start-up), so every phase is
 hit: before the reservation, between the two store transactions (record
-with "ready": false), during plumbing, after completion. Half the kills hit
+with "ready": false), during plumbing, after completion. Where a random
+kill lands depends on the machine's load (a loaded one once put 0 of 40
+between the transactions), so the ADD test adds kills that land there by
+construction: the ADD waits at the test hook between its transactions
+(PAUSE_ENV) and is SIGKILLed there by its PID. Half the kills hit
 only the plugin's PID (an OOM kill: its `ip` child runs on as an orphan),
 half its whole process group (a cgroup kill). Before the clean-up DEL the
 test waits for orphans of the killed plugin to exit, as any runtime's DEL
 comes after the failed ADD has returned.
 
-CI size: ~40 ADD kills, 16 DEL kills, 6 first-ADD kills, 5 GC kills, 10 docker-mode kills;
-SMARTER_CNI_LONG=1: 300, 100, 30, 30, 100.
+CI size: ~40 random + 6 paused ADD kills, 16 DEL kills, 6 first-ADD kills, 5 GC kills,
+10 docker-mode kills; SMARTER_CNI_LONG=1: 300 + 30, 100, 30, 30, 100.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -41,6 +46,7 @@ from helpers.netns import link_exists, run_id, sh, unique  # noqa: E402
 from helpers.plugin import SRC, PluginRunner, pod_args, state_dir_env  # noqa: E402
 
 sys.path.insert(0, str(SRC))
+from smarter_cni.dataplane import PAUSE_ENV  # noqa: E402
 from smarter_cni.dataplane.names import chain_name, host_ifname  # noqa: E402
 
 pytest_plugins = ("helpers.dockerd",)  # fixtures: dockerd, busybox_image, sandboxes, docker_network
@@ -48,6 +54,7 @@ pytestmark = pytest.mark.root
 
 LONG = os.environ.get("SMARTER_CNI_LONG") == "1"
 ADD_KILLS, DEL_KILLS, FIRST_ADD_KILLS = (300, 100, 30) if LONG else (40, 16, 6)
+PAUSED_ADD_KILLS = 30 if LONG else 6   # on top of ADD_KILLS, between the transactions
 DOCKER_KILLS = 100 if LONG else 10
 GC_KILLS = 30 if LONG else 5
 RESIDENTS = 3
@@ -124,11 +131,99 @@ def spawn_and_kill(runner: PluginRunner, env: dict, config: dict, delay: float,
     proc.wait(10)
     proc.stdout.close()
     proc.stderr.close()
-    deadline = time.monotonic() + 10
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    assert not _group_alive(proc.pid), "orphans of the killed plugin did not finish"
+    _wait_orphans(proc.pid)
     return finished
+
+
+def _wait_orphans(pgid: int) -> None:
+    deadline = time.monotonic() + 10
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert not _group_alive(pgid), "orphans of the killed plugin did not finish"
+
+
+def _reader_of(fifo: Path, candidates: list[int]) -> int:
+    """The PID among `candidates` that has `fifo` open: the process waiting in the pause."""
+    for pid in candidates:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo):
+                    return pid
+            except OSError:
+                continue
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def pause_and_kill(runner: PluginRunner, env: dict, config: dict, fifo: Path,
+                   whole_group: bool) -> int:
+    """Start an ADD that waits between its two store transactions (the PAUSE_ENV hook) and
+    SIGKILL the process waiting there by its PID; returns that PID if it was not the exec.
+
+    That process is the plugin exec, or with a resident server (the state_dir fixture's
+    under SMARTER_CNI_TEST_RESIDENT=1, a child of this process) the worker serving it:
+    the client then gets no reply and ends by itself (its own ADD meets the half-made
+    record and refuses it). `whole_group` kills the exec's process group.
+    """
+    os.mkfifo(fifo, 0o600)
+    # through a server: a loaded machine must not send the ADD local on a late ack
+    env = dict(env, **{PAUSE_ENV: str(fifo), "SMARTER_CNI_CLIENT_ACK_TIMEOUT": "5"})
+    proc = subprocess.Popen([str(runner.bin_dir / "smarter-cni")], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    writer = -1
+    try:
+        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        victim = 0
+        while not victim:  # our open succeeds once the plugin waits in its own open()
+            assert time.monotonic() < deadline, "the ADD never reached the pause"
+            assert proc.poll() is None, f"the ADD ended before the pause: {proc.stderr.read()!r}"
+            if writer < 0:
+                try:
+                    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as err:
+                    if err.errno != errno.ENXIO:
+                        raise
+            if writer >= 0:
+                servers = [pid for pid in _children(os.getpid()) if pid != proc.pid]
+                candidates = [proc.pid] + [w for pid in servers for w in _children(pid)]
+                victim = _reader_of(fifo, candidates)
+            if not victim:
+                time.sleep(0.002)
+        if whole_group and victim == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own child's group, by its id
+        else:
+            os.kill(victim, signal.SIGKILL)  # the exec, or the worker of our own server
+        proc.wait(30)
+    finally:
+        if writer >= 0:
+            os.close(writer)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+        fifo.unlink()
+    _wait_orphans(proc.pid)
+    return victim if victim != proc.pid else 0
 
 
 def load_state(state_dir: Path) -> dict:
@@ -253,7 +348,8 @@ def _add_residents(plugin, config, netns) -> tuple[list[tuple[str, str]], set[st
     return residents, addresses
 
 
-def test_kill_add_at_random_points(plugin, bridge_network, netns, state_dir, watched) -> None:
+def test_kill_add_at_random_points(plugin, bridge_network, netns, state_dir, watched,
+                                   tmp_path) -> None:
     config = bridge_network
     rng = random.Random()
     residents, resident_addresses = _add_residents(plugin, config, netns)
@@ -262,7 +358,25 @@ def test_kill_add_at_random_points(plugin, bridge_network, netns, state_dir, wat
     rules = firewall_lines(config)
     phases: Counter = Counter()
     window = KillWindow(add_time)
+    # the paused kills, spread among the random ones (so they meet varied states)
+    every = ADD_KILLS // PAUSED_ADD_KILLS
+    paused = workers = 0
     for i in range(ADD_KILLS):
+        if i % every == every - 1 and paused < PAUSED_ADD_KILLS:
+            cid = f"pauseadd{paused}-{unique('', 8)}"
+            env = plugin.env("ADD", cid, path, "eth0", pod_args(f"paused-{paused}"))
+            spawned = pause_and_kill(plugin, env, config, tmp_path / f"pause{paused}.fifo",
+                                     whole_group=paused % 2 == 0)
+            workers += spawned != 0
+            state = load_state(state_dir)
+            assert_no_duplicates(state)
+            record = state["attachments"].get(f"{config['name']}/{cid}/eth0")
+            assert record is not None and record["ready"] is False, record
+            assert link_exists(host_ifname(cid, "eth0")), "the paused ADD had made its veth"
+            paused += 1
+            cleanup_del(plugin, config, cid, name, path, with_netns=paused % 3 != 0,
+                        state_dir=state_dir)
+            next_add_works(plugin, config, name, path, resident_addresses, state_dir)
         cid = f"killadd{i}-{unique('', 8)}"
         env = plugin.env("ADD", cid, path, "eth0", pod_args(f"victim-{i}"))
         finished = spawn_and_kill(plugin, env, config, window.draw(rng), whole_group=i % 2 == 0)
@@ -289,10 +403,12 @@ def test_kill_add_at_random_points(plugin, bridge_network, netns, state_dir, wat
     assert not watched.duplicates, watched.duplicates[:1]
     strays = stray_temp_files(state_dir)
     assert not strays, f"temp files of killed writers left in the state dir: {strays}"
-    print(f"\nADD kills: {ADD_KILLS} (ADD median {add_time * 1000:.0f} ms, kill window "
-          f"{window.describe()}): {dict(phases)}; first-try DEL failures 0, leftovers 0, "
+    print(f"\nADD kills: {ADD_KILLS} random (ADD median {add_time * 1000:.0f} ms, kill window "
+          f"{window.describe()}): {dict(phases)}; {paused} paused between the store "
+          f"transactions and killed there ({workers} of them in a resident server's worker); "
+          f"first-try DEL failures 0, leftovers 0, "
           f"duplicates 0; state file read {watched.reads} times, 0 torn")
-    assert phases["killed between the store transactions"] > 0 or ADD_KILLS < 20
+    assert paused == PAUSED_ADD_KILLS
 
 
 def test_kill_del_at_random_points(plugin, bridge_network, netns, state_dir, watched) -> None:

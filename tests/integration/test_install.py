@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,7 +185,10 @@ def test_everything_is_in_place(inst, first_install):
     for name in ("smarter-cni", "c2d", "loopback"):
         path = inst.bin_dir / name
         assert os.access(path, os.X_OK), name
-        assert str(inst.prefix / "venv") in path.read_text()
+        # run by the venv's python, which runs on the distribution's (install.sh's choice)
+        assert path.read_text().startswith(f"#!{inst.prefix}/venv/bin/python -IS\n"), name
+    if os.access(SYSTEM_PYTHON, os.X_OK):
+        assert _base_of(inst.prefix / "venv" / "bin" / "python") == os.path.realpath(SYSTEM_PYTHON)
     conflist = json.loads(inst.conflist_path.read_text())
     assert oct(inst.conflist_path.stat().st_mode & 0o777) == "0o644"
     plugin = conflist["plugins"][0]
@@ -505,3 +509,120 @@ def test_install_sh_rejects_a_bad_mode():
     done = subprocess.run(["bash", str(INSTALL_SH), "--mode", "vxlan"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0 and "--mode must be 'bridge' or 'docker'" in done.stderr
+
+
+# ---------------------------------------------------------------- the venv's interpreter
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _base_of(python: Path | str) -> str:
+    """The real path of the interpreter `python` runs on (a venv's: its base)."""
+    code = ("import os, sys; print(os.path.realpath(getattr(sys, '_base_executable', '') "
+            "or sys.executable))")
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                          check=True, timeout=30).stdout.strip()
+
+
+def _venv_only(inst: Install, env: dict) -> subprocess.CompletedProcess:
+    """install.sh up to and with the venv: an invalid --subnet stops `smarter-cni install`
+    at its option check, before it makes anything (every other option is private too)."""
+    done = subprocess.run(["bash", str(INSTALL_SH), *inst.options, "--subnet", "10.999.0.0/24"],
+                          env=env, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "'10.999.0.0' is not an IPv4 address" in done.stderr, done.stderr
+    assert not inst.bin_dir.exists() and not inst.state_dir.exists()
+    return done
+
+
+@pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason="no /usr/bin/python3 here")
+def test_install_sh_builds_the_venv_on_the_distributions_python(tmp_path):
+    # Another interpreter: a copy of the distribution's binary (it finds its standard
+    # library by its built-in prefix), so its real path differs on any machine. It is
+    # reached through a wrapper that records each run, first on PATH as `python3`.
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    shutil.copy2(os.path.realpath(SYSTEM_PYTHON), alt / "python3")
+    runs = tmp_path / "wrapper-runs"
+    path_dir = tmp_path / "path"
+    path_dir.mkdir()
+    wrapper = path_dir / "python3"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {runs}\nexec {alt}/python3 "$@"\n')
+    wrapper.chmod(0o755)
+    inst = Install(tmp_path)
+    path = f"{path_dir}:{os.environ['PATH']}"
+    env = dict(inst.env, PATH=path)
+    env.pop("PYTHON", None)
+    venv = inst.prefix / "venv"
+    distro = os.path.realpath(SYSTEM_PYTHON)
+
+    def program() -> dict:
+        return json.loads((inst.prefix / "program.json").read_text())
+
+    def shebangs_name_the_venv() -> None:
+        for name in ("smarter-cni", "c2d", "pip"):
+            first = (venv / "bin" / name).read_text().splitlines()[0]
+            assert first in (f"#!{venv}/bin/python", f"#!{venv}/bin/python3"), (name, first)
+        assert not (inst.prefix / ".venv.new").exists() and not (inst.prefix / ".venv.old").exists()
+        shown = subprocess.run([str(venv / "bin" / "smarter-cni"), "--version"],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and shown.stdout.startswith("smarter-cni "), shown
+
+    # 1. by default the distribution's, though another python3 is first on PATH
+    done = _venv_only(inst, env)
+    assert f"==> python: {SYSTEM_PYTHON} -> {distro} " in done.stdout
+    assert "the distribution's" in done.stdout
+    assert not runs.exists(), f"PATH's python3 was run: {runs.read_text()}"
+    assert _base_of(venv / "bin" / "python") == distro
+    assert f"home = {os.path.dirname(SYSTEM_PYTHON)}\n" in (venv / "pyvenv.cfg").read_text()
+    assert "python" not in program()
+    shebangs_name_the_venv()
+
+    # 2. PYTHON= overrides it: the venv is rebuilt on that one, and it is remembered
+    done = _venv_only(inst, dict(env, PYTHON=str(wrapper)))
+    assert f"==> python: {wrapper} -> {alt}/python3 " in done.stdout
+    assert f"runs on {distro}: rebuilding it on {alt}/python3" in done.stdout
+    assert runs.read_text().strip()
+    assert _base_of(venv / "bin" / "python") == str(alt / "python3")
+    assert f"home = {alt}\n" in (venv / "pyvenv.cfg").read_text()
+    assert program()["python"] == str(wrapper)
+    shebangs_name_the_venv()
+
+    # 3. a later run without PYTHON= keeps it, and keeps the venv as it is
+    cfg = (venv / "pyvenv.cfg").stat()
+    done = _venv_only(inst, env)
+    assert "remembered in" in done.stdout and "rebuilding" not in done.stdout
+    assert (venv / "pyvenv.cfg").stat().st_ino == cfg.st_ino
+    assert _base_of(venv / "bin" / "python") == str(alt / "python3")
+
+    # 4. that interpreter removed (as a distribution upgrade removes python3.X): the
+    # venv no longer runs; the next run forgets it and rebuilds on the distribution's
+    (tmp_path / "alt").rename(tmp_path / "alt-gone")
+    done = _venv_only(inst, env)
+    assert "does not run (its interpreter is gone?): rebuilding it" in done.stdout
+    assert f"the distribution's; PYTHON={wrapper} of an earlier run no longer works" in done.stdout
+    assert _base_of(venv / "bin" / "python") == distro
+    assert "python" not in program()
+    shebangs_name_the_venv()
+    (tmp_path / "alt-gone").rename(tmp_path / "alt")
+
+    # 5. no usable distribution interpreter: python3 from PATH, as before
+    fresh = Install(tmp_path / "fresh")
+    runs.unlink()
+    fresh_env = dict(fresh.env, PATH=path, SMARTER_CNI_SYSTEM_PYTHON=str(tmp_path / "no-such"))
+    fresh_env.pop("PYTHON", None)
+    done = _venv_only(fresh, fresh_env)
+    assert f"==> python: python3 -> {alt}/python3 " in done.stdout and "python3 on PATH" in done.stdout
+    assert runs.read_text().strip()
+    assert _base_of(fresh.prefix / "venv" / "bin" / "python") == str(alt / "python3")
+
+
+def test_install_sh_refuses_a_python_that_is_not_there(tmp_path):
+    done = subprocess.run(["bash", str(INSTALL_SH)], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHON=str(tmp_path / "python9"),
+                                   SMARTER_CNI_SKIP_APT="1",
+                                   SMARTER_CNI_PREFIX=str(tmp_path / "prefix")))
+    assert done.returncode == 1
+    assert f"PYTHON={tmp_path}/python9 is not a command" in done.stderr
+    assert not (tmp_path / "prefix").exists()
