@@ -25,7 +25,7 @@ import struct
 import sys
 import time
 
-from . import store
+from . import dataplane, store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -89,9 +89,14 @@ def client_gone(conn: socket.socket) -> bool:
 
 
 def leave(reason: str) -> None:
-    """End this worker now, as a killed plugin's process ends; the pool replaces it."""
+    """End this worker now, as a killed plugin's process ends; the pool replaces it.
+
+    Unlike that process, the worker may have gone on for a moment after its client died
+    while the runtime's DEL ran: an ADD's `dataplane.abandon` gives back what it made since."""
     try:
         os.write(2, f"resident: worker {os.getpid()}: {reason}: ending this worker\n".encode())
+        if dataplane.abandon is not None:
+            dataplane.abandon()
     finally:
         os._exit(LEFT_CODE)
 

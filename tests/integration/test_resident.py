@@ -25,8 +25,9 @@ from helpers.plugin import SRC, pod_args
 from helpers.resident import SOCKET, running_server, start_server, stop_server
 
 sys.path.insert(0, str(SRC))
-from smarter_cni import client, launcher  # noqa: E402
-from smarter_cni.dataplane import PAUSE_ENV  # noqa: E402
+from smarter_cni import client, launcher, resident_request  # noqa: E402
+from smarter_cni.dataplane import PAUSE_BEFORE_PLUMB_ENV, PAUSE_ENV  # noqa: E402
+from smarter_cni.dataplane.names import host_ifname  # noqa: E402
 
 # Container ids unique to this run: host veth names derive from them and are shared by
 # everything on the host, other test runs included.
@@ -351,6 +352,63 @@ def test_the_dns_service_runs_the_server_restarts_it_and_names_resolve_at_adds_r
         service.stop()
     assert not sock.exists()  # stopped with the service
     assert _state(state_dir)["attachments"] == {}
+
+
+ENDS_LIKE_A_WORKER = """
+import posix, signal, sys
+sys.path.insert(0, {src!r})
+from smarter_cni import resident_request
+from smarter_cni.client import read_all, run_local
+# SIGUSR1 here does what SIGIO does in a pool worker whose client is gone
+signal.signal(signal.SIGUSR1, lambda *_: resident_request.leave("client gone mid-request"))
+posix._exit(run_local(read_all(0)))
+"""
+
+
+def test_a_worker_whose_client_died_gives_back_a_link_made_after_the_del(
+        plugin, bridge_network, netns, state_dir, tmp_path):
+    """A pool worker can go on for a moment after its client died (it learns of it by a
+    signal) while the runtime's DEL already runs; a killed plugin's process cannot. Here
+    exactly that order: the ADD records its attachment and stops, the DEL runs to the
+    end, the ADD makes the veth and stops again, then ends the way such a worker ends
+    (resident_request.leave from a signal handler). The veth must not stay behind."""
+    _, path = netns.create()
+    before, between = tmp_path / "before-plumb", tmp_path / "between"
+    os.mkfifo(before, 0o600)
+    os.mkfifo(between, 0o600)
+    cid = f"{RUN}-gone"
+    env = plugin.env("ADD", cid, path, extra={PAUSE_BEFORE_PLUMB_ENV: str(before),
+                                               PAUSE_ENV: str(between)})
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", ENDS_LIKE_A_WORKER.format(src=str(SRC))],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    fds = []
+    try:
+        proc.stdin.write(json.dumps(bridge_network).encode())
+        proc.stdin.close()
+        fds.append(_wait_paused(before))
+        assert [r["ready"] for r in _state(state_dir)["attachments"].values()] == [False]
+        deleted = plugin("DEL", bridge_network, cid, path)
+        assert deleted.ok, deleted
+        assert _state(state_dir)["attachments"] == {}
+        host = host_ifname(cid, "eth0")
+        assert not link_exists(host)
+        os.close(fds.pop())  # the ADD goes on: its veth comes after the DEL
+        fds.append(_wait_paused(between))
+        assert _wait_for(lambda: _holds(proc.pid, between))
+        assert link_exists(host), "the ADD did not make its veth after the DEL"
+        proc.send_signal(signal.SIGUSR1)  # our own child, by its PID
+        _, err = _finish(proc)
+        assert proc.returncode == resident_request.LEFT_CODE, err
+        assert b"client gone mid-request" in err
+        assert not link_exists(host), "a veth made after the DEL outlived its worker"
+        assert _state(state_dir)["attachments"] == {}
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if proc.poll() is None:
+            proc.kill()  # our own child, by its PID
+            proc.wait(10)
 
 
 def test_a_killed_client_ends_its_worker_and_del_leaves_nothing(plugin, bridge_network, netns,

@@ -9,7 +9,7 @@ remembered in the state file. A pod's own steps run over rtnetlink
 
 from __future__ import annotations
 
-from .. import ipv4, ipv6, registry, store
+from .. import dataplane, ipv4, ipv6, registry, store
 from ..cni.errors import (
     ADDRESS_EXHAUSTED,
     CHECK_FAILED,
@@ -23,7 +23,7 @@ from ..cni.errors import (
 from ..cni.result import Interface, IPConfig, Result, Route, from_dict
 from ..ipam.allocator import next_free
 from ..run import find_program
-from . import links, pause_between_phases
+from . import PAUSE_BEFORE_PLUMB_ENV, links, pause_between_phases
 from .bridge_network import ensure_network, network_problems, rules_verified
 from .names import address_text, host_ifname, pod_mac, random_mac
 
@@ -91,33 +91,49 @@ def add(request: Request, conf: NetConf) -> Result:
                                       gateway=ipv4.to_text(gateway) if conf.ipv4 else "")
         tx.attachments[key] = record
         tx.dirty = True
+    # From here a pool worker that ends because its client is gone undoes what a DEL that
+    # already ran could not see (dataplane.abandon; resident_request.leave).
+    dataplane.abandon = lambda: _abandon_add(request, conf, key, host, record)
     try:
-        if conf.delegated_ipam:
-            address, prefix, gateway, address6 = _delegate_add(request, conf)
-            record["ips"] = ([address_text(address, prefix)] if address else []) + \
-                ([address6] if address6 else [])
-            record["gateway"] = ipv4.to_text(gateway) if address else ""
-        result = _plumb(request, conf, host, address, prefix, gateway, address6)
-        result = _after_previous(previous, result)
-    except BaseException:
-        _undo_add(request, conf, key, host, last_before, last6_before)
-        raise
-    pause_between_phases()
-    with store.Transaction() as tx:
-        # Only our own record, still there (address, name and link would come back).
-        mine = store.same_record(tx.attachments.get(key), record, "host_ifname")
-        if mine:
-            record["ready"] = True
-            record["mac"] = result.interfaces[-1].mac
-            tx.attachments[key] = record
-            tx.dirty = True
-    if not mine:
+        pause_between_phases(PAUSE_BEFORE_PLUMB_ENV)
+        try:
+            if conf.delegated_ipam:
+                address, prefix, gateway, address6 = _delegate_add(request, conf)
+                record["ips"] = ([address_text(address, prefix)] if address else []) + \
+                    ([address6] if address6 else [])
+                record["gateway"] = ipv4.to_text(gateway) if address else ""
+            result = _plumb(request, conf, host, address, prefix, gateway, address6)
+            result = _after_previous(previous, result)
+        except BaseException:
+            _undo_add(request, conf, key, host, last_before, last6_before)
+            raise
+        pause_between_phases()
+        with store.Transaction() as tx:
+            # Only our own record, still there (address, name and link would come back).
+            mine = store.same_record(tx.attachments.get(key), record, "host_ifname")
+            if mine:
+                record["ready"] = True
+                record["mac"] = result.interfaces[-1].mac
+                tx.attachments[key] = record
+                tx.dirty = True
+        if not mine:
+            _release_link_and_address(request, conf, host)
+            raise CNIError(UNKNOWN_CONTAINER,
+                           f"container {request.container_id[:12]}/{request.ifname} on {conf.name} "
+                           "was deleted (DEL or GC) while its ADD was running; its interface and "
+                           "address were released, nothing is left to clean up")
+        return result
+    finally:
+        dataplane.abandon = None
+
+
+def _abandon_add(request: Request, conf: NetConf, key: str, host: str, record: dict) -> None:
+    """This ADD's client is gone and its worker ends here. While its record is still its own
+    the runtime's DEL is yet to come (or still running: it deletes the link again after
+    its transaction) and cleans up; when a DEL or GC has removed it, a link made since
+    would stay: give it back now, as the ADD would at its second transaction."""
+    if not store.same_record(store.load()["attachments"].get(key), record, "host_ifname"):
         _release_link_and_address(request, conf, host)
-        raise CNIError(UNKNOWN_CONTAINER,
-                       f"container {request.container_id[:12]}/{request.ifname} on {conf.name} "
-                       "was deleted (DEL or GC) while its ADD was running; its interface and "
-                       "address were released, nothing is left to clean up")
-    return result
 
 
 def _release_link_and_address(request: Request, conf: NetConf, host: str) -> None:
@@ -313,14 +329,17 @@ def delete(request: Request, conf: NetConf) -> None:
     """Idempotent: unknown container, missing netns and lost state all succeed."""
     key = store.attachment_key(conf.name, request.container_id, request.ifname)
     record = store.load()["attachments"].get(key) or {}
-    links.delete_unlisted(record.get("host_ifname") or
-                          host_ifname(request.container_id, request.ifname))
+    host = record.get("host_ifname") or host_ifname(request.container_id, request.ifname)
+    links.delete_unlisted(host)
     if conf.delegated_ipam:
         _delegate().delete(request, conf.delegated_ipam)
     if record:
         with store.Transaction() as tx:
             if tx.attachments.pop(key, None) is not None:
                 tx.dirty = True
+        # An ADD still running in a pool worker whose client died may have made the link
+        # since the first delete; with the record gone it would stay (see _abandon_add).
+        links.delete_unlisted(host)
 
 
 def check(request: Request, conf: NetConf) -> None:
@@ -406,6 +425,8 @@ def gc(request: Request, conf: NetConf, valid: set[tuple[str, str]]) -> None:
             for key in doomed:
                 tx.attachments.pop(key, None)
             tx.dirty = True
+        for record in doomed.values():  # made since by an ADD whose client died (as DEL)
+            links.delete_unlisted(record.get("host_ifname", ""))
 
 
 def status(request: Request, conf: NetConf) -> None:
