@@ -628,23 +628,49 @@ def test_a_pod_asks_the_ipv6_listener_and_it_forwards_to_an_ipv6_upstream(
         subprocess.run(["ip", "link", "del", interface], capture_output=True)
 
 
+class _PrivateNode:
+    """An Install (test_install.py: private prefix, dirs and names) with a random ULA
+    subnet6 and IPv6 DNS address, and `run` for this checkout's CLI; `remove()` takes all
+    of it away, whatever state the test left."""
+
+    def __init__(self, tmp_path, reconcile_interval: str = "") -> None:
+        from test_install import Install
+
+        self.inst = Install(tmp_path)
+        if reconcile_interval:
+            self.inst.env["SMARTER_CNI_RECONCILE_INTERVAL"] = reconcile_interval
+        self.subnet6 = _ula()
+        self.dns6 = _ula().split("/")[0] + "53"
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        import sys
+
+        return subprocess.run([sys.executable, "-m", "smarter_cni", *args], env=self.inst.env,
+                              capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+
+    def remove(self) -> None:
+        inst = self.inst
+        if (inst.prefix / "install.json").exists():
+            self.run("uninstall", "--force")
+        inst.cleanup()
+        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
+                                 "bridge": inst.bridge, "subnet": inst.subnet,
+                                 "subnet6": self.subnet6}, inst.state_dir)
+        for device in (inst.dns_interface, "lo"):
+            subprocess.run(["ip", "addr", "del", f"{self.dns6}/128", "dev", device],
+                           capture_output=True)
+
+
 def test_install_with_subnet6_then_uninstall(tmp_path):
     """`smarter-cni install --subnet6 --dns-ip6` (this checkout's, not install.sh's venv):
     dual-stack network, the node DNS on both addresses, self-test, status, uninstall."""
-    import sys
     import time
 
     from test_dns_helpers import dig
-    from test_install import Install
 
-    inst = Install(tmp_path)
-    subnet6 = _ula()
-    dns6 = _ula().split("/")[0] + "53"
-    cli = [sys.executable, "-m", "smarter_cni"]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
+    node = _PrivateNode(tmp_path)
+    inst, run, subnet6, dns6 = node.inst, node.run, node.subnet6, node.dns6
 
     try:
         done = run("install", *inst.options, "--subnet6", subnet6, "--dns-ip6", dns6)
@@ -683,12 +709,7 @@ def test_install_with_subnet6_then_uninstall(tmp_path):
         rules6 = subprocess.run(["ip6tables-save"], capture_output=True, text=True).stdout
         assert inst.network not in rules6 and subnet6 not in rules6
     finally:
-        inst.cleanup()
-        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
-                                 "bridge": inst.bridge, "subnet": inst.subnet,
-                                 "subnet6": subnet6}, inst.state_dir)
-        subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", inst.dns_interface],
-                       capture_output=True)
+        node.remove()
 
 
 def _ipv4_free_options(inst) -> list[str]:
@@ -728,19 +749,12 @@ def test_install_ipv6_only_then_uninstall(tmp_path, netns):
     anywhere (config, bridge, DNS address, listeners), the self-test passes over IPv6, two
     pods of ours find each other's AAAA with dig against the IPv6 DNS address and ping over
     IPv6, status reads right, and uninstall leaves nothing."""
-    import sys
 
     from test_dns_helpers import dig
-    from test_install import Added, Install
+    from test_install import Added
 
-    inst = Install(tmp_path)
-    subnet6 = _ula()
-    dns6 = _ula().split("/")[0] + "53"
-    cli = [sys.executable, "-m", "smarter_cni"]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
+    node = _PrivateNode(tmp_path)
+    inst, run, subnet6, dns6 = node.inst, node.run, node.subnet6, node.dns6
 
     def addresses6(address: str) -> str:
         return subprocess.run(["ip", "-6", "-o", "addr", "show", "to", address],
@@ -831,34 +845,19 @@ def test_install_ipv6_only_then_uninstall(tmp_path, netns):
     finally:
         for pod in pods:
             pod.call("DEL")
-        if (inst.prefix / "install.json").exists():
-            run("uninstall", "--force")
-        inst.cleanup()
-        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
-                                 "bridge": inst.bridge, "subnet": "", "subnet6": subnet6},
-                                inst.state_dir)
-        for device in (inst.dns_interface, "lo"):
-            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
-                           capture_output=True)
+        node.remove()
 
 
 def test_reinstalling_an_ipv4_node_ipv6_only_leaves_no_ipv4(tmp_path):
     """Install (IPv4), then install --ipv6-only over it with the same names: the bridge's
     IPv4 gateway, the IPv4 rules and the IPv4 DNS address go; the IPv6 DNS answers."""
-    import sys
 
     from test_dns_helpers import dig
-    from test_install import Install, dns_address_present
+    from test_install import dns_address_present
 
-    inst = Install(tmp_path)
-    inst.env["SMARTER_CNI_RECONCILE_INTERVAL"] = "0.1"  # a busy earlier reconciler
-    subnet6 = _ula()
-    dns6 = _ula().split("/")[0] + "53"
-    cli = [sys.executable, "-m", "smarter_cni"]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
+    # a busy earlier reconciler
+    node = _PrivateNode(tmp_path, reconcile_interval="0.1")
+    inst, run, subnet6, dns6 = node.inst, node.run, node.subnet6, node.dns6
 
     try:
         done = run("install", *inst.options, "--no-selftest")
@@ -882,15 +881,7 @@ def test_reinstalling_an_ipv4_node_ipv6_only_leaves_no_ipv4(tmp_path):
         assert not subprocess.run(["ip", "-6", "-o", "addr", "show", "to", dns6],
                                   capture_output=True, text=True).stdout.strip()
     finally:
-        if (inst.prefix / "install.json").exists():
-            run("uninstall", "--force")
-        inst.cleanup()
-        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
-                                 "bridge": inst.bridge, "subnet": "", "subnet6": subnet6},
-                                inst.state_dir)
-        for device in (inst.dns_interface, "lo"):
-            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
-                           capture_output=True)
+        node.remove()
 
 
 def _global_ipv6(device: str) -> list[str]:
@@ -933,22 +924,14 @@ def test_reinstalling_ipv4_only_leaves_no_ipv6(tmp_path, before):
     """Install IPv6-only (or dual-stack), then reinstall IPv4-only with the same names: the
     bridge's IPv6 gateway, the network's ip6tables rules and NAT chain, the IPv6 DNS
     address and its listener all go; the IPv4 side works."""
-    import sys
 
     from test_dns_helpers import dig
-    from test_install import Install, dns_address_present
+    from test_install import dns_address_present
 
-    inst = Install(tmp_path)
     # the earlier service's reconciler looks every 0.1 s: it would put the IPv6 pieces back
     # between install's removal and that service's restart, unless install looks again
-    inst.env["SMARTER_CNI_RECONCILE_INTERVAL"] = "0.1"
-    subnet6 = _ula()
-    dns6 = _ula().split("/")[0] + "53"
-    cli = [sys.executable, "-m", "smarter_cni"]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
+    node = _PrivateNode(tmp_path, reconcile_interval="0.1")
+    inst, run, subnet6, dns6 = node.inst, node.run, node.subnet6, node.dns6
 
     try:
         done = run("install", *_ipv6_install(inst, before, subnet6, dns6), "--no-selftest")
@@ -987,15 +970,7 @@ def test_reinstalling_ipv4_only_leaves_no_ipv6(tmp_path, before):
         assert not link_exists(inst.bridge)
         assert _tagged_rules("iptables-save", inst.network) == []
     finally:
-        if (inst.prefix / "install.json").exists():
-            run("uninstall", "--force")
-        inst.cleanup()
-        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
-                                 "bridge": inst.bridge, "subnet": inst.subnet,
-                                 "subnet6": subnet6}, inst.state_dir)
-        for device in (inst.dns_interface, "lo"):
-            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
-                           capture_output=True)
+        node.remove()
 
 
 def _node_snapshot(inst, dns6: str) -> dict:
@@ -1032,18 +1007,11 @@ def test_a_family_change_with_pods_attached_is_refused_and_changes_nothing(
     """A reinstall that would drop (or add) a family while a pod is attached: exit 1, an
     error naming the pods' count and the fix, and the node byte-identical; the pod keeps
     its IPv6 address and reaches its gateway over it."""
-    import sys
 
-    from test_install import Added, Install
+    from test_install import Added
 
-    inst = Install(tmp_path)
-    subnet6 = _ula()
-    dns6 = _ula().split("/")[0] + "53"
-    cli = [sys.executable, "-m", "smarter_cni"]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*cli, *args], env=inst.env, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
+    node = _PrivateNode(tmp_path)
+    inst, run, subnet6, dns6 = node.inst, node.run, node.subnet6, node.dns6
 
     pod = None
     try:
@@ -1072,15 +1040,7 @@ def test_a_family_change_with_pods_attached_is_refused_and_changes_nothing(
     finally:
         if pod is not None:
             pod.call("DEL")
-        if (inst.prefix / "install.json").exists():
-            run("uninstall", "--force")
-        inst.cleanup()
-        teardown_bridge_network({"name": inst.network, "type": "smarter-cni",
-                                 "bridge": inst.bridge, "subnet": inst.subnet,
-                                 "subnet6": subnet6}, inst.state_dir)
-        for device in (inst.dns_interface, "lo"):
-            subprocess.run(["ip", "addr", "del", f"{dns6}/128", "dev", device],
-                           capture_output=True)
+        node.remove()
 
 
 NFT_ONLY = """set -e
