@@ -33,12 +33,11 @@ addresses (strings); per Service name and hostname name: the encoded records
 from __future__ import annotations
 
 import json
-import os
 import socket
 from typing import Any
 
 from . import wire
-from .kubewatch import ListWatch, Loader
+from .kubewatch import ListWatch, Loader, cached
 from .services import Rec, Services, _is_v4, _is_v6
 
 SELECTOR = "service.kubernetes.io/headless"
@@ -267,17 +266,9 @@ def start(credentials: str | Loader, services: Services, node: str = "",
     (with `node`: only that node's); `credentials` as the Services watch's (the same
     kubeconfig path or in-cluster loader). With a state dir, the last known endpoints are kept
     there and answer at once after a restart, until the first list replaces them."""
-    from .log import log
+    from ..paths import ENDPOINTS_CACHE
 
     endpoints = Endpoints(services, node)
-    cache = ""
-    if state_dir:
-        from ..paths import ENDPOINTS_CACHE
-
-        cache = os.path.join(state_dir, ENDPOINTS_CACHE)
-        loaded = endpoints.load(cache)
-        if loaded:
-            log.info("endpointslices: %d answering from %s until the API server lists them",
-                     loaded, cache)
+    cache = cached(endpoints, state_dir, ENDPOINTS_CACHE, "endpointslices")
     services.endpoints = endpoints
     return EndpointSliceWatch(credentials, endpoints, cache, source=source).start()

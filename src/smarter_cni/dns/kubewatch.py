@@ -26,6 +26,7 @@ Every started watch is listed in metrics.WATCHES, for /metrics and
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import threading
@@ -245,6 +246,20 @@ class ListWatch:
                 self._save()
         if isinstance(version, str) and version:
             self.resource_version = version
+
+
+def cached(table: Any, state_dir: str, file_name: str, resource: str) -> str:
+    """The cache file `state_dir`/`file_name` ("" without a state dir), with what `table`
+    last knew loaded from it: that answers at once after a restart, until the first list
+    replaces it (a restart always lists)."""
+    if not state_dir:
+        return ""
+    path = os.path.join(state_dir, file_name)
+    loaded = table.load(path)
+    if loaded:
+        log.info("%s: %d answering from %s until the API server lists them", resource, loaded,
+                 path)
+    return path
 
 
 def token_rotated(creds: kubeconfig.Credentials) -> bool:

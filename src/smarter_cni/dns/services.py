@@ -35,7 +35,6 @@ average: ~8 requests per node per hour.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import threading
@@ -43,8 +42,7 @@ from typing import Any
 
 from . import wire
 from .answers import Answer, label_offsets, suffix_offset
-from .kubewatch import BACKOFF, WATCH_TIMEOUT, ListWatch, Loader
-from .log import log  # not `logging`: ~1.3 MB in the service
+from .kubewatch import BACKOFF, WATCH_TIMEOUT, ListWatch, Loader, cached
 
 PATH = "/api/v1/services"
 
@@ -375,16 +373,10 @@ def start(credentials: str | Loader, domain: str, service_cidr: str,
                          "10.43.0.0/16") from None
     # credentials that are missing (k3s not up yet, token not yet mounted) or broken are retried by the watch with
     # backoff and logged: pod names must never wait for the API server
-    services = Services(domain, kubernetes_ip)
-    cache = ""
-    if state_dir:
-        from ..paths import SERVICES_CACHE
+    from ..paths import SERVICES_CACHE
 
-        cache = os.path.join(state_dir, SERVICES_CACHE)
-        loaded = services.load(cache)
-        if loaded:
-            log.info("services: %d answering from %s until the API server lists them",
-                     loaded, cache)
+    services = Services(domain, kubernetes_ip)
+    cache = cached(services, state_dir, SERVICES_CACHE, "services")
     Names.services = services
     return ServiceWatch(credentials, services, cache_path=cache, source=source).start()
 

@@ -24,16 +24,17 @@ def families(conf: NetConf) -> list[str]:
             if has]
 
 
-def previous_conf(record: dict[str, Any]) -> NetConf | None:
+def previous_conf(record: dict[str, Any], path: str | None = None) -> NetConf | None:
     """The network the earlier install made: the record's plugin config, else the config
-    file it names; None without a (readable) earlier install."""
+    file at `path` (default: the one the record names); None without a (readable) one."""
     saved = record.get("plugin_config")
     if isinstance(saved, dict):
         try:
             return parse_netconf(saved)
         except CNIError:
             pass
-    path = record.get("config")
+    if path is None:
+        path = record.get("config")
     try:
         return netconf_of(read(path)) if isinstance(path, str) and path else None
     except ConfigError:

@@ -14,12 +14,12 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 from .. import paths, store
-from ..cni.errors import CNIError
-from ..conflist import CONFLIST_NAME, ConfigError, netconf_of, read
+from ..conflist import CONFLIST_NAME
 from ..dns.address import remove_address
-from ..netconf import NetConf, parse_netconf
+from ..netconf import NetConf
 from . import service
 from .console import CLIError, Output
+from .families import previous_conf
 from .record import (
     LOOPBACK_MARKER,
     PLUGIN_MARKER,
@@ -63,7 +63,7 @@ def uninstall(out: Output, force: bool = False, bin_dir: str | None = None,
         else str(record.get("config") or "")
     if record.get("containerd_template") and record.get("config"):
         conf_path = str(record["config"])  # beside the template, not in the CNI conf dir
-    conf = _conf_for_uninstall(conf_path, record)
+    conf = previous_conf(record, conf_path)
     attached = _attached(conf)
     if attached and not force:
         names = ", ".join(_pod_label(r) for r in attached[:8])
@@ -196,20 +196,6 @@ def _attached(conf: NetConf | None) -> list[dict[str, Any]]:
     if conf is None:
         return list(records)
     return [r for r in records if r.get("network") == conf.name]
-
-
-def _conf_for_uninstall(conf_path: str, record: dict[str, Any]) -> NetConf | None:
-    """The network install made: the record's config, else the file at the recorded path."""
-    saved = record.get("plugin_config")
-    if isinstance(saved, dict):
-        try:
-            return parse_netconf(saved)
-        except CNIError:
-            pass
-    try:
-        return netconf_of(read(conf_path)) if conf_path else None
-    except ConfigError:
-        return None
 
 
 def _pod_label(record: Attachment) -> str:
