@@ -6,9 +6,6 @@ tests/integration/test_ipv6.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -118,21 +115,10 @@ def test_readable_count(count, text):
 
 def test_status_shows_a_64_pool_readably_and_json_keeps_the_number(tmp_path):
     """Status over files only (the DNS address is not on this node: nothing is sent)."""
-    conf_dir = tmp_path / "conf"
-    conf_dir.mkdir()
-    conflist = render_conflist(Options.from_args(build_parser().parse_args(
-        ["install", "--ipv6-only", "--subnet6", "fd42:7:8::/64", "--dns-ip6", "fd42:7:53::3",
-         "--bridge", "brnone0y"])))
-    (conf_dir / "10-smarter-cni.conflist").write_text(json.dumps(conflist))
-    env = dict(os.environ, PYTHONPATH=str(SRC), SMARTER_CNI_PREFIX=str(tmp_path / "p"),
-               SMARTER_CNI_STATE_DIR=str(tmp_path / "s"))
-    env.pop("CNI_COMMAND", None)
+    from test_install_ipv6_only import status_of_files
 
-    def status(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "smarter_cni", "status", "--cni-conf-dir",
-                               str(conf_dir), "--cni-bin-dir", str(tmp_path / "b"), *extra],
-                              env=env, capture_output=True, text=True, timeout=60)
-
+    status = status_of_files(tmp_path, "--ipv6-only", "--subnet6", "fd42:7:8::/64",
+                             "--dns-ip6", "fd42:7:53::3", "--bridge", "brnone0y")
     pool = json.loads(status("--json").stdout)["pool"]
     assert isinstance(pool["size"], int) and 2 ** 63 < pool["size"] <= 2 ** 64, pool
     lines = [line for line in status().stdout.splitlines() if line.startswith("pool")]

@@ -157,12 +157,12 @@ def test_metrics_address_refuses_bad_ipv6(text):
         metrics_address(text, "fd00:169:254::2")
 
 
-def test_status_of_an_ipv6_only_config_has_no_ipv4_lines(tmp_path):
-    """Status over files only: the DNS address is not on this node, so nothing is sent."""
+def status_of_files(tmp_path: Path, *install_args: str):
+    """`smarter-cni status` (as `status(*extra)`) of the config `install *install_args` renders,
+    over files only: the DNS address is not on this node, so nothing is sent."""
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
-    conflist = render_conflist(options("--ipv6-only", "--subnet6", "fd42:7:7::/64",
-                                       "--dns-ip6", "fd42:7:53::2", "--bridge", "brnone0x"))
+    conflist = render_conflist(options(*install_args))
     (conf_dir / "10-smarter-cni.conflist").write_text(json.dumps(conflist))
     env = dict(os.environ, PYTHONPATH=str(SRC), SMARTER_CNI_PREFIX=str(tmp_path / "p"),
                SMARTER_CNI_STATE_DIR=str(tmp_path / "s"))
@@ -173,6 +173,12 @@ def test_status_of_an_ipv6_only_config_has_no_ipv4_lines(tmp_path):
                                str(conf_dir), "--cni-bin-dir", str(tmp_path / "b"), *extra],
                               env=env, capture_output=True, text=True, timeout=60)
 
+    return status
+
+
+def test_status_of_an_ipv6_only_config_has_no_ipv4_lines(tmp_path):
+    status = status_of_files(tmp_path, "--ipv6-only", "--subnet6", "fd42:7:7::/64",
+                             "--dns-ip6", "fd42:7:53::2", "--bridge", "brnone0x")
     data = json.loads(status("--json").stdout)
     assert data["families"] == ["ipv6"] and data["subnet6"] == "fd42:7:7::/64"
     assert "subnet" not in data and "gateway" not in data and "dns_address" not in data

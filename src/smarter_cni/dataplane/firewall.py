@@ -180,12 +180,13 @@ def _changes(tables: Chains, conf: NetConf, ipv6: bool, active: bool) -> str:
     # nothing is forwarded un-NATed while a repair is half done (with the other order a
     # pod's steady ping stayed broken after a repair in about 1 of 9 fault-test runs; a
     # NAT-less conntrack entry is the suspected cause).
-    script = ""
-    if nat_lines:
-        script += "*nat\n" + "\n".join(nat_lines) + "\nCOMMIT\n"
-    if filter_lines:
-        script += "*filter\n" + "\n".join(filter_lines) + "\nCOMMIT\n"
-    return script
+    return _restore_script(("nat", nat_lines), ("filter", filter_lines))
+
+
+def _restore_script(*tables: tuple[str, list[str]]) -> str:
+    """An iptables-restore script of the tables that have lines, in the order given
+    (restore commits table by table, in file order); "" when none has."""
+    return "".join(f"*{name}\n" + "\n".join(lines) + "\nCOMMIT\n" for name, lines in tables if lines)
 
 
 def _restore(conf: NetConf, program: str, ipv6: bool, active: bool) -> list[str] | None:
@@ -302,12 +303,7 @@ def _removals(tables: Chains, conf: NetConf) -> str:
     chain = chain_name(conf.name)
     if chain in nat:
         nat_lines += [f":{chain} - [0:0]", f"-X {chain}"]
-    script = ""
-    if filter_lines:
-        script += "*filter\n" + "\n".join(filter_lines) + "\nCOMMIT\n"
-    if nat_lines:
-        script += "*nat\n" + "\n".join(nat_lines) + "\nCOMMIT\n"
-    return script
+    return _restore_script(("filter", filter_lines), ("nat", nat_lines))
 
 
 def _remove_by_restore(conf: NetConf, program: str) -> bool:
