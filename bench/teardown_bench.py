@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
 
 from smarter_cni.dataplane import firewall  # noqa: E402
 from smarter_cni.netconf import parse_netconf  # noqa: E402
@@ -44,16 +47,6 @@ def old_firewall(revision: str):
     return module
 
 
-def free_subnet() -> str:
-    for _ in range(50):
-        cidr = f"10.244.{random.randint(0, 255)}.0/24"
-        routes = subprocess.run(["ip", "-4", "route", "show", "match", cidr.split("/")[0]],
-                                capture_output=True, text=True).stdout
-        if all(not line or line.startswith("default") for line in routes.splitlines()):
-            return cidr
-    raise SystemExit("no free /24 in 10.244.0.0/16")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -61,13 +54,14 @@ def main() -> None:
     args = parser.parse_args()
     old = old_firewall(args.against)
     token = uuid.uuid4().hex[:8]
+    subnet4, subnet_dual = common.free_subnets(2, 24, "10.244")
     ula = f"fd{random.randint(0, 255):02x}:{random.randint(1, 0xFFFF):x}:{random.randint(1, 0xFFFF):x}::/64"
     confs = {
         "ipv4": parse_netconf({"cniVersion": "1.0.0", "name": f"net-tdb4{token}", "type": "smarter-cni",
-                               "bridge": f"brtdb4{token}", "subnet": free_subnet()}),
+                               "bridge": f"brtdb4{token}", "subnet": subnet4}),
         "dual-stack": parse_netconf({"cniVersion": "1.0.0", "name": f"net-tdb6{token}",
                                      "type": "smarter-cni", "bridge": f"brtdb6{token}",
-                                     "subnet": free_subnet(), "subnet6": ula}),
+                                     "subnet": subnet_dual, "subnet6": ula}),
     }
     times: dict[tuple[str, str], list[float]] = {(k, v): [] for k in confs for v in ("old", "new")}
     try:
