@@ -18,7 +18,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from test_dns_helpers import DnsService, Registry, dig, needs_tools, unique_loopback, write_conflist
+from test_dns_helpers import needs_tools
+from test_dns_services import Env as ServicesEnv
 
 from helpers.kube_standin import (
     StandinAPI,
@@ -26,7 +27,6 @@ from helpers.kube_standin import (
     endpoint_slice,
     make_pki,
     service,
-    write_kubeconfig,
 )
 
 pytestmark = [pytest.mark.root, needs_tools]
@@ -57,20 +57,9 @@ def _cluster(api: StandinAPI) -> None:
     api.put_slice(endpoint_slice("web", [endpoint("10.42.0.9", "web-0")], headless=False))
 
 
-class Env:
-    def __init__(self, tmp_path: Path, state_dir: Path, api: StandinAPI, pki: dict,
-                 extra: tuple[str, ...] = ()) -> None:
-        self.listen = unique_loopback()
-        self.api = api
-        self.registry = Registry(state_dir)
-        self.registry.save()
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, pki)
-        self.dns = DnsService(tmp_path, self.listen, state_dir, write_conflist(tmp_path),
-                              extra=["--no-address-setup", "--kubeconfig", str(kubeconfig),
-                                     "--verbose", *extra])
-
-    def dig(self, *args: str, **kw):
-        return dig(self.listen, *args, **kw)
+class Env(ServicesEnv):
+    """test_dns_services.py's Env, with answers compared as sets (endpoints come in any
+    order)."""
 
     def values(self, name: str, rtype: str = "A") -> list[str]:
         return sorted(self.dig(name, rtype).values(rtype))

@@ -53,7 +53,11 @@ def _cluster(api: StandinAPI) -> None:
 
 
 class Env:
-    def __init__(self, tmp_path: Path, state_dir: Path, api: StandinAPI, pki: dict) -> None:
+    """The real DNS service on a private loopback address, with Service names from `api`
+    (test_dns_headless.py builds on it)."""
+
+    def __init__(self, tmp_path: Path, state_dir: Path, api: StandinAPI, pki: dict,
+                 extra: tuple[str, ...] = ()) -> None:
         self.listen = unique_loopback()
         self.api = api
         self.registry = Registry(state_dir)
@@ -61,7 +65,7 @@ class Env:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, pki)
         self.dns = DnsService(tmp_path, self.listen, state_dir, write_conflist(tmp_path),
                               extra=["--no-address-setup", "--kubeconfig", str(kubeconfig),
-                                     "--service-cidr", "10.43.0.0/16", "--verbose"])
+                                     "--service-cidr", "10.43.0.0/16", "--verbose", *extra])
 
     def dig(self, *args: str, **kw):
         return dig(self.listen, *args, **kw)
